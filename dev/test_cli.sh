@@ -1,0 +1,54 @@
+#!/usr/bin/env bash
+# Command-line tests of ./train_llama that need no GPU: bad flags and impossible configs give exactly
+# one line, "error: ..." naming the flag, and a nonzero exit; --dry-run and --max-T work without a GPU.
+set -u
+cd "$(dirname "$0")/.."
+passed=0; failed=0
+
+# expect_error NAME WORD ARGS...: one output line, starting "error:", containing WORD, nonzero exit
+expect_error() {
+    local name=$1 word=$2; shift 2
+    local output rc lines
+    output=$(./train_llama "$@" 2>&1); rc=$?
+    lines=$(printf '%s' "$output" | grep -c '')
+    if [ "$rc" -ne 0 ] && [ "$lines" -eq 1 ] && [[ "$output" == error:* ]] && [[ "$output" == *"$word"* ]]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $name: exit $rc, $lines lines: $output"
+    fi
+}
+
+# expect_output NAME PATTERN ARGS...: exit 0 and a line matching the extended regex PATTERN
+expect_output() {
+    local name=$1 pattern=$2; shift 2
+    local output rc
+    output=$(./train_llama "$@" 2>&1); rc=$?
+    if [ "$rc" -eq 0 ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $name: exit $rc, no line matching /$pattern/ in:"; printf '%s\n' "$output" | head -n 40
+    fi
+}
+
+expect_error "T=0" "-T" --dry-run -T 0
+expect_error "non-numeric T" "-T" --dry-run -T abc
+expect_error "T with trailing junk" "-T" --dry-run -T 60k
+expect_error "negative MLP mini-sequences" "-m" --dry-run -m -1
+expect_error "negative LM-head mini-sequences" "-M" --dry-run -M -3
+expect_error "non-numeric B" "-B" --dry-run -B x
+expect_error "unknown model" "nosuchmodel" --dry-run -e nosuchmodel
+expect_error "heads not dividing d_model" "divide" --dry-run --config 1000,100,2,3,1,200
+expect_error "unknown flag" "--bogus" --dry-run --bogus 1
+expect_error "missing value" "-T" --dry-run -T
+expect_error "non-numeric gpu memory" "--gpu-mem" --dry-run --gpu-mem lots
+expect_error "plan larger than the card" "GiB" -e llama3-8b -T 60000 -m 1 -M 1 -r 0 --gpu-mem 80
+
+expect_output "dry run: 8b at 60000 fits 80 GB" "^total.*|fits" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
+expect_output "dry run prints the plan table" "LM-head logits .*1875 x 128256 x 2" --dry-run -e llama3-8b -T 60000
+expect_output "dry run of llama3-70b (plan only)" "layer inputs" --dry-run -e llama3-70b -T 8192
+expect_output "--max-T for an 80 GB card" "[0-9]{5,}" --dry-run -e llama3-8b --gpu-mem 80 --max-T
+
+echo "$passed passed, $failed failed"
+[ "$failed" -eq 0 ]

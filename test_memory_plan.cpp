@@ -1,0 +1,119 @@
+// test_memory_plan.cpp: the memory plan's figures checked against formulas written out here, by hand,
+// from Llama 3's published shapes (not from llama_config.h's layout code), and the plan's invariants.
+#include "memory_plan.h"
+#include "test_util.h"
+
+static ModelConfig config_named(const char* name) {
+    ModelConfig c;
+    if (!find_model_config(name, &c)) { printf("no config %s\n", name); exit(1); }
+    return c;
+}
+
+// Llama 3 8B at T = 60000 with the default options: bf16 weights and AdamW state, fused optimizer,
+// recomputation, automatic mini-sequences (MLP ceil(14336/4096) = 4, LM head ceil(128256/4096) = 32).
+static void test_llama3_8b_at_60000() {
+    MemoryPlan plan = plan_memory(config_named("llama3-8b"), TrainingOptions());
+    const size_t V = 128256, C = 4096, L = 32, F = 14336, T = 60000;
+    const size_t layer = 2 * C                 // two RMSNorm weights
+                       + 4096 * 4096           // q_proj
+                       + 2 * 1024 * 4096       // k_proj, v_proj (8 kv heads x 128)
+                       + 4096 * 4096           // o_proj
+                       + 3 * F * C;            // gate, up, down
+    const size_t P = V * C + L * layer + C + V * C;  // embedding, layers, final norm, untied LM head
+    check(P == 8030261248ull, "8b: 8,030,261,248 parameters");
+    check(plan.bytes[REGION_PARAMETERS] == P * 2, "8b: bf16 weights P x 2");
+    check(plan.bytes[REGION_MASTER_WEIGHTS] == 0, "8b: no master weights by default");
+    check(plan.bytes[REGION_ADAM_M] == P * 2 && plan.bytes[REGION_ADAM_V] == P * 2, "8b: bf16 AdamW m, v");
+    // fused: the largest gradient group alive at once is the LM head's (or embedding's) V x C in fp32
+    check(plan.bytes[REGION_GRADIENTS] == V * C * 4, "8b: fused gradients V x C x 4");
+    check(plan.bytes[REGION_LAYER_INPUTS] == (L + 1) * T * C * 2, "8b: checkpoints (L+1) x T x C x 2");
+    check(plan.options.mlp_chunks == 4 && plan.mlp_chunk_tokens == 15000, "8b: MLP 4 x 15000 tokens");
+    check(plan.bytes[REGION_MLP_HIDDEN] == 15000ull * 3 * F * 2, "8b: MLP hidden 15000 x 3F x 2");
+    check(plan.options.lmhead_chunks == 32 && plan.lmhead_chunk_tokens == 1875, "8b: LM head 32 x 1875 tokens");
+    check(plan.bytes[REGION_LMHEAD_LOGITS] == 1875ull * V * 2, "8b: logits 1875 x V x 2");
+    check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
+    check(plan_fits(plan, 80.0), "8b: T=60000 fits an 80 GB card");
+
+    MemoryPlan standard = plan_memory(config_named("llama3-8b"), standard_options(TrainingOptions()));
+    check(standard.bytes[REGION_MLP_HIDDEN] == L * T * 3 * F * 2, "8b standard: every layer's MLP hidden");
+    check(standard.bytes[REGION_LMHEAD_LOGITS] == T * V * 2, "8b standard: all logits");
+    check(!plan_fits(standard, 80.0), "8b standard: T=60000 does not fit 80 GB");
+}
+
+// Every region sits inside the arena, 256-byte aligned, in order, without overlap.
+static void test_regions_are_laid_out(const MemoryPlan& plan, const char* what) {
+    bool ok = true;
+    for (int r = 0; r < NUM_REGIONS; r++) {
+        ok &= plan.offset[r] % 256 == 0;
+        ok &= plan.offset[r] + plan.bytes[r] <= (r + 1 < NUM_REGIONS ? plan.offset[r + 1] : plan.total);
+    }
+    check(ok, what);
+}
+
+static void test_options() {
+    ModelConfig tiny = config_named("test-tiny");
+    TrainingOptions o;
+    o.B = 2; o.T = 37;
+    o.mlp_chunks = 5;        // does not divide 74 tokens: chunks of ceil(74 / 5) = 15
+    o.lmhead_chunks = 1000;  // more mini-sequences than tokens: one token each
+    MemoryPlan plan = plan_memory(tiny, o);
+    check(plan.mlp_chunk_tokens == 15, "tiny: 74 tokens in 5 mini-sequences of 15");
+    check(plan.lmhead_chunk_tokens == 1, "tiny: more mini-sequences than tokens gives 1 token each");
+    test_regions_are_laid_out(plan, "tiny: regions aligned and disjoint");
+
+    o.mlp_chunks = o.lmhead_chunks = 0;  // automatic, but no mini-sequence under MIN_CHUNK_TOKENS
+    plan = plan_memory(tiny, o);
+    check(plan.options.mlp_chunks == 1 && plan.options.lmhead_chunks == 1, "tiny: automatic rule keeps 1 chunk below 1024 tokens");
+
+    ModelConfig tied = config_named("llama3.2-1b");
+    TrainingOptions defaults;
+    plan = plan_memory(tied, defaults);
+    size_t V = 128256, C = 2048, F = 8192;
+    size_t layer = 2 * C + 2048 * 2048 + 2 * 512 * 2048 + 2048 * 2048 + 3 * F * C;
+    check(plan.bytes[REGION_GRADIENTS] == (V * C + layer) * 4, "1b tied: one V x C gradient kept whole beside a layer's");
+    test_regions_are_laid_out(plan, "1b: regions aligned and disjoint");
+
+    TrainingOptions unfused = defaults;
+    unfused.fused_optimizer = false;
+    unfused.bf16_optimizer_state = false;
+    unfused.master_weights = true;
+    plan = plan_memory(tied, unfused);
+    size_t P = V * C + 16 * layer + C;
+    check(plan.bytes[REGION_GRADIENTS] == P * 4, "1b unfused: full fp32 gradient");
+    check(plan.bytes[REGION_ADAM_M] == P * 4 && plan.bytes[REGION_MASTER_WEIGHTS] == P * 4, "1b: fp32 state and master weights");
+}
+
+static void test_max_T() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    int max_T = max_T_that_fits(c, o, 80.0);
+    o.T = max_T;
+    bool fits_at = plan_fits(plan_memory(c, o), 80.0);
+    o.T = max_T + 1;
+    bool fits_after = plan_fits(plan_memory(c, o), 80.0);
+    check(max_T > 60000 && fits_at && !fits_after, "8b: --max-T is the last T that fits 80 GB, beyond 60000");
+    int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), 80.0);
+    check(standard_max_T > 0 && standard_max_T * 8 < max_T, "8b: MST reaches over 8x the standard plan's T");
+}
+
+static void test_problems() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.T = 0;
+    check(training_options_problem(c, o).find("-T") != std::string::npos, "T=0 is refused, naming -T");
+    o = TrainingOptions();
+    o.mlp_chunks = -1;
+    check(training_options_problem(c, o).find("-m") != std::string::npos, "negative -m is refused");
+    ModelConfig bad = c;
+    bad.n_head = 30;
+    check(model_config_problem(bad).find("does not divide d_model") != std::string::npos, "heads not dividing d_model refused");
+    check(training_options_problem(c, TrainingOptions()).empty(), "the defaults are valid");
+}
+
+int main() {
+    test_llama3_8b_at_60000();
+    test_options();
+    test_max_T();
+    test_problems();
+    return test_summary();
+}
