@@ -1,0 +1,181 @@
+// checkpoint.h: training checkpoints, written so that a crash never leaves a corrupt latest one.
+//
+// A checkpoint is a safetensors file DIR/step_00001234.safetensors: the caller's arrays (parameters,
+// AdamW m and v, master weights: any names and dtypes) and, in the metadata, everything else a resume
+// needs: the step, the model config (as config.json text), the data loader's state, the RNG state,
+// free-form options, and a checksum per array. It is written to DIR/.step_00001234.safetensors.tmp,
+// flushed to disk, then renamed; rename is atomic, so every step_*.safetensors is complete, and the
+// latest checkpoint is the one with the highest step.
+//
+// Writing (the trainer, from host copies of its buffers):
+//   CheckpointInfo info;  info.config = config; info.step = step; info.rng_state = rng;
+//   info.loader = dataloader_state(&loader);
+//   SafetensorsWriter arrays;  arrays.add("params", "F32", {n}, host_params); ...
+//   if (!checkpoint_write(dir, info, arrays, &error)) safetensors_exit_on_error(error);
+// Resuming:
+//   std::string path = checkpoint_latest(dir);        // "" when dir holds none
+//   SafetensorsReader reader;  CheckpointInfo info;
+//   if (!checkpoint_open(path, &reader, &info, &error)) safetensors_exit_on_error(error);
+//   if (!checkpoint_read_array(reader, "params", "F32", n, host_params, &error)) ...
+//   dataloader_resume(&loader, &info.loader);
+#pragma once
+#include <dirent.h>
+#include <fcntl.h>
+#include <unistd.h>
+#include <cinttypes>
+
+#include "dataloader.h"
+#include "hf_io.h"
+#include "llama_reference.h"
+
+static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-1";
+
+struct CheckpointInfo {
+    ModelConfig config{};
+    int64_t step = 0;                            // optimizer steps taken
+    uint64_t rng_state = 0;                      // the trainer's generator, to continue its stream
+    DataLoaderState loader{};                    // where the training data stands
+    std::map<std::string, std::string> options;  // free-form (e.g. the command line), kept as is
+};
+
+// FNV-1a, 64-bit: detects a flipped or zeroed byte in an array
+static inline uint64_t fnv1a64(const unsigned char* bytes, size_t n) {
+    uint64_t hash = 0xcbf29ce484222325ull;
+    for (size_t i = 0; i < n; i++) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
+    return hash;
+}
+
+static inline std::string hex_of(const void* data, size_t n) {
+    std::string hex;
+    char two[3];
+    for (size_t i = 0; i < n; i++) { snprintf(two, sizeof two, "%02x", ((const unsigned char*)data)[i]); hex += two; }
+    return hex;
+}
+
+// false unless hex is exactly 2n hex digits
+static inline bool bytes_of_hex(const std::string& hex, void* data, size_t n) {
+    if (hex.size() != 2 * n) return false;
+    for (size_t i = 0; i < n; i++) {
+        char two[3] = {hex[2 * i], hex[2 * i + 1], 0}, *stop;
+        ((unsigned char*)data)[i] = (unsigned char)strtoul(two, &stop, 16);
+        if (*stop || !isxdigit((unsigned char)two[0])) return false;
+    }
+    return true;
+}
+
+static inline std::string checkpoint_path(const std::string& dir, int64_t step) {
+    char name[64];
+    snprintf(name, sizeof name, "/step_%08" PRId64 ".safetensors", step);
+    return dir + name;
+}
+
+// fsync of a file or directory by path, so a rename never lands before the data it names
+static inline bool sync_path(const std::string& path) {
+    int fd = open(path.c_str(), O_RDONLY);
+    if (fd < 0) return false;
+    bool ok = fsync(fd) == 0;
+    return close(fd) == 0 && ok;
+}
+
+// Writes the checkpoint of info.step into dir (created if needed). The arrays' data must stay alive
+// until this returns; their checksums and info go into the metadata.
+static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo& info, SafetensorsWriter arrays,
+                                    std::string* error) {
+    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) { *error = dir + ": cannot create: " + strerror(errno); return false; }
+    arrays.metadata = info.options;
+    arrays.metadata["format"] = CHECKPOINT_FORMAT;
+    arrays.metadata["name"] = info.config.name;
+    arrays.metadata["config"] = hf_config_json(info.config, "F32");
+    arrays.metadata["step"] = std::to_string(info.step);
+    arrays.metadata["rng_state"] = std::to_string(info.rng_state);
+    arrays.metadata["dataloader"] = hex_of(&info.loader, sizeof info.loader);
+    for (const SafetensorsWriter::Entry& e : arrays.entries) {
+        size_t bytes = safetensors_dtype_size(e.dtype) * shape_element_count(e.shape);
+        arrays.metadata["checksum." + e.name] = std::to_string(fnv1a64((const unsigned char*)e.data, bytes));
+    }
+    std::string final_path = checkpoint_path(dir, info.step);
+    std::string temporary = dir + "/." + path_basename(final_path) + ".tmp";
+    if (!arrays.write(temporary, error)) return false;
+    if (!sync_path(temporary) || rename(temporary.c_str(), final_path.c_str()) != 0 || !sync_path(dir)) {
+        *error = final_path + ": cannot complete the write: " + strerror(errno);
+        return false;
+    }
+    return true;
+}
+
+// The complete checkpoint with the highest step in dir, "" if there is none (temporary files ignored).
+static inline std::string checkpoint_latest(const std::string& dir) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return "";
+    int64_t latest = -1;
+    while (struct dirent* entry = readdir(d)) {
+        int64_t step;  // a name that checkpoint_path would give, exactly
+        if (sscanf(entry->d_name, "step_%" SCNd64, &step) == 1 && checkpoint_path(dir, step) == dir + "/" + entry->d_name)
+            latest = std::max(latest, step);
+    }
+    closedir(d);
+    return latest < 0 ? "" : checkpoint_path(dir, latest);
+}
+
+// Opens a checkpoint and reads its metadata into info; the arrays are read with checkpoint_read_array.
+static inline bool checkpoint_open(const std::string& path, SafetensorsReader* reader, CheckpointInfo* info,
+                                   std::string* error) {
+    if (!reader->open(path, error)) return false;
+    std::map<std::string, std::string>& meta = reader->metadata;
+    auto fail = [&](const std::string& problem) { *error = path + ": " + problem; return false; };
+    if (meta["format"] != CHECKPOINT_FORMAT)
+        return fail("not an mst checkpoint (metadata format '" + meta["format"] + "', expected '" + CHECKPOINT_FORMAT + "')");
+    if (!hf_config_from_json(meta["config"], path + " (metadata config)", meta["name"], &info->config, error)) return false;
+    char* stop;
+    info->step = strtoll(meta["step"].c_str(), &stop, 10);
+    if (meta["step"].empty() || *stop) return fail("bad step '" + meta["step"] + "' in the metadata");
+    info->rng_state = strtoull(meta["rng_state"].c_str(), &stop, 10);
+    if (meta["rng_state"].empty() || *stop) return fail("bad rng_state '" + meta["rng_state"] + "' in the metadata");
+    if (!bytes_of_hex(meta["dataloader"], &info->loader, sizeof info->loader))
+        return fail("bad dataloader state in the metadata (expected " + std::to_string(2 * sizeof info->loader) + " hex digits)");
+    info->options = meta;
+    return true;
+}
+
+// Reads array `name` of `count` elements of `dtype` into out, checked against its checksum.
+static inline bool checkpoint_read_array(SafetensorsReader& reader, const std::string& name, const std::string& dtype,
+                                         size_t count, void* out, std::string* error) {
+    const SafetensorsTensor* t;
+    std::vector<unsigned char> bytes;
+    if (!reader.read_bytes(name, {(int64_t)count}, &t, &bytes, error)) return false;
+    if (t->dtype != dtype) { *error = reader.path + ": array '" + name + "' is " + t->dtype + ", expected " + dtype; return false; }
+    if (reader.metadata["checksum." + name] != std::to_string(fnv1a64(bytes.data(), bytes.size()))) {
+        *error = reader.path + ": array '" + name + "' does not match its checksum (the file is corrupt)";
+        return false;
+    }
+    memcpy(out, bytes.data(), bytes.size());
+    return true;
+}
+
+// ----------------------------------------------------------------------------
+// the CPU reference model's checkpoint: parameters and AdamW state, fp32; info.step is the model's step
+
+static inline bool checkpoint_write_reference(const std::string& dir, const ReferenceModel& m, CheckpointInfo info,
+                                              std::string* error) {
+    info.config = m.config;
+    info.step = m.step;
+    SafetensorsWriter arrays;
+    std::vector<int64_t> shape = {(int64_t)m.layout.total};
+    arrays.add("params", "F32", shape, m.params.data());
+    arrays.add("adam_m", "F32", shape, m.adam_m.data());
+    arrays.add("adam_v", "F32", shape, m.adam_v.data());
+    return checkpoint_write(dir, info, arrays, error);
+}
+
+// a fresh model of the checkpoint's config, with its parameters, AdamW state and step
+static inline bool checkpoint_read_reference(const std::string& path, ReferenceModel* m, CheckpointInfo* info,
+                                             std::string* error) {
+    SafetensorsReader reader;
+    if (!checkpoint_open(path, &reader, info, error)) return false;
+    *m = reference_model(info->config);
+    m->step = (int)info->step;
+    size_t n = m->layout.total;
+    return checkpoint_read_array(reader, "params", "F32", n, m->params.data(), error) &&
+           checkpoint_read_array(reader, "adam_m", "F32", n, m->adam_m.data(), error) &&
+           checkpoint_read_array(reader, "adam_v", "F32", n, m->adam_v.data(), error);
+}

@@ -1,0 +1,67 @@
+// mst_hf: Hugging Face Llama directories through our CPU reference, for dev/hf_check.py and by hand.
+//
+//   mst_hf logits DIR OUT.bin TOKEN...        our logits (T, V) fp32 for one sequence of token ids
+//   mst_hf generate DIR N TOKEN...            N greedy tokens after the prompt, printed space-separated
+//   mst_hf convert IN OUT BF16|F32 [CONFIG]   import IN, export OUT; IN a Hugging Face directory, or one
+//                                             safetensors file of Hugging Face names (e.g. the golden
+//                                             file) with CONFIG naming its llama_config.h configuration
+// Errors end the program with one line "error: <file>: <problem>" and exit status 1.
+#include <cstdlib>
+#include <string>
+#include <vector>
+
+#include "generate.h"
+#include "hf_io.h"
+
+static int usage() {
+    fprintf(stderr, "usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]\n");
+    return 2;
+}
+
+static std::vector<int> token_arguments(int argc, char** argv, int first, const ModelConfig& config) {
+    std::vector<int> tokens;
+    for (int i = first; i < argc; i++) {
+        char* stop;
+        long id = strtol(argv[i], &stop, 10);
+        if (*stop || id < 0 || id >= config.vocab_size)
+            safetensors_exit_on_error(std::string("token '") + argv[i] + "' is not an id below " + std::to_string(config.vocab_size));
+        tokens.push_back((int)id);
+    }
+    if (tokens.empty()) safetensors_exit_on_error("no tokens given");
+    return tokens;
+}
+
+int main(int argc, char** argv) {
+    if (argc < 4) return usage();
+    std::string command = argv[1], error;
+    ModelConfig config;
+    std::vector<float> params;
+    if (command == "convert") {
+        if (argc < 5) return usage();
+        bool from_file = argc > 5;  // one safetensors file and a configuration name
+        if (from_file && !find_model_config(argv[5], &config))
+            safetensors_exit_on_error(std::string("unknown config '") + argv[5] + "' (known: " + model_config_names() + ")");
+        bool ok = from_file ? hf_read_weights(argv[2], config, &params, &error) : hf_import(argv[2], &config, &params, &error);
+        if (!ok || !hf_export(argv[3], config, params.data(), argv[4], &error)) safetensors_exit_on_error(error);
+        return 0;
+    }
+    if (argc < 5 || (command != "logits" && command != "generate")) return usage();
+    if (!hf_import(argv[2], &config, &params, &error)) safetensors_exit_on_error(error);
+    std::vector<int> tokens = token_arguments(argc, argv, 4, config);
+    if (command == "generate") {
+        uint64_t unused_rng = 1;
+        size_t prompt = tokens.size();
+        generate(config, params.data(), &tokens, atoi(argv[3]), 0.f, 1.f, &unused_rng);
+        for (size_t i = prompt; i < tokens.size(); i++) printf("%s%d", i > prompt ? " " : "", tokens[i]);
+        printf("\n");
+        return 0;
+    }
+    ReferenceModel model = reference_model(config);
+    model.params = params;
+    std::vector<float> logits(tokens.size() * config.vocab_size);
+    reference_forward_logits(model, tokens.data(), 1, (int)tokens.size(), logits.data());
+    FILE* f = fopen(argv[3], "wb");
+    if (!f || fwrite(logits.data(), sizeof(float), logits.size(), f) != logits.size() || fclose(f) != 0)
+        safetensors_exit_on_error(std::string(argv[3]) + ": cannot write");
+    return 0;
+}
