@@ -29,36 +29,6 @@
 // ----------------------------------------------------------------------------
 // config.json
 
-// JsonParser (safetensors.h) reads strings, integers, arrays and objects; config.json also has floats,
-// true, false and null. Quoting every bare literal outside strings lets the same parser read it: a
-// config value is then a string such as "500000.0", "true" or "null", converted where it is used.
-static inline bool is_json_literal_char(char c) {
-    return isalnum((unsigned char)c) || c == '-' || c == '+' || c == '.';
-}
-
-static inline std::string json_quote_literals(const std::string& text) {
-    std::string out;
-    bool in_string = false;
-    for (size_t i = 0; i < text.size(); i++) {
-        char c = text[i];
-        if (in_string) {
-            out.push_back(c);
-            if (c == '\\' && i + 1 < text.size()) out.push_back(text[++i]);
-            else if (c == '"') in_string = false;
-        } else if (c == '"') {
-            in_string = true;
-            out.push_back(c);
-        } else if (is_json_literal_char(c)) {
-            size_t start = i;
-            while (i + 1 < text.size() && is_json_literal_char(text[i + 1])) i++;
-            out += '"' + text.substr(start, i + 1 - start) + '"';
-        } else {
-            out.push_back(c);
-        }
-    }
-    return out;
-}
-
 static inline bool read_text_file(const std::string& path, std::string* text, std::string* error) {
     FILE* f = fopen(path.c_str(), "rb");
     if (!f) { *error = path + ": cannot open: " + strerror(errno); return false; }
@@ -69,16 +39,15 @@ static inline bool read_text_file(const std::string& path, std::string* text, st
     return true;
 }
 
-// parses JSON text (with literals quoted) into root; `where` names the source in the error
+// parses JSON text into root; `where` names the source in the error
 static inline bool json_parse_text(const std::string& text, const std::string& where, JsonValue* root, std::string* error) {
-    std::string quoted = json_quote_literals(text);
-    JsonParser parser{quoted.data(), quoted.data() + quoted.size(), ""};
+    JsonParser parser{text.data(), text.data() + text.size(), ""};
     if (!parser.parse_value(root, 0)) { *error = where + ": " + parser.problem; return false; }
     if (root->kind != JsonValue::OBJECT) { *error = where + ": not a JSON object"; return false; }
     return true;
 }
 
-// Reads the scalar members of one JSON object (literals quoted); keeps the first problem.
+// Reads the scalar members of one JSON object; keeps the first problem.
 struct JsonFields {
     const JsonValue* object;
     std::string problem;
@@ -86,7 +55,7 @@ struct JsonFields {
     // the member, or null when it is absent or JSON null
     const JsonValue* find(const char* key) const {
         const JsonValue* v = object ? object->member(key) : nullptr;
-        return v && !(v->kind == JsonValue::STRING && v->text == "null") ? v : nullptr;
+        return v && v->kind != JsonValue::NONE ? v : nullptr;
     }
     double number(const char* key, double fallback, bool required = false) {
         const JsonValue* v = find(key);
@@ -94,19 +63,18 @@ struct JsonFields {
             if (required) note(std::string("missing \"") + key + "\"");
             return fallback;
         }
-        char* stop = nullptr;
-        double x = v->kind == JsonValue::STRING ? strtod(v->text.c_str(), &stop) : 0.0;
-        if (!stop || stop == v->text.c_str() || *stop) note(std::string("\"") + key + "\" is not a number");
-        return x;
+        if (v->kind != JsonValue::INTEGER && v->kind != JsonValue::NUMBER) note(std::string("\"") + key + "\" is not a number");
+        return v->number;
     }
     std::string text(const char* key, const std::string& fallback) {
         const JsonValue* v = find(key);
         return v && v->kind == JsonValue::STRING ? v->text : fallback;
     }
     bool flag(const char* key, bool fallback) {
-        std::string t = text(key, fallback ? "true" : "false");
-        if (t != "true" && t != "false") note(std::string("\"") + key + "\" is not true or false");
-        return t == "true";
+        const JsonValue* v = find(key);
+        if (!v) return fallback;
+        if (v->kind != JsonValue::BOOLEAN) note(std::string("\"") + key + "\" is not true or false");
+        return v->boolean;
     }
     void note(const std::string& what) { if (problem.empty()) problem = what; }
 };
@@ -131,8 +99,9 @@ static inline bool hf_config_from_json(const std::string& json, const std::strin
     c.tied_embeddings = f.flag("tie_word_embeddings", false);
     if (f.text("hidden_act", "silu") != "silu") f.note("hidden_act \"" + f.text("hidden_act", "") + "\" is not \"silu\"");
     if (f.flag("attention_bias", false) || f.flag("mlp_bias", false)) f.note("biases (attention_bias, mlp_bias) are not supported");
-    if (f.find("head_dim") && c.n_head > 0 && (int)f.number("head_dim", 0) != c.d_model / c.n_head)
-        f.note("head_dim " + f.text("head_dim", "") + " is not hidden_size / num_attention_heads");
+    int head_dim = (int)f.number("head_dim", 0);
+    if (f.find("head_dim") && c.n_head > 0 && head_dim != c.d_model / c.n_head)
+        f.note("head_dim " + std::to_string(head_dim) + " is not hidden_size / num_attention_heads");
 
     // RoPE: classic rope_theta + rope_scaling, or transformers 5's rope_parameters holding both
     JsonFields rope{f.find("rope_scaling") ? f.find("rope_scaling") : f.find("rope_parameters"), ""};

@@ -71,12 +71,14 @@ static inline float f16_to_float(uint16_t h) {
 }
 
 // ----------------------------------------------------------------------------
-// a minimal JSON parser for the header: objects, arrays, strings and integers, nothing else
+// a minimal JSON parser (safetensors headers, Hugging Face config.json and index files)
 
 struct JsonValue {
-    enum Kind { STRING, INTEGER, ARRAY, OBJECT } kind = INTEGER;
+    enum Kind { STRING, INTEGER, NUMBER, BOOLEAN, NONE, ARRAY, OBJECT } kind = NONE;
     std::string text;                                    // STRING
     long long integer = 0;                               // INTEGER
+    double number = 0.0;                                 // INTEGER and NUMBER (with a fraction or exponent)
+    bool boolean = false;                                // BOOLEAN
     std::vector<JsonValue> items;                        // ARRAY
     std::vector<std::pair<std::string, JsonValue>> members;  // OBJECT, in file order
 
@@ -154,14 +156,30 @@ struct JsonParser {
         if (at >= end) return fail("JSON header ends early");
         if (*at == '"') { v->kind = JsonValue::STRING; return parse_string(&v->text); }
         if (*at == '-' || (*at >= '0' && *at <= '9')) {
-            v->kind = JsonValue::INTEGER;
             std::string digits;
-            while (at < end && (*at == '-' || (*at >= '0' && *at <= '9'))) digits.push_back(*at++);
+            while (at < end && strchr("+-.eE0123456789", *at)) digits.push_back(*at++);
+            bool integral = digits.find_first_of(".eE") == std::string::npos;
             char* stop;
             errno = 0;
-            v->integer = strtoll(digits.c_str(), &stop, 10);
-            if (*stop || errno) return fail("bad integer '" + digits + "' in the JSON header");
+            if (integral) {
+                v->kind = JsonValue::INTEGER;
+                v->integer = strtoll(digits.c_str(), &stop, 10);
+                v->number = (double)v->integer;
+            } else {
+                v->kind = JsonValue::NUMBER;
+                v->number = strtod(digits.c_str(), &stop);
+            }
+            if (*stop || errno) return fail("bad number '" + digits + "' in the JSON header");
             return true;
+        }
+        for (const char* literal : {"true", "false", "null"}) {
+            size_t length = strlen(literal);
+            if ((size_t)(end - at) >= length && strncmp(at, literal, length) == 0) {
+                at += length;
+                v->kind = literal[0] == 'n' ? JsonValue::NONE : JsonValue::BOOLEAN;
+                v->boolean = literal[0] == 't';
+                return true;
+            }
         }
         if (*at == '[') {
             v->kind = JsonValue::ARRAY;
