@@ -34,32 +34,16 @@ static inline KVCache kv_cache(const ModelConfig& c, int max_length) {
     return cache;
 }
 
-// Attention of one query position t over cached positions 0..t, in the arithmetic of
-// attention_forward_cpu (float scores, double sum), so it gives the full-sequence result.
+// Attention of one query position t over cached positions 0..t: each head through attention_row_cpu,
+// the arithmetic of attention_forward_cpu, so it gives the full-sequence result.
 static inline void attention_one_query_cpu(float* out, const float* q, const float* keys, const float* values, int t,
                                            int H, int KV, int hd) {
-    float scale = 1.f / sqrtf((float)hd);
     int group = H / KV;
     std::vector<float> scores(t + 1);
     for (int h = 0; h < H; h++) {
-        const float* qh = q + (size_t)h * hd;
-        float max_score = -INFINITY;
-        for (int s = 0; s <= t; s++) {
-            const float* ks = keys + ((size_t)s * KV + h / group) * hd;
-            float dot = 0.f;
-            for (int i = 0; i < hd; i++) dot += qh[i] * ks[i];
-            scores[s] = dot * scale;
-            max_score = fmaxf(max_score, scores[s]);
-        }
-        double sum = 0.0;
-        for (int s = 0; s <= t; s++) { scores[s] = expf(scores[s] - max_score); sum += scores[s]; }
-        float* oh = out + (size_t)h * hd;
-        for (int i = 0; i < hd; i++) oh[i] = 0.f;
-        for (int s = 0; s <= t; s++) {
-            float p = (float)(scores[s] / sum);
-            const float* vs = values + ((size_t)s * KV + h / group) * hd;
-            for (int i = 0; i < hd; i++) oh[i] += p * vs[i];
-        }
+        size_t first_kv = (size_t)(h / group) * hd;
+        attention_row_cpu(out + (size_t)h * hd, q + (size_t)h * hd, keys + first_kv, values + first_kv,
+                          (size_t)KV * hd, t + 1, hd, scores.data());
     }
 }
 

@@ -132,36 +132,44 @@ static inline void rope_cpu(float* x, const float* cos_table, const float* sin_t
     }
 }
 
+// One query row over `length` keys and values (row s at keys + s * stride): softmax(q.k / sqrt(hd)) v
+// into out (hd), returning the log-sum-exp of the scaled scores. scores: room for `length` floats.
+static inline float attention_row_cpu(float* out, const float* q, const float* keys, const float* values,
+                                      size_t stride, int length, int hd, float* scores) {
+    float scale = 1.f / sqrtf((float)hd);
+    float max_score = -INFINITY;
+    for (int s = 0; s < length; s++) {
+        const float* ks = keys + s * stride;
+        float dot = 0.f;
+        for (int i = 0; i < hd; i++) dot += q[i] * ks[i];
+        scores[s] = dot * scale;
+        max_score = fmaxf(max_score, scores[s]);
+    }
+    double sum = 0.0;
+    for (int s = 0; s < length; s++) { scores[s] = expf(scores[s] - max_score); sum += scores[s]; }
+    for (int i = 0; i < hd; i++) out[i] = 0.f;
+    for (int s = 0; s < length; s++) {
+        float p = (float)(scores[s] / sum);
+        const float* vs = values + s * stride;
+        for (int i = 0; i < hd; i++) out[i] += p * vs[i];
+    }
+    return max_score + (float)log(sum);
+}
+
 // Causal grouped-query attention. q, out (B, T, H, hd); k, v (B, T, KV, hd); query head h reads kv head
 // h / (H / KV). Writes out and lse (B, H, T) = log sum_s exp(score_s), score = q.k / sqrt(hd).
 static inline void attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
-                                  int B, int T, int H, int KV, int hd) {
-    float scale = 1.f / sqrtf((float)hd);
+                                         int B, int T, int H, int KV, int hd) {
     int group = H / KV;
     #pragma omp parallel for collapse(3) schedule(dynamic, 4)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             for (int t = 0; t < T; t++) {
                 std::vector<float> scores(t + 1);
-                const float* qt = q + (((size_t)b * T + t) * H + h) * hd;
-                float max_score = -INFINITY;
-                for (int s = 0; s <= t; s++) {
-                    const float* ks = k + (((size_t)b * T + s) * KV + h / group) * hd;
-                    float dot = 0.f;
-                    for (int i = 0; i < hd; i++) dot += qt[i] * ks[i];
-                    scores[s] = dot * scale;
-                    max_score = fmaxf(max_score, scores[s]);
-                }
-                double sum = 0.0;
-                for (int s = 0; s <= t; s++) { scores[s] = expf(scores[s] - max_score); sum += scores[s]; }
-                float* ot = out + (((size_t)b * T + t) * H + h) * hd;
-                for (int i = 0; i < hd; i++) ot[i] = 0.f;
-                for (int s = 0; s <= t; s++) {
-                    float p = (float)(scores[s] / sum);
-                    const float* vs = v + (((size_t)b * T + s) * KV + h / group) * hd;
-                    for (int i = 0; i < hd; i++) ot[i] += p * vs[i];
-                }
-                lse[((size_t)b * H + h) * T + t] = max_score + (float)log(sum);
+                size_t row = ((size_t)b * T + t) * H + h;
+                size_t first_kv = ((size_t)b * T * KV + h / group) * hd;
+                lse[((size_t)b * H + h) * T + t] = attention_row_cpu(out + row * hd, q + row * hd, k + first_kv,
+                                                                     v + first_kv, (size_t)KV * hd, t + 1, hd, scores.data());
             }
         }
     }
