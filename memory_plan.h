@@ -19,6 +19,8 @@
 
 // cuBLASLt's workspace, taken from the arena (mst_kernels.cuh hands it to cuBLASLt once)
 static const size_t CUBLASLT_WORKSPACE_BYTES = 32ull << 20;
+// RMSNorm's weight gradient is reduced in this many fixed row chunks (deterministic): partials C x 4 each
+static const int RMSNORM_GRADIENT_CHUNKS = 128;
 // what the CUDA context, cuBLASLt's handle and kernels' code take outside the arena, held back from the
 // card's memory when checking that a plan fits
 static const double CUDA_CONTEXT_RESERVE_GIB = 1.0;
@@ -151,8 +153,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     set(REGION_TOKENS, 2 * N * 4, "2 x " + s(N) + " x 4");
     set(REGION_ROPE_TABLES, 2 * (size_t)o.T * (hd / 2) * 4, "2 x " + s(o.T) + " x " + s(hd / 2) + " x 4");
-    // reduction partials: up to 1024 blocks x C fp32 for a norm weight's gradient, 1 MiB for the rest
-    set(REGION_SCRATCH, 1024 * C * 4 + (1u << 20), "1024 x " + s(C) + " x 4 + 1 MiB");
+    // reduction partials: RMSNorm weight gradient's chunks x C fp32, then 1 MiB for the gradient norm's
+    set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");
     set(REGION_CUBLASLT_WORKSPACE, CUBLASLT_WORKSPACE_BYTES, "32 MiB");
 
     size_t at = 0;

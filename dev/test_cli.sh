@@ -50,5 +50,18 @@ expect_output "dry run prints the plan table" "LM-head logits .*1875 x 128256 x 
 expect_output "dry run of llama3-70b (plan only)" "layer inputs" --dry-run -e llama3-70b -T 8192
 expect_output "--max-T for an 80 GB card" "[0-9]{5,}" --dry-run -e llama3-8b --gpu-mem 80 --max-T
 
+# checkpoints, Hugging Face directories, samples (issue 6)
+expect_error "negative checkpoint interval" "-k" --dry-run -k -1
+expect_error "resume not 0 or 1" "-y" --dry-run -y 2
+expect_error "resume without -o" "-o DIR" --dry-run -y 1
+expect_error "-e directory without config.json" "config.json" --dry-run -e golden/tiny_hf
+expect_error "-e directory, head_dim 8 on the GPU" "head_dim" -e golden/tiny_hf/bf16
+expect_error "negative sample length" "-g" --dry-run -g -5
+expect_error "non-numeric sample interval" "-s" --dry-run -s often
+expect_error "negative temperature" "--temperature" --dry-run --temperature -1
+expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
+expect_output "dry run of a Hugging Face directory (reads config.json)" "^fits a .* card: yes" --dry-run -e golden/tiny_hf/bf16 -T 64
+expect_output "--help lists --export" " --export DIR" --help
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -1,0 +1,106 @@
+// dev/cuda/adamw.cu: AdamW over bf16 parameters, fp32 gradients, fp32 or bf16 (stochastically rounded)
+// optimizer state, optional fp32 master weights, and a gradient scale (clipping) from the host or the device.
+// CPU reference: adamw_cpu (fp32 everything). Product kernel: adamw_update<S> (mst_kernels.cuh).
+#include "common.h"
+
+template <typename S>
+static void check(size_t count, bool use_master, int steps) {
+    bool bf16_state = sizeof(S) == 2;
+    float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 0.5f;
+    std::vector<float> p = rand_uniform(count, -1.f, 1.f);
+    to_bf16(p);  // the CPU starts from the same (bf16) parameters
+    std::vector<float> m(count, 0.f), v(count, 0.f);
+    bf16* d_p = upload_bf16(p);
+    float* d_master = use_master ? upload(p) : nullptr;
+    S *d_m = dmalloc<S>(count), *d_v = dmalloc<S>(count);
+    CUDA_CHECK(cudaMemset(d_m, 0, count * sizeof(S)));
+    CUDA_CHECK(cudaMemset(d_v, 0, count * sizeof(S)));
+    float* d_g = dmalloc<float>(count);
+    float* d_clip = upload(std::vector<float>{clip});
+    for (int t = 1; t <= steps; t++) {
+        std::vector<float> g = rand_uniform(count, -1.f, 1.f);
+        CUDA_CHECK(cudaMemcpy(d_g, g.data(), count * 4, cudaMemcpyHostToDevice));
+        for (auto& x : g) x *= 2.f * clip;  // host scale 2, device scale clip
+        adamw_cpu(p.data(), g.data(), m.data(), v.data(), count, t, lr, b1, b2, eps, wd);
+        adamw_update<S>(d_p, d_master, d_g, d_m, d_v, count, t, lr, b1, b2, eps, wd, 2.f, d_clip, 1234u + t, 0);
+    }
+    CUDA_CHECK(cudaDeviceSynchronize());
+    char name[128];
+    const char* cfg = bf16_state ? (use_master ? "bf16 state + master" : "bf16 state") : (use_master ? "fp32 state + master" : "fp32 state");
+    // bf16 params without master: stochastic rounding each step; a few ulps of bf16 (2^-8 relative) after a few steps
+    float ptol = use_master ? 4e-3f : 1.6e-2f;
+    snprintf(name, sizeof name, "adamw params (%s) count=%zu steps=%d", cfg, count, steps);
+    compare(name, download_bf16(d_p, count), p, ptol, ptol);
+    if (use_master) {
+        snprintf(name, sizeof name, "adamw master (%s) count=%zu", cfg, count);
+        compare(name, download(d_master, count), p, 1e-5f, 1e-5f);
+    }
+    std::vector<float> gm(count), gv(count);
+    if (bf16_state) { gm = download_bf16((bf16*)d_m, count); gv = download_bf16((bf16*)d_v, count); }
+    else { gm = download((float*)d_m, count); gv = download((float*)d_v, count); }
+    float stol = bf16_state ? 2e-2f : 1e-5f;
+    snprintf(name, sizeof name, "adamw m (%s) count=%zu", cfg, count);
+    compare(name, gm, m, stol * max_abs(m), stol);
+    snprintf(name, sizeof name, "adamw v (%s) count=%zu", cfg, count);
+    compare(name, gv, v, stol * max_abs(v), stol);
+    if (bf16_state) {
+        // stochastic rounding is unbiased: the mean error of m over many elements is far below one bf16 ulp
+        double bias = 0, mag = 0;
+        for (size_t i = 0; i < count; i++) { bias += (double)gm[i] - m[i]; mag += fabs(m[i]); }
+        snprintf(name, sizeof name, "adamw bf16 m unbiased (mean err / mean |m| = %.2g)", fabs(bias) / std::max(mag, 1e-30));
+        check_true(name, fabs(bias) / std::max(mag, 1e-30) < 1e-3);
+    }
+    for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g, (void*)d_clip}) CUDA_CHECK(cudaFree(q));
+}
+
+// same seed, same bits
+static void check_deterministic(size_t count) {
+    std::vector<float> p = rand_uniform(count, -1.f, 1.f), g = rand_uniform(count, -1.f, 1.f);
+    std::vector<uint16_t> out[2];
+    for (int r = 0; r < 2; r++) {
+        bf16* d_p = upload_bf16(p);
+        float* d_g = upload(g);
+        bf16 *d_m = dmalloc<bf16>(count), *d_v = dmalloc<bf16>(count);
+        CUDA_CHECK(cudaMemset(d_m, 0, count * 2));
+        CUDA_CHECK(cudaMemset(d_v, 0, count * 2));
+        for (int t = 1; t <= 3; t++) adamw_update<bf16>(d_p, nullptr, d_g, d_m, d_v, count, t, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, nullptr, 77u + t, 0);
+        out[r].resize(count * 2);
+        CUDA_CHECK(cudaMemcpy(out[r].data(), d_p, count * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(out[r].data() + count, d_m, count * 2, cudaMemcpyDeviceToHost));
+        for (void* q : {(void*)d_p, (void*)d_g, (void*)d_m, (void*)d_v}) CUDA_CHECK(cudaFree(q));
+    }
+    check_true("adamw bf16 state deterministic given the seed", out[0] == out[1]);
+}
+
+template <typename S>
+static void bench(size_t count, bool use_master) {
+    bf16* d_p = device_random_bf16(count);
+    float* d_master = use_master ? device_random_f32(count) : nullptr;
+    float* d_g = device_random_f32(count);
+    S *d_m = dmalloc<S>(count), *d_v = dmalloc<S>(count);
+    CUDA_CHECK(cudaMemset(d_m, 0, count * sizeof(S)));
+    CUDA_CHECK(cudaMemset(d_v, 0, count * sizeof(S)));
+    int t = 0;
+    float ms = bench_ms([&] { t++; adamw_update<S>(d_p, d_master, d_g, d_m, d_v, count, t, 1e-4f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, nullptr, t, 0); });
+    double bytes = (double)count * (2 * 2 + 4 + 4 * sizeof(S) + (use_master ? 8 : 0));
+    char name[96];
+    snprintf(name, sizeof name, "adamw %s state%s count=%zuM", sizeof(S) == 2 ? "bf16" : "fp32", use_master ? " + master" : "", count >> 20);
+    report_bandwidth(name, "grid-stride v1", ms, bytes);
+    for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g}) CUDA_CHECK(cudaFree(q));
+}
+
+int main(int argc, char** argv) {
+    parse_args(argc, argv);
+    size_t n = g_small ? 1000 : 1000003;
+    check<float>(n, false, 3);
+    check<float>(n, true, 3);
+    check<bf16>(n, false, 3);
+    check<bf16>(n, true, 3);
+    check_deterministic(n);
+    if (g_bench) {
+        bench<float>(256ull << 20, false);
+        bench<bf16>(256ull << 20, false);
+        bench<bf16>(256ull << 20, true);
+    }
+    return finish("adamw");
+}

@@ -1,0 +1,92 @@
+#!/usr/bin/env bash
+# GPU checks of the trainer (issue 5), called from dev/gpu_check.sh under "# --- trainer checks (issue 5) ---".
+# Builds train_llama and test_llama (for $GPU_ARCH, default sm_90a), runs test_llama, then short
+# benchmarks: llama3-8b at T=60000 as on an 80 GB card (--gpu-mem 80), llama3.2-1b at T=8192, and the
+# MST chunks against -m 1 -M 1 at that size where both fit (target: MST at least 0.95x the tokens/s),
+# then (issue 6) a Hugging Face directory in, a checkpoint and a resume, and an export read by transformers.
+# Every command has a timeout and the whole script keeps to ${TRAINER_CHECK_BUDGET:-300} seconds (about
+# 3-4 minutes on an H100/H200). Data: dev/data/shards if present (carry it to the GPU machine; `make data`
+# makes it), else random tokens. Exit status: 0 when every step passed; failures print "FAILED: ...".
+set -u
+cd "$(dirname "$0")/.."
+DEADLINE=$(( $(date +%s) + ${TRAINER_CHECK_BUDGET:-300} ))
+status=0
+note_failure() { echo "FAILED: $1"; status=1; }
+
+# bounded LIMIT COMMAND...: the command under a timeout of LIMIT seconds, or less if the budget is short
+bounded() {
+    local limit=$1 left=$((DEADLINE - $(date +%s)))
+    shift
+    if [ "$left" -lt 10 ]; then echo "(budget spent: skipped $*)"; return 124; fi
+    [ "$limit" -gt "$left" ] && limit=$left
+    timeout --kill-after=5 "$limit" "$@"
+}
+
+# gpu_check.sh has built (or carried) the programs; alone, this script builds them
+{ [ -x train_llama ] && [ -x test_llama ] && [ -x mst_hf ]; } ||
+    make -j16 train_llama test_llama mst_hf GPU_ARCH="${GPU_ARCH:--gencode arch=compute_90a,code=sm_90a}" >/dev/null ||
+    { echo "FAILED: build"; exit 1; }
+nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
+
+echo "== test_llama"
+bounded 120 ./test_llama || note_failure "test_llama"
+
+if ls dev/data/shards/train_*.bin >/dev/null 2>&1 && ls dev/data/shards/val_*.bin >/dev/null 2>&1; then
+    data=(-i 'dev/data/shards/train_*.bin' -j 'dev/data/shards/val_*.bin')
+else
+    echo "(no shards in dev/data/shards: random tokens)"
+    data=(--random-tokens)
+fi
+
+log=$(mktemp -d)
+# train LIMIT NAME ARGS...: one train_llama run, its output shown and kept in $log/NAME.txt
+train() {
+    local limit=$1 name=$2
+    shift 2
+    echo "== ./train_llama $*"
+    bounded "$limit" ./train_llama "$@" "${data[@]}" 2>&1 | tee "$log/$name.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || note_failure "train_llama $*"
+}
+# mean tokens/s of the steps after the first (the first loads kernels and picks cuBLASLt algorithms)
+tokens_per_second() {
+    awk '/^step .*tok\/s/ { n++; for (i = 2; i <= NF; i++) if ($i == "tok/s" && n > 1) { s += $(i - 1); k++ } }
+         END { if (k) printf "%.0f", s / k; else print 0 }' "$1"
+}
+
+train 150 8b -e llama3-8b -T 60000 -n 2 --gpu-mem 80
+train 45 1b -e llama3.2-1b -T 8192 -n 4 -v 4 --val-batches 1 --gpu-mem 80
+train 45 1b_standard_chunks -e llama3.2-1b -T 8192 -n 4 -m 1 -M 1 --gpu-mem 80
+
+# Issue 6: a Hugging Face model in (golden test-tiny, head_dim 64, exported by mst_hf), 4 steps with a
+# checkpoint at 2 and samples, out through --export; a resume from step 2 must print the same losses and
+# the same final sample; transformers must read the export with our logits (dev/hf_check.py).
+echo "== Hugging Face in, checkpoint and resume, Hugging Face out"
+hf=$(mktemp -d)
+if ./mst_hf convert golden/test-tiny.safetensors "$hf/in" BF16 test-tiny; then
+    tiny=(-e "$hf/in" -T 64 -n 4 --random-tokens -g 8 -s 2 -o "$hf/run")
+    bounded 60 ./train_llama "${tiny[@]}" -k 2 --export "$hf/out" 2>&1 | tee "$hf/straight.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || note_failure "train_llama -e DIR -o DIR --export DIR"
+    rm -f "$hf/run/step_00000004.safetensors"
+    bounded 60 ./train_llama "${tiny[@]}" -y 1 2>&1 | tee "$hf/resumed.txt"
+    [ "${PIPESTATUS[0]}" -eq 0 ] || note_failure "train_llama -y 1"
+    after_resume() { grep -E '^step +[34]/4 \| loss|^sample at step 4' "$1"; }
+    [ "$(after_resume "$hf/straight.txt" | wc -l)" -eq 3 ] && [ "$(after_resume "$hf/straight.txt")" == "$(after_resume "$hf/resumed.txt")" ] ||
+        note_failure "steps 3-4 and the last sample after a resume differ from the straight run's"
+    if python3 -c "import torch, transformers" 2>/dev/null; then
+        bounded 120 python3 dev/hf_check.py --dir "$hf/out" || note_failure "dev/hf_check.py --dir (the trainer's export)"
+    else
+        echo "(no torch/transformers here: dev/hf_check.py skipped)"
+    fi
+else
+    note_failure "mst_hf convert of the golden test-tiny"
+fi
+rm -rf "$hf"
+
+echo "== trainer results"
+echo "llama3-8b T=60000: $(tokens_per_second "$log/8b.txt") tok/s; $(grep -h '^memory:' "$log/8b.txt")"
+mst=$(tokens_per_second "$log/1b.txt")
+standard=$(tokens_per_second "$log/1b_standard_chunks.txt")
+ratio=$(awk -v a="$mst" -v b="$standard" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
+echo "llama3.2-1b T=8192: MST chunks $mst tok/s, -m 1 -M 1 $standard tok/s, ratio $ratio (target >= 0.95)"
+rm -rf "$log"
+exit $status

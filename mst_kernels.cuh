@@ -1,0 +1,1433 @@
+// mst_kernels.cuh: every GPU kernel of the mst trainer, each next to its launch helper.
+// bf16 storage (__nv_bfloat16), fp32 arithmetic and accumulation. Layouts exactly as llama_reference.h:
+// activations (N, width) row-major with N = B*T; linear weights (out, in); q and the attention output
+// (B, T, H, hd), k and v (B, T, KV, hd), lse fp32 (B, H, T); RoPE tables fp32 (T, hd/2) from rope_tables().
+// Parameter gradients are fp32, activation gradients bf16. No cudaMalloc in this file: scratch comes from
+// the caller (the arena); the *_scratch_bytes() functions say how much. Every launch helper takes a stream.
+// Everything is deterministic (no float atomics): the same inputs give the same bits on the same GPU.
+//
+// ---------------------------------------------------------------------------------------------------
+// API (W = writes, A = accumulates +=)
+//
+// Errors: CUDA_CHECK(call), CUBLAS_CHECK(call): print file:line and the error, exit(1).
+//
+// Matmuls (cuBLASLt, bf16 in, fp32 accumulate). Call matmul_init once; descriptors and heuristics are
+// cached per shape, so steady-state calls allocate nothing.
+//   CUBLASLT_WORKSPACE_BYTES (memory_plan.h, 32 MiB): the workspace the memory plan reserves.
+//   void matmul_init(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes);
+//   void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC,
+//                       bool accumulate, cudaStream_t)                      out[N,OC] (W or A) = inp[N,IC] W[OC,IC]^T
+//   void matmul_backward_input(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
+//                       bool accumulate, cudaStream_t)                      dinp[N,IC] (W or A) = dout[N,OC] W[OC,IC]
+//   void matmul_backward_weight(float* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC,
+//                       cudaStream_t)                                       dweight[OC,IC] fp32 (A) += dout^T inp
+//   (matmul_backward_cpu in llama_reference.h; N may be a mini-sequence: beta=1 accumulates across calls)
+//
+// Embedding (embedding_forward_cpu / embedding_backward_cpu):
+//   void embedding_forward(bf16* out, const int* tokens, const bf16* wte, int N, int C, cudaStream_t)  out (W)
+//   void embedding_backward(float* dwte, const bf16* dout, const int* tokens, int N, int C, cudaStream_t)
+//        dwte[V,C] fp32 (A). Deterministic: one thread per column walks n = 0..N-1 in order (same order as
+//        the CPU). Needs no scratch, no host-side bucketing.
+//
+// RMSNorm (rmsnorm_forward_cpu / rmsnorm_backward_cpu):
+//   void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C,
+//                        float eps, cudaStream_t)                            out (W), rstd[N] (W)
+//   void rmsnorm_residual_forward(bf16* residual_out, bf16* out, float* rstd, const bf16* residual_in,
+//                        const bf16* delta, const bf16* weight, int N, int C, float eps, cudaStream_t)
+//        residual_out = residual_in + delta (W, bf16; may alias residual_in), then out = rmsnorm(residual_out)
+//        computed from the rounded bf16 residual_out (what backward sees as inp). rstd (W).
+//   size_t rmsnorm_backward_scratch_bytes(int N, int C);
+//   void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, const bf16* dout, const bf16* inp,
+//                        const bf16* weight, const float* rstd, int N, int C, cudaStream_t)
+//        dinp[N,C] bf16 (A: the residual gradient stream), dweight[C] fp32 (A, fixed-order reduction).
+//
+// RoPE (rope_cpu): void rope_forward(bf16* x, const float* cos_table, const float* sin_table, int B, int T,
+//        int heads, int hd, bool inverse, cudaStream_t)   in place on (B,T,heads,hd); backward: inverse=true
+//        on the gradient.
+//
+// Attention (attention_forward_cpu / attention_backward_cpu): causal GQA flash attention, mma.sync bf16
+//   tensor cores, hd in {64, 128}, scale 1/sqrt(hd), never a T x T buffer.
+//   void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
+//                          int B, int T, int H, int KV, int hd, cudaStream_t)   out, lse (W)
+//   size_t attention_backward_scratch_bytes(int B, int T, int H, int hd);        (fp32 D = rowsum(dout*out))
+//   void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16* dout, const bf16* q,
+//                           const bf16* k, const bf16* v, const bf16* out, const float* lse,
+//                           int B, int T, int H, int KV, int hd, cudaStream_t)   dq, dk, dv (W)
+//   q/k/v/out/dout/dq/dk/dv must be 16-byte aligned (hd*2 bytes per row is).
+//   int& attention_forward_version(), int& attention_backward_version(): 1 (default: synchronous tile loads)
+//   or 2 (cp.async double buffering; the same arithmetic in the same order, so the same bits as 1). Set once.
+//
+// SwiGLU (swiglu_forward_cpu / swiglu_backward_cpu). gate and up rows may be strided (ld_gu elements
+//   between rows) so a fused [gate; up] matmul output (N, 2F) can be passed as gate = buf, up = buf + F,
+//   ld_gu = 2F. out/dout have row stride F. dgate/dup use stride ld_gu and may alias gate/up.
+//   void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_gu, cudaStream_t)  (W)
+//   void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
+//                        int N, int F, int ld_gu, cudaStream_t)             dgate, dup (W)
+//
+// LM-head loss (crossentropy_forward_backward_cpu), one mini-sequence of bf16 logits (N, V), in place:
+//   void crossentropy_forward_backward(bf16* logits, float* losses, const int* targets, int N, int V,
+//                        float grad_scale, cudaStream_t)
+//        losses[N] fp32 (W): lse - logit[target], 0 for target -1 (a target >= V gives NaN: a bug upstream);
+//        logits (W, in place) = (softmax - onehot) * grad_scale, zero rows for target -1.
+//
+// AdamW (adamw_cpu), PyTorch's decoupled weight decay, bias correction, step t from 1:
+//   template <typename S> (S = float or bf16 optimizer state)
+//   void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t,
+//                     float lr, float beta1, float beta2, float eps, float weight_decay,
+//                     float grad_scale, const float* grad_scale_device, unsigned int seed, cudaStream_t)
+//        g = grads * grad_scale * (grad_scale_device ? *grad_scale_device : 1).
+//        master != null: master (fp32) is updated and params = round-to-nearest(master).
+//        master == null: the fp32 value read from params is updated, params written with stochastic rounding.
+//        bf16 m/v are written with stochastic rounding. Random bits = hash(seed, element index, which of
+//        m/v/param): pass a different seed every step (and every tensor); deterministic given the seed.
+//
+// Global gradient norm (sum_of_squares_cpu), deterministic two-stage reduction, result on the device:
+//   GLOBAL_NORM_BLOCKS partial sums (double) per slot.
+//   size_t global_norm_scratch_bytes(int num_slots);
+//   void global_norm_squared_partial(void* scratch, int slot, const float* grad, size_t count, cudaStream_t)
+//        writes the slot's partials (call once per gradient buffer, slot = 0, 1, ...)
+//   void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,
+//                           float max_norm, cudaStream_t)
+//        norm_out[0] = sqrt(sum of all slots' partials, fixed order); clip_scale_out (may be null)
+//        = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1. Feed clip_scale_out to adamw_update
+//        as grad_scale_device to clip without a host sync.
+// ---------------------------------------------------------------------------------------------------
+#pragma once
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cuda_runtime.h>
+#include <cuda_bf16.h>
+#include <cublasLt.h>
+
+#include "llama_config.h"
+#include "memory_plan.h"
+
+typedef __nv_bfloat16 bf16;
+
+// ----------------------------------------------------------------------------
+// error checking
+
+static inline void mst_cuda_check(cudaError_t err, const char* file, int line) {
+    if (err != cudaSuccess) {
+        fprintf(stderr, "[CUDA ERROR] at %s:%d: %s\n", file, line, cudaGetErrorString(err));
+        exit(1);
+    }
+}
+#define CUDA_CHECK(call) mst_cuda_check((call), __FILE__, __LINE__)
+
+static inline void mst_cublas_check(cublasStatus_t status, const char* file, int line) {
+    if (status != CUBLAS_STATUS_SUCCESS) {
+        fprintf(stderr, "[cuBLAS ERROR] at %s:%d: %d (%s)\n", file, line, (int)status, cublasGetStatusString(status));
+        exit(1);
+    }
+}
+#define CUBLAS_CHECK(call) mst_cublas_check((call), __FILE__, __LINE__)
+
+static inline int mst_ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+
+namespace mst {
+
+__device__ __forceinline__ float warp_sum(float x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+__device__ __forceinline__ float warp_max(float x) {
+    for (int o = 16; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(0xffffffffu, x, o));
+    return x;
+}
+__device__ __forceinline__ double warp_sum_double(double x) {
+    for (int o = 16; o > 0; o >>= 1) x += __shfl_xor_sync(0xffffffffu, x, o);
+    return x;
+}
+
+// 8 bf16 in one 16-byte word
+union Pack8 {
+    uint4 u;
+    __nv_bfloat162 h2[4];
+    bf16 h[8];
+};
+
+static inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
+
+}  // namespace mst
+
+// ----------------------------------------------------------------------------
+// matmuls through cuBLASLt (the workspace size, CUBLASLT_WORKSPACE_BYTES, is the memory plan's)
+
+struct MatmulPlan {
+    bool used;
+    int transa, transb, m, n, k, lda, ldb, ldd, dtype_d;
+    int align_a, align_b, align_d;  // pointer alignment (bytes, up to 256) the algorithm was chosen for
+    cublasLtMatmulDesc_t desc;
+    cublasLtMatrixLayout_t a, b, c;
+    cublasLtMatmulAlgo_t algo;
+};
+
+struct MatmulState {
+    cublasLtHandle_t handle = nullptr;
+    void* workspace = nullptr;
+    size_t workspace_bytes = 0;
+    static const int MAX_PLANS = 256;
+    MatmulPlan plans[MAX_PLANS] = {};
+};
+static inline MatmulState& matmul_state() { static MatmulState s; return s; }
+
+static inline void matmul_init(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes) {
+    MatmulState& s = matmul_state();
+    s.handle = handle;
+    s.workspace = workspace;
+    s.workspace_bytes = workspace_bytes;
+}
+
+// column-major D(m x n, ld ldd) = alpha op(A) op(B) + beta D; A, B bf16; D bf16 or fp32; fp32 compute
+static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, const bf16* b, bool transa, bool transb,
+                             int m, int n, int k, int lda, int ldb, int ldd, float beta, cudaStream_t stream) {
+    MatmulState& s = matmul_state();
+    if (!s.handle) { fprintf(stderr, "matmul_init was not called\n"); exit(1); }
+    auto alignment = [](const void* ptr) {
+        int al = 256;
+        while (al > 1 && ((uintptr_t)ptr % al) != 0) al >>= 1;
+        return al;
+    };
+    int align_a = alignment(a), align_b = alignment(b), align_d = alignment(d);
+    MatmulPlan* plan = nullptr;
+    for (int i = 0; i < MatmulState::MAX_PLANS; i++) {
+        MatmulPlan& p = s.plans[i];
+        if (!p.used) break;
+        if (p.transa == transa && p.transb == transb && p.m == m && p.n == n && p.k == k && p.lda == lda &&
+            p.ldb == ldb && p.ldd == ldd && p.dtype_d == (int)dtype_d && p.align_a == align_a &&
+            p.align_b == align_b && p.align_d == align_d) { plan = &p; break; }
+    }
+    if (!plan) {
+        int i = 0;
+        while (i < MatmulState::MAX_PLANS && s.plans[i].used) i++;
+        if (i == MatmulState::MAX_PLANS) {  // full: replace the last entry (never happens with a fixed set of shapes)
+            i = MatmulState::MAX_PLANS - 1;
+            MatmulPlan& old = s.plans[i];
+            CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(old.a));
+            CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(old.b));
+            CUBLAS_CHECK(cublasLtMatrixLayoutDestroy(old.c));
+            CUBLAS_CHECK(cublasLtMatmulDescDestroy(old.desc));
+            old.used = false;
+        }
+        MatmulPlan& p = s.plans[i];
+        p.transa = transa; p.transb = transb; p.m = m; p.n = n; p.k = k; p.lda = lda; p.ldb = ldb; p.ldd = ldd;
+        p.dtype_d = (int)dtype_d;
+        p.align_a = align_a; p.align_b = align_b; p.align_d = align_d;
+        CUBLAS_CHECK(cublasLtMatmulDescCreate(&p.desc, CUBLAS_COMPUTE_32F, CUDA_R_32F));
+        cublasOperation_t opa = transa ? CUBLAS_OP_T : CUBLAS_OP_N, opb = transb ? CUBLAS_OP_T : CUBLAS_OP_N;
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSA, &opa, sizeof(opa)));
+        CUBLAS_CHECK(cublasLtMatmulDescSetAttribute(p.desc, CUBLASLT_MATMUL_DESC_TRANSB, &opb, sizeof(opb)));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.a, CUDA_R_16BF, transa ? k : m, transa ? m : k, lda));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.b, CUDA_R_16BF, transb ? n : k, transb ? k : n, ldb));
+        CUBLAS_CHECK(cublasLtMatrixLayoutCreate(&p.c, dtype_d, m, n, ldd));
+        cublasLtMatmulPreference_t pref;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceCreate(&pref));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES,
+                                                          &s.workspace_bytes, sizeof(s.workspace_bytes)));
+        uint32_t al_a = align_a, al_b = align_b, al_d = align_d;
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &al_a, sizeof(al_a)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &al_b, sizeof(al_b)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &al_d, sizeof(al_d)));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceSetAttribute(pref, CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &al_d, sizeof(al_d)));
+        cublasLtMatmulHeuristicResult_t result;
+        int found = 0;
+        CUBLAS_CHECK(cublasLtMatmulAlgoGetHeuristic(s.handle, p.desc, p.a, p.b, p.c, p.c, pref, 1, &result, &found));
+        CUBLAS_CHECK(cublasLtMatmulPreferenceDestroy(pref));
+        if (found == 0) {
+            fprintf(stderr, "no cuBLASLt algorithm for m=%d n=%d k=%d transa=%d transb=%d\n", m, n, k, transa, transb);
+            exit(1);
+        }
+        p.algo = result.algo;
+        p.used = true;
+        plan = &p;
+    }
+    float alpha = 1.f;
+    CUBLAS_CHECK(cublasLtMatmul(s.handle, plan->desc, &alpha, a, plan->a, b, plan->b, &beta, d, plan->c, d, plan->c,
+                                &plan->algo, s.workspace, s.workspace_bytes, stream));
+}
+
+// out[N,OC] = inp[N,IC] W[OC,IC]^T   (column-major: out^T(OC x N) = W^T... op(A)=T on W (IC x OC))
+static inline void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC,
+                                  bool accumulate, cudaStream_t stream) {
+    matmul_lt(out, CUDA_R_16BF, weight, inp, true, false, OC, N, IC, IC, IC, OC, accumulate ? 1.f : 0.f, stream);
+}
+// dinp[N,IC] (+)= dout[N,OC] W[OC,IC]
+static inline void matmul_backward_input(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
+                                         bool accumulate, cudaStream_t stream) {
+    matmul_lt(dinp, CUDA_R_16BF, weight, dout, false, false, IC, N, OC, IC, OC, IC, accumulate ? 1.f : 0.f, stream);
+}
+// dweight[OC,IC] (fp32) += dout[N,OC]^T inp[N,IC]
+static inline void matmul_backward_weight(float* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC,
+                                          cudaStream_t stream) {
+    matmul_lt(dweight, CUDA_R_32F, inp, dout, false, true, IC, OC, N, IC, OC, IC, 1.f, stream);
+}
+
+// ----------------------------------------------------------------------------
+// embedding
+
+// matches embedding_forward_cpu
+static __global__ void embedding_forward_kernel(bf16* out, const int* tokens, const bf16* wte, int N, int C) {
+    int n = blockIdx.x;
+    const bf16* src = wte + (size_t)tokens[n] * C;
+    bf16* dst = out + (size_t)n * C;
+    if ((C & 7) == 0) {
+        for (int i = threadIdx.x * 8; i < C; i += blockDim.x * 8)
+            *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+    } else {
+        for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
+    }
+}
+static inline void embedding_forward(bf16* out, const int* tokens, const bf16* wte, int N, int C, cudaStream_t stream) {
+    if (N <= 0) return;
+    bool vec = (C % 8 == 0) && mst::aligned16(out) && mst::aligned16(wte);
+    if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_forward: pointers must be 16-byte aligned\n"); exit(1); }
+    embedding_forward_kernel<<<N, 128, 0, stream>>>(out, tokens, wte, N, C);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// matches embedding_backward_cpu: each thread owns 2 columns and walks n in ascending order, so every
+// dwte element is summed in the CPU's order, without atomics.
+static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, const int* tokens, int N, int C) {
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * 2;
+    if (c >= C) return;
+    bool two = c + 1 < C;
+    for (int n = 0; n < N; n++) {
+        int tok = __ldg(tokens + n);
+        float* dw = dwte + (size_t)tok * C + c;
+        const bf16* d = dout + (size_t)n * C + c;
+        dw[0] += __bfloat162float(d[0]);
+        if (two) dw[1] += __bfloat162float(d[1]);
+    }
+}
+static inline void embedding_backward(float* dwte, const bf16* dout, const int* tokens, int N, int C, cudaStream_t stream) {
+    if (N <= 0) return;
+    int threads = 64;
+    int blocks = mst_ceil_div(mst_ceil_div(C, 2), threads);
+    embedding_backward_kernel<<<blocks, threads, 0, stream>>>(dwte, dout, tokens, N, C);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// RMSNorm: one warp per row
+
+// matches rmsnorm_forward_cpu (residual == null) or residual_out = residual_in + delta then rmsnorm_forward_cpu
+template <bool VEC>
+__global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, bf16* residual_out, const bf16* inp, const bf16* delta,
+                                       const bf16* weight, int N, int C, float eps) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int n = blockIdx.x * (blockDim.x / 32) + warp;
+    if (n >= N) return;
+    const bf16* x = inp + (size_t)n * C;
+    const bf16* dx = delta ? delta + (size_t)n * C : nullptr;
+    bf16* rx = residual_out ? residual_out + (size_t)n * C : nullptr;
+    bf16* y = out + (size_t)n * C;
+    float ss = 0.f;
+    if (VEC) {
+        for (int i = lane * 8; i < C; i += 32 * 8) {
+            mst::Pack8 a;
+            a.u = *reinterpret_cast<const uint4*>(x + i);
+            if (dx) {
+                mst::Pack8 d;
+                d.u = *reinterpret_cast<const uint4*>(dx + i);
+                for (int j = 0; j < 8; j++) a.h[j] = __float2bfloat16(__bfloat162float(a.h[j]) + __bfloat162float(d.h[j]));
+                *reinterpret_cast<uint4*>(rx + i) = a.u;
+            }
+            for (int j = 0; j < 8; j++) { float v = __bfloat162float(a.h[j]); ss += v * v; }
+        }
+    } else {
+        for (int i = lane; i < C; i += 32) {
+            bf16 a = x[i];
+            if (dx) { a = __float2bfloat16(__bfloat162float(a) + __bfloat162float(dx[i])); rx[i] = a; }
+            float v = __bfloat162float(a);
+            ss += v * v;
+        }
+    }
+    ss = mst::warp_sum(ss);
+    float r = rsqrtf(ss / C + eps);
+    // the residual output was written by this same lane for the same indices: read it back (no barrier needed)
+    const bf16* src = dx ? rx : x;
+    if (VEC) {
+        for (int i = lane * 8; i < C; i += 32 * 8) {
+            mst::Pack8 a, w, o;
+            a.u = *reinterpret_cast<const uint4*>(src + i);
+            w.u = *reinterpret_cast<const uint4*>(weight + i);
+            for (int j = 0; j < 8; j++) o.h[j] = __float2bfloat16(__bfloat162float(w.h[j]) * (__bfloat162float(a.h[j]) * r));
+            *reinterpret_cast<uint4*>(y + i) = o.u;
+        }
+    } else {
+        for (int i = lane; i < C; i += 32)
+            y[i] = __float2bfloat16(__bfloat162float(weight[i]) * (__bfloat162float(src[i]) * r));
+    }
+    if (lane == 0) rstd[n] = r;
+}
+
+static inline void rmsnorm_launch(bf16* out, float* rstd, bf16* residual_out, const bf16* inp, const bf16* delta,
+                                  const bf16* weight, int N, int C, float eps, cudaStream_t stream) {
+    if (N <= 0) return;
+    bool vec = C % 8 == 0 && mst::aligned16(out) && mst::aligned16(inp) && mst::aligned16(weight) &&
+               (!delta || (mst::aligned16(delta) && mst::aligned16(residual_out)));
+    int rows_per_block = 4;
+    int blocks = mst_ceil_div(N, rows_per_block);
+    if (vec) rmsnorm_forward_kernel<true><<<blocks, rows_per_block * 32, 0, stream>>>(out, rstd, residual_out, inp, delta, weight, N, C, eps);
+    else rmsnorm_forward_kernel<false><<<blocks, rows_per_block * 32, 0, stream>>>(out, rstd, residual_out, inp, delta, weight, N, C, eps);
+    CUDA_CHECK(cudaGetLastError());
+}
+static inline void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C, float eps,
+                                   cudaStream_t stream) {
+    rmsnorm_launch(out, rstd, nullptr, inp, nullptr, weight, N, C, eps, stream);
+}
+static inline void rmsnorm_residual_forward(bf16* residual_out, bf16* out, float* rstd, const bf16* residual_in,
+                                            const bf16* delta, const bf16* weight, int N, int C, float eps,
+                                            cudaStream_t stream) {
+    rmsnorm_launch(out, rstd, residual_out, residual_in, delta, weight, N, C, eps, stream);
+}
+
+// backward: (1) dinp, one warp per row; (2) dweight partials over RMSNORM_GRADIENT_CHUNKS fixed row chunks;
+// (3) dweight += sum of the partials in chunk order. (RMSNORM_GRADIENT_CHUNKS: memory_plan.h)
+
+static inline size_t rmsnorm_backward_scratch_bytes(int N, int C) {
+    (void)N;
+    return (size_t)RMSNORM_GRADIENT_CHUNKS * C * sizeof(float);
+}
+
+// matches rmsnorm_backward_cpu's dinp: dx_i += r w_i dy_i - r^3 x_i / C * sum_j w_j dy_j x_j
+template <bool VEC>
+__global__ void rmsnorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const bf16* inp, const bf16* weight,
+                                             const float* rstd, int N, int C) {
+    int warp = threadIdx.x / 32, lane = threadIdx.x % 32;
+    int n = blockIdx.x * (blockDim.x / 32) + warp;
+    if (n >= N) return;
+    const bf16* x = inp + (size_t)n * C;
+    const bf16* dy = dout + (size_t)n * C;
+    bf16* dx = dinp + (size_t)n * C;
+    float r = rstd[n];
+    float dot = 0.f;
+    if (VEC) {
+        for (int i = lane * 8; i < C; i += 256) {
+            mst::Pack8 a, d, w;
+            a.u = *reinterpret_cast<const uint4*>(x + i);
+            d.u = *reinterpret_cast<const uint4*>(dy + i);
+            w.u = *reinterpret_cast<const uint4*>(weight + i);
+            for (int j = 0; j < 8; j++) dot += __bfloat162float(w.h[j]) * __bfloat162float(d.h[j]) * __bfloat162float(a.h[j]);
+        }
+    } else {
+        for (int i = lane; i < C; i += 32)
+            dot += __bfloat162float(weight[i]) * __bfloat162float(dy[i]) * __bfloat162float(x[i]);
+    }
+    dot = mst::warp_sum(dot);
+    float coefficient = dot / C * r * r * r;
+    if (VEC) {
+        for (int i = lane * 8; i < C; i += 256) {
+            mst::Pack8 a, d, w, o;
+            a.u = *reinterpret_cast<const uint4*>(x + i);
+            d.u = *reinterpret_cast<const uint4*>(dy + i);
+            w.u = *reinterpret_cast<const uint4*>(weight + i);
+            o.u = *reinterpret_cast<const uint4*>(dx + i);
+            for (int j = 0; j < 8; j++)
+                o.h[j] = __float2bfloat16(__bfloat162float(o.h[j]) + r * __bfloat162float(w.h[j]) * __bfloat162float(d.h[j]) -
+                                          coefficient * __bfloat162float(a.h[j]));
+            *reinterpret_cast<uint4*>(dx + i) = o.u;
+        }
+    } else {
+        for (int i = lane; i < C; i += 32)
+            dx[i] = __float2bfloat16(__bfloat162float(dx[i]) + r * __bfloat162float(weight[i]) * __bfloat162float(dy[i]) -
+                                     coefficient * __bfloat162float(x[i]));
+    }
+}
+
+// partial[chunk, c] = sum over the chunk's rows of dy[n,c] x[n,c] r[n]; grid (ceil(C/256), RMSNORM_GRADIENT_CHUNKS)
+static __global__ void rmsnorm_backward_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp,
+                                                        const float* rstd, int N, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int chunk = blockIdx.y;
+    int rows = (N + gridDim.y - 1) / gridDim.y;
+    int n0 = chunk * rows, n1 = min(N, n0 + rows);
+    if (c >= C) return;
+    float sum = 0.f;
+    for (int n = n0; n < n1; n++)
+        sum += __bfloat162float(dout[(size_t)n * C + c]) * __bfloat162float(inp[(size_t)n * C + c]) * rstd[n];
+    partial[(size_t)chunk * C + c] = sum;
+}
+static __global__ void rmsnorm_backward_dweight_reduce_kernel(float* dweight, const float* partial, int chunks, int C) {
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C) return;
+    float sum = 0.f;
+    for (int i = 0; i < chunks; i++) sum += partial[(size_t)i * C + c];
+    dweight[c] += sum;
+}
+
+static inline void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, const bf16* dout, const bf16* inp,
+                                    const bf16* weight, const float* rstd, int N, int C, cudaStream_t stream) {
+    if (N <= 0) return;
+    bool vec = C % 8 == 0 && mst::aligned16(dinp) && mst::aligned16(dout) && mst::aligned16(inp) && mst::aligned16(weight);
+    int rows_per_block = 4;
+    int blocks = mst_ceil_div(N, rows_per_block);
+    if (vec) rmsnorm_backward_dinp_kernel<true><<<blocks, rows_per_block * 32, 0, stream>>>(dinp, dout, inp, weight, rstd, N, C);
+    else rmsnorm_backward_dinp_kernel<false><<<blocks, rows_per_block * 32, 0, stream>>>(dinp, dout, inp, weight, rstd, N, C);
+    CUDA_CHECK(cudaGetLastError());
+    float* partial = (float*)scratch;
+    dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
+    rmsnorm_backward_dweight_partial_kernel<<<grid, 256, 0, stream>>>(partial, dout, inp, rstd, N, C);
+    CUDA_CHECK(cudaGetLastError());
+    rmsnorm_backward_dweight_reduce_kernel<<<mst_ceil_div(C, 256), 256, 0, stream>>>(dweight, partial, RMSNORM_GRADIENT_CHUNKS, C);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// RoPE: matches rope_cpu; one thread per rotated pair
+
+static __global__ void rope_kernel(bf16* x, const float* cos_table, const float* sin_table, int B, int T, int heads, int hd,
+                            bool inverse) {
+    int half = hd / 2;
+    size_t total = (size_t)B * T * heads * half;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % half);
+        size_t row = idx / half;  // (b, t, h) flattened
+        int t = (int)((row / heads) % T);
+        float c = cos_table[(size_t)t * half + i];
+        float s = sin_table[(size_t)t * half + i];
+        if (inverse) s = -s;
+        bf16* v = x + row * hd;
+        float x1 = __bfloat162float(v[i]), x2 = __bfloat162float(v[i + half]);
+        v[i] = __float2bfloat16(x1 * c - x2 * s);
+        v[i + half] = __float2bfloat16(x2 * c + x1 * s);
+    }
+}
+static inline void rope_forward(bf16* x, const float* cos_table, const float* sin_table, int B, int T, int heads, int hd,
+                                bool inverse, cudaStream_t stream) {
+    size_t total = (size_t)B * T * heads * (hd / 2);
+    if (total == 0) return;
+    int threads = 256;
+    long long blocks = ((long long)total + threads - 1) / threads;
+    if (blocks > 65535LL * 16) blocks = 65535LL * 16;
+    rope_kernel<<<(int)blocks, threads, 0, stream>>>(x, cos_table, sin_table, B, T, heads, hd, inverse);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// SwiGLU
+
+__device__ __forceinline__ float mst_silu(float g) { return g / (1.f + __expf(-g)); }
+
+// matches swiglu_forward_cpu
+template <int VEC>
+__global__ void swiglu_forward_kernel(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld) {
+    size_t total = (size_t)N * F / VEC;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        size_t e = idx * VEC;
+        size_t n = e / F, f = e % F;
+        const bf16* g = gate + n * ld + f;
+        const bf16* u = up + n * ld + f;
+        bf16* o = out + e;
+        if (VEC == 8) {
+            mst::Pack8 gp, upk, op;
+            gp.u = *reinterpret_cast<const uint4*>(g);
+            upk.u = *reinterpret_cast<const uint4*>(u);
+            for (int j = 0; j < 8; j++) op.h[j] = __float2bfloat16(mst_silu(__bfloat162float(gp.h[j])) * __bfloat162float(upk.h[j]));
+            *reinterpret_cast<uint4*>(o) = op.u;
+        } else {
+            o[0] = __float2bfloat16(mst_silu(__bfloat162float(g[0])) * __bfloat162float(u[0]));
+        }
+    }
+}
+// matches swiglu_backward_cpu; dgate/dup may alias gate/up (each element is read before it is written)
+template <int VEC>
+__global__ void swiglu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up,
+                                       int N, int F, int ld) {
+    size_t total = (size_t)N * F / VEC;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        size_t e = idx * VEC;
+        size_t n = e / F, f = e % F;
+        size_t gi = n * ld + f;
+        float gv[VEC], uv[VEC], dv[VEC];
+        if (VEC == 8) {
+            mst::Pack8 gp, upk, dp;
+            gp.u = *reinterpret_cast<const uint4*>(gate + gi);
+            upk.u = *reinterpret_cast<const uint4*>(up + gi);
+            dp.u = *reinterpret_cast<const uint4*>(dout + e);
+            for (int j = 0; j < VEC; j++) { gv[j] = __bfloat162float(gp.h[j]); uv[j] = __bfloat162float(upk.h[j]); dv[j] = __bfloat162float(dp.h[j]); }
+        } else {
+            gv[0] = __bfloat162float(gate[gi]); uv[0] = __bfloat162float(up[gi]); dv[0] = __bfloat162float(dout[e]);
+        }
+        float dg[VEC], du[VEC];
+        for (int j = 0; j < VEC; j++) {
+            float sig = 1.f / (1.f + __expf(-gv[j]));
+            dg[j] = dv[j] * uv[j] * sig * (1.f + gv[j] * (1.f - sig));
+            du[j] = dv[j] * gv[j] * sig;
+        }
+        if (VEC == 8) {
+            mst::Pack8 a, b;
+            for (int j = 0; j < VEC; j++) { a.h[j] = __float2bfloat16(dg[j]); b.h[j] = __float2bfloat16(du[j]); }
+            *reinterpret_cast<uint4*>(dgate + gi) = a.u;
+            *reinterpret_cast<uint4*>(dup + gi) = b.u;
+        } else {
+            dgate[gi] = __float2bfloat16(dg[0]);
+            dup[gi] = __float2bfloat16(du[0]);
+        }
+    }
+}
+static inline int mst_elementwise_blocks(size_t work, int threads) {
+    long long blocks = ((long long)work + threads - 1) / threads;
+    if (blocks > 65535LL * 32) blocks = 65535LL * 32;
+    return (int)(blocks < 1 ? 1 : blocks);
+}
+static inline void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_gu, cudaStream_t stream) {
+    if ((size_t)N * F == 0) return;
+    bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(out) && mst::aligned16(gate) && mst::aligned16(up);
+    int threads = 256;
+    if (vec) swiglu_forward_kernel<8><<<mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream>>>(out, gate, up, N, F, ld_gu);
+    else swiglu_forward_kernel<1><<<mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream>>>(out, gate, up, N, F, ld_gu);
+    CUDA_CHECK(cudaGetLastError());
+}
+static inline void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int N, int F,
+                                   int ld_gu, cudaStream_t stream) {
+    if ((size_t)N * F == 0) return;
+    bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(dgate) && mst::aligned16(dup) && mst::aligned16(dout) &&
+               mst::aligned16(gate) && mst::aligned16(up);
+    int threads = 256;
+    if (vec) swiglu_backward_kernel<8><<<mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream>>>(dgate, dup, dout, gate, up, N, F, ld_gu);
+    else swiglu_backward_kernel<1><<<mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream>>>(dgate, dup, dout, gate, up, N, F, ld_gu);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// LM-head loss: one block per row, online softmax (max and sum in one pass), then the gradient in place.
+
+static const int CE_THREADS = 1024;
+
+__device__ __forceinline__ void mst_online_combine(float& m, float& s, float m2, float s2) {
+    float mn = fmaxf(m, m2);
+    if (mn == -INFINITY) return;  // both empty
+    s = s * __expf(m - mn) + s2 * __expf(m2 - mn);
+    m = mn;
+}
+
+// matches crossentropy_forward_backward_cpu (per-token losses instead of their sum)
+template <bool VEC>
+__global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(bf16* logits, float* losses, const int* targets, int V,
+                                                                  float grad_scale) {
+    __shared__ float sm_m[CE_THREADS / 32], sm_s[CE_THREADS / 32];
+    __shared__ float sm_target_logit;
+    int n = blockIdx.x;
+    int tid = threadIdx.x, lane = tid % 32, warp = tid / 32;
+    bf16* row = logits + (size_t)n * V;
+    int target = targets[n];
+    if (target < 0) {
+        // ignored: zero gradient, no loss
+        if (VEC) {
+            uint4 z = make_uint4(0, 0, 0, 0);
+            for (int i = tid * 8; i < V; i += CE_THREADS * 8) *reinterpret_cast<uint4*>(row + i) = z;
+        } else {
+            for (int i = tid; i < V; i += CE_THREADS) row[i] = __float2bfloat16(0.f);
+        }
+        if (tid == 0) losses[n] = 0.f;
+        return;
+    }
+    if (tid == 0) sm_target_logit = target < V ? __bfloat162float(row[target]) : NAN;
+    // pass 1: per-thread online max/sum
+    float m = -INFINITY, s = 0.f;
+    if (VEC) {
+        for (int i = tid * 8; i < V; i += CE_THREADS * 8) {
+            mst::Pack8 p;
+            p.u = *reinterpret_cast<const uint4*>(row + i);
+            float x[8], mx = -INFINITY;
+            for (int j = 0; j < 8; j++) { x[j] = __bfloat162float(p.h[j]); mx = fmaxf(mx, x[j]); }
+            float mn = fmaxf(m, mx);
+            float add = 0.f;
+            for (int j = 0; j < 8; j++) add += __expf(x[j] - mn);
+            s = s * __expf(m - mn) + add;
+            m = mn;
+        }
+    } else {
+        for (int i = tid; i < V; i += CE_THREADS) {
+            float x = __bfloat162float(row[i]);
+            float mn = fmaxf(m, x);
+            s = s * __expf(m - mn) + __expf(x - mn);
+            m = mn;
+        }
+    }
+    // warp then block combine (fixed order: deterministic)
+    for (int o = 16; o > 0; o >>= 1) {
+        float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+        mst_online_combine(m, s, m2, s2);
+    }
+    if (lane == 0) { sm_m[warp] = m; sm_s[warp] = s; }
+    __syncthreads();
+    if (warp == 0) {
+        m = lane < CE_THREADS / 32 ? sm_m[lane] : -INFINITY;
+        s = lane < CE_THREADS / 32 ? sm_s[lane] : 0.f;
+        for (int o = 16; o > 0; o >>= 1) {
+            float m2 = __shfl_xor_sync(0xffffffffu, m, o), s2 = __shfl_xor_sync(0xffffffffu, s, o);
+            mst_online_combine(m, s, m2, s2);
+        }
+        if (lane == 0) { sm_m[0] = m; sm_s[0] = s; }
+    }
+    __syncthreads();
+    float lse = sm_m[0] + logf(sm_s[0]);
+    if (tid == 0) losses[n] = lse - sm_target_logit;
+    // pass 2: gradient in place (sm_target_logit was read before the barrier above)
+    if (VEC) {
+        for (int i = tid * 8; i < V; i += CE_THREADS * 8) {
+            mst::Pack8 p;
+            p.u = *reinterpret_cast<const uint4*>(row + i);
+            for (int j = 0; j < 8; j++) {
+                float g = __expf(__bfloat162float(p.h[j]) - lse) * grad_scale;
+                if (i + j == target) g -= grad_scale;
+                p.h[j] = __float2bfloat16(g);
+            }
+            *reinterpret_cast<uint4*>(row + i) = p.u;
+        }
+    } else {
+        for (int i = tid; i < V; i += CE_THREADS) {
+            float g = __expf(__bfloat162float(row[i]) - lse) * grad_scale;
+            if (i == target) g -= grad_scale;
+            row[i] = __float2bfloat16(g);
+        }
+    }
+}
+static inline void crossentropy_forward_backward(bf16* logits, float* losses, const int* targets, int N, int V,
+                                                 float grad_scale, cudaStream_t stream) {
+    if (N <= 0) return;
+    bool vec = V % 8 == 0 && mst::aligned16(logits);
+    if (vec) crossentropy_kernel<true><<<N, CE_THREADS, 0, stream>>>(logits, losses, targets, V, grad_scale);
+    else crossentropy_kernel<false><<<N, CE_THREADS, 0, stream>>>(logits, losses, targets, V, grad_scale);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// AdamW
+
+__device__ __forceinline__ unsigned int mst_hash(unsigned int x) {  // lowbias32 (Chris Wellons)
+    x ^= x >> 16; x *= 0x7feb352dU; x ^= x >> 15; x *= 0x846ca68bU; x ^= x >> 16;
+    return x;
+}
+// fp32 -> bf16, rounding up with probability equal to the dropped fraction
+__device__ __forceinline__ bf16 mst_stochastic_round(float x, unsigned int random) {
+    unsigned int bits = __float_as_uint(x);
+    if ((bits & 0x7f800000u) == 0x7f800000u) return __float2bfloat16(x);  // inf / nan
+    bits += random & 0xffffu;
+    bits &= 0xffff0000u;
+    return __ushort_as_bfloat16((unsigned short)(bits >> 16));
+}
+__device__ __forceinline__ float mst_load_state(const float* p) { return *p; }
+__device__ __forceinline__ float mst_load_state(const bf16* p) { return __bfloat162float(*p); }
+__device__ __forceinline__ void mst_store_state(float* p, float x, unsigned int) { *p = x; }
+__device__ __forceinline__ void mst_store_state(bf16* p, float x, unsigned int random) { *p = mst_stochastic_round(x, random); }
+
+// matches adamw_cpu
+template <typename S>
+__global__ void adamw_kernel(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, float lr,
+                             float beta1, float beta2, float bias_correction1, float bias_correction2, float eps,
+                             float weight_decay, float grad_scale, const float* grad_scale_device, unsigned int seed) {
+    float scale = grad_scale * (grad_scale_device ? *grad_scale_device : 1.f);
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        float g = grads[i] * scale;
+        float p = master ? master[i] : __bfloat162float(params[i]);
+        float mi = mst_load_state(m + i), vi = mst_load_state(v + i);
+        p -= lr * weight_decay * p;
+        mi = beta1 * mi + (1.f - beta1) * g;
+        vi = beta2 * vi + (1.f - beta2) * g * g;
+        p -= lr * (mi / bias_correction1) / (sqrtf(vi / bias_correction2) + eps);
+        unsigned int h = mst_hash(seed ^ mst_hash((unsigned int)i ^ (unsigned int)(i >> 32) * 0x9e3779b9u));
+        mst_store_state(m + i, mi, h);
+        mst_store_state(v + i, vi, mst_hash(h ^ 0x68e31da4u));
+        if (master) {
+            master[i] = p;
+            params[i] = __float2bfloat16(p);
+        } else {
+            params[i] = mst_stochastic_round(p, mst_hash(h ^ 0xb5297a4du));
+        }
+    }
+}
+template <typename S>
+static inline void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t, float lr,
+                                float beta1, float beta2, float eps, float weight_decay, float grad_scale,
+                                const float* grad_scale_device, unsigned int seed, cudaStream_t stream) {
+    if (count == 0) return;
+    float bias_correction1 = 1.f - powf(beta1, (float)t);
+    float bias_correction2 = 1.f - powf(beta2, (float)t);
+    int threads = 256;
+    adamw_kernel<S><<<mst_elementwise_blocks(count, threads), threads, 0, stream>>>(
+        params, master, grads, m, v, count, lr, beta1, beta2, bias_correction1, bias_correction2, eps, weight_decay,
+        grad_scale, grad_scale_device, seed);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// global gradient norm
+
+static const int GLOBAL_NORM_BLOCKS = 512;
+static const int GLOBAL_NORM_THREADS = 512;
+
+static inline size_t global_norm_scratch_bytes(int num_slots) {
+    return (size_t)num_slots * GLOBAL_NORM_BLOCKS * sizeof(double);
+}
+static __global__ void __launch_bounds__(GLOBAL_NORM_THREADS) global_norm_partial_kernel(double* partial, const float* x, size_t count) {
+    __shared__ double sm[GLOBAL_NORM_THREADS / 32];
+    double sum = 0.0;
+    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        double v = x[i];
+        sum += v * v;
+    }
+    sum = mst::warp_sum_double(sum);
+    if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < GLOBAL_NORM_THREADS / 32; w++) total += sm[w];
+        partial[blockIdx.x] = total;
+    }
+}
+static __global__ void global_norm_finish_kernel(float* norm_out, float* clip_scale_out, const double* partial, int n, float max_norm) {
+    __shared__ double sm[32];
+    double sum = 0.0;
+    for (int i = threadIdx.x; i < n; i += blockDim.x) sum += partial[i];
+    sum = mst::warp_sum_double(sum);
+    if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = sum;
+    __syncthreads();
+    if (threadIdx.x == 0) {
+        double total = 0.0;
+        for (int w = 0; w < (int)(blockDim.x / 32); w++) total += sm[w];
+        float norm = (float)sqrt(total);
+        norm_out[0] = norm;
+        if (clip_scale_out) clip_scale_out[0] = (max_norm > 0.f && norm > max_norm) ? max_norm / (norm + 1e-6f) : 1.f;
+    }
+}
+static inline void global_norm_squared_partial(void* scratch, int slot, const float* grad, size_t count, cudaStream_t stream) {
+    double* partial = (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS;
+    global_norm_partial_kernel<<<GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream>>>(partial, grad, count);
+    CUDA_CHECK(cudaGetLastError());
+}
+static inline void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,
+                                      float max_norm, cudaStream_t stream) {
+    global_norm_finish_kernel<<<1, 1024, 0, stream>>>(norm_out, clip_scale_out, (const double*)scratch,
+                                                      num_slots * GLOBAL_NORM_BLOCKS, max_norm);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// ----------------------------------------------------------------------------
+// attention: FlashAttention-2-style causal GQA on mma.sync m16n8k16 (bf16 in, fp32 accumulate).
+// Tiles are staged in shared memory with rows padded to HD+8 elements (conflict-free ldmatrix), fragments
+// are read with ldmatrix (.trans where the operand is needed k-major). Each warp owns 16 rows of its tile.
+// Fragment layouts (PTX ISA, mma.m16n8k16, g = lane/4, t = lane%4):
+//   A (16x16): a0 (g, 2t..2t+1), a1 (g+8, 2t..), a2 (g, 2t+8..), a3 (g+8, 2t+8..)
+//   B (16x8):  b0 (k 2t..2t+1, n g), b1 (k 2t+8.., n g)
+//   C (16x8):  c0,c1 (g, 2t..2t+1), c2,c3 (g+8, 2t..2t+1)
+// so a C tile of a 16x16 slice converts to an A fragment with no data movement.
+
+namespace mst {
+
+__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, const uint32_t* b) {
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
+        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+}
+__device__ __forceinline__ void ldsm_x4(uint32_t* r, const bf16* p) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const bf16* p) {
+    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
+    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
+}
+__device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
+    __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
+    return *reinterpret_cast<uint32_t*>(&v);
+}
+// A fragment of the 16x16 block at (r0, c0) of a row-major tile
+template <int LDS>
+__device__ __forceinline__ void load_a(uint32_t* a, const bf16* tile, int r0, int c0, int lane) {
+    int m = lane >> 3;
+    ldsm_x4(a, tile + (r0 + (m & 1) * 8 + (lane & 7)) * LDS + c0 + (m >> 1) * 8);
+}
+// B fragments of n-blocks n0 and n0+8 (b[0..1], b[2..3]) over k0..k0+15, where B[k][n] = M[n][k], M row-major
+template <int LDS>
+__device__ __forceinline__ void load_b_nk(uint32_t* b, const bf16* tile, int n0, int k0, int lane) {
+    int m = lane >> 3;
+    ldsm_x4(b, tile + (n0 + (m >> 1) * 8 + (lane & 7)) * LDS + k0 + (m & 1) * 8);
+}
+// the same where B[k][n] = M[k][n], M row-major (transposing load)
+template <int LDS>
+__device__ __forceinline__ void load_b_kn(uint32_t* b, const bf16* tile, int k0, int n0, int lane) {
+    int m = lane >> 3;
+    ldsm_x4_trans(b, tile + (k0 + (m & 1) * 8 + (lane & 7)) * LDS + n0 + (m >> 1) * 8);
+}
+// acc[0..NB) (n-blocks of 8 columns) += A(16x16) B, B's k-slice k0..k0+15 and columns 0..NB*8 of the tile:
+// warp_mma_nk where B[k][n] = tile[n][k], warp_mma_kn where B[k][n] = tile[k][n]
+template <int NB, int LDS>
+__device__ __forceinline__ void warp_mma_nk(float (*acc)[4], const uint32_t* a, const bf16* tile, int k0, int lane) {
+#pragma unroll
+    for (int nb2 = 0; nb2 < NB / 2; nb2++) {
+        uint32_t b[4];
+        load_b_nk<LDS>(b, tile, nb2 * 16, k0, lane);
+        mma_16816(acc[2 * nb2], a, b);
+        mma_16816(acc[2 * nb2 + 1], a, b + 2);
+    }
+}
+template <int NB, int LDS>
+__device__ __forceinline__ void warp_mma_kn(float (*acc)[4], const uint32_t* a, const bf16* tile, int k0, int lane) {
+#pragma unroll
+    for (int nb2 = 0; nb2 < NB / 2; nb2++) {
+        uint32_t b[4];
+        load_b_kn<LDS>(b, tile, k0, nb2 * 16, lane);
+        mma_16816(acc[2 * nb2], a, b);
+        mma_16816(acc[2 * nb2 + 1], a, b + 2);
+    }
+}
+// acc (16 rows x NB*8) += A_tile[r0..r0+15, 0..HD) B_tile[0..NB*8, 0..HD)^T, both row-major tiles
+template <int NB, int HD, int LDS>
+__device__ __forceinline__ void warp_gemm_nt(float (*acc)[4], const bf16* a_tile, int r0, const bf16* b_tile, int lane) {
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        uint32_t a[4];
+        load_a<LDS>(a, a_tile, r0, kk * 16, lane);
+        warp_mma_nk<NB, LDS>(acc, a, b_tile, kk * 16, lane);
+    }
+}
+// the A fragment of columns 16kk..16kk+15 of a 16-row accumulator: n-blocks c0 = acc[2kk], c1 = acc[2kk+1]
+__device__ __forceinline__ void acc_to_a(uint32_t* a, const float* c0, const float* c1) {
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+template <int NB>
+__device__ __forceinline__ void zero_acc(float (*acc)[4]) {
+#pragma unroll
+    for (int i = 0; i < NB; i++) acc[i][0] = acc[i][1] = acc[i][2] = acc[i][3] = 0.f;
+}
+
+// ROWS rows of HD bf16 from global (row r at g + r * stride) into a padded tile; rows >= valid are zero
+template <int ROWS, int HD, int LDS, int THREADS>
+__device__ __forceinline__ void load_tile(bf16* tile, const bf16* g, size_t stride, int valid) {
+    constexpr int CHUNKS = HD / 8;
+    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        uint4 val = make_uint4(0, 0, 0, 0);
+        if (r < valid) val = *reinterpret_cast<const uint4*>(g + (size_t)r * stride + c);
+        *reinterpret_cast<uint4*>(tile + r * LDS + c) = val;
+    }
+}
+
+// the same with cp.async (16 bytes, zero-filled past `valid`; sources clamped to row 0, which is always valid)
+template <int ROWS, int HD, int LDS, int THREADS>
+__device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* g, size_t stride, int valid) {
+    constexpr int CHUNKS = HD / 8;
+    for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
+        int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
+        const bf16* src = g + (size_t)(r < valid ? r : 0) * stride + c;
+        uint32_t dst = (uint32_t)__cvta_generic_to_shared(tile + r * LDS + c);
+        int bytes = r < valid ? 16 : 0;
+        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+    }
+}
+__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
+
+}  // namespace mst
+
+static const float MST_LOG2E = 1.4426950408889634f;
+
+// matches attention_forward_cpu. grid (ceil(T/64), H, B), 128 threads; each warp 16 query rows, key tiles
+// of 64. Online softmax in the exp2 domain; lse written in natural log.
+// ASYNC = false (v1): synchronous tile loads, one K/V buffer. ASYNC = true (v2): cp.async double buffering,
+// the next K/V tile loads while this one is used.
+template <int HD, bool ASYNC>
+__global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
+                                                                const bf16* v, int T, int H, int KV, float scale,
+                                                                float scale_log2) {
+    constexpr int BR = 64, BC = 64, LDS = HD + 8;
+    extern __shared__ __align__(16) unsigned char mst_smem[];
+    bf16* Ks0 = reinterpret_cast<bf16*>(mst_smem);
+    bf16* Vs0 = Ks0 + BC * LDS;
+    bf16* Ks1 = Vs0 + BC * LDS;  // second buffer: ASYNC only
+    bf16* Vs1 = Ks1 + BC * LDS;
+    bf16* Qs = ASYNC ? Ks1 : Ks0;  // Q is staged in a K tile's space before that tile is first loaded
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    int qb = gridDim.x - 1 - blockIdx.x;  // the longest (last) query blocks first
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
+    int q0 = qb * BR;
+    size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
+    const bf16* kbase = k + (size_t)b * T * kv_stride + (size_t)kvh * HD;
+    const bf16* vbase = v + (size_t)b * T * kv_stride + (size_t)kvh * HD;
+
+    mst::load_tile<BR, HD, LDS, 128>(Qs, q + ((size_t)b * T + q0) * q_stride + (size_t)h * HD, q_stride, T - q0);
+    if (ASYNC) {  // the first K/V tile into buffer 0
+        mst::load_tile_async<BC, HD, LDS, 128>(Ks0, kbase, kv_stride, T);
+        mst::load_tile_async<BC, HD, LDS, 128>(Vs0, vbase, kv_stride, T);
+        mst::cp_async_commit();
+    }
+    __syncthreads();
+    uint32_t qf[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) mst::load_a<LDS>(qf[kk], Qs, warp * 16, kk * 16, lane);
+    if (ASYNC) __syncthreads();  // Q (in buffer 1) is consumed before tile 1 lands there
+
+    float o[HD / 8][4];
+    mst::zero_acc<HD / 8>(o);
+    float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
+    int row_w = q0 + warp * 16;
+    int row_a = row_w + g, row_b = row_a + 8;
+    int kend = min(T, q0 + BR);
+    int ntiles = (kend + BC - 1) / BC;
+    for (int j = 0; j < ntiles; j++) {
+        int k0 = j * BC;
+        const bf16* Ks = (ASYNC && (j & 1)) ? Ks1 : Ks0;
+        const bf16* Vs = (ASYNC && (j & 1)) ? Vs1 : Vs0;
+        if (ASYNC) {
+            if (j + 1 < ntiles) {  // prefetch tile j+1 into the other buffer, then wait for tile j only
+                int k1 = k0 + BC;
+                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Ks0 : Ks1, kbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Vs0 : Vs1, vbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                mst::cp_async_commit();
+                mst::cp_async_wait<1>();
+            } else {
+                mst::cp_async_wait<0>();
+            }
+            __syncthreads();  // tile j is visible to every thread
+        } else {
+            __syncthreads();  // everyone is done with the previous tile (and with the staged Q)
+            mst::load_tile<BC, HD, LDS, 128>(Ks0, kbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            mst::load_tile<BC, HD, LDS, 128>(Vs0, vbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            __syncthreads();
+        }
+        if (k0 <= row_w + 15) {  // else every key of this tile is after every row of this warp
+            float s[BC / 8][4];
+            mst::zero_acc<BC / 8>(s);
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) mst::warp_mma_nk<BC / 8, LDS>(s, qf[kk], Ks, kk * 16, lane);  // S = Q K^T
+            if (k0 + BC - 1 > row_w || k0 + BC > T) {
+#pragma unroll
+                for (int nb = 0; nb < BC / 8; nb++) {
+#pragma unroll
+                    for (int e = 0; e < 4; e++) {
+                        int col = k0 + nb * 8 + 2 * t4 + (e & 1);
+                        int row = e < 2 ? row_a : row_b;
+                        if (col > row || col >= T) s[nb][e] = -INFINITY;
+                    }
+                }
+            }
+            float mx_a = -INFINITY, mx_b = -INFINITY;
+#pragma unroll
+            for (int nb = 0; nb < BC / 8; nb++) {
+                mx_a = fmaxf(mx_a, fmaxf(s[nb][0], s[nb][1]));
+                mx_b = fmaxf(mx_b, fmaxf(s[nb][2], s[nb][3]));
+            }
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 1));
+            mx_a = fmaxf(mx_a, __shfl_xor_sync(0xffffffffu, mx_a, 2));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 1));
+            mx_b = fmaxf(mx_b, __shfl_xor_sync(0xffffffffu, mx_b, 2));
+            float mn_a = fmaxf(m_a, mx_a), mn_b = fmaxf(m_b, mx_b);
+            float base_a = mn_a == -INFINITY ? 0.f : mn_a * scale_log2;
+            float base_b = mn_b == -INFINITY ? 0.f : mn_b * scale_log2;
+            float alpha_a = exp2f(m_a * scale_log2 - base_a);  // m = -inf: 0
+            float alpha_b = exp2f(m_b * scale_log2 - base_b);
+            float sum_a = 0.f, sum_b = 0.f;
+#pragma unroll
+            for (int nb = 0; nb < BC / 8; nb++) {
+                s[nb][0] = exp2f(s[nb][0] * scale_log2 - base_a);
+                s[nb][1] = exp2f(s[nb][1] * scale_log2 - base_a);
+                s[nb][2] = exp2f(s[nb][2] * scale_log2 - base_b);
+                s[nb][3] = exp2f(s[nb][3] * scale_log2 - base_b);
+                sum_a += s[nb][0] + s[nb][1];
+                sum_b += s[nb][2] + s[nb][3];
+            }
+            l_a = l_a * alpha_a + sum_a;
+            l_b = l_b * alpha_b + sum_b;
+            m_a = mn_a;
+            m_b = mn_b;
+#pragma unroll
+            for (int nb = 0; nb < HD / 8; nb++) {
+                o[nb][0] *= alpha_a; o[nb][1] *= alpha_a;
+                o[nb][2] *= alpha_b; o[nb][3] *= alpha_b;
+            }
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {  // O += P V
+                uint32_t a[4];
+                mst::acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+                mst::warp_mma_kn<HD / 8, LDS>(o, a, Vs, kk * 16, lane);
+            }
+        }
+        if (ASYNC) __syncthreads();  // everyone is done with buffer j&1 before tile j+2 is loaded into it
+    }
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 1);
+    l_a += __shfl_xor_sync(0xffffffffu, l_a, 2);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
+    l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
+    float inv_a = 1.f / l_a, inv_b = 1.f / l_b;
+    if (row_a < T) {
+        bf16* dst = out + ((size_t)b * T + row_a) * q_stride + (size_t)h * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++)
+            *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(o[nb][0] * inv_a, o[nb][1] * inv_a);
+        if (t4 == 0) lse[((size_t)b * H + h) * T + row_a] = m_a * scale + logf(l_a);
+    }
+    if (row_b < T) {
+        bf16* dst = out + ((size_t)b * T + row_b) * q_stride + (size_t)h * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++)
+            *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(o[nb][2] * inv_b, o[nb][3] * inv_b);
+        if (t4 == 0) lse[((size_t)b * H + h) * T + row_b] = m_b * scale + logf(l_b);
+    }
+}
+
+// D[b,h,t] = sum_i dout_i out_i (the "delta" of attention_backward_cpu); one warp per (b, t, h) row
+static __global__ void attention_backward_preprocess_kernel(float* D, const bf16* dout, const bf16* out, int B, int T, int H, int hd) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    int lane = threadIdx.x % 32;
+    if (row >= (size_t)B * T * H) return;
+    const bf16* a = dout + row * hd;
+    const bf16* o = out + row * hd;
+    float sum = 0.f;
+    for (int i = lane; i < hd; i += 32) sum += __bfloat162float(a[i]) * __bfloat162float(o[i]);
+    sum = mst::warp_sum(sum);
+    int h = (int)(row % H);
+    size_t bt = row / H;
+    int t = (int)(bt % T), b = (int)(bt / T);
+    if (lane == 0) D[((size_t)b * H + h) * T + t] = sum;
+}
+
+// dK, dV for one block of 64 keys of one kv head: loops over the query heads of the group and the query
+// tiles (32 rows) at or after the block. Each warp owns 16 keys. grid (ceil(T/64), KV, B), 128 threads.
+// ASYNC (v2): the next Q/dO tile loads with cp.async (double buffered) while this one is used.
+template <int HD, bool ASYNC>
+__global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, bf16* dv, const bf16* q, const bf16* k,
+                                                                      const bf16* v, const bf16* dout, const float* lse,
+                                                                      const float* Dbuf, int T, int H, int KV, float scale,
+                                                                      float scale_log2) {
+    constexpr int BKV = 64, BQ = 32, LDS = HD + 8, NBUF = ASYNC ? 2 : 1;
+    extern __shared__ __align__(16) unsigned char mst_smem[];
+    bf16* Ks = reinterpret_cast<bf16*>(mst_smem);
+    bf16* Vs = Ks + BKV * LDS;
+    bf16* Qbuf = Vs + BKV * LDS;          // NBUF tiles of BQ rows
+    bf16* dObuf = Qbuf + NBUF * BQ * LDS;  // NBUF tiles of BQ rows
+    float* lse2_buf = reinterpret_cast<float*>(dObuf + NBUF * BQ * LDS);  // NBUF x BQ
+    float* D_buf = lse2_buf + NBUF * BQ;
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    int kvh = blockIdx.y, b = blockIdx.z;
+    int k0 = blockIdx.x * BKV;  // the first key blocks have the most queries: they start first
+    int group = H / KV;
+    size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
+    mst::load_tile<BKV, HD, LDS, 128>(Ks, k + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, T - k0);
+    mst::load_tile<BKV, HD, LDS, 128>(Vs, v + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, T - k0);
+
+    float dk_acc[HD / 8][4], dv_acc[HD / 8][4];
+    mst::zero_acc<HD / 8>(dk_acc);
+    mst::zero_acc<HD / 8>(dv_acc);
+    int key_w = k0 + warp * 16;
+    int key_a = key_w + g, key_b = key_a + 8;
+    // one iteration per (query head of the group, query tile at or after k0), heads outer
+    int n_qt = (T - k0 + BQ - 1) / BQ;
+    int iters = group * n_qt;
+    auto load_q_tile = [&](int it, int buf) {
+        int h = kvh * group + it / n_qt;
+        int q0 = k0 + (it % n_qt) * BQ;
+        size_t off = ((size_t)b * T + q0) * q_stride + (size_t)h * HD;
+        if (ASYNC) {
+            mst::load_tile_async<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, T - q0);
+            mst::load_tile_async<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, T - q0);
+        } else {
+            mst::load_tile<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, T - q0);
+            mst::load_tile<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, T - q0);
+        }
+        if (tid < BQ) {
+            int qi = q0 + tid;
+            size_t row = ((size_t)b * H + h) * T + qi;
+            lse2_buf[buf * BQ + tid] = qi < T ? lse[row] * MST_LOG2E : INFINITY;
+            D_buf[buf * BQ + tid] = qi < T ? Dbuf[row] : 0.f;
+        }
+    };
+    if (ASYNC) {
+        load_q_tile(0, 0);
+        mst::cp_async_commit();
+    }
+    for (int it = 0; it < iters; it++) {
+        int buf = ASYNC ? (it & 1) : 0;
+        int q0 = k0 + (it % n_qt) * BQ;
+        if (ASYNC) {
+            if (it + 1 < iters) {  // prefetch the next tile into the other buffer, then wait for this one only
+                load_q_tile(it + 1, buf ^ 1);
+                mst::cp_async_commit();
+                mst::cp_async_wait<1>();
+            } else {
+                mst::cp_async_wait<0>();
+            }
+            __syncthreads();  // this tile (and K, V on the first iteration) visible to every thread
+        } else {
+            __syncthreads();  // the previous tile is consumed (and K, V are complete after the barrier below)
+            load_q_tile(it, 0);
+            __syncthreads();
+        }
+        const bf16* Qs = Qbuf + buf * BQ * LDS;
+        const bf16* dOs = dObuf + buf * BQ * LDS;
+        const float* lse2_s = lse2_buf + buf * BQ;
+        const float* D_s = D_buf + buf * BQ;
+        if (key_w <= q0 + BQ - 1) {  // else every query of this tile is before every key of this warp
+            // S^T = K Q^T (16 keys x BQ queries)
+            float st[BQ / 8][4];
+            mst::zero_acc<BQ / 8>(st);
+            mst::warp_gemm_nt<BQ / 8, HD, LDS>(st, Ks, warp * 16, Qs, lane);
+            // P^T = exp(S scale - lse), zero where masked
+#pragma unroll
+            for (int nb = 0; nb < BQ / 8; nb++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qc = nb * 8 + 2 * t4 + (e & 1);
+                    int qi = q0 + qc;
+                    int key = e < 2 ? key_a : key_b;
+                    float p = exp2f(st[nb][e] * scale_log2 - lse2_s[qc]);
+                    st[nb][e] = (qi < key || key >= T || qi >= T) ? 0.f : p;
+                }
+            }
+            // dV += P^T dO
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4];
+                mst::acc_to_a(a, st[2 * kk], st[2 * kk + 1]);
+                mst::warp_mma_kn<HD / 8, LDS>(dv_acc, a, dOs, kk * 16, lane);
+            }
+            // dP^T = V dO^T
+            float dpt[BQ / 8][4];
+            mst::zero_acc<BQ / 8>(dpt);
+            mst::warp_gemm_nt<BQ / 8, HD, LDS>(dpt, Vs, warp * 16, dOs, lane);
+            // dS^T = P^T (dP^T - D)
+#pragma unroll
+            for (int nb = 0; nb < BQ / 8; nb++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int qc = nb * 8 + 2 * t4 + (e & 1);
+                    dpt[nb][e] = st[nb][e] * (dpt[nb][e] - D_s[qc]);
+                }
+            }
+            // dK += dS^T Q   (scaled at the end)
+#pragma unroll
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                uint32_t a[4];
+                mst::acc_to_a(a, dpt[2 * kk], dpt[2 * kk + 1]);
+                mst::warp_mma_kn<HD / 8, LDS>(dk_acc, a, Qs, kk * 16, lane);
+            }
+        }
+        if (ASYNC) __syncthreads();  // everyone is done with this buffer before the tile after next lands there
+    }
+    if (key_a < T) {
+        size_t off = (((size_t)b * T + key_a) * KV + kvh) * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++) {
+            *reinterpret_cast<uint32_t*>(dk + off + nb * 8) = mst::pack_bf16x2(dk_acc[nb][0] * scale, dk_acc[nb][1] * scale);
+            *reinterpret_cast<uint32_t*>(dv + off + nb * 8) = mst::pack_bf16x2(dv_acc[nb][0], dv_acc[nb][1]);
+        }
+    }
+    if (key_b < T) {
+        size_t off = (((size_t)b * T + key_b) * KV + kvh) * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++) {
+            *reinterpret_cast<uint32_t*>(dk + off + nb * 8) = mst::pack_bf16x2(dk_acc[nb][2] * scale, dk_acc[nb][3] * scale);
+            *reinterpret_cast<uint32_t*>(dv + off + nb * 8) = mst::pack_bf16x2(dv_acc[nb][2], dv_acc[nb][3]);
+        }
+    }
+}
+
+// dQ for one block of 64 query rows of one head, looping over key tiles of 32. grid (ceil(T/64), H, B).
+// ASYNC (v2): K/V tiles double buffered with cp.async, after the Q/dO staging area.
+template <int HD, bool ASYNC>
+__global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v,
+                                                                    const bf16* dout, const float* lse, const float* Dbuf,
+                                                                    int T, int H, int KV, float scale, float scale_log2) {
+    constexpr int BR = 64, BC = 32, LDS = HD + 8;
+    extern __shared__ __align__(16) unsigned char mst_smem[];
+    bf16* Qs = reinterpret_cast<bf16*>(mst_smem);  // staging for Q and dO (v1: then reused for K and V)
+    bf16* dOs = Qs + BR * LDS;
+    bf16* KVbuf = ASYNC ? dOs + BR * LDS : Qs;     // buffer i: K at KVbuf + 2i BC LDS, V after it
+    int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
+    int qb = gridDim.x - 1 - blockIdx.x;
+    int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
+    int q0 = qb * BR;
+    size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
+    size_t qoff = ((size_t)b * T + q0) * q_stride + (size_t)h * HD;
+    const bf16* kbase = k + (size_t)b * T * kv_stride + (size_t)kvh * HD;
+    const bf16* vbase = v + (size_t)b * T * kv_stride + (size_t)kvh * HD;
+    mst::load_tile<BR, HD, LDS, 128>(Qs, q + qoff, q_stride, T - q0);
+    mst::load_tile<BR, HD, LDS, 128>(dOs, dout + qoff, q_stride, T - q0);
+    if (ASYNC) {  // the first K/V tile into buffer 0
+        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf, kbase, kv_stride, T);
+        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase, kv_stride, T);
+        mst::cp_async_commit();
+    }
+    __syncthreads();
+    uint32_t qf[HD / 16][4], dof[HD / 16][4];
+#pragma unroll
+    for (int kk = 0; kk < HD / 16; kk++) {
+        mst::load_a<LDS>(qf[kk], Qs, warp * 16, kk * 16, lane);
+        mst::load_a<LDS>(dof[kk], dOs, warp * 16, kk * 16, lane);
+    }
+    int row_w = q0 + warp * 16;
+    int row_a = row_w + g, row_b = row_a + 8;
+    const float* lse_h = lse + ((size_t)b * H + h) * T;
+    const float* D_h = Dbuf + ((size_t)b * H + h) * T;
+    float lse2_a = row_a < T ? lse_h[row_a] * MST_LOG2E : INFINITY;
+    float lse2_b = row_b < T ? lse_h[row_b] * MST_LOG2E : INFINITY;
+    float D_a = row_a < T ? D_h[row_a] : 0.f;
+    float D_b = row_b < T ? D_h[row_b] : 0.f;
+    float dq_acc[HD / 8][4];
+    mst::zero_acc<HD / 8>(dq_acc);
+    int kend = min(T, q0 + BR);
+    int ntiles = (kend + BC - 1) / BC;
+    for (int j = 0; j < ntiles; j++) {
+        int k0 = j * BC;
+        int buf = ASYNC ? (j & 1) : 0;
+        const bf16* Ks = KVbuf + buf * 2 * BC * LDS;
+        const bf16* Vs = Ks + BC * LDS;
+        if (ASYNC) {
+            if (j + 1 < ntiles) {  // prefetch tile j+1 into the other buffer, then wait for tile j only
+                int k1 = k0 + BC;
+                bf16* next = KVbuf + (buf ^ 1) * 2 * BC * LDS;
+                mst::load_tile_async<BC, HD, LDS, 128>(next, kbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                mst::load_tile_async<BC, HD, LDS, 128>(next + BC * LDS, vbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                mst::cp_async_commit();
+                mst::cp_async_wait<1>();
+            } else {
+                mst::cp_async_wait<0>();
+            }
+            __syncthreads();  // tile j is visible to every thread
+        } else {
+            __syncthreads();  // staging / previous tile consumed
+            mst::load_tile<BC, HD, LDS, 128>(KVbuf, kbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            mst::load_tile<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            __syncthreads();
+        }
+        if (k0 <= row_w + 15) {  // else every key of this tile is after every row of this warp
+            float s[BC / 8][4], dp[BC / 8][4];
+            mst::zero_acc<BC / 8>(s);
+            mst::zero_acc<BC / 8>(dp);
+#pragma unroll
+            for (int kk = 0; kk < HD / 16; kk++) {
+                mst::warp_mma_nk<BC / 8, LDS>(s, qf[kk], Ks, kk * 16, lane);    // S = Q K^T
+                mst::warp_mma_nk<BC / 8, LDS>(dp, dof[kk], Vs, kk * 16, lane);  // dP = dO V^T
+            }
+            // dS = P (dP - D), P = exp(S scale - lse), zero where masked
+#pragma unroll
+            for (int nb = 0; nb < BC / 8; nb++) {
+#pragma unroll
+                for (int e = 0; e < 4; e++) {
+                    int col = k0 + nb * 8 + 2 * t4 + (e & 1);
+                    int row = e < 2 ? row_a : row_b;
+                    float p = exp2f(s[nb][e] * scale_log2 - (e < 2 ? lse2_a : lse2_b));
+                    if (col > row || col >= T || row >= T) p = 0.f;
+                    s[nb][e] = p * (dp[nb][e] - (e < 2 ? D_a : D_b));
+                }
+            }
+            // dQ += dS K   (scaled at the end)
+#pragma unroll
+            for (int kk = 0; kk < BC / 16; kk++) {
+                uint32_t a[4];
+                mst::acc_to_a(a, s[2 * kk], s[2 * kk + 1]);
+                mst::warp_mma_kn<HD / 8, LDS>(dq_acc, a, Ks, kk * 16, lane);
+            }
+        }
+        if (ASYNC) __syncthreads();  // everyone is done with buffer j&1 before tile j+2 is loaded into it
+    }
+    if (row_a < T) {
+        bf16* dst = dq + ((size_t)b * T + row_a) * q_stride + (size_t)h * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++)
+            *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(dq_acc[nb][0] * scale, dq_acc[nb][1] * scale);
+    }
+    if (row_b < T) {
+        bf16* dst = dq + ((size_t)b * T + row_b) * q_stride + (size_t)h * HD + 2 * t4;
+#pragma unroll
+        for (int nb = 0; nb < HD / 8; nb++)
+            *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(dq_acc[nb][2] * scale, dq_acc[nb][3] * scale);
+    }
+}
+
+template <int HD> static inline size_t attention_forward_smem(bool async) { return (async ? 4 : 2) * 64 * (HD + 8) * sizeof(bf16); }
+template <int HD> static inline size_t attention_dkdv_smem(bool async) {
+    int nbuf = async ? 2 : 1;
+    return (2 * 64 + nbuf * 2 * 32) * (HD + 8) * sizeof(bf16) + nbuf * 2 * 32 * sizeof(float);
+}
+template <int HD> static inline size_t attention_dq_smem(bool async) { return (async ? 4 : 2) * 64 * (HD + 8) * sizeof(bf16); }
+
+static inline void attention_check_args(const char* who, int B, int T, int H, int KV, int hd, const void* const* ptrs, int nptrs) {
+    if (hd != 64 && hd != 128) { fprintf(stderr, "%s: head dim %d unsupported (64 or 128)\n", who, hd); exit(1); }
+    if (KV <= 0 || H % KV != 0) { fprintf(stderr, "%s: H=%d not a multiple of KV=%d\n", who, H, KV); exit(1); }
+    if (H > 65535 || B > 65535 || B <= 0 || T <= 0) { fprintf(stderr, "%s: bad shape B=%d T=%d H=%d\n", who, B, T, H); exit(1); }
+    for (int i = 0; i < nptrs; i++)
+        if (!mst::aligned16(ptrs[i])) { fprintf(stderr, "%s: pointer %d is not 16-byte aligned\n", who, i); exit(1); }
+}
+
+template <int HD, bool ASYNC>
+static inline void attention_forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
+                                        int H, int KV, cudaStream_t stream) {
+    float scale = 1.f / sqrtf((float)HD);
+    size_t smem = attention_forward_smem<HD>(ASYNC);
+    if (smem > 48 * 1024)
+        CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+    dim3 grid(mst_ceil_div(T, 64), H, B);
+    attention_forward_kernel<HD, ASYNC><<<grid, 128, smem, stream>>>(out, lse, q, k, v, T, H, KV, scale, scale * MST_LOG2E);
+    CUDA_CHECK(cudaGetLastError());
+}
+// which forward kernel attention_forward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
+static inline int& attention_forward_version() { static int version = 1; return version; }
+
+static inline void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
+                                     int H, int KV, int hd, cudaStream_t stream) {
+    const void* ptrs[] = {out, q, k, v};
+    attention_check_args("attention_forward", B, T, H, KV, hd, ptrs, 4);
+    bool async = attention_forward_version() == 2;
+    if (hd == 64) {
+        if (async) attention_forward_hd<64, true>(out, lse, q, k, v, B, T, H, KV, stream);
+        else attention_forward_hd<64, false>(out, lse, q, k, v, B, T, H, KV, stream);
+    } else {
+        if (async) attention_forward_hd<128, true>(out, lse, q, k, v, B, T, H, KV, stream);
+        else attention_forward_hd<128, false>(out, lse, q, k, v, B, T, H, KV, stream);
+    }
+}
+
+static inline size_t attention_backward_scratch_bytes(int B, int T, int H, int hd) {
+    (void)hd;
+    return ((size_t)B * H * T * sizeof(float) + 255) / 256 * 256;
+}
+
+template <int HD, bool ASYNC>
+static inline void attention_backward_hd(bf16* dq, bf16* dk, bf16* dv, float* D, const bf16* dout, const bf16* q,
+                                         const bf16* k, const bf16* v, const float* lse, int B, int T, int H, int KV,
+                                         cudaStream_t stream) {
+    float scale = 1.f / sqrtf((float)HD);
+    size_t smem_kv = attention_dkdv_smem<HD>(ASYNC), smem_q = attention_dq_smem<HD>(ASYNC);
+    if (smem_kv > 48 * 1024)
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
+    if (smem_q > 48 * 1024)
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
+    dim3 grid_kv(mst_ceil_div(T, 64), KV, B);
+    attention_backward_dkdv_kernel<HD, ASYNC><<<grid_kv, 128, smem_kv, stream>>>(dk, dv, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    CUDA_CHECK(cudaGetLastError());
+    dim3 grid_q(mst_ceil_div(T, 64), H, B);
+    attention_backward_dq_kernel<HD, ASYNC><<<grid_q, 128, smem_q, stream>>>(dq, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    CUDA_CHECK(cudaGetLastError());
+}
+// which backward kernels attention_backward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
+static inline int& attention_backward_version() { static int version = 1; return version; }
+static inline void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16* dout, const bf16* q,
+                                      const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
+                                      int KV, int hd, cudaStream_t stream) {
+    const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
+    attention_check_args("attention_backward", B, T, H, KV, hd, ptrs, 8);
+    float* D = (float*)scratch;
+    size_t rows = (size_t)B * T * H;
+    attention_backward_preprocess_kernel<<<(unsigned)((rows + 3) / 4), 128, 0, stream>>>(D, dout, out, B, T, H, hd);
+    CUDA_CHECK(cudaGetLastError());
+    bool async = attention_backward_version() == 2;
+    if (hd == 64) {
+        if (async) attention_backward_hd<64, true>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+        else attention_backward_hd<64, false>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+    } else {
+        if (async) attention_backward_hd<128, true>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+        else attention_backward_hd<128, false>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+    }
+}

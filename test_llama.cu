@@ -1,0 +1,401 @@
+// test_llama.cu: the GPU trainer's model code (train_llama.cu, included here without its main) checked
+// against golden outputs from PyTorch (golden/test-tiny.safetensors, made by dev/reference.py) and
+// against the CPU reference (llama_reference.h). Without a GPU every test prints SKIP and the program
+// exits 0.
+//
+// Tolerances are bf16's, in the manner of llm.c's test_gpt2.cu: the GPU keeps weights and activations in
+// bf16 (8 bits of mantissa, ~0.4% per rounding), so a loss must agree to ~1% and a tensor is compared by
+// its largest absolute error against a fraction of the reference tensor's largest magnitude. Every check
+// is able to fail: a wrong sign, a missing term or a wrong layout moves errors to ~100% of the scale.
+// Where the same kernels on the same shapes must give the same bits (recomputation on/off, two runs,
+// fused vs unfused updates without clipping), the check is exact.
+#define TESTING
+#include <filesystem>
+#include "train_llama.cu"
+#include "llama_reference.h"
+#include "safetensors.h"
+#include "test_util.h"
+
+static const char* const GOLDEN_PATH = "golden/test-tiny.safetensors";
+// the golden run's optimizer (dev/reference.py): lr 1e-3 constant, betas 0.9/0.95, eps 1e-8, wd 0.1, clip 1
+static const OptimizerSettings GOLDEN_OPTIMIZER = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
+static const int GOLDEN_B = 2, GOLDEN_T = 37, GOLDEN_STEPS = 10;
+// a bf16 gradient against an fp32 one: largest error <= 5% of the tensor's largest magnitude (a CPU model
+// of the GPU's roundings lands at 0.3-0.9% on the golden model; a wrong term is ~100%)
+static const float GRADIENT_TOLERANCE = 0.05f;
+
+// ----------------------------------------------------------------------------
+// helpers
+
+static ModelConfig config_named(const char* name) {
+    ModelConfig c;
+    if (!find_model_config(name, &c)) { printf("no config %s\n", name); exit(1); }
+    return c;
+}
+
+static TrainingOptions options_for(int B, int T, int mlp_chunks, int lmhead_chunks, bool recompute, bool fused) {
+    TrainingOptions o;
+    o.B = B; o.T = T;
+    o.mlp_chunks = mlp_chunks; o.lmhead_chunks = lmhead_chunks;
+    o.recompute = recompute;
+    o.fused_optimizer = fused;
+    o.bf16_optimizer_state = false;  // fp32 state + master weights: the reference's arithmetic
+    o.master_weights = true;
+    return o;
+}
+
+// the full gradient after an unfused model_step(..., apply_update = false)
+static std::vector<float> download_grads(const Model* m) {
+    std::vector<float> out(m->layout.total);
+    CUDA_CHECK(cudaMemcpy(out.data(), m->grads, out.size() * 4, cudaMemcpyDeviceToHost));
+    return out;
+}
+
+static float max_abs(const float* x, size_t n) {
+    float m = 0.f;
+    for (size_t i = 0; i < n; i++) m = fmaxf(m, fabsf(x[i]));
+    return m;
+}
+
+// max |got - want| <= tolerance * max |want| (plus a floor for an all-zero tensor); prints the figures
+static bool close_to(const char* what, const float* got, const float* want, size_t n, float tolerance) {
+    float error = 0.f;
+    bool finite = true;
+    for (size_t i = 0; i < n; i++) {
+        finite &= std::isfinite(got[i]);
+        error = fmaxf(error, fabsf(got[i] - want[i]));
+    }
+    float scale = max_abs(want, n);
+    bool ok = finite && error <= tolerance * scale + 1e-7f;
+    printf("  %-52s max err %.3e, scale %.3e, ratio %.4f (tolerance %.3f)%s\n", what, error, scale,
+           scale > 0 ? error / scale : 0.f, tolerance, ok ? "" : "  <-- FAIL");
+    return check(ok, what);
+}
+
+static bool loss_close(const char* what, float got, float want, float relative) {
+    bool ok = std::isfinite(got) && fabsf(got - want) <= relative * fabsf(want);
+    printf("  %-52s %.6f vs %.6f (rel err %.2e)%s\n", what, got, want, fabsf(got - want) / fabsf(want), ok ? "" : "  <-- FAIL");
+    return check(ok, what);
+}
+
+static bool bitwise_equal(const char* what, const void* a, const void* b, size_t bytes) {
+    bool ok = memcmp(a, b, bytes) == 0;
+    printf("  %-52s %s\n", what, ok ? "identical" : "DIFFER  <-- FAIL");
+    return check(ok, what);
+}
+
+struct Golden {
+    std::vector<float> params, logits, loss, losses;
+    std::vector<std::vector<float>> grads;  // in parameter_tensors() order
+    std::vector<int32_t> inputs, targets;
+};
+
+static Golden load_golden(const ModelConfig& c) {
+    Golden g;
+    SafetensorsReader file;
+    std::string error;
+    if (!file.open(GOLDEN_PATH, &error)) safetensors_exit_on_error(error);
+    g.params.assign(parameter_layout(c).total, 0.f);
+    for (const ParameterTensor& t : parameter_tensors(c)) {
+        std::vector<float> value, grad;
+        std::vector<int64_t> shape = t.rows > 1 ? std::vector<int64_t>{(int64_t)t.rows, (int64_t)t.cols}
+                                                : std::vector<int64_t>{(int64_t)t.cols};
+        if (!file.read_f32(t.name, shape, &value, &error)) safetensors_exit_on_error(error);
+        if (!file.read_f32("grad." + t.name, shape, &grad, &error)) safetensors_exit_on_error(error);
+        std::copy(value.begin(), value.end(), g.params.begin() + t.offset);
+        g.grads.push_back(grad);
+    }
+    if (!file.read_i32("inputs", {GOLDEN_B, GOLDEN_T}, &g.inputs, &error) ||
+        !file.read_i32("targets", {GOLDEN_B, GOLDEN_T}, &g.targets, &error) ||
+        !file.read_f32("logits", {GOLDEN_B, GOLDEN_T, c.vocab_size}, &g.logits, &error) ||
+        !file.read_f32("loss", {1}, &g.loss, &error) ||
+        !file.read_f32("losses", {GOLDEN_STEPS}, &g.losses, &error))
+        safetensors_exit_on_error(error);
+    return g;
+}
+
+// a model with the golden weights and these options
+static void golden_model(Model* m, const Golden& g, const TrainingOptions& o, const OptimizerSettings& opt) {
+    model_create(m, config_named("test-tiny"), o, opt, 1);
+    model_set_parameters(m, g.params);
+}
+
+// ----------------------------------------------------------------------------
+// tests
+
+// one forward + backward on the golden batch: logits, loss and every parameter's gradient
+static void test_golden_gradients(const Golden& g) {
+    printf("golden forward/backward (test-tiny, B=%d T=%d, no mini-sequences, no recomputation):\n", GOLDEN_B, GOLDEN_T);
+    Model m;
+    golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, 1, 1, false, false), GOLDEN_OPTIMIZER);
+    float norm;
+    float loss = model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &norm);
+    loss_close("golden loss", loss, g.loss[0], 1e-2f);
+    std::vector<float> grads = download_grads(&m);
+    std::vector<ParameterTensor> tensors = parameter_tensors(m.config);
+    for (size_t i = 0; i < tensors.size(); i++) {
+        std::string name = "grad " + tensors[i].name;
+        close_to(name.c_str(), grads.data() + tensors[i].offset, g.grads[i].data(), g.grads[i].size(), GRADIENT_TOLERANCE);
+    }
+    // logits: the forward again, then the whole LM head at once (one mini-sequence holds all N rows)
+    model_forward(&m);
+    matmul_forward(m.logits, m.final_norm, m.params + m.layout.lm_head, m.N, m.config.d_model,
+                   m.config.vocab_size, false, m.stream);
+    std::vector<bf16> raw((size_t)m.N * m.config.vocab_size);
+    CUDA_CHECK(cudaMemcpy(raw.data(), m.logits, raw.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> logits(raw.size());
+    for (size_t i = 0; i < raw.size(); i++) logits[i] = __bfloat162float(raw[i]);
+    close_to("golden logits", logits.data(), g.logits.data(), logits.size(), 0.02f);
+    model_free(&m);
+}
+
+// ten AdamW steps on the golden batch with fp32 state and master weights, unfused (exact clipping)
+static void test_golden_training(const Golden& g) {
+    printf("golden training, %d AdamW steps (fp32 state, master weights, not fused):\n", GOLDEN_STEPS);
+    Model m;
+    golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, 0, 0, true, false), GOLDEN_OPTIMIZER);
+    for (int step = 0; step < GOLDEN_STEPS; step++) {
+        float norm;
+        float loss = model_step(&m, g.inputs.data(), g.targets.data(), GOLDEN_OPTIMIZER.lr, true, &norm);
+        char name[64];
+        snprintf(name, sizeof name, "golden loss at step %d", step + 1);
+        loss_close(name, loss, g.losses[step], 2e-2f);
+    }
+    model_free(&m);
+}
+
+// Mini-sequences (T % M != 0) and recomputation change memory, not results: the same loss and gradients
+// within bf16 tolerance (chunked matmuls may pick other cuBLASLt algorithms); recomputation alone runs
+// the same kernels on the same shapes, so it gives the same bits.
+static void test_mini_sequences_and_recomputation(const Golden& g) {
+    printf("mini-sequences and recomputation (golden batch, N = %d):\n", GOLDEN_B * GOLDEN_T);
+    struct Variant { const char* name; int mlp, lmhead; bool recompute; };
+    const Variant variants[] = {{"m=1 M=1 r=0 (standard)", 1, 1, false}, {"m=1 M=1 r=1", 1, 1, true},
+                                {"m=3 M=5 r=0", 3, 5, false}, {"m=3 M=5 r=1", 3, 5, true}, {"m=0 M=0 r=1", 0, 0, true}};
+    std::vector<float> losses, standard_grads, previous_grads;
+    for (const Variant& v : variants) {
+        Model m;
+        golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, v.mlp, v.lmhead, v.recompute, false), GOLDEN_OPTIMIZER);
+        float norm;
+        float loss = model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &norm);
+        std::vector<float> grads = download_grads(&m);
+        std::string name = std::string(v.name) + ": ";
+        if (standard_grads.empty()) {
+            standard_grads = grads;
+            losses.push_back(loss);
+        } else {
+            loss_close((name + "loss vs standard").c_str(), loss, losses[0], 5e-3f);
+            for (const ParameterTensor& t : parameter_tensors(m.config)) {
+                std::string what = name + t.name;
+                close_to(what.c_str(), grads.data() + t.offset, standard_grads.data() + t.offset, t.rows * t.cols, 0.02f);
+            }
+        }
+        if (v.recompute && (&v - variants) % 2 == 1)  // r=1 right after the same chunks with r=0
+            bitwise_equal((name + "gradients identical to r=0").c_str(), grads.data(), previous_grads.data(), grads.size() * 4);
+        previous_grads = grads;
+        model_free(&m);
+    }
+}
+
+// The fused step (each group updated inside backward) and the unfused one give the same weights when
+// clipping is off (with it on, fused clips with the previous step's norm): three steps, fp32 state and
+// master weights; untied and tied embeddings (the tied gradient lives across the whole backward).
+static void test_fused_optimizer(const Golden& g) {
+    printf("fused optimizer vs unfused (clip off, 3 steps):\n");
+    OptimizerSettings no_clip = GOLDEN_OPTIMIZER;
+    no_clip.grad_clip = 0.f;
+    for (const char* model_name : {"test-tiny", "test-tiny-tied"}) {
+        std::vector<float> masters[2];
+        for (int fused = 0; fused < 2; fused++) {
+            Model m;
+            model_create(&m, config_named(model_name), options_for(GOLDEN_B, GOLDEN_T, 2, 3, true, fused), no_clip, 7);
+            model_init_random(&m);
+            for (int step = 0; step < 3; step++) {
+                float norm;
+                model_step(&m, g.inputs.data(), g.targets.data(), no_clip.lr, true, &norm);
+            }
+            masters[fused] = download_master(&m);
+            model_free(&m);
+        }
+        std::string what = std::string(model_name) + ": master weights, fused vs unfused";
+        close_to(what.c_str(), masters[1].data(), masters[0].data(), masters[0].size(), 1e-6f);
+    }
+}
+
+// Two runs from the same seed give the same bits (losses and weights), with the default options (bf16
+// state with stochastic rounding, no master weights, fused); and nothing is allocated after start-up.
+static void test_determinism_and_no_allocation() {
+    printf("determinism and no allocation after start-up (test-2layer, T=1024, defaults, one random batch):\n");
+    ModelConfig c = config_named("test-2layer");
+    TrainingOptions o;
+    o.T = 1024;
+    const int steps = 3;
+    std::vector<int> inputs(o.T), targets(o.T);
+    std::vector<float> losses[2];
+    std::vector<bf16> weights[2];
+    for (int run = 0; run < 2; run++) {
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 42);
+        model_init_random(&m);
+        check(device_allocations == 1, "one device allocation after start-up");
+        size_t free_after_first = 0, free_now, total;
+        random_batch(inputs.data(), targets.data(), 1, o.T, c.vocab_size, 42, 0);
+        for (int step = 0; step < steps; step++) {
+            float norm;
+            losses[run].push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            CUDA_CHECK(cudaMemGetInfo(&free_now, &total));
+            if (step == 0) free_after_first = free_now;
+        }
+        if (run == 0) {
+            printf("  device allocations %d; free bytes after step 1 %zu, after step %d %zu\n", device_allocations,
+                   free_after_first, steps, free_now);
+            check(device_allocations == 1, "still one device allocation after the steps");
+            check(free_now == free_after_first, "free device memory unchanged from step 1 to the last step");
+            check(losses[run][steps - 1] < losses[run][0], "the loss falls on a repeated batch");
+        }
+        weights[run].resize(m.layout.total);
+        CUDA_CHECK(cudaMemcpy(weights[run].data(), m.params, weights[run].size() * 2, cudaMemcpyDeviceToHost));
+        model_free(&m);
+    }
+    bitwise_equal("losses of two runs", losses[0].data(), losses[1].data(), steps * 4);
+    bitwise_equal("weights of two runs", weights[0].data(), weights[1].data(), weights[0].size() * 2);
+}
+
+// A 2-layer model with Llama 3's vocabulary at T = 4096 with the default mini-sequences and
+// recomputation, against the CPU reference (fp32) on the same bf16-rounded weights and tokens.
+static void test_against_cpu_reference() {
+    const int T = 4096;
+    printf("test-2layer at T=%d (automatic mini-sequences, recomputation) vs the CPU reference:\n", T);
+    ModelConfig c = config_named("test-2layer");
+    Model m;
+    model_create(&m, c, options_for(1, T, 0, 0, true, false), OptimizerSettings(), 5);
+    model_init_random(&m);
+    std::vector<int> inputs(T), targets(T);
+    random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 5, 0);
+    for (int t = 0; t < T; t += 7) targets[t] = -1;  // ignored targets count neither in the loss nor its mean
+    float norm;
+    float loss = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
+    std::vector<float> grads = download_grads(&m);
+
+    ReferenceModel reference = reference_model(c);
+    reference.params = download_params(&m);
+    ReferenceOptions options;
+    options.lmhead_chunks = 16;  // the CPU's logits: 256 x V floats at a time
+    float reference_loss = reference_forward_backward(reference, inputs.data(), targets.data(), 1, T, options);
+    loss_close("loss vs CPU", loss, reference_loss, 1e-2f);
+    for (const ParameterTensor& t : parameter_tensors(c)) {
+        bool sampled = t.name == "lm_head.weight" || t.name == "model.norm.weight" ||
+                       t.name == "model.embed_tokens.weight" || t.name.find("layers.0.self_attn.q_proj") != std::string::npos ||
+                       t.name.find("layers.1.mlp.down_proj") != std::string::npos ||
+                       t.name.find("layers.0.input_layernorm") != std::string::npos;
+        if (!sampled) continue;
+        std::string what = "grad " + t.name + " vs CPU";
+        close_to(what.c_str(), grads.data() + t.offset, reference.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
+    }
+    model_free(&m);
+}
+
+// a fresh directory under /tmp for files a test writes (removed with std::filesystem::remove_all)
+static std::string temporary_directory(const char* prefix) {
+    std::string path = std::string("/tmp/") + prefix + "_XXXXXX";
+    if (!mkdtemp(path.data())) { printf("cannot create %s\n", path.c_str()); exit(1); }
+    return path;
+}
+
+// Steps [from, to) of a 6-step run on random batches with warmup and a cosine (the LR depends on the
+// step, the batch on its index); appends the losses
+static void train_steps(Model* m, int from, int to, std::vector<float>* losses) {
+    const int total = 6;
+    std::vector<int> inputs(m->N), targets(m->N);
+    for (int step = from; step < to; step++) {
+        random_batch(inputs.data(), targets.data(), m->B, m->T, m->config.vocab_size, 3, step);
+        float norm, lr = learning_rate_at(step, total, 1e-3f, 2, 0.1f);
+        losses->push_back(model_step(m, inputs.data(), targets.data(), lr, true, &norm));
+    }
+}
+
+// Resuming is bitwise the same as not stopping: 6 steps straight, and 3 steps, a checkpoint, a fresh
+// model reading it, 3 more. Both optimizer layouts: the defaults (bf16 state with stochastic rounding,
+// no master weights, fused, clipping with the previous step's norm) and fp32 state with master weights.
+static void test_resume() {
+    printf("resume: 6 steps straight vs 3, checkpoint, a fresh model, 3 (test-tiny, B=2 T=64, random batches):\n");
+    ModelConfig c = config_named("test-tiny");
+    TrainingOptions defaults;
+    defaults.B = 2;
+    defaults.T = 64;
+    for (const TrainingOptions& o : {defaults, options_for(2, 64, 0, 0, true, true)}) {
+        std::string what = o.bf16_optimizer_state ? "bf16 state: " : "fp32 state, master weights: ";
+        std::vector<float> straight, resumed;
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 11);
+        model_init_random(&m);
+        train_steps(&m, 0, 6, &straight);
+        std::vector<float> straight_weights = download_params(&m);
+        model_free(&m);
+
+        std::string dir = temporary_directory("mst_resume");
+        model_create(&m, c, o, OptimizerSettings(), 11);
+        model_init_random(&m);
+        train_steps(&m, 0, 3, &resumed);
+        model_save_checkpoint(&m, dir, CheckpointInfo());
+        model_free(&m);
+        model_create(&m, c, o, OptimizerSettings(), 11);  // its random weights are overwritten
+        CheckpointInfo info = model_load_checkpoint(&m, checkpoint_latest(dir));
+        check(info.step == 3 && m.steps_done == 3, (what + "the checkpoint's step is 3").c_str());
+        train_steps(&m, 3, 6, &resumed);
+        bitwise_equal((what + "losses, resumed vs straight").c_str(), resumed.data(), straight.data(), 6 * 4);
+        std::vector<float> resumed_weights = download_params(&m);
+        bitwise_equal((what + "weights after 6 steps").c_str(), resumed_weights.data(), straight_weights.data(),
+                      straight_weights.size() * 4);
+        model_free(&m);
+        std::filesystem::remove_all(dir);
+    }
+}
+
+// A Hugging Face directory in and out: the golden weights exported (fp32) and imported into the GPU model
+// give the golden loss; after 2 steps the trainer's export (bf16), imported again on the CPU, is the GPU's
+// parameters bit for bit.
+static void test_hugging_face_in_and_out(const Golden& g) {
+    printf("Hugging Face in and out (golden test-tiny exported, imported, 2 steps, exported, imported):\n");
+    std::string dir = temporary_directory("mst_hf"), in = dir + "/in", out = dir + "/out", error;
+    ModelConfig golden_config = config_named("test-tiny"), config, back_config;
+    std::vector<float> back;
+    if (!hf_export(in, golden_config, g.params.data(), "F32", &error) || !hf_read_config(in, &config, &error))
+        safetensors_exit_on_error(error);
+    Model m;
+    model_create(&m, config, options_for(GOLDEN_B, GOLDEN_T, 0, 0, true, true), GOLDEN_OPTIMIZER, 1);
+    model_import_hf(&m, in);
+    loss_close("imported weights: golden loss", model_loss(&m, g.inputs.data(), g.targets.data()), g.loss[0], 1e-2f);
+    for (int step = 0; step < 2; step++) {
+        float norm;
+        model_step(&m, g.inputs.data(), g.targets.data(), GOLDEN_OPTIMIZER.lr, true, &norm);
+    }
+    model_export_hf(&m, out);
+    if (!hf_import(out, &back_config, &back, &error)) safetensors_exit_on_error(error);
+    check(hf_config_json(back_config, "BF16") == hf_config_json(golden_config, "BF16"), "exported config.json is test-tiny's");
+    std::vector<float> params = download_params(&m);
+    bitwise_equal("exported weights == the GPU's bf16 parameters", back.data(), params.data(), params.size() * 4);
+    model_free(&m);
+    std::filesystem::remove_all(dir);
+}
+
+int main() {
+    const char* tests[] = {"golden gradients", "golden training", "mini-sequences and recomputation",
+                           "fused optimizer", "determinism and no allocation", "test-2layer vs CPU reference", "resume",
+                           "Hugging Face in and out"};
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
+        for (const char* name : tests) skip(name, "no GPU");
+        return test_summary();
+    }
+    Golden golden = load_golden(config_named("test-tiny"));
+    test_golden_gradients(golden);
+    test_golden_training(golden);
+    test_mini_sequences_and_recomputation(golden);
+    test_fused_optimizer(golden);
+    test_determinism_and_no_allocation();
+    test_against_cpu_reference();
+    test_resume();
+    test_hugging_face_in_and_out(golden);
+    return test_summary();
+}

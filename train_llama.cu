@@ -1,0 +1,1115 @@
+// train_llama.cu: Llama 3 training on one GPU with the Mini-Sequence Transformer (arXiv 2407.15892).
+//
+// One step: embedding; per layer RMSNorm, q/k/v projections, RoPE, flash attention, output projection
+// + residual, RMSNorm, then the MLP (gate/up, SwiGLU, down + residual) over mini-sequences of the
+// tokens; final RMSNorm; LM head + cross-entropy over mini-sequences, each mini-sequence's logits turned
+// into their gradient in place and consumed at once (dHidden = dLogits W, dW += dLogits^T h), so one
+// mini-sequence of logits is all that ever exists. Backward recomputes each layer from its input (-r 1)
+// or reads the activations every layer kept (-r 0). The AdamW step is fused into backward (-f 1): each
+// group of parameters (LM head, final norm, each layer, embedding) is updated as soon as its gradient is
+// complete, so no full-model gradient exists.
+//
+// Memory: memory_plan.h says every byte. One cudaMalloc of plan.total at start-up, carved into the
+// plan's regions; nothing is allocated afterwards (device_allocations counts, test_llama checks).
+//
+// Checkpoints (-o, -k, -y), Hugging Face weights in and out (-e DIR, --export) and samples (-g, -s) work
+// on host copies of the arena's buffers (checkpoint.h, hf_io.h, generate.h). A checkpoint holds all
+// that a step depends on (weights, AdamW state and step, the clip scale, the data's position), so a
+// resumed run's losses are bitwise those of a run that never stopped.
+//
+// Gradient clipping with the fused step: the global norm is known only once backward has finished, after
+// the updates it should have scaled. So step s clips with the norm of step s-1 (scale min(1, clip /
+// norm_{s-1})), and prints the norm of step s. Step 0 is not clipped; AdamW's first update m/sqrt(v) does
+// not depend on the gradient's scale (up to eps), so that costs nothing. With -f 0 clipping is exact.
+//
+// The model code (structs, forward, backward, update) comes first, then the command line and main,
+// which test_llama.cu leaves out by defining TESTING before it includes this file (as llm.c's
+// test_gpt2.cu does).
+#include <algorithm>
+#include <cerrno>
+#include <chrono>
+#include <climits>
+#include <cmath>
+#include <cstdarg>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <string>
+#include <vector>
+#include <cuda_runtime.h>
+#include <curand_kernel.h>
+#include <nvtx3/nvToolsExt.h>
+
+#include "mst_kernels.cuh"
+#include "llama_config.h"
+#include "memory_plan.h"
+#include "lr_schedule.h"
+#include "dataloader.h"
+#include "checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
+#include "generate.h"
+
+// ----------------------------------------------------------------------------
+// the arena: the program's one device allocation
+
+static int device_allocations = 0;  // 1 after start-up, and still 1 after any number of steps
+
+static char* device_malloc_counted(size_t bytes) {
+    void* p;
+    CUDA_CHECK(cudaMalloc(&p, bytes));
+    device_allocations++;
+    return (char*)p;
+}
+
+// ----------------------------------------------------------------------------
+// the model
+
+struct OptimizerSettings {
+    float lr = 3e-4f, beta1 = 0.9f, beta2 = 0.95f, eps = 1e-8f, weight_decay = 0.1f;
+    float grad_clip = 1.0f;  // global gradient-norm clip, 0 = off
+};
+
+// One layer's activations: what its forward writes and its backward reads. With recomputation all
+// layers share one set; without, each layer has its own (the plan's regions hold L of each).
+struct LayerActivationsGPU {
+    bf16* attention_norm; float* attention_rstd;  // N x C, N
+    bf16* q; bf16* k; bf16* v;                    // N x Q, N x KV, N x KV (q and k after RoPE)
+    bf16* attention_out; float* lse;              // N x Q, B x H x T
+    bf16* attention_residual;                     // N x C: layer input + attention_out Wo^T
+    bf16* mlp_norm; float* mlp_rstd;              // N x C, N
+    bf16* gate_up; bf16* act;                     // one mini-sequence: n_mlp x 2F ([gate | up] rows), n_mlp x F
+};
+
+struct Model {
+    ModelConfig config;
+    ParameterLayout layout;
+    std::vector<ParameterTensor> tensors;  // for AdamW: weight decay on the 2-D ones only
+    MemoryPlan plan;
+    OptimizerSettings optimizer;
+    int B, T, N;
+    cudaStream_t stream;
+    cublasLtHandle_t cublaslt;
+    char* arena;
+
+    // persistent
+    bf16* params;
+    float* master;                 // fp32 master weights, or null
+    void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state)
+    float* grads;                  // fused: one gradient group at a time; else all P
+    // forward
+    bf16* layer_inputs;            // (L + 1) x N x C: each layer's input, then the last layer's output
+    LayerActivationsGPU layer_acts[2];  // layer 0's views and layer 1's (the same with recomputation)
+    bf16* final_norm; float* final_rstd;
+    bf16* logits;                  // n_lm x V: one LM-head mini-sequence
+    float* losses;                 // N
+    int* inputs; int* targets;     // N each
+    float* rope_cos; float* rope_sin;
+    // backward
+    bf16* dresidual; bf16* dnorm;  // N x C each: the residual stream's gradient, a norm output's gradient
+    bf16* dq; bf16* dk; bf16* dv; bf16* dattention_out;
+    void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out))
+    bf16* dgate_up; bf16* dact;    // one mini-sequence
+    void* norm_scratch;            // RMSNorm weight-gradient partials
+    void* grad_norm_scratch;       // global-norm partials, one slot per gradient group
+    int grad_norm_slots;           // slots written this step
+    float* grad_norm;              // this step's global gradient norm (device)
+    float* clip_scale;             // min(1, clip / norm): this step's (-f 0) or last step's (-f 1)
+    int steps_done;                // AdamW's t is steps_done + 1
+    uint64_t seed;
+};
+
+static size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
+
+// layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced)
+static LayerActivationsGPU layer_activations(const Model* m, int l) {
+    const LayerActivationsGPU& a = m->layer_acts[0];
+    if (m->plan.options.recompute || l == 0) return a;
+    const LayerActivationsGPU& b = m->layer_acts[1];
+    auto at = [l](auto* first, auto* second) { return first + (size_t)l * (second - first); };
+    return {at(a.attention_norm, b.attention_norm), at(a.attention_rstd, b.attention_rstd), at(a.q, b.q),
+            at(a.k, b.k), at(a.v, b.v), at(a.attention_out, b.attention_out), at(a.lse, b.lse),
+            at(a.attention_residual, b.attention_residual), at(a.mlp_norm, b.mlp_norm), at(a.mlp_rstd, b.mlp_rstd),
+            at(a.gate_up, b.gate_up), at(a.act, b.act)};
+}
+
+static bf16* layer_input(const Model* m, int l) { return m->layer_inputs + (size_t)l * m->N * m->config.d_model; }
+
+// Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
+// recomputation) the layers' copies of a tensor come one after another, so every pointer stays aligned.
+static void carve_arena(Model* m) {
+    const MemoryPlan& p = m->plan;
+    size_t N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim();
+    size_t F = m->config.ffn_dim, H = m->config.n_head, L_live = p.options.recompute ? 1 : m->config.n_layer;
+    size_t n_mlp = p.mlp_chunk_tokens;
+    auto region = [&](Region r) { return m->arena + p.offset[r]; };
+    m->params = (bf16*)region(REGION_PARAMETERS);
+    m->master = p.options.master_weights ? (float*)region(REGION_MASTER_WEIGHTS) : nullptr;
+    m->adam_m = region(REGION_ADAM_M);
+    m->adam_v = region(REGION_ADAM_V);
+    m->grads = (float*)region(REGION_GRADIENTS);
+    m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
+    for (int slot = 0; slot < 2; slot++) {
+        size_t l = L_live > 1 ? slot : 0;
+        LayerActivationsGPU& a = m->layer_acts[slot];
+        a.attention_norm = (bf16*)region(REGION_ATTENTION_NORM) + l * N * C;
+        a.attention_rstd = (float*)(region(REGION_ATTENTION_NORM) + L_live * N * C * 2) + l * N;
+        a.q = (bf16*)region(REGION_QKV) + l * N * (Q + 2 * KV);
+        a.k = a.q + N * Q;
+        a.v = a.k + N * KV;
+        a.attention_out = (bf16*)region(REGION_ATTENTION_OUT) + l * N * Q;
+        a.lse = (float*)(region(REGION_ATTENTION_OUT) + L_live * N * Q * 2) + l * N * H;
+        a.attention_residual = (bf16*)region(REGION_ATTENTION_RESIDUAL) + l * N * C;
+        a.mlp_norm = (bf16*)region(REGION_MLP_NORM) + l * N * C;
+        a.mlp_rstd = (float*)(region(REGION_MLP_NORM) + L_live * N * C * 2) + l * N;
+        a.gate_up = (bf16*)region(REGION_MLP_HIDDEN) + l * n_mlp * 3 * F;
+        a.act = a.gate_up + n_mlp * 2 * F;
+    }
+    m->dresidual = (bf16*)region(REGION_RESIDUAL_GRADIENT);
+    m->dnorm = m->dresidual + N * C;
+    m->dq = (bf16*)region(REGION_QKV_GRADIENT);
+    m->dk = m->dq + N * Q;
+    m->dv = m->dk + N * KV;
+    m->dattention_out = m->dv + N * KV;
+    m->attention_scratch = m->dattention_out + N * Q;
+    m->dgate_up = (bf16*)region(REGION_MLP_HIDDEN_GRADIENT);
+    m->dact = m->dgate_up + n_mlp * 2 * F;
+    m->final_norm = (bf16*)region(REGION_FINAL_NORM);
+    m->final_rstd = (float*)(m->final_norm + N * C);
+    m->logits = (bf16*)region(REGION_LMHEAD_LOGITS);
+    m->losses = (float*)region(REGION_LOSSES);
+    m->inputs = (int*)region(REGION_TOKENS);
+    m->targets = m->inputs + N;
+    m->rope_cos = (float*)region(REGION_ROPE_TABLES);
+    m->rope_sin = m->rope_cos + (size_t)m->T * (m->config.head_dim() / 2);
+    // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
+    // and the two scalars
+    size_t norm_scratch_bytes = rmsnorm_backward_scratch_bytes(m->N, C);
+    size_t grad_norm_bytes = global_norm_scratch_bytes(m->config.n_layer + 3);
+    size_t reserved_for_norm = (size_t)RMSNORM_GRADIENT_CHUNKS * C * 4;
+    // the attention scratch ends its region; the region's 256-byte rounding is its own
+    size_t attention_scratch_room = round_up_256(p.bytes[REGION_QKV_GRADIENT]) -
+                                    ((char*)m->attention_scratch - region(REGION_QKV_GRADIENT));
+    if (norm_scratch_bytes > reserved_for_norm || round_up_256(grad_norm_bytes) + 256 > (1u << 20) ||
+        attention_backward_scratch_bytes(m->B, m->T, H, m->config.head_dim()) > attention_scratch_room) {
+        fprintf(stderr, "error: the memory plan's scratch is smaller than the kernels need\n");
+        exit(1);
+    }
+    m->norm_scratch = region(REGION_SCRATCH);
+    m->grad_norm_scratch = region(REGION_SCRATCH) + reserved_for_norm;
+    m->grad_norm = (float*)((char*)m->grad_norm_scratch + round_up_256(grad_norm_bytes));
+    m->clip_scale = m->grad_norm + 1;
+    matmul_init(m->cublaslt, region(REGION_CUBLASLT_WORKSPACE), p.bytes[REGION_CUBLASLT_WORKSPACE]);
+}
+
+// The one allocation, the views into it, the RoPE tables, zeroed optimizer state. The weights come
+// after: model_init_random (or, in test_llama.cu, model_set_parameters from fp32 host values).
+static void model_create(Model* m, const ModelConfig& config, const TrainingOptions& options,
+                         const OptimizerSettings& optimizer, uint64_t seed) {
+    m->config = config;
+    m->layout = parameter_layout(config);
+    m->tensors = parameter_tensors(config);
+    m->plan = plan_memory(config, options);
+    m->optimizer = optimizer;
+    m->B = options.B;
+    m->T = options.T;
+    m->N = options.B * options.T;
+    m->seed = seed;
+    m->steps_done = 0;
+    CUDA_CHECK(cudaStreamCreate(&m->stream));
+    CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
+    m->arena = device_malloc_counted(m->plan.total);
+    carve_arena(m);
+    std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
+    rope_tables(config, m->T, cos_table.data(), sin_table.data());
+    CUDA_CHECK(cudaMemcpy(m->rope_cos, cos_table.data(), cos_table.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(m->rope_sin, sin_table.data(), sin_table.size() * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
+    CUDA_CHECK(cudaMemset(m->adam_v, 0, m->plan.bytes[REGION_ADAM_V]));
+    float one = 1.f;
+    CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));  // step 0: no clipping
+}
+
+static void model_free(Model* m) {
+    CUDA_CHECK(cudaFree(m->arena));
+    device_allocations--;
+    CUBLAS_CHECK(cublasLtDestroy(m->cublaslt));
+    CUDA_CHECK(cudaStreamDestroy(m->stream));
+}
+
+// Llama's initialization: matrices normal(0, 0.02), norm weights 1. Element i of the parameter buffer
+// draws from Philox subsequence i of the seed, so the weights depend on the seed only.
+__global__ void init_parameters_kernel(bf16* params, size_t offset, size_t count, float std, uint64_t seed) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
+        float value = 1.f;
+        if (std > 0.f) {
+            curandStatePhilox4_32_10_t state;
+            curand_init(seed, offset + i, 0, &state);
+            value = std * curand_normal(&state);
+        }
+        params[offset + i] = __float2bfloat16(value);
+    }
+}
+
+// master = the bf16 weights, widened
+__global__ void widen_parameters_kernel(float* master, const bf16* params, size_t count) {
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x)
+        master[i] = __bfloat162float(params[i]);
+}
+
+static void model_init_random(Model* m) {
+    for (const ParameterTensor& t : m->tensors) {
+        size_t count = t.rows * t.cols;
+        init_parameters_kernel<<<mst_elementwise_blocks(count, 256), 256, 0, m->stream>>>(
+            m->params, t.offset, count, t.rows > 1 ? 0.02f : 0.f, m->seed);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    if (m->master) {
+        widen_parameters_kernel<<<mst_elementwise_blocks(m->layout.total, 256), 256, 0, m->stream>>>(
+            m->master, m->params, m->layout.total);
+        CUDA_CHECK(cudaGetLastError());
+    }
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));
+}
+
+// ----------------------------------------------------------------------------
+// forward
+
+// an NVTX range (what Nsight Systems shows) named with an index: "layer 3 forward", "MLP mini-sequence 2"
+static void nvtx_push(const char* format, int index) {
+    char name[64];
+    snprintf(name, sizeof name, format, index);
+    nvtxRangePushA(name);
+}
+
+
+// gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
+// weights (2F x C) gives rows [gate | up]; then act = silu(gate) * up
+static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGPU& a, int start, int n) {
+    int C = m->config.d_model, F = m->config.ffn_dim;
+    matmul_forward(a.gate_up, a.mlp_norm + (size_t)start * C, w + m->layout.layer.gate, n, C, 2 * F, false, m->stream);
+    swiglu_forward(a.act, a.gate_up, a.gate_up + F, n, F, 2 * F, m->stream);
+}
+
+// Layer l from its input to the MLP's input (mlp_norm); with with_mlp, also the MLP over mini-sequences
+// into the layer's output, layer_input(l + 1). Backward's recomputation stops before the MLP: the MLP
+// backward recomputes its own mini-sequences.
+static void layer_forward(Model* m, int l, bool with_mlp) {
+    const ModelConfig& c = m->config;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, hd = c.head_dim();
+    const bf16* w = m->params + m->layout.layer_start(l);
+    const bf16* x = layer_input(m, l);
+    LayerActivationsGPU a = layer_activations(m, l);
+    cudaStream_t s = m->stream;
+    nvtx_push(with_mlp ? "layer %d forward" : "layer %d recompute", l);
+    rmsnorm_forward(a.attention_norm, a.attention_rstd, x, w + o.input_norm, N, C, c.norm_eps, s);
+    matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
+    matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
+    matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
+    rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
+    rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
+    attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
+    CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
+    matmul_forward(a.attention_residual, a.attention_out, w + o.o, N, Q, C, true, s);
+    rmsnorm_forward(a.mlp_norm, a.mlp_rstd, a.attention_residual, w + o.post_attention_norm, N, C, c.norm_eps, s);
+    if (with_mlp) {
+        bf16* out = layer_input(m, l + 1);
+        CUDA_CHECK(cudaMemcpyAsync(out, a.attention_residual, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
+        int mlp_chunk_tokens = m->plan.mlp_chunk_tokens;
+        for (int start = 0; start < N; start += mlp_chunk_tokens) {
+            int n = std::min(mlp_chunk_tokens, N - start);
+            nvtx_push("MLP mini-sequence %d", start / mlp_chunk_tokens);
+            mlp_hidden_forward(m, w, a, start, n);
+            matmul_forward(out + (size_t)start * C, a.act, w + o.down, n, F, C, true, s);
+            nvtxRangePop();
+        }
+    }
+    nvtxRangePop();
+}
+
+// embedding, the layers, the final norm (the LM head's input)
+static void model_forward(Model* m) {
+    int C = m->config.d_model;
+    embedding_forward(layer_input(m, 0), m->inputs, m->params + m->layout.embedding, m->N, C, m->stream);
+    for (int l = 0; l < m->config.n_layer; l++) layer_forward(m, l, true);
+    rmsnorm_forward(m->final_norm, m->final_rstd, layer_input(m, m->config.n_layer), m->params + m->layout.final_norm,
+                    m->N, C, m->config.norm_eps, m->stream);
+}
+
+// LM head + cross-entropy, one mini-sequence at a time: logits (n_lm x V x 2 bytes), per-token losses,
+// the logits' gradient in place, then at once dnorm = dlogits W (writes) and lm_head_grad += dlogits^T h.
+// lm_head_grad null: losses only (validation).
+static void lmhead_forward_backward(Model* m, float grad_scale, float* lm_head_grad) {
+    int N = m->N, C = m->config.d_model, V = m->config.vocab_size;
+    const bf16* w = m->params + m->layout.lm_head;
+    int lmhead_chunk_tokens = m->plan.lmhead_chunk_tokens;
+    for (int start = 0; start < N; start += lmhead_chunk_tokens) {
+        int n = std::min(lmhead_chunk_tokens, N - start);
+        const bf16* h = m->final_norm + (size_t)start * C;
+        nvtx_push("LM-head mini-sequence %d", start / lmhead_chunk_tokens);
+        matmul_forward(m->logits, h, w, n, C, V, false, m->stream);
+        crossentropy_forward_backward(m->logits, m->losses + start, m->targets + start, n, V, grad_scale, m->stream);
+        if (lm_head_grad) {
+            matmul_backward_input(m->dnorm + (size_t)start * C, m->logits, w, n, C, V, false, m->stream);
+            matmul_backward_weight(lm_head_grad, m->logits, h, n, C, V, m->stream);
+        }
+        nvtxRangePop();
+    }
+}
+
+// the mean loss over counted targets (target -1 is not counted; its loss is 0)
+static float mean_loss(Model* m, int counted) {
+    std::vector<float> losses(m->N);
+    CUDA_CHECK(cudaMemcpyAsync(losses.data(), m->losses, (size_t)m->N * 4, cudaMemcpyDeviceToHost, m->stream));
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));
+    double sum = 0.0;
+    for (float x : losses) sum += x;
+    return counted > 0 ? (float)(sum / counted) : 0.f;
+}
+
+static int upload_tokens(Model* m, const int* inputs, const int* targets) {
+    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
+    int counted = 0;
+    for (int n = 0; n < m->N; n++) counted += targets[n] >= 0;
+    return counted;
+}
+
+// the loss of a batch, forward only
+static float model_loss(Model* m, const int* inputs, const int* targets) {
+    int counted = upload_tokens(m, inputs, targets);
+    model_forward(m);
+    lmhead_forward_backward(m, 1.f, nullptr);
+    return mean_loss(m, counted);
+}
+
+// ----------------------------------------------------------------------------
+// optimizer
+
+// AdamW over the tensors inside [offset, offset + count), whose gradient starts at grad; weight decay on
+// 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, offset).
+static void adamw_group(Model* m, size_t offset, size_t count, const float* grad, float lr) {
+    const OptimizerSettings& o = m->optimizer;
+    int t = m->steps_done + 1;
+    nvtxRangePushA("AdamW");
+    for (const ParameterTensor& tensor : m->tensors) {
+        if (tensor.offset < offset || tensor.offset >= offset + count) continue;
+        size_t n = tensor.rows * tensor.cols, at = tensor.offset;
+        const float* g = grad + (at - offset);
+        float decay = tensor.rows > 1 ? o.weight_decay : 0.f;
+        uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ at;
+        unsigned int seed = (unsigned int)splitmix64(&seed_state);
+        float* master = m->master ? m->master + at : nullptr;
+        if (m->plan.options.bf16_optimizer_state) {
+            adamw_update(m->params + at, master, g, (bf16*)m->adam_m + at, (bf16*)m->adam_v + at, n, t, lr, o.beta1,
+                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+        } else {
+            adamw_update(m->params + at, master, g, (float*)m->adam_m + at, (float*)m->adam_v + at, n, t, lr, o.beta1,
+                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+        }
+    }
+    nvtxRangePop();
+}
+
+// Gradient groups: the LM head, the final norm, each layer, the embedding (the LM head's when tied).
+// Fused, one group's gradient lives at a time at the start of the gradient region, except the tied
+// embedding's, which lives from the LM head's backward to the embedding's in the first V x C, with the
+// other groups after it. Not fused, every gradient lives at its parameter's place.
+static float* group_gradient(const Model* m, size_t offset) {
+    if (!m->plan.options.fused_optimizer) return m->grads + offset;
+    bool embedding_matrix = offset == m->layout.embedding || offset == m->layout.lm_head;
+    bool after_tied_embedding = m->config.tied_embeddings && !embedding_matrix;
+    return m->grads + (after_tied_embedding ? (size_t)m->config.vocab_size * m->config.d_model : 0);
+}
+
+// A group's backward begins: fused, its gradient buffer is zeroed (not fused, backward zeroed them all)
+static float* begin_group(Model* m, size_t offset, size_t count) {
+    float* grad = group_gradient(m, offset);
+    if (m->plan.options.fused_optimizer) CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
+    return grad;
+}
+
+// A group's gradient is complete: fused, its share of the global norm, then its update (clipped with
+// the previous step's norm); not fused, nothing until backward has finished.
+static void end_group(Model* m, size_t offset, size_t count, float lr) {
+    if (!m->plan.options.fused_optimizer) return;
+    const float* grad = group_gradient(m, offset);
+    global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
+    adamw_group(m, offset, count, grad, lr);
+}
+
+// ----------------------------------------------------------------------------
+// backward
+
+// Layer l's backward; dresidual holds the gradient of the layer's output and leaves holding that of its
+// input. grad is the layer's gradient (layer layout), accumulated into.
+static void layer_backward(Model* m, int l, float* grad) {
+    const ModelConfig& c = m->config;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, hd = c.head_dim();
+    const bf16* w = m->params + m->layout.layer_start(l);
+    const bf16* x = layer_input(m, l);
+    cudaStream_t s = m->stream;
+    if (m->plan.options.recompute) layer_forward(m, l, false);
+    LayerActivationsGPU a = layer_activations(m, l);
+    nvtx_push("layer %d backward", l);
+    // MLP, one mini-sequence at a time; its hidden activations are recomputed unless forward kept them
+    // all (one mini-sequence, no recomputation)
+    bool hidden_kept = !m->plan.options.recompute && m->plan.mlp_chunk_tokens >= N;
+    int mlp_chunk_tokens = m->plan.mlp_chunk_tokens;
+    for (int start = 0; start < N; start += mlp_chunk_tokens) {
+        int n = std::min(mlp_chunk_tokens, N - start);
+        const bf16* dout = m->dresidual + (size_t)start * C;
+        nvtx_push("MLP mini-sequence %d backward", start / mlp_chunk_tokens);
+        if (!hidden_kept) mlp_hidden_forward(m, w, a, start, n);
+        matmul_backward_input(m->dact, dout, w + o.down, n, F, C, false, s);
+        matmul_backward_weight(grad + o.down, dout, a.act, n, F, C, s);
+        swiglu_backward(m->dgate_up, m->dgate_up + F, m->dact, a.gate_up, a.gate_up + F, n, F, 2 * F, s);
+        matmul_backward_input(m->dnorm + (size_t)start * C, m->dgate_up, w + o.gate, n, C, 2 * F, false, s);
+        matmul_backward_weight(grad + o.gate, m->dgate_up, a.mlp_norm + (size_t)start * C, n, C, 2 * F, s);
+        nvtxRangePop();
+    }
+    rmsnorm_backward(m->dresidual, grad + o.post_attention_norm, m->norm_scratch, m->dnorm, a.attention_residual,
+                     w + o.post_attention_norm, a.mlp_rstd, N, C, s);
+    // attention
+    matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
+    matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
+    attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
+                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
+    rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
+    matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
+    matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
+    matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
+    matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
+    matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
+    matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+    rmsnorm_backward(m->dresidual, grad + o.input_norm, m->norm_scratch, m->dnorm, x, w + o.input_norm,
+                     a.attention_rstd, N, C, s);
+    nvtxRangePop();
+}
+
+// One training step on a batch: forward, backward and (apply_update) the AdamW update with lr.
+// Fused (-f 1) the update happens inside backward and apply_update must be true. Not fused with
+// apply_update false, the gradient of every parameter is left in m->grads (tests read it).
+// Returns the mean loss; *grad_norm gets this step's global gradient norm (before clipping).
+static float model_step(Model* m, const int* inputs, const int* targets, float lr, bool apply_update, float* grad_norm) {
+    const ModelConfig& c = m->config;
+    const ParameterLayout& p = m->layout;
+    bool fused = m->plan.options.fused_optimizer;
+    size_t VC = (size_t)c.vocab_size * c.d_model;
+    int counted = upload_tokens(m, inputs, targets);
+    model_forward(m);
+
+    if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, p.total * 4, m->stream));
+    m->grad_norm_slots = 0;
+    // LM head + loss; the tied LM head's gradient is the embedding's, updated after the embedding backward
+    float* lm_head_grad = begin_group(m, p.lm_head, VC);
+    lmhead_forward_backward(m, counted > 0 ? 1.f / counted : 0.f, lm_head_grad);
+    if (!c.tied_embeddings) end_group(m, p.lm_head, VC, lr);
+    // final norm: dresidual = its input's gradient
+    CUDA_CHECK(cudaMemsetAsync(m->dresidual, 0, (size_t)m->N * c.d_model * 2, m->stream));
+    float* final_norm_grad = begin_group(m, p.final_norm, c.d_model);
+    rmsnorm_backward(m->dresidual, final_norm_grad, m->norm_scratch, m->dnorm, layer_input(m, c.n_layer),
+                     m->params + p.final_norm, m->final_rstd, m->N, c.d_model, m->stream);
+    end_group(m, p.final_norm, c.d_model, lr);
+    for (int l = c.n_layer - 1; l >= 0; l--) {
+        layer_backward(m, l, begin_group(m, p.layer_start(l), p.layer.count));
+        end_group(m, p.layer_start(l), p.layer.count, lr);
+    }
+    float* embedding_grad = c.tied_embeddings ? lm_head_grad : begin_group(m, p.embedding, VC);
+    embedding_backward(embedding_grad, m->dresidual, m->inputs, m->N, c.d_model, m->stream);
+    end_group(m, p.embedding, VC, lr);
+
+    // the global norm: fused, of the groups' partials (its clip scale serves the next step); not fused,
+    // of the whole gradient, then the exactly clipped update
+    if (!fused) {
+        global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, p.total, m->stream);
+    }
+    global_norm_finish(m->grad_norm, m->clip_scale, m->grad_norm_scratch, m->grad_norm_slots,
+                       m->optimizer.grad_clip, m->stream);
+    if (!fused && apply_update) adamw_group(m, 0, p.total, m->grads, lr);
+    if (apply_update) m->steps_done++;
+    CUDA_CHECK(cudaMemcpyAsync(grad_norm, m->grad_norm, 4, cudaMemcpyDeviceToHost, m->stream));
+    return mean_loss(m, counted);  // synchronizes the stream
+}
+
+// --random-tokens: batch `index` of seeded uniform tokens; each row is T + 1 tokens, inputs its first
+// T, targets its last T
+static void random_batch(int* inputs, int* targets, int B, int T, int V, uint64_t seed, uint64_t index) {
+    for (int b = 0; b < B; b++) {
+        uint64_t state = seed ^ ((index * B + b + 1) * 0x9e3779b97f4a7c15ull);
+        int previous = (int)(splitmix64(&state) % V);
+        for (int t = 0; t < T; t++) {
+            int next = (int)(splitmix64(&state) % V);
+            inputs[b * T + t] = previous;
+            targets[b * T + t] = next;
+            previous = next;
+        }
+    }
+}
+
+// ----------------------------------------------------------------------------
+// host copies: checkpoints, Hugging Face import and export, generation. The host buffers are plain
+// std::vectors; the device arena is only copied to and from.
+
+static std::vector<unsigned char> download_bytes(const void* device, size_t bytes) {
+    std::vector<unsigned char> host(bytes);
+    CUDA_CHECK(cudaMemcpy(host.data(), device, bytes, cudaMemcpyDeviceToHost));
+    return host;
+}
+
+// weights from fp32 on the host: bf16 (round to nearest) into the parameters, fp32 into master weights
+static void model_set_parameters(Model* m, const std::vector<float>& params) {
+    std::vector<bf16> rounded(params.size());
+    for (size_t i = 0; i < params.size(); i++) rounded[i] = __float2bfloat16(params[i]);
+    CUDA_CHECK(cudaMemcpy(m->params, rounded.data(), rounded.size() * 2, cudaMemcpyHostToDevice));
+    if (m->master) CUDA_CHECK(cudaMemcpy(m->master, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
+}
+
+// the bf16 parameters, widened (exactly) to fp32
+static std::vector<float> download_params(const Model* m) {
+    std::vector<bf16> raw(m->layout.total);
+    CUDA_CHECK(cudaMemcpy(raw.data(), m->params, raw.size() * 2, cudaMemcpyDeviceToHost));
+    std::vector<float> out(raw.size());
+    for (size_t i = 0; i < raw.size(); i++) out[i] = __bfloat162float(raw[i]);
+    return out;
+}
+
+static std::vector<float> download_master(const Model* m) {
+    std::vector<float> out(m->layout.total);
+    CUDA_CHECK(cudaMemcpy(out.data(), m->master, out.size() * 4, cudaMemcpyDeviceToHost));
+    return out;
+}
+
+// fp32 weights for export and generation: the master weights where kept, else the parameters (the
+// parameters are the master weights rounded to nearest, so a bf16 export is the same either way)
+static std::vector<float> download_weights(const Model* m) { return m->master ? download_master(m) : download_params(m); }
+
+// weights from a Hugging Face directory of the model's config (hf_io.h), instead of model_init_random
+static void model_import_hf(Model* m, const std::string& dir) {
+    std::vector<float> params;
+    std::string error;
+    if (!hf_read_weights(dir, m->config, &params, &error)) safetensors_exit_on_error(error);
+    model_set_parameters(m, params);
+}
+
+// dir/config.json and dir/model.safetensors (bf16) that transformers' LlamaForCausalLM loads as is
+static void model_export_hf(const Model* m, const std::string& dir) {
+    std::string error;
+    if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error)) safetensors_exit_on_error(error);
+}
+
+static const char* optimizer_state_dtype(const Model* m) { return m->plan.options.bf16_optimizer_state ? "BF16" : "F32"; }
+
+// Writes checkpoint steps_done into dir: the bf16 parameters, the master weights where kept, AdamW m and
+// v as the arena holds them (bf16 or fp32) and the clip scale (with -f 1 the next step clips with this
+// step's norm). info brings the data loader, the RNG and options; the config, step and the choices a
+// resume must share (state dtype, master weights, seed of the stochastic rounding) are the model's.
+// Returns the file's path.
+static std::string model_save_checkpoint(const Model* m, const std::string& dir, CheckpointInfo info) {
+    info.config = m->config;
+    info.step = m->steps_done;
+    info.options["optimizer_state"] = optimizer_state_dtype(m);
+    info.options["master_weights"] = m->master ? "1" : "0";
+    info.options["seed"] = std::to_string(m->seed);
+    size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(optimizer_state_dtype(m));
+    std::vector<int64_t> shape = {(int64_t)P};
+    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = download_bytes(m->adam_m, state_bytes),
+                               adam_v = download_bytes(m->adam_v, state_bytes), clip = download_bytes(m->clip_scale, 4),
+                               master = m->master ? download_bytes(m->master, P * 4) : std::vector<unsigned char>();
+    SafetensorsWriter arrays;
+    arrays.add("params", "BF16", shape, params.data());
+    arrays.add("adam_m", optimizer_state_dtype(m), shape, adam_m.data());
+    arrays.add("adam_v", optimizer_state_dtype(m), shape, adam_v.data());
+    arrays.add("clip_scale", "F32", {1}, clip.data());
+    if (m->master) arrays.add("master", "F32", shape, master.data());
+    std::string error;
+    if (!checkpoint_write(dir, info, arrays, &error)) safetensors_exit_on_error(error);
+    return checkpoint_path(dir, info.step);
+}
+
+// Reads a checkpoint into a model created with the same config and options (one error line if they
+// differ) and returns its info (data loader, RNG, options); the model continues from its step.
+static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
+    SafetensorsReader reader;
+    CheckpointInfo info;
+    std::string error;
+    if (!checkpoint_open(path, &reader, &info, &error)) safetensors_exit_on_error(error);
+    if (hf_config_json(info.config, "F32") != hf_config_json(m->config, "F32"))
+        file_error(path.c_str(), "its model (%s: %d layers, d_model %d, vocab %d) is not this run's (%s: %d layers, "
+                   "d_model %d, vocab %d)", info.config.name, info.config.n_layer, info.config.d_model,
+                   info.config.vocab_size, m->config.name, m->config.n_layer, m->config.d_model, m->config.vocab_size);
+    std::string state = optimizer_state_dtype(m), master = m->master ? "1" : "0", seed = std::to_string(m->seed);
+    if (info.options["optimizer_state"] != state || info.options["master_weights"] != master || info.options["seed"] != seed)
+        file_error(path.c_str(), "written with AdamW state %s, master weights %s, seed %s; this run has %s, %s, %s "
+                   "(-a, -w and --seed must match)", info.options["optimizer_state"].c_str(),
+                   info.options["master_weights"].c_str(), info.options["seed"].c_str(), state.c_str(), master.c_str(),
+                   seed.c_str());
+    size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(state);
+    std::vector<unsigned char> params(P * 2), adam_m(state_bytes), adam_v(state_bytes), clip(4),
+                               master_weights(m->master ? P * 4 : 0);
+    if (!checkpoint_read_array(reader, "params", "BF16", P, params.data(), &error) ||
+        !checkpoint_read_array(reader, "adam_m", state, P, adam_m.data(), &error) ||
+        !checkpoint_read_array(reader, "adam_v", state, P, adam_v.data(), &error) ||
+        !checkpoint_read_array(reader, "clip_scale", "F32", 1, clip.data(), &error) ||
+        (m->master && !checkpoint_read_array(reader, "master", "F32", P, master_weights.data(), &error)))
+        safetensors_exit_on_error(error);
+    CUDA_CHECK(cudaMemcpy(m->params, params.data(), params.size(), cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(m->adam_m, adam_m.data(), state_bytes, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(m->adam_v, adam_v.data(), state_bytes, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(m->clip_scale, clip.data(), 4, cudaMemcpyHostToDevice));
+    if (m->master) CUDA_CHECK(cudaMemcpy(m->master, master_weights.data(), P * 4, cudaMemcpyHostToDevice));
+    m->steps_done = (int)info.step;
+    return info;
+}
+
+// ----------------------------------------------------------------------------
+// command line (no CUDA call in this part: --dry-run and --max-T work on a machine without a GPU)
+#ifndef TESTING
+
+struct CommandLine {
+    const char* train_pattern = DEFAULT_TRAIN_SHARDS;
+    const char* val_pattern = DEFAULT_VAL_SHARDS;
+    bool random_tokens = false;       // --random-tokens: seeded uniform tokens instead of shards
+    const char* model_name = "llama3-8b";
+    bool custom_config = false;       // --config V,C,L,H,KV,F
+    ModelConfig config;
+    TrainingOptions options;          // B, T, mini-sequences, recompute, optimizer memory choices
+    OptimizerSettings optimizer;
+    int steps = 10;
+    int warmup_steps = 0;
+    float final_lr_fraction = 0.1f;
+    int val_interval = 0;             // 0: no validation
+    int val_batches = 4;
+    uint64_t seed = 1337;
+    bool dry_run = false, print_max_T = false;
+    double gpu_mem_gib = 0.0;         // 0: not given
+    const char* hf_dir = nullptr;     // -e DIR: a Hugging Face directory's weights (its config.json is config)
+    const char* checkpoint_dir = nullptr;  // -o
+    int checkpoint_every = 0;         // -k: 0 = only at the end
+    bool resume = false;              // -y 1
+    const char* export_dir = nullptr; // --export
+    int sample_tokens = 0;            // -g: 0 = no samples
+    int sample_every = 20;            // -s: 0 = only at the end
+    float temperature = 1.f, top_p = 0.9f;
+};
+
+static void print_usage() {
+    printf(
+"usage: ./train_llama [options]   (Llama 3 training with mini-sequences; defaults fit llama3-8b at\n"
+"                                  T=60000 on an 80 GB card: make train_llama && ./train_llama -T 60000)\n"
+"  -i PATTERN      training shards (default %s)\n"
+"  -j PATTERN      validation shards (default %s)\n"
+"  --random-tokens seeded random tokens instead of shards (benchmarks)\n"
+"  -e NAME|DIR     model: %s (default llama3-8b),\n"
+"                  or a Hugging Face Llama directory (config.json, model.safetensors or shards)\n"
+"  --config V,C,L,H,KV,F  a custom model: vocab, d_model, layers, heads, kv heads, ffn width\n"
+"  -B N            batch size (default 1)\n"
+"  -T N            sequence length (default 60000)\n"
+"  -m N            MLP mini-sequences: 0 automatic (default), 1 standard\n"
+"  -M N            LM-head mini-sequences: 0 automatic (default), 1 standard\n"
+"  -r 0|1          recompute each layer in backward (default 1)\n"
+"  -f 0|1          optimizer step fused into backward (default 1)\n"
+"  -a fp32|bf16    AdamW state precision (default bf16; also --state)\n"
+"  -w 0|1          fp32 master weights (default 0)\n"
+"  -n N            training steps (default 10)\n"
+"  -l LR           peak learning rate (default 3e-4)\n"
+"  -u N            linear warmup steps (default 0)\n"
+"  -F FRACTION     final lr as a fraction of the peak, reached by a cosine (default 0.1)\n"
+"  -c WD           AdamW weight decay on 2-D matrices (default 0.1)\n"
+"  --clip NORM     global gradient-norm clip, 0 = off (default 1.0)\n"
+"  -v N            validation loss every N steps, 0 = never (default 0)\n"
+"  --val-batches N batches per validation (default 4)\n"
+"  --seed N        seed of the initial weights and random tokens (default 1337)\n"
+"  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
+"  -k N            checkpoint every N steps, 0 = only at the end (default 0)\n"
+"  -y 0|1          resume from the latest checkpoint in -o DIR (default 0)\n"
+"  --export DIR    at the end, write DIR/config.json and DIR/model.safetensors (bf16) for transformers\n"
+"  -g N            sample N tokens from <|begin_of_text|>, 0 = never (default 0)\n"
+"  -s N            sample every N steps and at the end, 0 = only at the end (default 20)\n"
+"  --temperature X sampling temperature, 0 = greedy (default 1.0)\n"
+"  --top-p P       nucleus sampling: the likeliest tokens up to probability P (default 0.9)\n"
+"  --gpu-mem GIB   plan for a card of this many GiB (default: the GPU's memory; 80 in a dry run)\n"
+"  --dry-run       print the memory plan beside the standard plan and whether it fits; no GPU used\n"
+"  --max-T         print the longest T that fits --gpu-mem, with these options and the standard ones\n"
+"  -h, --help      this text\n",
+        DEFAULT_TRAIN_SHARDS, DEFAULT_VAL_SHARDS, model_config_names().c_str());
+}
+
+// The one way a bad command line ends: one line on stderr, exit status 1, nothing on stdout.
+[[noreturn]] static void usage_error(const char* format, ...) {
+    va_list args;
+    va_start(args, format);
+    fprintf(stderr, "error: ");
+    vfprintf(stderr, format, args);
+    fputc('\n', stderr);
+    va_end(args);
+    exit(1);
+}
+
+// an integer >= min; what says which, e.g. "a positive integer"
+static long long parse_integer(const char* flag, const char* value, long long min, long long max, const char* what) {
+    char* end;
+    errno = 0;
+    long long x = strtoll(value, &end, 10);
+    if (end == value || *end != '\0' || errno == ERANGE || x < min || x > max)
+        usage_error("%s: must be %s (got \"%s\")", flag, what, value);
+    return x;
+}
+static int parse_int(const char* flag, const char* value, int min, const char* what) {
+    return (int)parse_integer(flag, value, min, INT_MAX, what);
+}
+static bool parse_bool(const char* flag, const char* value) {
+    return parse_integer(flag, value, 0, 1, "0 or 1") == 1;
+}
+static double parse_number(const char* flag, const char* value, bool positive) {
+    char* end;
+    errno = 0;
+    double x = strtod(value, &end);
+    if (end == value || *end != '\0' || errno == ERANGE || !std::isfinite(x) || x < 0.0 || (positive && x == 0.0))
+        usage_error("%s: must be a %s number (got \"%s\")", flag, positive ? "positive" : "non-negative", value);
+    return x;
+}
+
+static bool is_directory(const char* path) {
+    struct stat info;
+    return stat(path, &info) == 0 && S_ISDIR(info.st_mode);
+}
+
+// --config V,C,L,H,KV,F: Llama 3's RoPE theta and norm epsilon, untied, no RoPE scaling
+static ModelConfig parse_custom_config(const char* value) {
+    int v[6];
+    char extra;
+    if (sscanf(value, "%d,%d,%d,%d,%d,%d%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &extra) != 6)
+        usage_error("--config: must be six integers V,C,L,H,KV,F (got \"%s\")", value);
+    ModelConfig c = {"custom", v[0], v[1], v[2], v[3], v[4], v[5], 500000.f, 1e-5f, false, 0.f, 0.f, 0.f, 0, false};
+    std::string problem = model_config_problem(c);
+    if (!problem.empty()) usage_error("--config: %s (got \"%s\")", problem.c_str(), value);
+    return c;
+}
+
+static CommandLine parse_command_line(int argc, char** argv) {
+    CommandLine cl;
+    for (int i = 1; i < argc; i++) {
+        std::string flag = argv[i];
+        if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
+        if (flag == "--dry-run") { cl.dry_run = true; continue; }
+        if (flag == "--max-T") { cl.print_max_T = true; continue; }
+        if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
+        static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
+            "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
+            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p"};
+        if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
+            usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
+        if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
+        const char* f = flag.c_str();
+        const char* value = argv[++i];
+        TrainingOptions& o = cl.options;
+        if (flag == "-i") cl.train_pattern = value;
+        else if (flag == "-j") cl.val_pattern = value;
+        else if (flag == "-e") cl.model_name = value;
+        else if (flag == "--config") { cl.config = parse_custom_config(value); cl.custom_config = true; }
+        else if (flag == "-B") o.B = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "-T") o.T = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "-m") o.mlp_chunks = parse_int(f, value, 0, "0 (automatic) or a positive integer");
+        else if (flag == "-M") o.lmhead_chunks = parse_int(f, value, 0, "0 (automatic) or a positive integer");
+        else if (flag == "-r") o.recompute = parse_bool(f, value);
+        else if (flag == "-f") o.fused_optimizer = parse_bool(f, value);
+        else if (flag == "-w") o.master_weights = parse_bool(f, value);
+        else if (flag == "-a" || flag == "--state") {
+            if (strcmp(value, "bf16") != 0 && strcmp(value, "fp32") != 0)
+                usage_error("%s: must be fp32 or bf16 (got \"%s\")", f, value);
+            o.bf16_optimizer_state = strcmp(value, "bf16") == 0;
+        }
+        else if (flag == "-n") cl.steps = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "-l") cl.optimizer.lr = (float)parse_number(f, value, false);
+        else if (flag == "-u") cl.warmup_steps = parse_int(f, value, 0, "a non-negative integer");
+        else if (flag == "-F") {
+            cl.final_lr_fraction = (float)parse_number(f, value, false);
+            if (cl.final_lr_fraction > 1.f) usage_error("%s: must be a fraction in [0, 1] (got \"%s\")", f, value);
+        }
+        else if (flag == "-c") cl.optimizer.weight_decay = (float)parse_number(f, value, false);
+        else if (flag == "--clip") cl.optimizer.grad_clip = (float)parse_number(f, value, false);
+        else if (flag == "-v") cl.val_interval = parse_int(f, value, 0, "a non-negative integer");
+        else if (flag == "--val-batches") cl.val_batches = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "--seed") cl.seed = (uint64_t)parse_integer(f, value, 0, LLONG_MAX, "a non-negative integer");
+        else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_number(f, value, true);
+        else if (flag == "-o") cl.checkpoint_dir = value;
+        else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
+        else if (flag == "-y") cl.resume = parse_bool(f, value);
+        else if (flag == "--export") cl.export_dir = value;
+        else if (flag == "-g") cl.sample_tokens = parse_int(f, value, 0, "a non-negative integer");
+        else if (flag == "-s") cl.sample_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
+        else if (flag == "--temperature") cl.temperature = (float)parse_number(f, value, false);
+        else if (flag == "--top-p") {
+            cl.top_p = (float)parse_number(f, value, true);
+            if (cl.top_p > 1.f) usage_error("%s: must be a probability in (0, 1] (got \"%s\")", f, value);
+        }
+    }
+    if (cl.custom_config) {
+        bool named = false;
+        for (int i = 1; i < argc; i++) named |= strcmp(argv[i], "-e") == 0;
+        if (named) usage_error("-e and --config: give one of them");
+    } else if (is_directory(cl.model_name)) {  // a Hugging Face directory: only its config.json is read here
+        std::string error;
+        if (!hf_read_config(cl.model_name, &cl.config, &error)) usage_error("-e: %s", error.c_str());
+        cl.hf_dir = cl.model_name;
+    } else if (!find_model_config(cl.model_name, &cl.config)) {
+        usage_error("-e: unknown model \"%s\" (known: %s)", cl.model_name, model_config_names().c_str());
+    }
+    if (cl.resume && !cl.checkpoint_dir) usage_error("-y 1: needs -o DIR, the directory to resume from");
+    std::string problem = training_options_problem(cl.config, cl.options);
+    if (!problem.empty()) usage_error("%s", problem.c_str());
+    int head_dim = cl.config.head_dim();
+    if (!cl.dry_run && !cl.print_max_T && head_dim != 64 && head_dim != 128)
+        usage_error("%s: head_dim d_model / n_head = %d, but the GPU attention supports 64 and 128",
+                    cl.custom_config ? "--config" : "-e", head_dim);
+    if (cl.config.plan_only && !cl.dry_run && !cl.print_max_T)
+        usage_error("-e %s: plan only, too large to train on one GPU here (--dry-run and --max-T work)", cl.config.name);
+    return cl;
+}
+
+// What would fit a card of gpu_mem_gib instead: the longest T at these options, then each memory-saving
+// choice not taken, alone and (if several) all together, at this T. One line, for the error and the dry run.
+static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions& o, double gpu_mem_gib) {
+    int longest_T = max_T_that_fits(c, o, gpu_mem_gib);
+    std::string s = longest_T > 0 ? "-T " + std::to_string(longest_T) + " at these options" : "no T at these options";
+    std::vector<std::pair<std::string, TrainingOptions>> alternatives;
+    TrainingOptions all = o;
+    std::string all_flags;
+    auto consider = [&](bool taken, const char* flags, void (*choose)(TrainingOptions&)) {
+        if (taken) return;
+        TrainingOptions alone = o;
+        choose(alone);
+        choose(all);
+        alternatives.push_back({flags, alone});
+        all_flags += (all_flags.empty() ? "" : " ") + std::string(flags);
+    };
+    consider(o.recompute, "-r 1", [](TrainingOptions& a) { a.recompute = true; });
+    consider(o.mlp_chunks == 0 && o.lmhead_chunks == 0, "-m 0 -M 0", [](TrainingOptions& a) { a.mlp_chunks = a.lmhead_chunks = 0; });
+    consider(o.bf16_optimizer_state, "-a bf16", [](TrainingOptions& a) { a.bf16_optimizer_state = true; });
+    consider(!o.master_weights, "-w 0", [](TrainingOptions& a) { a.master_weights = false; });
+    consider(o.fused_optimizer, "-f 1", [](TrainingOptions& a) { a.fused_optimizer = true; });
+    if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
+    for (const auto& [flags, options] : alternatives) {
+        MemoryPlan plan = plan_memory(c, options);
+        char text[160];
+        snprintf(text, sizeof text, "; %s: %s (%.1f GiB)", flags.c_str(), plan_fits(plan, gpu_mem_gib) ? "fits" : "does not fit",
+                 gib(plan.total));
+        s += text;
+    }
+    return s;
+}
+
+// "the plan needs X GiB ... short by Z GiB; nearest settings that fit: ..." for options that do not fit
+// (the options as given: automatic chunk counts stay automatic in the alternatives)
+static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, double gpu_mem_gib) {
+    MemoryPlan plan = plan_memory(c, o);
+    char text[256];
+    snprintf(text, sizeof text, "the plan needs %.1f GiB + %.1f GiB for the CUDA context but the card has %.1f GiB: "
+             "short by %.1f GiB; nearest settings that fit: ", gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gpu_mem_gib,
+             gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB - gpu_mem_gib);
+    return text + settings_that_fit(c, o, gpu_mem_gib);
+}
+
+// --dry-run and --max-T: the plan on paper
+static void print_plan_on_paper(const CommandLine& cl) {
+    double gpu_mem_gib = cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0;
+    if (cl.dry_run) {
+        MemoryPlan plan = plan_memory(cl.config, cl.options);
+        print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
+        if (plan_fits(plan, gpu_mem_gib)) {
+            printf("fits a %.1f GiB card: yes (%.1f GiB planned + %.1f GiB CUDA context)\n", gpu_mem_gib,
+                   gib(plan.total), CUDA_CONTEXT_RESERVE_GIB);
+        } else {
+            printf("fits a %.1f GiB card: no: %s\n", gpu_mem_gib, shortfall(cl.config, cl.options, gpu_mem_gib).c_str());
+        }
+    }
+    if (cl.print_max_T) {
+        printf("longest T on a %.1f GiB card (B=%d): %d with these options, %d standard (-m 1 -M 1 -r 0)\n",
+               gpu_mem_gib, cl.options.B, max_T_that_fits(cl.config, cl.options, gpu_mem_gib),
+               max_T_that_fits(cl.config, standard_options(cl.options), gpu_mem_gib));
+    }
+}
+
+// ----------------------------------------------------------------------------
+// training loop
+
+// the card's dense bf16 peak for MFU, from its name or compute capability; 0 if unknown
+static double peak_bf16_flops(const cudaDeviceProp& prop) {
+    if (strstr(prop.name, "H100") && strstr(prop.name, "PCIe")) return 756e12;
+    if (strstr(prop.name, "H100") || strstr(prop.name, "H200") || prop.major == 9) return 989e12;
+    if (strstr(prop.name, "A100") || (prop.major == 8 && prop.minor == 0)) return 312e12;
+    return 0.0;
+}
+
+// A source of batches: shards through dataloader.h, or random tokens.
+struct Batches {
+    bool random;
+    DataLoader loader;
+    std::vector<int> inputs, targets;
+    uint64_t seed, served = 0;
+};
+
+static void batches_init(Batches* b, const CommandLine& cl, const char* pattern, bool shuffle, uint64_t stream) {
+    int N = cl.options.B * cl.options.T;
+    b->random = cl.random_tokens;
+    b->seed = cl.seed ^ (stream << 56);
+    b->inputs.resize(N);
+    b->targets.resize(N);
+    if (!b->random) dataloader_init(&b->loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
+}
+
+static void batches_next(Batches* b, const CommandLine& cl) {
+    int N = cl.options.B * cl.options.T;
+    if (b->random) {
+        random_batch(b->inputs.data(), b->targets.data(), cl.options.B, cl.options.T, cl.config.vocab_size, b->seed, b->served);
+    } else {
+        dataloader_next_batch(&b->loader);
+        std::copy(b->loader.inputs, b->loader.inputs + N, b->inputs.begin());
+        std::copy(b->loader.targets, b->loader.targets + N, b->targets.begin());
+    }
+    b->served++;
+}
+
+// validation: the first val_batches batches, the same ones every time
+static float validation_loss(Model* m, Batches* val, const CommandLine& cl) {
+    if (val->random) val->served = 0; else dataloader_reset(&val->loader);
+    double sum = 0.0;
+    for (int i = 0; i < cl.val_batches; i++) {
+        batches_next(val, cl);
+        sum += model_loss(m, val->inputs.data(), val->targets.data());
+    }
+    return (float)(sum / cl.val_batches);
+}
+
+// -o: a checkpoint of the steps done, the data loader standing after the last step's batch (random
+// batches need nothing: batch i is a function of the seed and i), and the sampler's generator
+static void save_checkpoint(const Model* m, const CommandLine& cl, const Batches& b, uint64_t sample_rng) {
+    CheckpointInfo info;
+    info.rng_state = sample_rng;
+    if (!b.random) info.loader = dataloader_state(&b.loader);
+    info.options["steps"] = std::to_string(cl.steps);  // for the reader: the LR schedule depends on -n
+    printf("checkpoint: %s\n", model_save_checkpoint(m, cl.checkpoint_dir, info).c_str());
+}
+
+// -g: samples are decoded with tokenizer.model for Llama 3's vocabulary; else (no file, or a test
+// vocabulary) they are printed as ids, said once
+static bool load_sample_tokenizer(const ModelConfig& c, Tokenizer* tokenizer) {
+    FILE* f = c.vocab_size == LLAMA3_VOCAB_SIZE ? fopen(DEFAULT_TOKENIZER_PATH, "rb") : nullptr;
+    if (!f) {
+        printf("note: samples are printed as token ids (%s)\n", c.vocab_size != LLAMA3_VOCAB_SIZE ?
+               "not Llama 3's vocabulary" : "no tokenizer.model; make tokenizer creates it");
+        return false;
+    }
+    fclose(f);
+    tokenizer_init(tokenizer, DEFAULT_TOKENIZER_PATH);
+    return true;
+}
+
+// cl.sample_tokens tokens after <|begin_of_text|> (token 0 in a test vocabulary), generated on the CPU
+// from a host copy of the weights (generate.h: a KV cache, so linear in the length)
+static void print_sample(const Model* m, const CommandLine& cl, const Tokenizer* tokenizer, uint64_t* rng, int step) {
+    std::vector<int> tokens = {m->config.vocab_size > LLAMA3_BEGIN_OF_TEXT ? LLAMA3_BEGIN_OF_TEXT : 0};
+    generate(m->config, download_weights(m).data(), &tokens, cl.sample_tokens, cl.temperature, cl.top_p, rng);
+    std::string text;
+    if (tokenizer) tokenizer_decode(tokenizer, tokens.data() + 1, tokens.size() - 1, &text);
+    else for (size_t i = 1; i < tokens.size(); i++) text += (i > 1 ? " " : "") + std::to_string(tokens[i]);
+    printf("sample at step %d: %s\n", step, text.c_str());
+}
+
+static int train(const CommandLine& cl, const MemoryPlan& plan) {
+    cudaDeviceProp prop;
+    cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
+    if (no_gpu != cudaSuccess)
+        usage_error("no usable GPU (%s); --dry-run and --max-T work without one", cudaGetErrorString(no_gpu));
+    size_t free_bytes, total_bytes;
+    CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+    double card_gib = gib(total_bytes);
+    if (cl.gpu_mem_gib > 0) card_gib = std::min(card_gib, cl.gpu_mem_gib);
+    if (!plan_fits(plan, card_gib)) usage_error("%s", shortfall(cl.config, cl.options, card_gib).c_str());
+
+    Batches train_batches, val_batches;
+    batches_init(&train_batches, cl, cl.train_pattern, true, 1);
+    if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2);
+    std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";
+    if (cl.resume && resume_from.empty()) usage_error("-y 1: no checkpoint in %s", cl.checkpoint_dir);
+    Tokenizer tokenizer;
+    bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
+
+    printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
+    print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
+    Model model;
+    model_create(&model, cl.config, cl.options, cl.optimizer, cl.seed);
+    int start_step = 0;
+    uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0
+    if (cl.resume) {
+        CheckpointInfo info = model_load_checkpoint(&model, resume_from);
+        start_step = (int)info.step;
+        sample_rng = info.rng_state;
+        train_batches.served = info.step;
+        if (!train_batches.random) dataloader_resume(&train_batches.loader, &info.loader);
+        printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
+    } else if (cl.hf_dir) {
+        model_import_hf(&model, cl.hf_dir);
+        printf("weights: %s\n", cl.hf_dir);
+    } else {
+        model_init_random(&model);
+    }
+
+    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * model.N;
+    double peak = peak_bf16_flops(prop);
+    for (int step = start_step; step < cl.steps; step++) {
+        if (cl.val_interval > 0 && step % cl.val_interval == 0)
+            printf("step %4d | val loss %.4f\n", step, validation_loss(&model, &val_batches, cl));
+        batches_next(&train_batches, cl);
+        float lr = learning_rate_at(step, cl.steps, cl.optimizer.lr, cl.warmup_steps, cl.final_lr_fraction);
+        auto start = std::chrono::steady_clock::now();
+        float grad_norm;
+        float loss = model_step(&model, train_batches.inputs.data(), train_batches.targets.data(), lr, true, &grad_norm);
+        double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        char mfu[32] = "-";
+        if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * flops_per_step / seconds / peak);
+        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB\n",
+               step + 1, cl.steps, loss, lr, grad_norm, seconds * 1e3, model.N / seconds, mfu,
+               gib(total_bytes - free_bytes));
+        if (step == start_step)
+            printf("memory: planned %.2f GiB (the arena), in use on the device %.2f GiB (arena + CUDA context), "
+                   "allocations %d\n", gib(plan.total), gib(total_bytes - free_bytes), device_allocations);
+        // the last step's sample and checkpoint come after the loop; the sample before the checkpoint,
+        // so the checkpoint holds the generator as the next sample finds it
+        int done = step + 1;
+        if (done < cl.steps && cl.sample_tokens > 0 && cl.sample_every > 0 && done % cl.sample_every == 0)
+            print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, done);
+        if (done < cl.steps && cl.checkpoint_dir && cl.checkpoint_every > 0 && done % cl.checkpoint_every == 0)
+            save_checkpoint(&model, cl, train_batches, sample_rng);
+        fflush(stdout);
+    }
+    if (cl.val_interval > 0) printf("step %4d | val loss %.4f\n", cl.steps, validation_loss(&model, &val_batches, cl));
+    if (cl.sample_tokens > 0) print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, cl.steps);
+    if (cl.checkpoint_dir && start_step < cl.steps) save_checkpoint(&model, cl, train_batches, sample_rng);
+    if (cl.export_dir) {
+        model_export_hf(&model, cl.export_dir);
+        printf("exported: %s/config.json, %s/model.safetensors\n", cl.export_dir, cl.export_dir);
+    }
+    if (decode) tokenizer_free(&tokenizer);
+    model_free(&model);
+    if (!train_batches.random) dataloader_free(&train_batches.loader);
+    if (cl.val_interval > 0 && !val_batches.random) dataloader_free(&val_batches.loader);
+    return 0;
+}
+
+int main(int argc, char** argv) {
+    CommandLine cl = parse_command_line(argc, argv);
+    if (cl.dry_run || cl.print_max_T) { print_plan_on_paper(cl); return 0; }
+    // a card smaller than the one present: refuse before touching the GPU
+    MemoryPlan plan = plan_memory(cl.config, cl.options);
+    if (cl.gpu_mem_gib > 0 && !plan_fits(plan, cl.gpu_mem_gib))
+        usage_error("%s", shortfall(cl.config, cl.options, cl.gpu_mem_gib).c_str());
+    return train(cl, plan);
+}
+#endif
