@@ -680,7 +680,7 @@ struct CommandLine {
     TrainingOptions options;          // B, T, mini-sequences, recompute, optimizer memory choices
     OptimizerSettings optimizer;
     int steps = 10;
-    int warmup_steps = 0;
+    int warmup_steps = 5;             // AdamW's first updates are ~lr x sign(g) everywhere: ramp up to lr
     float final_lr_fraction = 0.1f;
     int val_interval = 0;             // 0: no validation
     int val_batches = 4;
@@ -717,7 +717,7 @@ static void print_usage() {
 "  -w 0|1          fp32 master weights (default 0)\n"
 "  -n N            training steps (default 10)\n"
 "  -l LR           peak learning rate (default 3e-4)\n"
-"  -u N            linear warmup steps (default 0)\n"
+"  -u N            linear warmup steps (default 5)\n"
 "  -F FRACTION     final lr as a fraction of the peak, reached by a cosine (default 0.1)\n"
 "  -c WD           AdamW weight decay on 2-D matrices (default 0.1)\n"
 "  --clip NORM     global gradient-norm clip, 0 = off (default 1.0)\n"

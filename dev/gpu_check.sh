@@ -34,10 +34,12 @@ if ! nvidia-smi -L > /dev/null 2>&1; then
     status=1
 fi
 
-# step NAME TIMEOUT CMD...: runs CMD with at most TIMEOUT seconds (less if the budget is nearly spent)
+# step NAME TIMEOUT CMD...: runs CMD with at most TIMEOUT seconds (less if the budget is nearly spent).
+# GPU_CHECK_ONLY="name ..." runs only the steps named (a rerun after a fix); the build always runs.
 step() {
     local name=$1 limit=$2
     shift 2
+    if [ -n "${GPU_CHECK_ONLY:-}" ] && [ "$name" != build ] && [[ " $GPU_CHECK_ONLY " != *" $name "* ]]; then return; fi
     local log="$OUT/$name.log"
     local left=$((DEADLINE - $(date +%s)))
     if [ "$left" -lt 5 ]; then
@@ -137,7 +139,7 @@ fi
 
 # --- trainer checks (issues 5 and 6) ---
 step trainer 330 env GPU_ARCH="$GPU_ARCH" TRAINER_CHECK_BUDGET=$((DEADLINE - $(date +%s) - 60)) bash dev/gpu_check_trainer.sh
-grep -h -A3 "^== trainer results" "$OUT/trainer.log" | tee -a "$SUMMARY"
+grep -h -A6 "^== trainer results" "$OUT/trainer.log" | tee -a "$SUMMARY"
 
 # --- compute-sanitizer at small sizes ---
 SANITIZER=$(command -v compute-sanitizer || ls "${CUDA_HOME:-/usr/local/cuda}"/bin/compute-sanitizer /usr/local/cuda*/bin/compute-sanitizer \

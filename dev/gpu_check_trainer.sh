@@ -54,8 +54,16 @@ tokens_per_second() {
 }
 
 train 150 8b -e llama3-8b -T 60000 -n 2 --gpu-mem 80
-train 45 1b -e llama3.2-1b -T 8192 -n 4 -v 4 --val-batches 1 --gpu-mem 80
-train 45 1b_standard_chunks -e llama3.2-1b -T 8192 -n 4 -m 1 -M 1 --gpu-mem 80
+# the loss must fall on the default corpus: 30 steps of llama3.2-1b, validation at 0, 10, 20, 30
+onebillion=(-e llama3.2-1b -T 8192 -n 30 -u 10 -v 10 --val-batches 2 --gpu-mem 80)
+train 60 1b "${onebillion[@]}"
+train 60 1b_standard_chunks "${onebillion[@]}" -m 1 -M 1
+train 60 1b_fp32_state "${onebillion[@]}" -a fp32 -w 1 -f 0
+echo "== the loss on the default corpus"
+for run in 1b 1b_fp32_state; do
+    awk '/val loss/ { v[n++] = $NF } END { if (n < 2 || v[n-1] >= v[0]) exit 1; printf "'$run': val loss %s -> %s\n", v[0], v[n-1] }' \
+        "$log/$run.txt" || note_failure "$run: the validation loss did not fall"
+done
 
 # Issue 6: a Hugging Face model in (golden test-tiny, head_dim 64, exported by mst_hf), 4 steps with a
 # checkpoint at 2 and samples, out through --export; a resume from step 2 must print the same losses and
@@ -69,7 +77,8 @@ if ./mst_hf convert golden/test-tiny.safetensors "$hf/in" BF16 test-tiny; then
     rm -f "$hf/run/step_00000004.safetensors"
     bounded 60 ./train_llama "${tiny[@]}" -y 1 2>&1 | tee "$hf/resumed.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || note_failure "train_llama -y 1"
-    after_resume() { grep -E '^step +[34]/4 \| loss|^sample at step 4' "$1"; }
+    # the losses of steps 3 and 4 and the last sample (the step lines' timings differ, so not whole lines)
+    after_resume() { grep -oE '^step +[34]/4 \| loss [0-9.]+|^sample at step 4.*' "$1"; }
     [ "$(after_resume "$hf/straight.txt" | wc -l)" -eq 3 ] && [ "$(after_resume "$hf/straight.txt")" == "$(after_resume "$hf/resumed.txt")" ] ||
         note_failure "steps 3-4 and the last sample after a resume differ from the straight run's"
     if python3 -c "import torch, transformers" 2>/dev/null; then

@@ -33,7 +33,10 @@ static void check(size_t count, bool use_master, int steps) {
     compare(name, download_bf16(d_p, count), p, ptol, ptol);
     if (use_master) {
         snprintf(name, sizeof name, "adamw master (%s) count=%zu", cfg, count);
-        compare(name, download(d_master, count), p, 1e-5f, 1e-5f);
+        // bf16 state: m and v carry up to one bf16 ulp (2^-7 relative, stochastic rounding) each step, so
+        // each step's update lr m/sqrt(v) may differ by a few ulps of lr
+        float master_tol = bf16_state ? steps * lr * 3.f / 128.f : 1e-5f;
+        compare(name, download(d_master, count), p, master_tol, 1e-5f);
     }
     std::vector<float> gm(count), gv(count);
     if (bf16_state) { gm = download_bf16((bf16*)d_m, count); gv = download_bf16((bf16*)d_v, count); }
