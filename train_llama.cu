@@ -920,16 +920,20 @@ static void print_plan_on_paper(const CommandLine& cl) {
     double gpu_mem_gib = cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0;
     if (cl.dry_run) {
         MemoryPlan plan = plan_memory(cl.config, cl.options);
-        print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
+        MemoryPlan standard = plan_memory(cl.config, standard_options(cl.options));
+        print_memory_plan(plan, standard);
         if (plan_fits(plan, gpu_mem_gib)) {
-            printf("fits a %.1f GiB card: yes (%.1f GiB planned + %.1f GiB CUDA context)\n", gpu_mem_gib,
+            printf("MST plan: fits a card of %.1f GiB (%.1f GiB planned + %.1f GiB CUDA context)\n", gpu_mem_gib,
                    gib(plan.total), CUDA_CONTEXT_RESERVE_GIB);
         } else {
-            printf("fits a %.1f GiB card: no: %s\n", gpu_mem_gib, shortfall(cl.config, cl.options, gpu_mem_gib).c_str());
+            printf("MST plan: does not fit a card of %.1f GiB: %s\n", gpu_mem_gib, shortfall(cl.config, cl.options, gpu_mem_gib).c_str());
         }
+        printf("standard plan (-m 1 -M 1 -r 0): %s a card of %.1f GiB (%.1f GiB planned + %.1f GiB CUDA context)\n",
+               plan_fits(standard, gpu_mem_gib) ? "fits" : "does not fit", gpu_mem_gib, gib(standard.total),
+               CUDA_CONTEXT_RESERVE_GIB);
     }
     if (cl.print_max_T) {
-        printf("longest T on a %.1f GiB card (B=%d): %d with these options, %d standard (-m 1 -M 1 -r 0)\n",
+        printf("longest T on a card of %.1f GiB (B=%d): %d with these options, %d standard (-m 1 -M 1 -r 0)\n",
                gpu_mem_gib, cl.options.B, max_T_that_fits(cl.config, cl.options, gpu_mem_gib),
                max_T_that_fits(cl.config, standard_options(cl.options), gpu_mem_gib));
     }

@@ -45,10 +45,11 @@ expect_error "missing value" "-T" --dry-run -T
 expect_error "non-numeric gpu memory" "--gpu-mem" --dry-run --gpu-mem lots
 expect_error "plan larger than the card" "GiB" -e llama3-8b -T 60000 -m 1 -M 1 -r 0 --gpu-mem 80
 
-expect_output "dry run: 8b at 60000 fits 80 GB" "^total.*|fits" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
+expect_output "dry run: 8b at 60000 fits 80 GB" "^MST plan: fits a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
+expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard plan .*: does not fit a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run prints the plan table" "LM-head logits .*1875 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_output "dry run of llama3-70b (plan only)" "layer inputs" --dry-run -e llama3-70b -T 8192
-expect_output "--max-T for an 80 GB card" "[0-9]{5,}" --dry-run -e llama3-8b --gpu-mem 80 --max-T
+expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB \(B=1\): [0-9]{5,} with these options" --dry-run -e llama3-8b --gpu-mem 80 --max-T
 
 # checkpoints, Hugging Face directories, samples (issue 6)
 expect_error "negative checkpoint interval" "-k" --dry-run -k -1
@@ -60,7 +61,7 @@ expect_error "negative sample length" "-g" --dry-run -g -5
 expect_error "non-numeric sample interval" "-s" --dry-run -s often
 expect_error "negative temperature" "--temperature" --dry-run --temperature -1
 expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
-expect_output "dry run of a Hugging Face directory (reads config.json)" "^fits a .* card: yes" --dry-run -e golden/tiny_hf/bf16 -T 64
+expect_output "dry run of a Hugging Face directory (reads config.json)" "^MST plan: fits a card" --dry-run -e golden/tiny_hf/bf16 -T 64
 expect_output "--help lists --export" " --export DIR" --help
 
 echo "$passed passed, $failed failed"
