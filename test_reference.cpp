@@ -10,6 +10,7 @@
 
 #include "llama_config.h"
 #include "llama_reference.h"
+#include "lr_schedule.h"
 #include "safetensors.h"
 #include "test_util.h"
 
@@ -308,6 +309,27 @@ static void test_safetensors_round_trip() {
     if (!read) printf("  %s\n", error.c_str());
 }
 
+// The learning-rate schedule the trainer uses (lr_schedule.h): linear warmup, then a cosine from the
+// peak to final_fraction x peak at the last step; checked against the formula at the points that matter.
+static void test_learning_rate_schedule() {
+    const float lr = 3e-4f, final_fraction = 0.1f;
+    const int steps = 100, warmup = 10;
+    bool ok = fabsf(learning_rate_at(0, steps, lr, warmup, final_fraction) - lr / warmup) < 1e-9f &&
+              fabsf(learning_rate_at(warmup - 1, steps, lr, warmup, final_fraction) - lr) < 1e-9f &&
+              fabsf(learning_rate_at(warmup, steps, lr, warmup, final_fraction) - lr) < 1e-9f &&
+              fabsf(learning_rate_at(steps - 1, steps, lr, warmup, final_fraction) - lr * final_fraction) < 1e-9f;
+    // halfway through the decay the cosine is at the mean of the peak and the floor
+    int middle = warmup + (steps - warmup - 1) / 2;
+    float expected_middle = lr * final_fraction + (lr - lr * final_fraction) * 0.5f *
+                            (1.f + cosf((float)M_PI * (middle - warmup) / (steps - warmup - 1)));
+    ok = ok && fabsf(learning_rate_at(middle, steps, lr, warmup, final_fraction) - expected_middle) < 1e-8f;
+    bool decreasing = true;
+    for (int s = warmup + 1; s < steps; s++)
+        decreasing &= learning_rate_at(s, steps, lr, warmup, final_fraction) < learning_rate_at(s - 1, steps, lr, warmup, final_fraction);
+    check(ok && decreasing, "learning rate: warmup to the peak, cosine down to the floor at the last step");
+    check(learning_rate_at(7, 10, lr, 0, 1.f) == lr, "learning rate: no warmup and final fraction 1 is constant");
+}
+
 int main(int argc, char** argv) {
     std::string golden_path = argc > 1 ? argv[1] : DEFAULT_GOLDEN;
     Golden g;
@@ -320,5 +342,6 @@ int main(int argc, char** argv) {
     test_tied_embeddings(g);
     test_golden_errors(golden_path);
     test_safetensors_round_trip();
+    test_learning_rate_schedule();
     return test_summary();
 }
