@@ -91,6 +91,8 @@ struct MemoryPlan {
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
+// regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
+static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
 
 // The automatic rule: a mini-sequence's widest intermediate is no larger than the layer's hidden
 // states (N x C): MLP hidden n_mlp x F <= N x C gives ceil(F / C) mini-sequences, LM-head logits
@@ -160,7 +162,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t at = 0;
     for (int r = 0; r < NUM_REGIONS; r++) {
         plan.offset[r] = at;
-        at += ceil_div(plan.bytes[r], 256) * 256;
+        at += round_up_256(plan.bytes[r]);
     }
     plan.total = at;
     return plan;

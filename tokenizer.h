@@ -44,15 +44,21 @@ constexpr int LLAMA3_BEGIN_OF_TEXT = 128000;
 constexpr int LLAMA3_END_OF_TEXT = 128001;
 static const char* const DEFAULT_TOKENIZER_PATH = "tokenizer.model";
 
-// The one way a bad input file ends the program: "error: <file>: <problem>" on stderr, exit status 1.
+// The one way bad input ends the program: "error: <where>: <problem>" on stderr (no "<where>: " when
+// where is null), exit status 1.
+[[noreturn]] static inline void error_line_exit(const char* where, const char* format, va_list args) {
+    fprintf(stderr, "error: ");
+    if (where) fprintf(stderr, "%s: ", where);
+    vfprintf(stderr, format, args);
+    fputc('\n', stderr);
+    exit(1);
+}
+
+// a bad input file: "error: <file>: <problem>"
 [[noreturn]] static inline void file_error(const char* file, const char* format, ...) {
     va_list args;
     va_start(args, format);
-    fprintf(stderr, "error: %s: ", file);
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
-    va_end(args);
-    exit(1);
+    error_line_exit(file, format, args);
 }
 
 // all of a stream, and all of a file; a failure is the error line, with a hint on what to do

@@ -118,8 +118,6 @@ struct Model {
     uint64_t seed;
 };
 
-static size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
-
 // layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced)
 static LayerActivationsGPU layer_activations(const Model* m, int l) {
     const LayerActivationsGPU& a = m->layer_acts[0];
@@ -743,11 +741,7 @@ static void print_usage() {
 [[noreturn]] static void usage_error(const char* format, ...) {
     va_list args;
     va_start(args, format);
-    fprintf(stderr, "error: ");
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
-    va_end(args);
-    exit(1);
+    error_line_exit(nullptr, format, args);
 }
 
 // an integer >= min; what says which, e.g. "a positive integer"
