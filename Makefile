@@ -27,11 +27,11 @@ train_llama: $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
-test_llama: test_llama.cu safetensors.h $(TRAINER_SOURCES)
+test_llama: test_llama.cu golden.h safetensors.h $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # ---- CPU reference, golden comparison, memory plan (issue 2) ----
-test_reference: test_reference.cpp safetensors.h lr_schedule.h $(COMMON_HEADERS)
+test_reference: test_reference.cpp golden.h safetensors.h lr_schedule.h $(COMMON_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 test_memory_plan: test_memory_plan.cpp memory_plan.h llama_config.h test_util.h

@@ -12,14 +12,13 @@
 #define TESTING
 #include <filesystem>
 #include "train_llama.cu"
+#include "golden.h"
 #include "llama_reference.h"
 #include "safetensors.h"
 #include "test_util.h"
 
-static const char* const GOLDEN_PATH = "golden/test-tiny.safetensors";
 // the golden run's optimizer (dev/reference.py): lr 1e-3 constant, betas 0.9/0.95, eps 1e-8, wd 0.1, clip 1
 static const OptimizerSettings GOLDEN_OPTIMIZER = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};
-static const int GOLDEN_B = 2, GOLDEN_T = 37, GOLDEN_STEPS = 10;
 // a bf16 gradient against an fp32 one: largest error <= 5% of the tensor's largest magnitude (a CPU model
 // of the GPU's roundings lands at 0.3-0.9% on the golden model; a wrong term is ~100%)
 static const float GRADIENT_TOLERANCE = 0.05f;
@@ -84,36 +83,6 @@ static bool bitwise_equal(const char* what, const void* a, const void* b, size_t
     return check(ok, what);
 }
 
-struct Golden {
-    std::vector<float> params, logits, loss, losses;
-    std::vector<std::vector<float>> grads;  // in parameter_tensors() order
-    std::vector<int32_t> inputs, targets;
-};
-
-static Golden load_golden(const ModelConfig& c) {
-    Golden g;
-    SafetensorsReader file;
-    std::string error;
-    if (!file.open(GOLDEN_PATH, &error)) safetensors_exit_on_error(error);
-    g.params.assign(parameter_layout(c).total, 0.f);
-    for (const ParameterTensor& t : parameter_tensors(c)) {
-        std::vector<float> value, grad;
-        std::vector<int64_t> shape = t.rows > 1 ? std::vector<int64_t>{(int64_t)t.rows, (int64_t)t.cols}
-                                                : std::vector<int64_t>{(int64_t)t.cols};
-        if (!file.read_f32(t.name, shape, &value, &error)) safetensors_exit_on_error(error);
-        if (!file.read_f32("grad." + t.name, shape, &grad, &error)) safetensors_exit_on_error(error);
-        std::copy(value.begin(), value.end(), g.params.begin() + t.offset);
-        g.grads.push_back(grad);
-    }
-    if (!file.read_i32("inputs", {GOLDEN_B, GOLDEN_T}, &g.inputs, &error) ||
-        !file.read_i32("targets", {GOLDEN_B, GOLDEN_T}, &g.targets, &error) ||
-        !file.read_f32("logits", {GOLDEN_B, GOLDEN_T, c.vocab_size}, &g.logits, &error) ||
-        !file.read_f32("loss", {1}, &g.loss, &error) ||
-        !file.read_f32("losses", {GOLDEN_STEPS}, &g.losses, &error))
-        safetensors_exit_on_error(error);
-    return g;
-}
-
 // a model with the golden weights and these options
 static void golden_model(Model* m, const Golden& g, const TrainingOptions& o, const OptimizerSettings& opt) {
     model_create(m, config_named("test-tiny"), o, opt, 1);
@@ -125,17 +94,17 @@ static void golden_model(Model* m, const Golden& g, const TrainingOptions& o, co
 
 // one forward + backward on the golden batch: logits, loss and every parameter's gradient
 static void test_golden_gradients(const Golden& g) {
-    printf("golden forward/backward (test-tiny, B=%d T=%d, no mini-sequences, no recomputation):\n", GOLDEN_B, GOLDEN_T);
+    printf("golden forward/backward (test-tiny, B=%d T=%d, no mini-sequences, no recomputation):\n", g.B, g.T);
     Model m;
-    golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, 1, 1, false, false), GOLDEN_OPTIMIZER);
+    golden_model(&m, g, options_for(g.B, g.T, 1, 1, false, false), GOLDEN_OPTIMIZER);
     float norm;
     float loss = model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &norm);
     loss_close("golden loss", loss, g.loss[0], 1e-2f);
     std::vector<float> grads = download_grads(&m);
     std::vector<ParameterTensor> tensors = parameter_tensors(m.config);
-    for (size_t i = 0; i < tensors.size(); i++) {
-        std::string name = "grad " + tensors[i].name;
-        close_to(name.c_str(), grads.data() + tensors[i].offset, g.grads[i].data(), g.grads[i].size(), GRADIENT_TOLERANCE);
+    for (const ParameterTensor& t : tensors) {
+        std::string name = "grad " + t.name;
+        close_to(name.c_str(), grads.data() + t.offset, g.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
     }
     // logits: the forward again, then the whole LM head at once (one mini-sequence holds all N rows)
     model_forward(&m);
@@ -153,7 +122,7 @@ static void test_golden_gradients(const Golden& g) {
 static void test_golden_training(const Golden& g) {
     printf("golden training, %d AdamW steps (fp32 state, master weights, not fused):\n", GOLDEN_STEPS);
     Model m;
-    golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, 0, 0, true, false), GOLDEN_OPTIMIZER);
+    golden_model(&m, g, options_for(g.B, g.T, 0, 0, true, false), GOLDEN_OPTIMIZER);
     for (int step = 0; step < GOLDEN_STEPS; step++) {
         float norm;
         float loss = model_step(&m, g.inputs.data(), g.targets.data(), GOLDEN_OPTIMIZER.lr, true, &norm);
@@ -168,14 +137,14 @@ static void test_golden_training(const Golden& g) {
 // within bf16 tolerance (chunked matmuls may pick other cuBLASLt algorithms); recomputation alone runs
 // the same kernels on the same shapes, so it gives the same bits.
 static void test_mini_sequences_and_recomputation(const Golden& g) {
-    printf("mini-sequences and recomputation (golden batch, N = %d):\n", GOLDEN_B * GOLDEN_T);
+    printf("mini-sequences and recomputation (golden batch, N = %d):\n", g.B * g.T);
     struct Variant { const char* name; int mlp, lmhead; bool recompute; };
     const Variant variants[] = {{"m=1 M=1 r=0 (standard)", 1, 1, false}, {"m=1 M=1 r=1", 1, 1, true},
                                 {"m=3 M=5 r=0", 3, 5, false}, {"m=3 M=5 r=1", 3, 5, true}, {"m=0 M=0 r=1", 0, 0, true}};
     std::vector<float> losses, standard_grads, previous_grads;
     for (const Variant& v : variants) {
         Model m;
-        golden_model(&m, g, options_for(GOLDEN_B, GOLDEN_T, v.mlp, v.lmhead, v.recompute, false), GOLDEN_OPTIMIZER);
+        golden_model(&m, g, options_for(g.B, g.T, v.mlp, v.lmhead, v.recompute, false), GOLDEN_OPTIMIZER);
         float norm;
         float loss = model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &norm);
         std::vector<float> grads = download_grads(&m);
@@ -208,7 +177,7 @@ static void test_fused_optimizer(const Golden& g) {
         std::vector<float> masters[2];
         for (int fused = 0; fused < 2; fused++) {
             Model m;
-            model_create(&m, config_named(model_name), options_for(GOLDEN_B, GOLDEN_T, 2, 3, true, fused), no_clip, 7);
+            model_create(&m, config_named(model_name), options_for(g.B, g.T, 2, 3, true, fused), no_clip, 7);
             model_init_random(&m);
             for (int step = 0; step < 3; step++) {
                 float norm;
@@ -363,7 +332,7 @@ static void test_hugging_face_in_and_out(const Golden& g) {
     if (!hf_export(in, golden_config, g.params.data(), "F32", &error) || !hf_read_config(in, &config, &error))
         safetensors_exit_on_error(error);
     Model m;
-    model_create(&m, config, options_for(GOLDEN_B, GOLDEN_T, 0, 0, true, true), GOLDEN_OPTIMIZER, 1);
+    model_create(&m, config, options_for(g.B, g.T, 0, 0, true, true), GOLDEN_OPTIMIZER, 1);
     model_import_hf(&m, in);
     loss_close("imported weights: golden loss", model_loss(&m, g.inputs.data(), g.targets.data()), g.loss[0], 1e-2f);
     for (int step = 0; step < 2; step++) {
@@ -388,7 +357,9 @@ int main() {
         for (const char* name : tests) skip(name, "no GPU");
         return test_summary();
     }
-    Golden golden = load_golden(config_named("test-tiny"));
+    Golden golden;
+    std::string error;
+    if (!load_golden(GOLDEN_PATH, &golden, &error)) safetensors_exit_on_error(error);
     test_golden_gradients(golden);
     test_golden_training(golden);
     test_mini_sequences_and_recomputation(golden);

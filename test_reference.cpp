@@ -11,11 +11,10 @@
 #include "llama_config.h"
 #include "llama_reference.h"
 #include "lr_schedule.h"
+#include "golden.h"
 #include "safetensors.h"
 #include "test_util.h"
 
-static const char* DEFAULT_GOLDEN = "golden/test-tiny.safetensors";
-static const int GOLDEN_STEPS = 10;
 // dev/reference.py's training hyperparameters
 static const float LR = 1e-3f, BETA1 = 0.9f, BETA2 = 0.95f, ADAM_EPS = 1e-8f, WEIGHT_DECAY = 0.1f, MAX_GRAD_NORM = 1.0f;
 
@@ -23,43 +22,6 @@ static const float LR = 1e-3f, BETA1 = 0.9f, BETA2 = 0.95f, ADAM_EPS = 1e-8f, WE
 static const double GRAD_TOLERANCE = 1e-4, LOGITS_TOLERANCE = 1e-5, LOSS_TOLERANCE = 1e-5, LOSSES_TOLERANCE = 1e-5;
 // mini-sequences change where intermediates live, not the arithmetic: the same within 1e-6 (in fact bits)
 static const double MST_TOLERANCE = 1e-6;
-
-struct Golden {
-    ModelConfig config;
-    int B = 0, T = 0;
-    std::vector<float> params, grads;  // in the layout of parameter_layout(config)
-    std::vector<int32_t> inputs, targets;
-    std::vector<float> logits, loss, losses;
-};
-
-static std::vector<int64_t> tensor_shape(const ParameterTensor& t) {
-    return t.rows == 1 ? std::vector<int64_t>{(int64_t)t.cols} : std::vector<int64_t>{(int64_t)t.rows, (int64_t)t.cols};
-}
-
-// Loads everything the tests compare against; false and *error on any problem with the file.
-static bool load_golden(const std::string& path, Golden* g, std::string* error) {
-    if (!find_model_config("test-tiny", &g->config)) { *error = "no test-tiny config"; return false; }
-    SafetensorsReader file;
-    if (!file.open(path, error)) return false;
-    const SafetensorsTensor* inputs = file.find("inputs");
-    if (!inputs || inputs->shape.size() != 2) { *error = path + ": no tensor 'inputs' of shape [B, T]"; return false; }
-    g->B = (int)inputs->shape[0];
-    g->T = (int)inputs->shape[1];
-    std::vector<int64_t> batch = {g->B, g->T};
-    ParameterLayout layout = parameter_layout(g->config);
-    g->params.assign(layout.total, 0.f);
-    g->grads.assign(layout.total, 0.f);
-    std::vector<float> values;
-    for (const ParameterTensor& t : parameter_tensors(g->config)) {
-        for (bool is_grad : {false, true}) {
-            if (!file.read_f32((is_grad ? "grad." : "") + t.name, tensor_shape(t), &values, error)) return false;
-            std::copy(values.begin(), values.end(), (is_grad ? g->grads : g->params).begin() + t.offset);
-        }
-    }
-    return file.read_i32("inputs", batch, &g->inputs, error) && file.read_i32("targets", batch, &g->targets, error) &&
-           file.read_f32("logits", {g->B, g->T, g->config.vocab_size}, &g->logits, error) &&
-           file.read_f32("loss", {1}, &g->loss, error) && file.read_f32("losses", {GOLDEN_STEPS}, &g->losses, error);
-}
 
 // max |a - b| / max |b|
 static double relative_error(const float* a, const float* b, size_t count) {
@@ -331,7 +293,7 @@ static void test_learning_rate_schedule() {
 }
 
 int main(int argc, char** argv) {
-    std::string golden_path = argc > 1 ? argv[1] : DEFAULT_GOLDEN;
+    std::string golden_path = argc > 1 ? argv[1] : GOLDEN_PATH;
     Golden g;
     std::string error;
     if (!load_golden(golden_path, &g, &error))
