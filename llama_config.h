@@ -5,6 +5,7 @@
 // is stored (out_features, in_features) row-major and applied as y = x W^T; RoPE rotates the pairs
 // (i, i + head_dim/2) ("rotate-half"), so Hugging Face checkpoints load without permutation.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <cstddef>
 #include <cstdio>
@@ -76,6 +77,14 @@ static inline std::string model_config_names() {
     std::string names;
     for (int i = 0; i < NUM_MODEL_CONFIGS; i++) names += (i ? ", " : "") + std::string(MODEL_CONFIGS[i].name);
     return names;
+}
+
+// Mini-sequence length for `chunks` chunks of n tokens: ceil(n / chunks), at least 1 (chunks > n, or
+// chunks < 1 taken as 1, both work). Loop: for (start = 0; start < n; start += length). The CPU
+// reference and the memory plan (hence the GPU trainer) split the sequence by this one rule.
+static inline int mini_sequence_length(int n, int chunks) {
+    if (chunks < 1) chunks = 1;
+    return n > 0 ? std::max(1, (n + chunks - 1) / chunks) : 1;
 }
 
 // ----------------------------------------------------------------------------

@@ -322,13 +322,6 @@ static inline ReferenceModel reference_model(const ModelConfig& config) {
     return m;
 }
 
-// Mini-sequence length for `chunks` chunks of n tokens: ceil(n / chunks), at least 1 (chunks > n, or
-// chunks < 1 taken as 1, both work). Loop: for (start = 0; start < n; start += length).
-static inline int mini_sequence_length(int n, int chunks) {
-    if (chunks < 1) chunks = 1;
-    return n > 0 ? std::max(1, (n + chunks - 1) / chunks) : 1;
-}
-
 // Sizes of one step, derived from the config and (B, T).
 struct ReferenceShape {
     int B, T, N, C, V, F, H, KV, hd, q_dim, kv_dim;

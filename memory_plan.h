@@ -116,8 +116,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
 
     if (o.mlp_chunks == 0) o.mlp_chunks = automatic_chunks(c.ffn_dim, c.d_model, (long)N);
     if (o.lmhead_chunks == 0) o.lmhead_chunks = automatic_chunks(c.vocab_size, c.d_model, (long)N);
-    size_t n_mlp = ceil_div(N, std::min((size_t)o.mlp_chunks, N));
-    size_t n_lm = ceil_div(N, std::min((size_t)o.lmhead_chunks, N));
+    size_t n_mlp = mini_sequence_length((int)N, o.mlp_chunks);
+    size_t n_lm = mini_sequence_length((int)N, o.lmhead_chunks);
     plan.options = o;
     plan.mlp_chunk_tokens = (int)n_mlp;
     plan.lmhead_chunk_tokens = (int)n_lm;
