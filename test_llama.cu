@@ -12,10 +12,10 @@
 #define TESTING
 #include <filesystem>
 #include "train_llama.cu"
-#include "golden.h"
-#include "llama_reference.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "tests/golden.h"
+#include "mst/llama_reference.h"
+#include "mst/safetensors.h"
+#include "tests/test_util.h"
 
 // the golden run's optimizer (dev/reference.py): lr 1e-3 constant, betas 0.9/0.95, eps 1e-8, wd 0.1, clip 1
 static const OptimizerSettings GOLDEN_OPTIMIZER = {1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.0f};

@@ -42,12 +42,12 @@
 #include <nvtx3/nvToolsExt.h>
 
 #include "mst_kernels.cuh"
-#include "llama_config.h"
-#include "memory_plan.h"
-#include "lr_schedule.h"
+#include "mst/llama_config.h"
+#include "mst/memory_plan.h"
+#include "mst/lr_schedule.h"
 #include "dataloader.h"
-#include "checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
-#include "generate.h"
+#include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
+#include "mst/generate.h"
 
 // ----------------------------------------------------------------------------
 // the arena: the program's one device allocation

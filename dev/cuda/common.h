@@ -15,8 +15,8 @@
 #include <string>
 #include <vector>
 
-#include "../../llama_reference.h"
-#include "../../mst_kernels.cuh"
+#include "mst/llama_reference.h"
+#include "mst_kernels.cuh"
 
 // ----------------------------------------------------------------------------
 // options: --small (tiny sizes, no benchmarks: for compute-sanitizer), --no-bench, --seed N

@@ -22,8 +22,8 @@
 #include <string>
 #include <vector>
 
-#include "llama_config.h"
-#include "safetensors.h"
+#include "mst/llama_config.h"
+#include "mst/safetensors.h"
 #include "tokenizer.h"  // the begin and end of text ids
 
 // ----------------------------------------------------------------------------

@@ -14,7 +14,7 @@
 #include <cstring>
 #include <vector>
 
-#include "llama_config.h"
+#include "mst/llama_config.h"
 
 // ----------------------------------------------------------------------------
 // layer functions

@@ -25,8 +25,8 @@
 #include <cinttypes>
 
 #include "dataloader.h"
-#include "hf_io.h"
-#include "llama_reference.h"
+#include "mst/hf_io.h"
+#include "mst/llama_reference.h"
 
 static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-1";
 

@@ -4,10 +4,10 @@
 #include <string>
 #include <vector>
 
-#include "checkpoint.h"
-#include "generate.h"
-#include "hf_io.h"
-#include "test_util.h"
+#include "mst/checkpoint.h"
+#include "mst/generate.h"
+#include "mst/hf_io.h"
+#include "tests/test_util.h"
 
 static const std::string TINY_HF = "golden/tiny_hf";
 static const std::string GOLDEN = "golden/test-tiny.safetensors";

@@ -13,7 +13,7 @@
 #include <string>
 #include <vector>
 #include "dataloader.h"
-#include "test_util.h"
+#include "tests/test_util.h"
 #include "tokenizer.h"
 
 static const char* const FIXTURE_TEXT = "dev/tokenizer/fixture.txt";

@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "generate.h"
-#include "hf_io.h"
+#include "mst/generate.h"
+#include "mst/hf_io.h"
 
 static int usage() {
     fprintf(stderr, "usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]\n");

@@ -1,7 +1,7 @@
 // test_memory_plan.cpp: the memory plan's figures checked against formulas written out here, by hand,
 // from Llama 3's published shapes (not from llama_config.h's layout code), and the plan's invariants.
-#include "memory_plan.h"
-#include "test_util.h"
+#include "mst/memory_plan.h"
+#include "tests/test_util.h"
 
 static ModelConfig config_named(const char* name) {
     ModelConfig c;

@@ -6,8 +6,8 @@
 #include <string>
 #include <vector>
 
-#include "llama_config.h"
-#include "safetensors.h"
+#include "mst/llama_config.h"
+#include "mst/safetensors.h"
 
 static const char* const GOLDEN_PATH = "golden/test-tiny.safetensors";
 static const int GOLDEN_STEPS = 10;  // the losses of this many AdamW steps

@@ -14,8 +14,8 @@
 #include <numeric>
 #include <vector>
 
-#include "llama_config.h"
-#include "llama_reference.h"
+#include "mst/llama_config.h"
+#include "mst/llama_reference.h"
 
 struct KVCache {
     int max_length = 0, length = 0;              // positions held, and room for

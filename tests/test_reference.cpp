@@ -8,12 +8,12 @@
 #include <string>
 #include <vector>
 
-#include "llama_config.h"
-#include "llama_reference.h"
-#include "lr_schedule.h"
-#include "golden.h"
-#include "safetensors.h"
-#include "test_util.h"
+#include "mst/llama_config.h"
+#include "mst/llama_reference.h"
+#include "mst/lr_schedule.h"
+#include "tests/golden.h"
+#include "mst/safetensors.h"
+#include "tests/test_util.h"
 
 // dev/reference.py's training hyperparameters
 static const float LR = 1e-3f, BETA1 = 0.9f, BETA2 = 0.95f, ADAM_EPS = 1e-8f, WEIGHT_DECAY = 0.1f, MAX_GRAD_NORM = 1.0f;

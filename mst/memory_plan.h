@@ -15,7 +15,7 @@
 #include <string>
 #include <vector>
 
-#include "llama_config.h"
+#include "mst/llama_config.h"
 
 // cuBLASLt's workspace, taken from the arena (mst_kernels.cuh hands it to cuBLASLt once)
 static const size_t CUBLASLT_WORKSPACE_BYTES = 32ull << 20;
