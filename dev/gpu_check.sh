@@ -83,6 +83,10 @@ else
     echo "using the carried sm_90a binaries (MST_REBUILD=1 rebuilds)" | tee -a "$SUMMARY"
 fi
 
+# --- the sm_90a building blocks first (issue 9: TMA ring, wgmma layouts, single-tile attention; UNVERIFIED until
+# this step passes). A rerun of just these: GPU_CHECK_ONLY=hopper_blocks bash dev/gpu_check.sh
+step hopper_blocks 60 dev/cuda/bin/hopper_blocks
+
 # --- kernel validation and benchmarks (issue 4) ---
 for p in matmul attention rmsnorm crossentropy embedding rope swiglu adamw global_norm; do
     if [ -x dev/cuda/bin/$p ]; then
