@@ -99,7 +99,7 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
 TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_llama ./test_tokenizer ./test_checkpoint
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama
-	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh"
+	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
 	rm -f train_llama test_llama test_reference test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf
