@@ -418,6 +418,21 @@ static void set_smem(K kernel, int bytes) {
     CUDA_CHECK(cudaFuncSetAttribute(kernel, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
 }
 
+// attention_sm90_kernel's launch: q, out (T, H, hd), k, v (T, KV, hd) bf16, lse (H, T); B = 1. The tensor maps
+// are made per call here (the product would make them once per shape at start-up).
+static void attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV, int hd) {
+    dim3 grid((T + BM - 1) / BM, H);
+    CUtensorMap qm = make_tensor_map(q, T, H, hd, BM), km = make_tensor_map(k, T, KV, hd, BN), vm = make_tensor_map(v, T, KV, hd, BN);
+    if (hd == 64) {
+        set_smem(attention_sm90_kernel<64>, RingLayout<64>::bytes);
+        attention_sm90_kernel<64><<<grid, THREADS, RingLayout<64>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
+    } else {
+        set_smem(attention_sm90_kernel<128>, RingLayout<128>::bytes);
+        attention_sm90_kernel<128><<<grid, THREADS, RingLayout<128>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
+    }
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // ----------------------------------------------------------------------------
 // checks
 
@@ -529,11 +544,7 @@ static void check_attention(int T, int H, int KV) {
     float* lse = dmalloc<float>((size_t)H * T);
     poison(out, nq * 2);
     poison(lse, (size_t)H * T * 4);
-    set_smem(attention_sm90_kernel<HD>, RingLayout<HD>::bytes);
-    dim3 grid((T + BM - 1) / BM, H);
-    attention_sm90_kernel<HD><<<grid, THREADS, RingLayout<HD>::bytes>>>(out, lse, make_tensor_map(dq, T, H, HD, BM),
-                                                                        make_tensor_map(dk, T, KV, HD, BN),
-                                                                        make_tensor_map(dv, T, KV, HD, BN), T, H, KV);
+    attention_sm90(out, lse, dq, dk, dv, T, H, KV, HD);
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<float> ref32(nq), lse32((size_t)H * T), ref16(nq);
     attention_forward_cpu(ref32.data(), lse32.data(), q.data(), k.data(), v.data(), 1, T, H, KV, HD);
@@ -555,6 +566,25 @@ static void check_attention(int T, int H, int KV) {
     snprintf(name, sizeof name, "(d) attention lse hd=%d T=%d H=%d KV=%d", HD, T, H, KV);
     compare(name, got_lse, lse32, 1e-3f, 1e-4f);
     for (void* p : {(void*)dq, (void*)dk, (void*)dv, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
+}
+
+// the training shape: B = 1, 32 query heads, 8 KV heads; FLOPs 4 H T^2 hd / 2 (causal, FlashAttention's convention)
+static void bench_attention(int T, int H, int KV, int hd) {
+    size_t nq = (size_t)T * H * hd, nkv = (size_t)T * KV * hd;
+    bf16 *q = device_random_bf16(nq, -2.f, 2.f), *k = device_random_bf16(nkv, -2.f, 2.f), *v = device_random_bf16(nkv);
+    bf16* out = dmalloc<bf16>(nq);
+    float* lse = dmalloc<float>((size_t)H * T);
+    poison(out, nq * 2);
+    float ms = bench_ms([&] { attention_sm90(out, lse, q, k, v, T, H, KV, hd); }, 2, T >= 32768 ? 5 : 10);
+    std::vector<float> got = download_bf16(out, nq);
+    size_t nan = 0;
+    for (float x : got) nan += x != x;
+    char name[128];
+    snprintf(name, sizeof name, "attention_sm90 T=%d H=%d KV=%d hd=%d: every output written, no NaN", T, H, KV, hd);
+    check_true(name, nan == 0);
+    snprintf(name, sizeof name, "attention_fwd T=%d hd=%d", T, hd);
+    report_flops(name, "wgmma tma ws blocks (hopper_blocks)", ms, 4.0 * H * (double)T * T * hd / 2.0);
+    for (void* p : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
 }
 
 static const char* CHECKS[] = {"(a) tma_ring", "(b) qk wgmma", "(c) pv wgmma", "(d) attention"};
@@ -582,5 +612,9 @@ int main(int argc, char** argv) {
     for (int T : {1, 64, 129, 300}) check_attention<64>(T, 2, 1);
     for (int T : {37, 200, 511}) check_attention<128>(T, 4, 2);
     if (!g_small) check_attention<128>(1000, 8, 2);
+    if (g_bench) {
+        for (int T : {8192, 32768}) bench_attention(T, 32, 8, 128);
+        bench_attention(8192, 32, 8, 64);
+    }
     return finish("hopper_blocks");
 }
