@@ -82,7 +82,9 @@ __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint
 }
 __device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
 __device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_wait_all() { asm volatile("wgmma.wait_group.sync.aligned 0;" ::: "memory"); }
+// waits until at most N committed groups are still running
+template <int N>
+__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
 // pins accumulator registers in place around the asynchronous wgmma: without it the compiler may move reads
 // of the results above wgmma.wait_group (it sees the outputs as written by the issuing asm) (CUTLASS's
 // warpgroup_fence_operand)
@@ -153,8 +155,9 @@ __device__ __forceinline__ void tma_load_tile(uint8_t* dst, const CUtensorMap* m
 // S (64 x BN) = Q (64 x HD) K^T: both K-major, 128-byte swizzle, SBO = 1024 (8 rows of 128 bytes), LBO unused
 // (16); k-step kk lies in slab kk/4 at byte 32 (kk%4) of each row: the start address advances, the swizzle
 // is applied by the hardware to the summed address.
+// wgmma_qk_issue commits one group; wgmma_qk also waits for it.
 template <int HD>
-__device__ __forceinline__ void wgmma_qk(float* s, const uint8_t* q, int q_rows, const uint8_t* k) {
+__device__ __forceinline__ void wgmma_qk_issue(float* s, const uint8_t* q, int q_rows, const uint8_t* k) {
     fence_regs<BN / 2>(s);
     wgmma_fence();
     for (int kk = 0; kk < HD / 16; kk++) {
@@ -163,15 +166,20 @@ __device__ __forceinline__ void wgmma_qk(float* s, const uint8_t* q, int q_rows,
         wgmma_ss_n64(s, da, db, kk > 0);
     }
     wgmma_commit();
-    wgmma_wait_all();
+}
+template <int HD>
+__device__ __forceinline__ void wgmma_qk(float* s, const uint8_t* q, int q_rows, const uint8_t* k) {
+    wgmma_qk_issue<HD>(s, q, q_rows, k);
+    wgmma_wait<0>();
     fence_regs<BN / 2>(s);
 }
 
 // O (64 x HD) += P (64 x BN, registers) V (BN x HD): V MN-major, 128-byte swizzle; along K (keys) 8 rows of
 // 128 bytes then SBO = 1024 to the next 8; along N (hd) LBO = BN x 128 bytes to the next slab of 64 columns;
 // k-step kk starts 16 keys further: + 16 x 128 bytes.
+// wgmma_pv_issue commits one group; wgmma_pv also waits for it.
 template <int HD>
-__device__ __forceinline__ void wgmma_pv(float* o, const uint32_t (*a)[4], const uint8_t* v) {
+__device__ __forceinline__ void wgmma_pv_issue(float* o, const uint32_t (*a)[4], const uint8_t* v) {
     fence_regs<HD / 2>(o);
     wgmma_fence();
     for (int kk = 0; kk < BN / 16; kk++) {
@@ -180,7 +188,11 @@ __device__ __forceinline__ void wgmma_pv(float* o, const uint32_t (*a)[4], const
         else wgmma_rs_n128(o, a[kk], db);
     }
     wgmma_commit();
-    wgmma_wait_all();
+}
+template <int HD>
+__device__ __forceinline__ void wgmma_pv(float* o, const uint32_t (*a)[4], const uint8_t* v) {
+    wgmma_pv_issue<HD>(o, a, v);
+    wgmma_wait<0>();
     fence_regs<HD / 2>(o);
 }
 
@@ -312,9 +324,38 @@ __global__ void __launch_bounds__(128, 1) pv_kernel(float* o_out, const float* p
 #endif
 }
 
+#ifdef HOPPER_CODE
+// block j's scores s (this thread's accumulator registers) -> exp2 probabilities in place, with the online
+// softmax state: m (running max, log2 units), l (this thread's partial row sums), corr (the factor for O).
+// Only blocks that cross the warpgroup's diagonal or T are masked.
+__device__ __forceinline__ void online_softmax(float* s, float* m, float* l, float* corr, int j, int wg_row0, int T,
+                                               float scale_log2, int t) {
+    bool masked = (j + 1) * BN > wg_row0 + 1 || (j + 1) * BN > T;  // some key > some row, or past T
+    float block_max[2] = {-INFINITY, -INFINITY};
+    for (int i = 0; i < BN / 2; i++) {
+        int key = j * BN + acc_col(t, i), row = wg_row0 + acc_row(t, i);
+        s[i] = (masked && (key > row || key >= T)) ? -INFINITY : s[i] * scale_log2;
+        block_max[(i / 2) % 2] = fmaxf(block_max[(i / 2) % 2], s[i]);
+    }
+    float sum[2] = {0.f, 0.f};
+    for (int r = 0; r < 2; r++) {  // a row's 64 columns lie in the 4 threads of a quad
+        block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 1));
+        block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 2));
+        float m_new = fmaxf(m[r], block_max[r]);  // finite: key 0 is valid for every row
+        corr[r] = exp2f(m[r] - m_new);
+        m[r] = m_new;
+    }
+    for (int i = 0; i < BN / 2; i++) {
+        s[i] = exp2f(s[i] - m[(i / 2) % 2]);
+        sum[(i / 2) % 2] += s[i];
+    }
+    for (int r = 0; r < 2; r++) l[r] = l[r] * corr[r] + sum[r];  // per-thread partial row sums
+}
+#endif
+
 // (d) causal GQA attention forward, B = 1: q, out (T, H, HD), k, v (T, KV, HD) bf16 (through the maps);
 // lse (H, T) natural log. grid (ceil(T / BM), H), longest query tiles first; THREADS threads.
-template <int HD>
+template <int HD, bool OVERLAP>
 __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, float* lse, const __grid_constant__ CUtensorMap q_map,
                                                                     const __grid_constant__ CUtensorMap k_map,
                                                                     const __grid_constant__ CUtensorMap v_map, int T, int H, int KV) {
@@ -339,36 +380,51 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
     float o[HD / 2], m[2] = {-INFINITY, -INFINITY}, l[2] = {0.f, 0.f};  // rows acc_row(t, 0) and + 8
     for (int i = 0; i < HD / 2; i++) o[i] = 0.f;
     mbar_wait(q_full, 0);
-    for (int j = 0; j < nblocks; j++) {
-        int s_ = j % STAGES;
-        mbar_wait(&full[s_], (j / STAGES) & 1);
-        float s[BN / 2] = {};  // overwritten (scale-d 0 on the first k-step)
-        wgmma_qk<HD>(s, smem + c * BM_WG * 128, BM, smem + L::k_at(s_));
-        bool masked = (j + 1) * BN > wg_row0 + 1 || (j + 1) * BN > T;  // some key > some row, or past T
-        float block_max[2] = {-INFINITY, -INFINITY};
-        for (int i = 0; i < BN / 2; i++) {
-            int key = j * BN + acc_col(t, i), row = wg_row0 + acc_row(t, i);
-            s[i] = (masked && (key > row || key >= T)) ? -INFINITY : s[i] * scale_log2;
-            block_max[(i / 2) % 2] = fmaxf(block_max[(i / 2) % 2], s[i]);
+    if (!OVERLAP) {
+        for (int j = 0; j < nblocks; j++) {
+            int s_ = j % STAGES;
+            mbar_wait(&full[s_], (j / STAGES) & 1);
+            float s[BN / 2] = {};  // overwritten (scale-d 0 on the first k-step)
+            wgmma_qk<HD>(s, smem + c * BM_WG * 128, BM, smem + L::k_at(s_));
+            float corr[2];
+            online_softmax(s, m, l, corr, j, wg_row0, T, scale_log2, t);
+            for (int i = 0; i < HD / 2; i++) o[i] *= corr[(i / 2) % 2];
+            uint32_t a[BN / 16][4];
+            for (int kk = 0; kk < BN / 16; kk++) acc_to_a(a[kk], s, kk);
+            wgmma_pv<HD>(o, a, smem + L::v_at(s_));
+            mbar_arrive(&empty[s_]);
         }
-        float corr[2], sum[2] = {0.f, 0.f};
-        for (int r = 0; r < 2; r++) {  // a row's 64 columns lie in the 4 threads of a quad
-            block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 1));
-            block_max[r] = fmaxf(block_max[r], __shfl_xor_sync(0xffffffffu, block_max[r], 2));
-            float m_new = fmaxf(m[r], block_max[r]);  // finite: key 0 is valid for every row
-            corr[r] = exp2f(m[r] - m_new);
-            m[r] = m_new;
-        }
-        for (int i = 0; i < BN / 2; i++) {
-            s[i] = exp2f(s[i] - m[(i / 2) % 2]);
-            sum[(i / 2) % 2] += s[i];
-        }
-        for (int r = 0; r < 2; r++) l[r] = l[r] * corr[r] + sum[r];  // per-thread partial row sums
-        for (int i = 0; i < HD / 2; i++) o[i] *= corr[(i / 2) % 2];
+    } else {
+        // FA3's intra-warpgroup overlap: S(j) = Q K(j)^T and O += P(j-1) V(j-1) in flight together; softmax(j)
+        // runs while PV(j-1) finishes; O is rescaled by corr(j) only after PV(j-1) has landed, and stage j-1
+        // (K and V) is released then.
         uint32_t a[BN / 16][4];
-        for (int kk = 0; kk < BN / 16; kk++) acc_to_a(a[kk], s, kk);
-        wgmma_pv<HD>(o, a, smem + L::v_at(s_));
-        mbar_arrive(&empty[s_]);
+        {
+            mbar_wait(&full[0], 0);
+            float s[BN / 2] = {};
+            wgmma_qk<HD>(s, smem + c * BM_WG * 128, BM, smem + L::k_at(0));
+            float corr[2];  // O is zero: nothing to rescale
+            online_softmax(s, m, l, corr, 0, wg_row0, T, scale_log2, t);
+            for (int kk = 0; kk < BN / 16; kk++) acc_to_a(a[kk], s, kk);
+        }
+        for (int j = 1; j < nblocks; j++) {
+            int s_ = j % STAGES, prev = (j - 1) % STAGES;
+            mbar_wait(&full[s_], (j / STAGES) & 1);
+            float s[BN / 2] = {};
+            wgmma_qk_issue<HD>(s, smem + c * BM_WG * 128, BM, smem + L::k_at(s_));
+            wgmma_pv_issue<HD>(o, a, smem + L::v_at(prev));
+            wgmma_wait<1>();  // S(j) has landed; PV(j-1) may still run
+            fence_regs<BN / 2>(s);
+            float corr[2];
+            online_softmax(s, m, l, corr, j, wg_row0, T, scale_log2, t);
+            wgmma_wait<0>();
+            fence_regs<HD / 2>(o);
+            mbar_arrive(&empty[prev]);
+            for (int i = 0; i < HD / 2; i++) o[i] *= corr[(i / 2) % 2];
+            for (int kk = 0; kk < BN / 16; kk++) acc_to_a(a[kk], s, kk);
+        }
+        wgmma_pv<HD>(o, a, smem + L::v_at((nblocks - 1) % STAGES));
+        mbar_arrive(&empty[(nblocks - 1) % STAGES]);
     }
     for (int r = 0; r < 2; r++) {
         l[r] += __shfl_xor_sync(0xffffffffu, l[r], 1);
@@ -420,17 +476,18 @@ static void set_smem(K kernel, int bytes) {
 
 // attention_sm90_kernel's launch: q, out (T, H, hd), k, v (T, KV, hd) bf16, lse (H, T); B = 1. The tensor maps
 // are made per call here (the product would make them once per shape at start-up).
-static void attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV, int hd) {
+template <int HD, bool OVERLAP>
+static void launch_attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV) {
     dim3 grid((T + BM - 1) / BM, H);
-    CUtensorMap qm = make_tensor_map(q, T, H, hd, BM), km = make_tensor_map(k, T, KV, hd, BN), vm = make_tensor_map(v, T, KV, hd, BN);
-    if (hd == 64) {
-        set_smem(attention_sm90_kernel<64>, RingLayout<64>::bytes);
-        attention_sm90_kernel<64><<<grid, THREADS, RingLayout<64>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
-    } else {
-        set_smem(attention_sm90_kernel<128>, RingLayout<128>::bytes);
-        attention_sm90_kernel<128><<<grid, THREADS, RingLayout<128>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
-    }
+    CUtensorMap qm = make_tensor_map(q, T, H, HD, BM), km = make_tensor_map(k, T, KV, HD, BN), vm = make_tensor_map(v, T, KV, HD, BN);
+    set_smem(attention_sm90_kernel<HD, OVERLAP>, RingLayout<HD>::bytes);
+    attention_sm90_kernel<HD, OVERLAP><<<grid, THREADS, RingLayout<HD>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
     CUDA_CHECK(cudaGetLastError());
+}
+// overlap: the intra-warpgroup overlap of softmax and the GEMMs (FA3), else one block at a time
+static void attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV, int hd, bool overlap) {
+    if (hd == 64) (overlap ? launch_attention_sm90<64, true> : launch_attention_sm90<64, false>)(out, lse, q, k, v, T, H, KV);
+    else (overlap ? launch_attention_sm90<128, true> : launch_attention_sm90<128, false>)(out, lse, q, k, v, T, H, KV);
 }
 
 // ----------------------------------------------------------------------------
@@ -536,7 +593,7 @@ static void attention_forward_bf16_cpu(float* out, const float* q, const float* 
 }
 
 template <int HD>
-static void check_attention(int T, int H, int KV) {
+static void check_attention(int T, int H, int KV, bool overlap) {
     size_t nq = (size_t)T * H * HD, nkv = (size_t)T * KV * HD;
     std::vector<float> q = rand_uniform(nq, -2.f, 2.f), k = rand_uniform(nkv, -2.f, 2.f), v = rand_uniform(nkv, -1.f, 1.f);
     bf16 *dq = upload_bf16(q), *dk = upload_bf16(k), *dv = upload_bf16(v);
@@ -544,7 +601,7 @@ static void check_attention(int T, int H, int KV) {
     float* lse = dmalloc<float>((size_t)H * T);
     poison(out, nq * 2);
     poison(lse, (size_t)H * T * 4);
-    attention_sm90(out, lse, dq, dk, dv, T, H, KV, HD);
+    attention_sm90(out, lse, dq, dk, dv, T, H, KV, HD, overlap);
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<float> ref32(nq), lse32((size_t)H * T), ref16(nq);
     attention_forward_cpu(ref32.data(), lse32.data(), q.data(), k.data(), v.data(), 1, T, H, KV, HD);
@@ -560,30 +617,32 @@ static void check_attention(int T, int H, int KV) {
     }
     const double atol = 1e-3;
     char name[128];
-    snprintf(name, sizeof name, "(d) attention out hd=%d T=%d H=%d KV=%d: max err %.3g <= 2 x bf16 ref's %.3g + %.0e", HD, T, H, KV,
-             our_err, bf16_err, atol);
+    const char* variant = overlap ? "overlap" : "plain";
+    snprintf(name, sizeof name, "(d) attention %s out hd=%d T=%d H=%d KV=%d: max err %.3g <= 2 x bf16 ref's %.3g + %.0e", variant, HD, T,
+             H, KV, our_err, bf16_err, atol);
     check_true(name, nan == 0 && our_err <= 2 * bf16_err + atol);
-    snprintf(name, sizeof name, "(d) attention lse hd=%d T=%d H=%d KV=%d", HD, T, H, KV);
+    snprintf(name, sizeof name, "(d) attention %s lse hd=%d T=%d H=%d KV=%d", variant, HD, T, H, KV);
     compare(name, got_lse, lse32, 1e-3f, 1e-4f);
     for (void* p : {(void*)dq, (void*)dk, (void*)dv, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
 }
 
 // the training shape: B = 1, 32 query heads, 8 KV heads; FLOPs 4 H T^2 hd / 2 (causal, FlashAttention's convention)
-static void bench_attention(int T, int H, int KV, int hd) {
+static void bench_attention(int T, int H, int KV, int hd, bool overlap) {
     size_t nq = (size_t)T * H * hd, nkv = (size_t)T * KV * hd;
     bf16 *q = device_random_bf16(nq, -2.f, 2.f), *k = device_random_bf16(nkv, -2.f, 2.f), *v = device_random_bf16(nkv);
     bf16* out = dmalloc<bf16>(nq);
     float* lse = dmalloc<float>((size_t)H * T);
     poison(out, nq * 2);
-    float ms = bench_ms([&] { attention_sm90(out, lse, q, k, v, T, H, KV, hd); }, 2, T >= 32768 ? 5 : 10);
+    float ms = bench_ms([&] { attention_sm90(out, lse, q, k, v, T, H, KV, hd, overlap); }, 2, T >= 32768 ? 5 : 10);
     std::vector<float> got = download_bf16(out, nq);
     size_t nan = 0;
     for (float x : got) nan += x != x;
     char name[128];
-    snprintf(name, sizeof name, "attention_sm90 T=%d H=%d KV=%d hd=%d: every output written, no NaN", T, H, KV, hd);
+    snprintf(name, sizeof name, "attention_sm90 %s T=%d H=%d KV=%d hd=%d: every output written, no NaN", overlap ? "overlap" : "plain",
+             T, H, KV, hd);
     check_true(name, nan == 0);
     snprintf(name, sizeof name, "attention_fwd T=%d hd=%d", T, hd);
-    report_flops(name, "wgmma tma ws blocks (hopper_blocks)", ms, 4.0 * H * (double)T * T * hd / 2.0);
+    report_flops(name, overlap ? "wgmma tma ws overlap (hopper_blocks)" : "wgmma tma ws (hopper_blocks)", ms, 4.0 * H * (double)T * T * hd / 2.0);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
 }
 
@@ -609,12 +668,15 @@ int main(int argc, char** argv) {
     check_qk<128>();
     check_pv<64>();
     check_pv<128>();
-    for (int T : {1, 64, 129, 300}) check_attention<64>(T, 2, 1);
-    for (int T : {37, 200, 511}) check_attention<128>(T, 4, 2);
-    if (!g_small) check_attention<128>(1000, 8, 2);
-    if (g_bench) {
-        for (int T : {8192, 32768}) bench_attention(T, 32, 8, 128);
-        bench_attention(8192, 32, 8, 64);
+    for (bool overlap : {false, true}) {
+        for (int T : {1, 64, 129, 300}) check_attention<64>(T, 2, 1, overlap);
+        for (int T : {37, 200, 511}) check_attention<128>(T, 4, 2, overlap);
+        if (!g_small) check_attention<128>(1000, 8, 2, overlap);
     }
+    if (g_bench)
+        for (bool overlap : {false, true}) {
+            for (int T : {8192, 32768}) bench_attention(T, 32, 8, 128, overlap);
+            bench_attention(8192, 32, 8, 64, overlap);
+        }
     return finish("hopper_blocks");
 }

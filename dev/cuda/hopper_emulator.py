@@ -12,11 +12,13 @@
 #   - the full/empty mbarrier ring (phases, parities, expect_tx) under random interleavings of the producer
 #     and the two consumer warpgroups, checking that no stage is overwritten while read and each block is read
 #     once, whole;
-#   - the attention kernel (attention_sm90_kernel) transcribed loop for loop, compared with float64 attention.
+#   - the attention kernel (attention_sm90_kernel) transcribed loop for loop, one block at a time and with FA3's
+#     intra-warpgroup overlap (S(j) and PV(j-1) in flight together, the stage of j-1 released after PV(j-1)),
+#     compared with float64 attention.
 # It proves the layouts are consistent with each other and with the kernels' loops as written; it cannot prove
 # what only the hardware shows (mbarrier timing and memory ordering, TMA's real behaviour, setmaxnreg, the
 # compiler). The self-test perturbs one detail at a time (the swizzle XOR, SBO, LBO, the k-step, the fragment
-# order, the ring's parity) and requires each to FAIL.
+# order, the ring's parity, the overlapped loop's rescale order) and requires each to FAIL.
 # Run: /usr/bin/python3 dev/cuda/hopper_emulator.py [seed]
 import sys
 import numpy as np
@@ -42,6 +44,7 @@ class Layout:
         self.v_lbo = None            # MN-major: None = BN x 128 (the next 64-column slab)
         self.frag_swap = False       # register-A: swap a2a3 and a4a5 (a plausible mistake)
         self.ring_parity_offset = 0  # producer's empty-barrier parity
+        self.rescale_before_pv = False  # overlapped loop: O *= corr(j) before PV(j-1) lands (wrong)
         self.__dict__.update(kw)
 
 
@@ -177,11 +180,10 @@ def wgmma_pv(o, a, smem, v, hd, lay):  # wgmma_pv<HD>
         wgmma_rs(o, a[kk], smem, smem_desc(v + kk * 16 * 128, lbo, lay.sbo), hd)
 
 
-def consumer_block(st, smem, j, stage, lay):
-    """One key block of one consumer warpgroup (attention_sm90_kernel's loop body), all 128 threads at once."""
-    hd, T, c = st["hd"], st["T"], st["c"]
-    wg_row0 = st["q0"] + c * BM_WG
-    s = wgmma_qk(smem, c * BM_WG * 128, BM, k_at(hd, stage), hd, lay)
+def online_softmax(st, s, j):
+    """online_softmax(): block j's scores (128, BN/2) -> exp2 probabilities; updates m, l, corr in st."""
+    hd, T = st["hd"], st["T"]
+    wg_row0 = st["q0"] + st["c"] * BM_WG
     i = np.arange(BN // 2)[None, :]
     key, row = j * BN + acc_col(T_IDX, i), wg_row0 + acc_row(T_IDX, i)
     masked = (j + 1) * BN > wg_row0 + 1 or (j + 1) * BN > T
@@ -194,14 +196,44 @@ def consumer_block(st, smem, j, stage, lay):
         m_new = np.maximum(st["m"][:, r], bm)
         st["corr"][:, r] = np.exp2(st["m"][:, r] - m_new)
         st["m"][:, r] = m_new
-    m_of = np.where(half == 0, st["m"][:, :1], st["m"][:, 1:])
-    p = np.exp2(s - m_of)
+    p = np.exp2(s - np.where(half == 0, st["m"][:, :1], st["m"][:, 1:]))
     for r in range(2):
         st["l"][:, r] = st["l"][:, r] * st["corr"][:, r] + np.where(half == r, p, 0).sum(axis=1)
-    ohalf = (np.arange(hd // 2)[None, :] // 2) % 2
+    return p
+
+
+def rescale_o(st):
+    ohalf = (np.arange(st["hd"] // 2)[None, :] // 2) % 2
     st["o"] *= np.where(ohalf == 0, st["corr"][:, :1], st["corr"][:, 1:])
-    a = [acc_to_a(p, kk, lay) for kk in range(BN // 16)]
-    wgmma_pv(st["o"], a, smem, v_at(hd, stage), hd, lay)
+
+
+def consumer_block(st, smem, j, stage, lay):
+    """One key block of one consumer warpgroup (attention_sm90_kernel<HD, false>'s loop body), 128 threads at once."""
+    hd = st["hd"]
+    p = online_softmax(st, wgmma_qk(smem, st["c"] * BM_WG * 128, BM, k_at(hd, stage), hd, lay), j)
+    rescale_o(st)
+    wgmma_pv(st["o"], [acc_to_a(p, kk, lay) for kk in range(BN // 16)], smem, v_at(hd, stage), hd, lay)
+
+
+def consumer_block_overlap(st, smem, j, stage, lay):
+    """attention_sm90_kernel<HD, true>: block j's S with block j-1's PV in flight; O rescaled after PV(j-1)."""
+    hd = st["hd"]
+    s = wgmma_qk(smem, st["c"] * BM_WG * 128, BM, k_at(hd, stage), hd, lay)
+    if lay.rescale_before_pv:
+        p = online_softmax(st, s, j)
+        rescale_o(st)
+    if j > 0:
+        wgmma_pv(st["o"], st["a"], smem, v_at(hd, (j - 1) % STAGES), hd, lay)
+    if not lay.rescale_before_pv:
+        p = online_softmax(st, s, j)
+        if j > 0:
+            rescale_o(st)
+    st["a"] = [acc_to_a(p, kk, lay) for kk in range(BN // 16)]
+
+
+def consumer_drain_overlap(st, smem, j, lay):
+    """after the loop: the last block's PV."""
+    wgmma_pv(st["o"], st["a"], smem, v_at(st["hd"], j % STAGES), st["hd"], lay)
 
 
 def finish_consumer(st, out, lse, h):
@@ -242,9 +274,11 @@ class MBarrier:
         return (self.phase & 1) != parity
 
 
-def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume):
+def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=None):
     """One CTA: produce() and the consumer warpgroups' loops as coroutines in random order, each TMA landing at a
-    random later time. q None: tma_ring_kernel (no Q). consume(c, j, stage) is the consumer's work on block j.
+    random later time. q None: tma_ring_kernel (no Q). consume(smem, c, j, stage) is the consumer's work on block
+    j; with drain (the overlapped loop) it also reads V of block j - 1, whose stage is released after it, and
+    drain(smem, c, j) finishes the last block.
     Returns the errors seen: a stage overwritten while read, a block read from the wrong stage, a deadlock."""
     smem = Smem(BM * hd * 2 + STAGES * 2 * BN * hd * 2, lay)
     q_full, full = MBarrier(1), [MBarrier(1) for _ in range(STAGES)]
@@ -284,10 +318,17 @@ def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume):
             readers[s].add(c)
             yield  # the wgmmas take a while: let the others run
             consume(smem, c, j, s)
-            readers[s].discard(c)
-            for _ in range(128):
-                empty[s].arrive()
+            done = j - (drain is not None)  # the block whose stage this consumer releases now
+            if done >= 0:
+                readers[done % STAGES].discard(c)
+                for _ in range(128):
+                    empty[done % STAGES].arrive()
             yield
+        if drain is not None and nblocks > 0:
+            drain(smem, c, nblocks - 1)
+            readers[(nblocks - 1) % STAGES].discard(c)
+            for _ in range(128):
+                empty[(nblocks - 1) % STAGES].arrive()
 
     runners = [producer()] + [consumer(c) for c in range(CONSUMERS)]
     alive = list(range(len(runners)))
@@ -307,8 +348,8 @@ def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume):
     return smem, errors + ["deadlock: the ring never drained"]
 
 
-def attention_emulated(q, k, v, lay, rng):
-    """attention_sm90_kernel over its whole grid (tiles longest first, every head)."""
+def attention_emulated(q, k, v, lay, rng, overlap):
+    """attention_sm90_kernel<HD, overlap> over its whole grid (tiles longest first, every head)."""
     T, H, hd = q.shape
     KV = k.shape[1]
     out = np.full(q.shape, np.nan); lse = np.full((H, T), np.nan)
@@ -319,8 +360,13 @@ def attention_emulated(q, k, v, lay, rng):
             nblocks = (min(T, q0 + BM) + BN - 1) // BN
             states = [{"hd": hd, "T": T, "c": c, "q0": q0, "o": np.zeros((128, hd // 2)), "m": np.full((128, 2), -np.inf),
                        "l": np.zeros((128, 2)), "corr": np.zeros((128, 2))} for c in range(CONSUMERS)]
-            _, e = run_cta(q, k, v, q0, h, h // (H // KV), nblocks, hd, lay, rng,
-                           lambda smem, c, j, s: consumer_block(states[c], smem, j, s, lay))
+            if overlap:
+                _, e = run_cta(q, k, v, q0, h, h // (H // KV), nblocks, hd, lay, rng,
+                               lambda smem, c, j, s: consumer_block_overlap(states[c], smem, j, s, lay),
+                               lambda smem, c, j: consumer_drain_overlap(states[c], smem, j, lay))
+            else:
+                _, e = run_cta(q, k, v, q0, h, h // (H // KV), nblocks, hd, lay, rng,
+                               lambda smem, c, j, s: consumer_block(states[c], smem, j, s, lay))
             errors += e
             for st in states:
                 finish_consumer(st, out, lse, h)
@@ -386,11 +432,11 @@ def check_pv(lay, rng, hd):
     return err < 1e-9, f"max |O - bf16(P) V| = {err:.3g}"
 
 
-def check_attention(lay, rng, hd, T, H, KV):
+def check_attention(lay, rng, hd, T, H, KV, overlap):
     """(d) attention_sm90_kernel against float64 attention: the kernel rounds P and O to bf16, so |error| stays
     below 2e-2 for |v| <= 1 (a wrong layout gives errors of order 1, or NaN from unwritten shared memory)."""
     q = bf(rng.uniform(-2, 2, (T, H, hd))); k = bf(rng.uniform(-2, 2, (T, KV, hd))); v = bf(rng.uniform(-1, 1, (T, KV, hd)))
-    out, lse, errors = attention_emulated(q, k, v, lay, rng)
+    out, lse, errors = attention_emulated(q, k, v, lay, rng, overlap)
     ref, ref_lse = attention_f64(q, k, v)
     err = np.abs(out - ref).max() if not np.isnan(out).any() else np.nan
     lse_err = np.abs(lse - ref_lse).max() if not np.isnan(lse).any() else np.nan
@@ -413,8 +459,10 @@ def checks(lay, rng, quick=False):
         out.append((f"(b) qk wgmma ss hd={hd}", check_qk(lay, rng, hd)))
         out.append((f"(c) pv wgmma rs hd={hd}", check_pv(lay, rng, hd)))
     shapes = ((64, 129, 2, 1), (128, 200, 2, 1)) if quick else ((64, 1, 1, 1), (64, 129, 2, 1), (64, 300, 2, 2), (128, 37, 1, 1), (128, 200, 4, 2), (128, 257, 2, 1))
-    for hd, T, H, KV in shapes:
-        out.append((f"(d) attention hd={hd} T={T} H={H} KV={KV}", check_attention(lay, rng, hd, T, H, KV)))
+    for overlap in (False, True):
+        for hd, T, H, KV in shapes:
+            name = f"(d) attention {'overlap' if overlap else 'plain'} hd={hd} T={T} H={H} KV={KV}"
+            out.append((name, check_attention(lay, rng, hd, T, H, KV, overlap)))
     return out
 
 
@@ -434,6 +482,7 @@ def main():
         "k-step of 16 bytes instead of 32": dict(k_step_bytes=16),
         "register-A pairs a2a3 / a4a5 swapped": dict(frag_swap=True),
         "producer waits on the wrong empty parity": dict(ring_parity_offset=1),
+        "overlapped loop rescales O before PV(j-1) lands": dict(rescale_before_pv=True),
     }
     for what, kw in perturbations.items():
         with np.errstate(all="ignore"):  # a wrong layout reads NaN (never-written) shared memory
