@@ -203,22 +203,23 @@ __device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
 // The producer warpgroup's loop: one thread loads Q once (q_full) and K/V block j into stage j % STAGES after
 // the consumers released the block j - STAGES there (empty completes once per release: release r of stage s
 // is phase r, so block j waits for parity (j / STAGES - 1) & 1; full of block j is phase j / STAGES).
+// Rows are counted from row0 (b T: the maps see the batch as B T rows).
 template <int HD>
 __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_t* empty, const CUtensorMap* q_map,
-                        const CUtensorMap* k_map, const CUtensorMap* v_map, int q_head, int q0, int kv_head, int nblocks) {
+                        const CUtensorMap* k_map, const CUtensorMap* v_map, int row0, int q_head, int q0, int kv_head, int nblocks) {
     using L = RingLayout<HD>;
     asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
     if (threadIdx.x != 0) return;
     if (q_map) {
         mbar_expect_tx(q_full, L::q_bytes);
-        tma_load_tile<HD>(smem, q_map, q_full, q_head, q0, BM);
+        tma_load_tile<HD>(smem, q_map, q_full, q_head, row0 + q0, BM);
     }
     for (int j = 0; j < nblocks; j++) {
         int s = j % STAGES;
         if (j >= STAGES) mbar_wait(&empty[s], (j / STAGES - 1) & 1);
         mbar_expect_tx(&full[s], 2 * L::kv_bytes);
-        tma_load_tile<HD>(smem + L::k_at(s), k_map, &full[s], kv_head, j * BN, BN);
-        tma_load_tile<HD>(smem + L::v_at(s), v_map, &full[s], kv_head, j * BN, BN);
+        tma_load_tile<HD>(smem + L::k_at(s), k_map, &full[s], kv_head, row0 + j * BN, BN);
+        tma_load_tile<HD>(smem + L::v_at(s), v_map, &full[s], kv_head, row0 + j * BN, BN);
     }
 }
 
@@ -255,7 +256,7 @@ __global__ void __launch_bounds__(THREADS, 1) tma_ring_kernel(bf16* k_out, bf16*
     uint64_t *full = bars + 1, *empty = bars + 1 + STAGES;
     int wg = threadIdx.x / 128;
     if (wg == 0) {
-        produce<HD>(smem, bars, full, empty, nullptr, &k_map, &v_map, 0, 0, head, nblocks);
+        produce<HD>(smem, bars, full, empty, nullptr, &k_map, &v_map, 0, 0, 0, head, nblocks);
     } else {
         asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
         int t = threadIdx.x - 128;  // 0 .. 255 over both consumers
@@ -353,8 +354,10 @@ __device__ __forceinline__ void online_softmax(float* s, float* m, float* l, flo
 }
 #endif
 
-// (d) causal GQA attention forward, B = 1: q, out (T, H, HD), k, v (T, KV, HD) bf16 (through the maps);
-// lse (H, T) natural log. grid (ceil(T / BM), H), longest query tiles first; THREADS threads.
+// (d) causal GQA attention forward, the product's layout: q, out (B, T, H, HD), k, v (B, T, KV, HD) bf16 (through
+// maps over B T rows: a tile's rows past T belong to the next sequence or are zeros past the end, and are
+// masked as keys and never written as queries); lse (B, H, T) natural log. grid (ceil(T / BM), H, B), longest
+// query tiles first; THREADS threads.
 template <int HD, bool OVERLAP>
 __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, float* lse, const __grid_constant__ CUtensorMap q_map,
                                                                     const __grid_constant__ CUtensorMap k_map,
@@ -365,12 +368,12 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
     uint8_t* smem = align1024(smem_raw);
     uint64_t* bars = ring_setup<HD>(smem);
     uint64_t *q_full = bars, *full = bars + 1, *empty = bars + 1 + STAGES;
-    int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, kvh = h / (H / KV);
+    int tile = gridDim.x - 1 - blockIdx.x, h = blockIdx.y, kvh = h / (H / KV), b = blockIdx.z;
     int q0 = tile * BM;
     int nblocks = (min(T, q0 + BM) + BN - 1) / BN;  // causal: keys < q0 + BM
     int wg = threadIdx.x / 128;
     if (wg == 0) {
-        produce<HD>(smem, q_full, full, empty, &q_map, &k_map, &v_map, h, q0, kvh, nblocks);
+        produce<HD>(smem, q_full, full, empty, &q_map, &k_map, &v_map, b * T, h, q0, kvh, nblocks);
         return;
     }
     asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
@@ -433,11 +436,11 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
     for (int i = 0; i < HD / 2; i += 2) {
         int row = wg_row0 + acc_row(t, i), col = acc_col(t, i);
         float inv = 1.f / l[(i / 2) % 2];
-        if (row < T) *(__nv_bfloat162*)(out + ((size_t)row * H + h) * HD + col) = __floats2bfloat162_rn(o[i] * inv, o[i + 1] * inv);
+        if (row < T) *(__nv_bfloat162*)(out + (((size_t)b * T + row) * H + h) * HD + col) = __floats2bfloat162_rn(o[i] * inv, o[i + 1] * inv);
     }
     for (int r = 0; r < 2; r++) {
         int row = wg_row0 + acc_row(t, 2 * r);
-        if (t % 4 == 0 && row < T) lse[(size_t)h * T + row] = (m[r] + log2f(l[r])) * 0.6931471805599453f;
+        if (t % 4 == 0 && row < T) lse[((size_t)b * H + h) * T + row] = (m[r] + log2f(l[r])) * 0.6931471805599453f;
     }
 #endif
 }
@@ -477,17 +480,18 @@ static void set_smem(K kernel, int bytes) {
 // attention_sm90_kernel's launch: q, out (T, H, hd), k, v (T, KV, hd) bf16, lse (H, T); B = 1. The tensor maps
 // are made per call here (the product would make them once per shape at start-up).
 template <int HD, bool OVERLAP>
-static void launch_attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV) {
-    dim3 grid((T + BM - 1) / BM, H);
-    CUtensorMap qm = make_tensor_map(q, T, H, HD, BM), km = make_tensor_map(k, T, KV, HD, BN), vm = make_tensor_map(v, T, KV, HD, BN);
+static void launch_attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV) {
+    dim3 grid((T + BM - 1) / BM, H, B);
+    CUtensorMap qm = make_tensor_map(q, B * T, H, HD, BM), km = make_tensor_map(k, B * T, KV, HD, BN), vm = make_tensor_map(v, B * T, KV, HD, BN);
     set_smem(attention_sm90_kernel<HD, OVERLAP>, RingLayout<HD>::bytes);
     attention_sm90_kernel<HD, OVERLAP><<<grid, THREADS, RingLayout<HD>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
     CUDA_CHECK(cudaGetLastError());
 }
 // overlap: the intra-warpgroup overlap of softmax and the GEMMs (FA3), else one block at a time
-static void attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int T, int H, int KV, int hd, bool overlap) {
-    if (hd == 64) (overlap ? launch_attention_sm90<64, true> : launch_attention_sm90<64, false>)(out, lse, q, k, v, T, H, KV);
-    else (overlap ? launch_attention_sm90<128, true> : launch_attention_sm90<128, false>)(out, lse, q, k, v, T, H, KV);
+static void attention_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H, int KV, int hd,
+                           bool overlap) {
+    if (hd == 64) (overlap ? launch_attention_sm90<64, true> : launch_attention_sm90<64, false>)(out, lse, q, k, v, B, T, H, KV);
+    else (overlap ? launch_attention_sm90<128, true> : launch_attention_sm90<128, false>)(out, lse, q, k, v, B, T, H, KV);
 }
 
 // ----------------------------------------------------------------------------
@@ -567,7 +571,8 @@ static void check_pv() {
     for (void* p_ : {(void*)dv, (void*)dp, (void*)o}) CUDA_CHECK(cudaFree(p_));
 }
 
-// the bf16 reference that sizes the error (FlashAttention-3's rule): S, P and O rounded to bf16, fp32 sums
+// the bf16 reference that sizes the error (FlashAttention-3's rule): S, P and O rounded to bf16, fp32 sums;
+// one sequence
 static void attention_forward_bf16_cpu(float* out, const float* q, const float* k, const float* v, int T, int H, int KV, int hd) {
     float scale = 1.f / sqrtf((float)hd);
     std::vector<float> p(T);
@@ -593,20 +598,21 @@ static void attention_forward_bf16_cpu(float* out, const float* q, const float* 
 }
 
 template <int HD>
-static void check_attention(int T, int H, int KV, bool overlap) {
-    size_t nq = (size_t)T * H * HD, nkv = (size_t)T * KV * HD;
+static void check_attention(int B, int T, int H, int KV, bool overlap) {
+    size_t nq = (size_t)B * T * H * HD, nkv = (size_t)B * T * KV * HD, nl = (size_t)B * H * T;
     std::vector<float> q = rand_uniform(nq, -2.f, 2.f), k = rand_uniform(nkv, -2.f, 2.f), v = rand_uniform(nkv, -1.f, 1.f);
     bf16 *dq = upload_bf16(q), *dk = upload_bf16(k), *dv = upload_bf16(v);
     bf16* out = dmalloc<bf16>(nq);
-    float* lse = dmalloc<float>((size_t)H * T);
+    float* lse = dmalloc<float>(nl);
     poison(out, nq * 2);
-    poison(lse, (size_t)H * T * 4);
-    attention_sm90(out, lse, dq, dk, dv, T, H, KV, HD, overlap);
+    poison(lse, nl * 4);
+    attention_sm90(out, lse, dq, dk, dv, B, T, H, KV, HD, overlap);
     CUDA_CHECK(cudaDeviceSynchronize());
-    std::vector<float> ref32(nq), lse32((size_t)H * T), ref16(nq);
-    attention_forward_cpu(ref32.data(), lse32.data(), q.data(), k.data(), v.data(), 1, T, H, KV, HD);
-    attention_forward_bf16_cpu(ref16.data(), q.data(), k.data(), v.data(), T, H, KV, HD);
-    std::vector<float> got = download_bf16(out, nq), got_lse = download(lse, (size_t)H * T);
+    std::vector<float> ref32(nq), lse32(nl), ref16(nq);
+    attention_forward_cpu(ref32.data(), lse32.data(), q.data(), k.data(), v.data(), B, T, H, KV, HD);
+    for (int b = 0; b < B; b++)
+        attention_forward_bf16_cpu(ref16.data() + b * nq / B, q.data() + b * nq / B, k.data() + b * nkv / B, v.data() + b * nkv / B, T, H, KV, HD);
+    std::vector<float> got = download_bf16(out, nq), got_lse = download(lse, nl);
     double bf16_err = 0, our_err = 0;
     for (size_t i = 0; i < nq; i++) bf16_err = std::max(bf16_err, (double)fabsf(ref16[i] - ref32[i]));
     size_t nan = 0;
@@ -618,10 +624,10 @@ static void check_attention(int T, int H, int KV, bool overlap) {
     const double atol = 1e-3;
     char name[128];
     const char* variant = overlap ? "overlap" : "plain";
-    snprintf(name, sizeof name, "(d) attention %s out hd=%d T=%d H=%d KV=%d: max err %.3g <= 2 x bf16 ref's %.3g + %.0e", variant, HD, T,
-             H, KV, our_err, bf16_err, atol);
+    snprintf(name, sizeof name, "(d) attention %s out hd=%d B=%d T=%d H=%d KV=%d: max err %.3g <= 2 x bf16 ref's %.3g + %.0e", variant,
+             HD, B, T, H, KV, our_err, bf16_err, atol);
     check_true(name, nan == 0 && our_err <= 2 * bf16_err + atol);
-    snprintf(name, sizeof name, "(d) attention %s lse hd=%d T=%d H=%d KV=%d", variant, HD, T, H, KV);
+    snprintf(name, sizeof name, "(d) attention %s lse hd=%d B=%d T=%d H=%d KV=%d", variant, HD, B, T, H, KV);
     compare(name, got_lse, lse32, 1e-3f, 1e-4f);
     for (void* p : {(void*)dq, (void*)dk, (void*)dv, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
 }
@@ -633,7 +639,7 @@ static void bench_attention(int T, int H, int KV, int hd, bool overlap) {
     bf16* out = dmalloc<bf16>(nq);
     float* lse = dmalloc<float>((size_t)H * T);
     poison(out, nq * 2);
-    float ms = bench_ms([&] { attention_sm90(out, lse, q, k, v, T, H, KV, hd, overlap); }, 2, T >= 32768 ? 5 : 10);
+    float ms = bench_ms([&] { attention_sm90(out, lse, q, k, v, 1, T, H, KV, hd, overlap); }, 2, T >= 32768 ? 5 : 10);
     std::vector<float> got = download_bf16(out, nq);
     size_t nan = 0;
     for (float x : got) nan += x != x;
@@ -669,9 +675,11 @@ int main(int argc, char** argv) {
     check_pv<64>();
     check_pv<128>();
     for (bool overlap : {false, true}) {
-        for (int T : {1, 64, 129, 300}) check_attention<64>(T, 2, 1, overlap);
-        for (int T : {37, 200, 511}) check_attention<128>(T, 4, 2, overlap);
-        if (!g_small) check_attention<128>(1000, 8, 2, overlap);
+        for (int T : {1, 64, 129, 300}) check_attention<64>(1, T, 2, 1, overlap);
+        for (int T : {37, 200, 511}) check_attention<128>(1, T, 4, 2, overlap);
+        check_attention<64>(3, 77, 2, 2, overlap);  // batch: a tile's rows past T are the next sequence's
+        check_attention<128>(2, 130, 4, 1, overlap);
+        if (!g_small) check_attention<128>(1, 1000, 8, 2, overlap);
     }
     if (g_bench)
         for (bool overlap : {false, true}) {

@@ -274,7 +274,7 @@ class MBarrier:
         return (self.phase & 1) != parity
 
 
-def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=None):
+def run_cta(q, k, v, row0, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=None):
     """One CTA: produce() and the consumer warpgroups' loops as coroutines in random order, each TMA landing at a
     random later time. q None: tma_ring_kernel (no Q). consume(smem, c, j, stage) is the consumer's work on block
     j; with drain (the overlapped loop) it also reads V of block j - 1, whose stage is released after it, and
@@ -288,7 +288,7 @@ def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=
     def producer():
         if q is not None:
             q_full.arrive(BM * hd * 2)
-            in_flight.append((q_full, BM * hd * 2, lambda: tma_load_tile(smem, 0, q, q_head, q0, BM, hd)))
+            in_flight.append((q_full, BM * hd * 2, lambda: tma_load_tile(smem, 0, q, q_head, row0 + q0, BM, hd)))
         for j in range(nblocks):
             s = j % STAGES
             if j >= STAGES:
@@ -299,8 +299,8 @@ def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=
             def land(s=s, j=j):
                 if readers[s]:
                     errors.append(f"the TMA of block {j} overwrote stage {s} while consumer {readers[s]} read it")
-                tma_load_tile(smem, k_at(hd, s), k, kv_head, j * BN, BN, hd)
-                tma_load_tile(smem, v_at(hd, s), v, kv_head, j * BN, BN, hd)
+                tma_load_tile(smem, k_at(hd, s), k, kv_head, row0 + j * BN, BN, hd)
+                tma_load_tile(smem, v_at(hd, s), v, kv_head, row0 + j * BN, BN, hd)
                 loaded[s] = j
             in_flight.append((full[s], 2 * BN * hd * 2, land))
             yield
@@ -349,31 +349,33 @@ def run_cta(q, k, v, q0, q_head, kv_head, nblocks, hd, lay, rng, consume, drain=
 
 
 def attention_emulated(q, k, v, lay, rng, overlap):
-    """attention_sm90_kernel<HD, overlap> over its whole grid (tiles longest first, every head)."""
-    T, H, hd = q.shape
-    KV = k.shape[1]
-    out = np.full(q.shape, np.nan); lse = np.full((H, T), np.nan)
+    """attention_sm90_kernel<HD, overlap> over its whole grid (tiles longest first, every head and sequence);
+    q (B, T, H, hd), k, v (B, T, KV, hd), seen by the maps as B T rows."""
+    B, T, H, hd = q.shape
+    KV = k.shape[2]
+    qf, kf, vf = q.reshape(B * T, H, hd), k.reshape(B * T, KV, hd), v.reshape(B * T, KV, hd)
+    out = np.full(q.shape, np.nan); lse = np.full((B, H, T), np.nan)
     errors = []
-    for tile in reversed(range((T + BM - 1) // BM)):
-        for h in range(H):
-            q0 = tile * BM
-            nblocks = (min(T, q0 + BM) + BN - 1) // BN
-            states = [{"hd": hd, "T": T, "c": c, "q0": q0, "o": np.zeros((128, hd // 2)), "m": np.full((128, 2), -np.inf),
-                       "l": np.zeros((128, 2)), "corr": np.zeros((128, 2))} for c in range(CONSUMERS)]
-            if overlap:
-                _, e = run_cta(q, k, v, q0, h, h // (H // KV), nblocks, hd, lay, rng,
-                               lambda smem, c, j, s: consumer_block_overlap(states[c], smem, j, s, lay),
-                               lambda smem, c, j: consumer_drain_overlap(states[c], smem, j, lay))
-            else:
-                _, e = run_cta(q, k, v, q0, h, h // (H // KV), nblocks, hd, lay, rng,
-                               lambda smem, c, j, s: consumer_block(states[c], smem, j, s, lay))
-            errors += e
-            for st in states:
-                finish_consumer(st, out, lse, h)
+    for b in range(B):
+        for tile in reversed(range((T + BM - 1) // BM)):
+            for h in range(H):
+                q0 = tile * BM
+                nblocks = (min(T, q0 + BM) + BN - 1) // BN
+                states = [{"hd": hd, "T": T, "c": c, "q0": q0, "o": np.zeros((128, hd // 2)), "m": np.full((128, 2), -np.inf),
+                           "l": np.zeros((128, 2)), "corr": np.zeros((128, 2))} for c in range(CONSUMERS)]
+                cta = (qf, kf, vf, b * T, q0, h, h // (H // KV), nblocks, hd, lay, rng)
+                if overlap:
+                    _, e = run_cta(*cta, lambda smem, c, j, s: consumer_block_overlap(states[c], smem, j, s, lay),
+                                   lambda smem, c, j: consumer_drain_overlap(states[c], smem, j, lay))
+                else:
+                    _, e = run_cta(*cta, lambda smem, c, j, s: consumer_block(states[c], smem, j, s, lay))
+                errors += e
+                for st in states:
+                    finish_consumer(st, out[b], lse[b], h)
     return out, lse, errors
 
 
-def attention_f64(q, k, v):
+def attention_f64(q, k, v):  # one sequence: q (T, H, hd), k, v (T, KV, hd)
     T, H, hd = q.shape
     KV = k.shape[1]
     out = np.zeros((T, H, hd)); lse = np.zeros((H, T))
@@ -401,7 +403,7 @@ def check_ring(lay, rng, hd, T):
         byte = (col // SLAB) * BN * 128 + swizzle128(r * 128 + (col % SLAB) * 2)
         got_k[j * BN: j * BN + BN] = smem.v[(k_at(hd, s) + byte) // 2]
         got_v[j * BN: j * BN + BN] = smem.v[(v_at(hd, s) + byte) // 2]
-    _, errors = run_cta(None, k, v, 0, 0, 1, nblocks, hd, lay, rng, copy_out)
+    _, errors = run_cta(None, k, v, 0, 0, 0, 1, nblocks, hd, lay, rng, copy_out)
     ref_k = np.zeros_like(got_k); ref_v = np.zeros_like(got_v)
     ref_k[:T] = k[:, 1]; ref_v[:T] = v[:, 1]
     ok = not errors and np.array_equal(got_k, ref_k) and np.array_equal(got_v, ref_v)
@@ -432,12 +434,13 @@ def check_pv(lay, rng, hd):
     return err < 1e-9, f"max |O - bf16(P) V| = {err:.3g}"
 
 
-def check_attention(lay, rng, hd, T, H, KV, overlap):
+def check_attention(lay, rng, hd, B, T, H, KV, overlap):
     """(d) attention_sm90_kernel against float64 attention: the kernel rounds P and O to bf16, so |error| stays
     below 2e-2 for |v| <= 1 (a wrong layout gives errors of order 1, or NaN from unwritten shared memory)."""
-    q = bf(rng.uniform(-2, 2, (T, H, hd))); k = bf(rng.uniform(-2, 2, (T, KV, hd))); v = bf(rng.uniform(-1, 1, (T, KV, hd)))
+    q = bf(rng.uniform(-2, 2, (B, T, H, hd))); k = bf(rng.uniform(-2, 2, (B, T, KV, hd))); v = bf(rng.uniform(-1, 1, (B, T, KV, hd)))
     out, lse, errors = attention_emulated(q, k, v, lay, rng, overlap)
-    ref, ref_lse = attention_f64(q, k, v)
+    refs = [attention_f64(q[b], k[b], v[b]) for b in range(B)]
+    ref, ref_lse = np.stack([r[0] for r in refs]), np.stack([r[1] for r in refs])
     err = np.abs(out - ref).max() if not np.isnan(out).any() else np.nan
     lse_err = np.abs(lse - ref_lse).max() if not np.isnan(lse).any() else np.nan
     ok = not errors and err <= 2e-2 and lse_err <= 1e-4
@@ -458,11 +461,13 @@ def checks(lay, rng, quick=False):
     for hd in (64, 128):
         out.append((f"(b) qk wgmma ss hd={hd}", check_qk(lay, rng, hd)))
         out.append((f"(c) pv wgmma rs hd={hd}", check_pv(lay, rng, hd)))
-    shapes = ((64, 129, 2, 1), (128, 200, 2, 1)) if quick else ((64, 1, 1, 1), (64, 129, 2, 1), (64, 300, 2, 2), (128, 37, 1, 1), (128, 200, 4, 2), (128, 257, 2, 1))
+    shapes = ((64, 1, 129, 2, 1), (128, 2, 77, 2, 1)) if quick else ((64, 1, 1, 1, 1), (64, 1, 129, 2, 1), (64, 1, 300, 2, 2),
+                                                                     (64, 3, 77, 2, 2), (128, 1, 37, 1, 1), (128, 1, 200, 4, 2),
+                                                                     (128, 2, 130, 4, 1), (128, 1, 257, 2, 1))
     for overlap in (False, True):
-        for hd, T, H, KV in shapes:
-            name = f"(d) attention {'overlap' if overlap else 'plain'} hd={hd} T={T} H={H} KV={KV}"
-            out.append((name, check_attention(lay, rng, hd, T, H, KV, overlap)))
+        for hd, B, T, H, KV in shapes:
+            name = f"(d) attention {'overlap' if overlap else 'plain'} hd={hd} B={B} T={T} H={H} KV={KV}"
+            out.append((name, check_attention(lay, rng, hd, B, T, H, KV, overlap)))
     return out
 
 
