@@ -67,12 +67,23 @@ __device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
 __device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
     asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
 }
-// waits until the phase of parity `parity` has completed (phase k has parity k & 1)
-__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
+    uint32_t done;
     asm volatile(
-        "{\n.reg .pred done;\nwait_%=:\n"
-        "mbarrier.try_wait.parity.shared::cta.b64 done, [%0], %1;\n"
-        "@!done bra wait_%=;\n}" ::"r"(smem_u32(bar)), "r"(parity) : "memory");
+        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
+        : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
+    return done;
+}
+// waits until the phase of parity `parity` has completed (phase k has parity k & 1). A dev program: after 5 s
+// it traps (the launch fails with an error, CUDA_CHECK names the line) instead of hanging the device run. No
+// printf here: a function call inside the wgmma pipeline makes ptxas serialize the wgmmas (C7510).
+__device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
+    uint64_t start = 0, now;
+    for (int n = 0; !mbar_try_wait(bar, parity); n++) {
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+        if (n == 0) start = now;
+        else if (now - start > 5000000000ull) __trap();
+    }
 }
 // one box of 64 columns x rows of a 3-D map {hd, heads, T} at (col, head, row); completes on bar
 __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int col, int head, int row) {
@@ -208,7 +219,7 @@ template <int HD>
 __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_t* empty, const CUtensorMap* q_map,
                         const CUtensorMap* k_map, const CUtensorMap* v_map, int row0, int q_head, int q0, int kv_head, int nblocks) {
     using L = RingLayout<HD>;
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 24;");
+    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");  // 40 x 128 + 232 x 256 = the 168 x 384 held at launch
     if (threadIdx.x != 0) return;
     if (q_map) {
         mbar_expect_tx(q_full, L::q_bytes);
@@ -258,7 +269,7 @@ __global__ void __launch_bounds__(THREADS, 1) tma_ring_kernel(bf16* k_out, bf16*
     if (wg == 0) {
         produce<HD>(smem, bars, full, empty, nullptr, &k_map, &v_map, 0, 0, 0, head, nblocks);
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
         int t = threadIdx.x - 128;  // 0 .. 255 over both consumers
         for (int j = 0; j < nblocks; j++) {
             int s = j % STAGES;
@@ -376,7 +387,7 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
         produce<HD>(smem, q_full, full, empty, &q_map, &k_map, &v_map, b * T, h, q0, kvh, nblocks);
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 240;");
+    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
     int c = wg - 1, t = threadIdx.x % 128;
     int wg_row0 = q0 + c * BM_WG;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);  // softmax in exp2: scores x scale x log2(e)
