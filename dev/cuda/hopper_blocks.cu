@@ -8,9 +8,10 @@
 //                  Reference: double-precision dot products of the bf16 inputs.
 //   (c) pv:        O = P V, register-A wgmma: P read in the fp32 accumulator layout, converted to bf16 A
 //                  fragments; V read MN-major through the descriptor's transpose bit. Reference: bf16(P) V, double.
-//   (d) attention: causal GQA forward, one CTA per 128-row query tile (two consumer warpgroups of 64 rows)
-//                  against its key blocks of 64 through the ring, online exp2 softmax, only blocks that cross the
-//                  diagonal or T masked. Reference: attention_forward_cpu (fp32) with FlashAttention-3's rule
+//   (d) attention: causal GQA forward (B, T, heads, hd), one CTA per 128-row query tile (two consumer
+//                  warpgroups of 64 rows) against its key blocks of 64 through the ring, online exp2 softmax,
+//                  only blocks that cross the diagonal or T masked; a plain loop and FA3's intra-warpgroup
+//                  overlap (S(j) with PV(j-1) in flight). Then a benchmark at the training shape. Reference: attention_forward_cpu (fp32) with FlashAttention-3's rule
 //                  |ours - ref32| <= 2 |ref_bf16 - ref32| + atol, where ref_bf16 rounds S, P and O to bf16.
 // UNVERIFIED on a GPU until dev/gpu_check.sh has run it (GPU_CHECK_ONLY=hopper_blocks). Other cards: SKIP lines.
 // Build: make dev (sm_80 compiles empty kernel bodies; the sm_90a pass holds the real code).
