@@ -47,7 +47,7 @@ expect_error "plan larger than the card" "GiB" -e llama3-8b -T 60000 -m 1 -M 1 -
 
 expect_output "dry run: 8b at 60000 fits 80 GB" "^MST plan: fits a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard plan .*: does not fit a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
-expect_output "dry run prints the plan table" "LM-head logits .*1875 x 128256 x 2" --dry-run -e llama3-8b -T 60000
+expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_output "dry run of llama3-70b (plan only)" "layer inputs" --dry-run -e llama3-70b -T 8192
 expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB \(B=1\): [0-9]{5,} with these options" --dry-run -e llama3-8b --gpu-mem 80 --max-T
 

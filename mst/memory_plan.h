@@ -24,8 +24,6 @@ static const int RMSNORM_GRADIENT_CHUNKS = 128;
 // what the CUDA context, cuBLASLt's handle and kernels' code take outside the arena, held back from the
 // card's memory when checking that a plan fits
 static const double CUDA_CONTEXT_RESERVE_GIB = 1.0;
-// a mini-sequence shorter than this wastes the matmuls' efficiency, so the automatic rule stops there
-static const int MIN_CHUNK_TOKENS = 1024;
 
 struct TrainingOptions {
     int B = 1;
@@ -94,16 +92,6 @@ static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
 // regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
 static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
 
-// The automatic rule: a mini-sequence's widest intermediate is no larger than the layer's hidden
-// states (N x C): MLP hidden n_mlp x F <= N x C gives ceil(F / C) mini-sequences, LM-head logits
-// n_lm x V <= N x C gives ceil(V / C) (Llama 3 8B: 4 and 32), but no mini-sequence below
-// MIN_CHUNK_TOKENS tokens, and never more mini-sequences than tokens.
-static inline int automatic_chunks(int width, int d_model, long N) {
-    long by_width = (long)ceil_div(width, d_model);
-    long by_min_tokens = std::max(1L, N / MIN_CHUNK_TOKENS);
-    return (int)std::max(1L, std::min(by_width, by_min_tokens));
-}
-
 // Every region of the arena for this model and these options. Options are assumed valid
 // (training_options_problem() says what is not).
 static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
@@ -114,8 +102,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
 
-    if (o.mlp_chunks == 0) o.mlp_chunks = automatic_chunks(c.ffn_dim, c.d_model, (long)N);
-    if (o.lmhead_chunks == 0) o.lmhead_chunks = automatic_chunks(c.vocab_size, c.d_model, (long)N);
+    o.mlp_chunks = mlp_mini_sequences(c, (long)N, o.mlp_chunks);
+    o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
     size_t n_mlp = mini_sequence_length((int)N, o.mlp_chunks);
     size_t n_lm = mini_sequence_length((int)N, o.lmhead_chunks);
     plan.options = o;

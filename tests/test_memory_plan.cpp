@@ -27,10 +27,13 @@ static void test_llama3_8b_at_60000() {
     // fused: the largest gradient group alive at once is the LM head's (or embedding's) V x C in fp32
     check(plan.bytes[REGION_GRADIENTS] == V * C * 4, "8b: fused gradients V x C x 4");
     check(plan.bytes[REGION_LAYER_INPUTS] == (L + 1) * T * C * 2, "8b: checkpoints (L+1) x T x C x 2");
-    check(plan.options.mlp_chunks == 4 && plan.mlp_chunk_tokens == 15000, "8b: MLP 4 x 15000 tokens");
-    check(plan.bytes[REGION_MLP_HIDDEN] == 15000ull * 3 * F * 2, "8b: MLP hidden 15000 x 3F x 2");
-    check(plan.options.lmhead_chunks == 32 && plan.lmhead_chunk_tokens == 1875, "8b: LM head 32 x 1875 tokens");
-    check(plan.bytes[REGION_LMHEAD_LOGITS] == 1875ull * V * 2, "8b: logits 1875 x V x 2");
+    // the fixed-size rule: at most 2^30 / (6F) = 1073741824 / 86016 = 12483 tokens per MLP mini-sequence,
+    // so ceil(60000 / 12483) = 5 of 12000; at most 2^30 / (2V) = 1073741824 / 256512 = 4185 per LM-head
+    // one, so ceil(60000 / 4185) = 15 of 4000
+    check(plan.options.mlp_chunks == 5 && plan.mlp_chunk_tokens == 12000, "8b: MLP 5 x 12000 tokens");
+    check(plan.bytes[REGION_MLP_HIDDEN] == 12000ull * 3 * F * 2, "8b: MLP hidden 12000 x 3F x 2");
+    check(plan.options.lmhead_chunks == 15 && plan.lmhead_chunk_tokens == 4000, "8b: LM head 15 x 4000 tokens");
+    check(plan.bytes[REGION_LMHEAD_LOGITS] == 4000ull * V * 2, "8b: logits 4000 x V x 2");
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
     check(plan_fits(plan, 80.0), "8b: T=60000 fits an 80 GB card");
 
@@ -61,7 +64,7 @@ static void test_options() {
     check(plan.lmhead_chunk_tokens == 1, "tiny: more mini-sequences than tokens gives 1 token each");
     test_regions_are_laid_out(plan, "tiny: regions aligned and disjoint");
 
-    o.mlp_chunks = o.lmhead_chunks = 0;  // automatic, but no mini-sequence under MIN_CHUNK_TOKENS
+    o.mlp_chunks = o.lmhead_chunks = 0;  // automatic: 74 tokens are under the 1024-token minimum
     plan = plan_memory(tiny, o);
     check(plan.options.mlp_chunks == 1 && plan.options.lmhead_chunks == 1, "tiny: automatic rule keeps 1 chunk below 1024 tokens");
 
@@ -81,6 +84,30 @@ static void test_options() {
     size_t P = V * C + 16 * layer + C;
     check(plan.bytes[REGION_GRADIENTS] == P * 4, "1b unfused: full fp32 gradient");
     check(plan.bytes[REGION_ADAM_M] == P * 4 && plan.bytes[REGION_MASTER_WEIGHTS] == P * 4, "1b: fp32 state and master weights");
+}
+
+// The automatic rule fixes tokens per mini-sequence, not the count: the MLP's and the LM head's buffers
+// are the same at T = 131072 and T = 1048576 (8b: 2^30 / 86016 = 12483 and 2^30 / 256512 = 4185 tokens
+// at most; 131072 = 11 x 11916 (ceil(131072 / 12483) = 11, 131072 / 11 = 11915.6), 1048576 / 85 = 12336.2
+// (ceil(1048576 / 12483) = 85)).
+static void test_fixed_size_mini_sequences() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.T = 131072;
+    MemoryPlan at_128k = plan_memory(c, o);
+    o.T = 1048576;
+    MemoryPlan at_1m = plan_memory(c, o);
+    check(at_128k.options.mlp_chunks == 11 && at_128k.mlp_chunk_tokens == 11916, "rule: 8b at 128k, MLP 11 x 11916");
+    check(at_1m.options.mlp_chunks == 85 && at_1m.mlp_chunk_tokens == 12337, "rule: 8b at 1M, MLP 85 x 12337");
+    check(at_1m.options.lmhead_chunks == 251 && at_1m.lmhead_chunk_tokens == 4178, "rule: 8b at 1M, LM head 251 x 4178");
+    check(at_128k.bytes[REGION_MLP_HIDDEN] <= MINI_SEQUENCE_BYTES && at_1m.bytes[REGION_MLP_HIDDEN] <= MINI_SEQUENCE_BYTES &&
+          at_1m.bytes[REGION_LMHEAD_LOGITS] <= MINI_SEQUENCE_BYTES, "rule: MLP hidden and logits stay within 1 GiB at any T");
+    o.mlp_chunks = 3; o.lmhead_chunks = 1;  // -m and -M override the rule
+    MemoryPlan given = plan_memory(c, o);
+    check(given.mlp_chunk_tokens == 349526 && given.lmhead_chunk_tokens == 1048576, "rule: -m 3 -M 1 override it");
+    // the same counts in the CPU reference's and the trainer's sense: one function decides
+    check(mlp_mini_sequences(c, 1048576, 0) == 85 && lmhead_mini_sequences(c, 1048576, 0) == 251 &&
+          mlp_mini_sequences(c, 1048576, 7) == 7, "rule: mlp_mini_sequences / lmhead_mini_sequences");
 }
 
 static void test_max_T() {
@@ -113,6 +140,7 @@ static void test_problems() {
 int main() {
     test_llama3_8b_at_60000();
     test_options();
+    test_fixed_size_mini_sequences();
     test_max_T();
     test_problems();
     return test_summary();
