@@ -1,7 +1,9 @@
-// memory_plan.h: every byte the GPU trainer allocates, computed up front by one function.
+// memory_plan.h: every byte the GPU trainer allocates, on the device and in pinned host memory,
+// computed up front by one function.
 //
-// train_llama allocates one arena of plan.total bytes at start-up and carves it into the regions below,
-// in this order, each at plan.offset[region]; nothing is allocated afterwards. `--dry-run` prints the
+// train_llama allocates one device arena of plan.total bytes and (with --offload) one pinned host arena
+// of plan.host_total bytes at start-up, and carves them into the regions below, in this order, each at
+// plan.offset[region] of its arena (region_on_host() says which); nothing is allocated afterwards. `--dry-run` prints the
 // plan beside the standard plan (no mini-sequences, no recomputation), so the saving of each MST choice
 // can be read off region by region.
 //
@@ -34,7 +36,20 @@ struct TrainingOptions {
     bool bf16_optimizer_state = true;  // AdamW m and v in bf16 (stochastic rounding) instead of fp32
     bool master_weights = false; // fp32 master copy of the weights
     bool fused_optimizer = true; // update each layer as soon as its gradients are complete
+    int offload = 0;             // --offload: layer checkpoints in pinned host memory; 1 on, 0 off, -1 automatic
+                                 // (on when the plan needs it to fit: resolve_offload(), before planning)
 };
+
+// What a plan may use: the card (less the CUDA context's reserve) and pinned host memory.
+struct MemoryBudget {
+    double gpu_gib = 80.0;
+    double host_gib = 120.0;
+};
+
+// Assumed rates for the dry run's time estimates (not measured here): PCIe Gen5 x16 host <-> device,
+// each direction; and what the trainer's matmuls and attention sustain on an H100/H200 (~40% of peak).
+static const double ASSUMED_PCIE_BYTES_PER_S = 50e9;
+static const double ASSUMED_FLOPS_PER_S = 400e12;
 
 enum Region {
     // persistent: the model and its optimizer
@@ -44,7 +59,9 @@ enum Region {
     REGION_ADAM_V,            // P x (2 or 4)
     REGION_GRADIENTS,         // fused: one tensor group at a time; else P x 4
     // saved by forward for backward
-    REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output
+    REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
+                              // offloaded: 2 x N x C x 2 staging, layer l's input in buffer l % 2
+    REGION_HOST_CHECKPOINTS,  // pinned host, offloaded: L x N x C x 2, each layer's input; else nothing
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -70,7 +87,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "attention norm", "q, k, v", "attention output + lse",
+    "layer inputs (checkpoints)", "layer inputs, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -82,10 +99,15 @@ struct MemoryPlan {
     int mlp_chunk_tokens;        // n_mlp = ceil(N / mlp_chunks)
     int lmhead_chunk_tokens;     // n_lm = ceil(N / lmhead_chunks)
     size_t bytes[NUM_REGIONS];
-    size_t offset[NUM_REGIONS];  // byte offset of each region in the arena, 256-byte aligned
+    size_t offset[NUM_REGIONS];  // byte offset of each region in its arena (device or host), 256-byte aligned
     std::string shape[NUM_REGIONS];
-    size_t total;
+    size_t total;                // the device arena
+    size_t host_total;           // the pinned host arena (0 without offload)
+    size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
 };
+
+// the one region in pinned host memory; every other is on the device
+static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; }
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
@@ -127,7 +149,14 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
-    set(REGION_LAYER_INPUTS, (L + 1) * N * C * 2, s(L + 1) + " x " + s(N) + " x " + s(C) + " x 2");
+    // offloaded, the device stages two layer inputs (the one in use, the one in flight); forward copies
+    // inputs 0 .. L-1 to the host, backward fetches L-2 .. 0 back (L-1's is still staged)
+    bool offload = o.offload == 1;
+    size_t staged = offload ? 2 : L + 1;
+    set(REGION_LAYER_INPUTS, staged * N * C * 2, s(staged) + " x " + s(N) + " x " + s(C) + " x 2");
+    set(REGION_HOST_CHECKPOINTS, offload ? L * N * C * 2 : 0, offload ? s(L) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
+    plan.pcie_to_host = offload ? L * N * C * 2 : 0;
+    plan.pcie_to_device = offload ? (L - 1) * N * C * 2 : 0;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
     set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
@@ -147,12 +176,13 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");
     set(REGION_CUBLASLT_WORKSPACE, CUBLASLT_WORKSPACE_BYTES, "32 MiB");
 
-    size_t at = 0;
+    size_t at[2] = {0, 0};  // device, host
     for (int r = 0; r < NUM_REGIONS; r++) {
-        plan.offset[r] = at;
-        at += round_up_256(plan.bytes[r]);
+        plan.offset[r] = at[region_on_host(r)];
+        at[region_on_host(r)] += round_up_256(plan.bytes[r]);
     }
-    plan.total = at;
+    plan.total = at[0];
+    plan.host_total = at[1];
     return plan;
 }
 
@@ -161,12 +191,32 @@ static inline TrainingOptions standard_options(TrainingOptions o) {
     o.mlp_chunks = 1;
     o.lmhead_chunks = 1;
     o.recompute = false;
+    o.offload = 0;
     return o;
 }
 
-// Does the plan fit a card of gpu_mem_gib, with the CUDA context's reserve held back?
-static inline bool plan_fits(const MemoryPlan& plan, double gpu_mem_gib) {
-    return gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB <= gpu_mem_gib;
+// Does the plan fit the card (with the CUDA context's reserve held back) and the pinned host budget?
+static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget) {
+    return gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB <= budget.gpu_gib && gib(plan.host_total) <= budget.host_gib;
+}
+
+// --offload's automatic choice (-1): on only when the plan does not fit the budget without it
+static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.offload < 0) {
+        o.offload = 0;
+        if (!plan_fits(plan_memory(c, o), budget)) o.offload = 1;
+    }
+    return o;
+}
+
+// Estimated seconds of one training step: compute (the model's FLOPs, plus a third for recomputation)
+// and each direction's PCIe copies, at the ASSUMED rates above.
+struct StepEstimate { double compute_s, copy_to_host_s, copy_to_device_s; };
+static inline StepEstimate estimate_step(const MemoryPlan& plan) {
+    double flops = training_flops_per_token(plan.config, plan.options.T) * plan.options.B * plan.options.T;
+    if (plan.options.recompute) flops *= 4.0 / 3.0;
+    return {flops / ASSUMED_FLOPS_PER_S, plan.pcie_to_host / ASSUMED_PCIE_BYTES_PER_S,
+            plan.pcie_to_device / ASSUMED_PCIE_BYTES_PER_S};
 }
 
 // Checks options against the model; returns "" or the problem (naming the flag).
@@ -179,30 +229,42 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     return model_config_problem(c);
 }
 
-// The longest T (with options' B and chunk rules) whose plan fits gpu_mem_gib; 0 if none does.
-static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, double gpu_mem_gib) {
+// The longest T (with options' B, chunk rules and offload, automatic offload resolved at each T) whose
+// plan fits the budget; 0 if none does. Fitting is monotone in T with offload on and with it off, so
+// also with either.
+static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     int lo = 0, hi = 1 << 24;  // 16M tokens: beyond any card here
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
         o.T = mid;
-        if (plan_fits(plan_memory(c, o), gpu_mem_gib)) lo = mid; else hi = mid - 1;
+        if (plan_fits(plan_memory(c, resolve_offload(c, o, budget)), budget)) lo = mid; else hi = mid - 1;
     }
     return lo;
 }
 
-// The plan as a table, beside the standard plan's bytes.
+// The plan as a table, device and host columns beside the standard plan's bytes, then the PCIe traffic
+// and time estimates.
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s, master weights %s, optimizer %s\n",
+           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
-           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward");
-    printf("| %-27s | %-40s | %12s | %12s |\n", "region", "shape (elements x bytes)", "MST GiB", "standard GiB");
-    printf("|-----------------------------|------------------------------------------|--------------|--------------|\n");
+           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward",
+           o.offload == 1 ? "in pinned host memory (--offload 1)" : "on the device");
+    printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
+           "standard GiB");
+    printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");
     for (int r = 0; r < NUM_REGIONS; r++) {
-        printf("| %-27s | %-40s | %12.3f | %12.3f |\n", REGION_NAMES[r], plan.shape[r].c_str(),
-               gib(plan.bytes[r]), gib(standard.bytes[r]));
+        double bytes = gib(plan.bytes[r]);
+        printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", REGION_NAMES[r], plan.shape[r].c_str(),
+               region_on_host(r) ? 0.0 : bytes, region_on_host(r) ? bytes : 0.0, gib(standard.bytes[r]));
     }
-    printf("| %-27s | %-40s | %12.3f | %12.3f |\n", "total", "", gib(plan.total), gib(standard.total));
+    printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
+           gib(standard.total));
+    StepEstimate e = estimate_step(plan);
+    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back; copies ~%.2f s each way at an assumed %.0f GB/s, "
+           "hidden behind ~%.1f s of compute at an assumed %.0f TFLOP/s\n", gib(plan.pcie_to_host),
+           gib(plan.pcie_to_device), std::max(e.copy_to_host_s, e.copy_to_device_s), ASSUMED_PCIE_BYTES_PER_S / 1e9,
+           e.compute_s, ASSUMED_FLOPS_PER_S / 1e12);
 }

@@ -3,6 +3,8 @@
 #include "mst/memory_plan.h"
 #include "tests/test_util.h"
 
+static const MemoryBudget CARD_80 = {80.0, 120.0};  // an 80 GiB card, 120 GiB of pinned host memory
+
 static ModelConfig config_named(const char* name) {
     ModelConfig c;
     if (!find_model_config(name, &c)) { printf("no config %s\n", name); exit(1); }
@@ -35,22 +37,24 @@ static void test_llama3_8b_at_60000() {
     check(plan.options.lmhead_chunks == 15 && plan.lmhead_chunk_tokens == 4000, "8b: LM head 15 x 4000 tokens");
     check(plan.bytes[REGION_LMHEAD_LOGITS] == 4000ull * V * 2, "8b: logits 4000 x V x 2");
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
-    check(plan_fits(plan, 80.0), "8b: T=60000 fits an 80 GB card");
+    check(plan_fits(plan, CARD_80), "8b: T=60000 fits an 80 GB card");
 
     MemoryPlan standard = plan_memory(config_named("llama3-8b"), standard_options(TrainingOptions()));
     check(standard.bytes[REGION_MLP_HIDDEN] == L * T * 3 * F * 2, "8b standard: every layer's MLP hidden");
     check(standard.bytes[REGION_LMHEAD_LOGITS] == T * V * 2, "8b standard: all logits");
-    check(!plan_fits(standard, 80.0), "8b standard: T=60000 does not fit 80 GB");
+    check(!plan_fits(standard, CARD_80), "8b standard: T=60000 does not fit 80 GB");
 }
 
-// Every region sits inside the arena, 256-byte aligned, in order, without overlap.
+// Every region sits inside its arena (device or host), 256-byte aligned, in order, without overlap.
 static void test_regions_are_laid_out(const MemoryPlan& plan, const char* what) {
     bool ok = true;
+    size_t end[2] = {0, 0};  // where the last region of each arena ended
     for (int r = 0; r < NUM_REGIONS; r++) {
-        ok &= plan.offset[r] % 256 == 0;
-        ok &= plan.offset[r] + plan.bytes[r] <= (r + 1 < NUM_REGIONS ? plan.offset[r + 1] : plan.total);
+        bool host = region_on_host(r);
+        ok &= plan.offset[r] % 256 == 0 && plan.offset[r] >= end[host];
+        end[host] = plan.offset[r] + plan.bytes[r];
     }
-    check(ok, what);
+    check(ok && end[0] <= plan.total && end[1] <= plan.host_total, what);
 }
 
 static void test_options() {
@@ -113,14 +117,71 @@ static void test_fixed_size_mini_sequences() {
 static void test_max_T() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
-    int max_T = max_T_that_fits(c, o, 80.0);
+    int max_T = max_T_that_fits(c, o, CARD_80);
     o.T = max_T;
-    bool fits_at = plan_fits(plan_memory(c, o), 80.0);
+    bool fits_at = plan_fits(plan_memory(c, o), CARD_80);
     o.T = max_T + 1;
-    bool fits_after = plan_fits(plan_memory(c, o), 80.0);
+    bool fits_after = plan_fits(plan_memory(c, o), CARD_80);
     check(max_T > 60000 && fits_at && !fits_after, "8b: --max-T is the last T that fits 80 GB, beyond 60000");
-    int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), 80.0);
+    int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), CARD_80);
     check(standard_max_T > 0 && standard_max_T * 8 < max_T, "8b: MST reaches over 8x the standard plan's T");
+}
+
+// --offload: the checkpoints move to pinned host memory, two staging buffers stay on the device.
+// llama3-8b at T = 524288: L x T x C x 2 = 32 x 524288 x 4096 x 2 = 128 GiB on the host, and PCIe carries
+// L inputs to the host and L - 1 back per step.
+static void test_offload() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 524288, C = 4096, L = 32;
+    TrainingOptions o;
+    o.T = (int)T;
+    MemoryPlan kept = plan_memory(c, o);
+    o.offload = 1;
+    MemoryPlan offloaded = plan_memory(c, o);
+    check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
+    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 &&
+          L * T * C * 2 == 128ull << 30, "offload: L x T x C x 2 = 128 GiB pinned on the host");
+    check(kept.host_total == 0 && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: nothing on the host");
+    check(kept.total - offloaded.total == (L + 1 - 2) * T * C * 2, "offload: the device saves (L + 1 - 2) x T x C x 2");
+    check(offloaded.pcie_to_host == L * T * C * 2 && offloaded.pcie_to_device == (L - 1) * T * C * 2 &&
+          kept.pcie_to_host == 0 && kept.pcie_to_device == 0, "offload: PCIe per step L inputs out, L - 1 back");
+    int on_host = 0;
+    for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
+    check(on_host == 1 && region_on_host(REGION_HOST_CHECKPOINTS), "one region in pinned host memory");
+    test_regions_are_laid_out(offloaded, "offload: device and host regions aligned and disjoint");
+    // the estimates: 128 GiB at 50 GB/s is 2.75 s; compute is the model's FLOPs x 4/3 at 400 TFLOP/s
+    StepEstimate e = estimate_step(offloaded);
+    double flops = training_flops_per_token(c, (int)T) * T * 4.0 / 3.0;
+    check(fabs(e.copy_to_host_s - 137438953472.0 / 50e9) < 1e-9 && fabs(e.compute_s - flops / 400e12) < 1e-9,
+          "offload: copy and compute estimates at the assumed rates");
+
+    // automatic (-1): off where the device alone fits, on where only offload fits
+    o.offload = -1;
+    o.T = 60000;
+    check(resolve_offload(c, o, CARD_80).offload == 0, "automatic offload: off at 60000 on 80 GB");
+    o.T = 150000;
+    check(resolve_offload(c, o, CARD_80).offload == 1 && plan_fits(plan_memory(c, resolve_offload(c, o, CARD_80)), CARD_80),
+          "automatic offload: on at 150000 on 80 GB, and then it fits");
+}
+
+// --max-T respects both budgets: on a huge card with offload forced on, the host bounds T at
+// 120 GiB / (L x C x 2) = 128849018880 / 262144 = 491520 tokens exactly; with no host memory to speak of,
+// automatic offload cannot help and the device-only T stands; with both, T goes beyond the device-only T.
+static void test_max_T_both_budgets() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.offload = 1;
+    check(max_T_that_fits(c, o, {1000.0, 120.0}) == 491520, "max-T: 120 GiB of host bounds offloaded 8b at 491520");
+    o.offload = -1;
+    int device_only = max_T_that_fits(c, TrainingOptions(), CARD_80);
+    check(max_T_that_fits(c, o, {80.0, 0.5}) == device_only, "max-T: no host memory, the device-only T");
+    int both = max_T_that_fits(c, o, CARD_80);
+    o.T = both + 1;
+    MemoryPlan on_after = plan_memory(c, [&] { TrainingOptions a = o; a.offload = 1; return a; }());
+    MemoryPlan off_after = plan_memory(c, [&] { TrainingOptions a = o; a.offload = 0; return a; }());
+    check(both > device_only && !plan_fits(on_after, CARD_80) && !plan_fits(off_after, CARD_80),
+          "max-T: automatic offload goes further, and T + 1 fits neither way");
+    printf("llama3-8b max T: %d on 80 GiB alone, %d with 120 GiB of pinned host memory\n", device_only, both);
 }
 
 static void test_problems() {
@@ -142,6 +203,8 @@ int main() {
     test_options();
     test_fixed_size_mini_sequences();
     test_max_T();
+    test_offload();
+    test_max_T_both_budgets();
     test_problems();
     return test_summary();
 }
