@@ -190,14 +190,16 @@ static void carve_arena(Model* m) {
     }
     m->dresidual = (bf16*)region(REGION_RESIDUAL_GRADIENT);
     m->dnorm = m->dresidual + N * C;
-    m->dq = (bf16*)region(REGION_QKV_GRADIENT);
-    m->dk = m->dq + N * Q;
+    // the plan's aliases (memory_plan.h says why each region is dead by then)
+    bool aliased = p.aliased;
+    m->dq = (bf16*)region(aliased ? REGION_ATTENTION_RESIDUAL : REGION_QKV_GRADIENT);
+    m->dk = aliased ? (bf16*)region(REGION_QKV_GRADIENT) : m->dq + N * Q;
     m->dv = m->dk + N * KV;
-    m->dattention_out = m->dv + N * KV;
-    m->attention_scratch = m->dattention_out + N * Q;
+    m->dattention_out = aliased ? (bf16*)region(REGION_MLP_NORM) : m->dv + N * KV;
+    m->attention_scratch = aliased ? (void*)(m->dv + N * KV) : (void*)(m->dattention_out + N * Q);
     m->dgate_up = (bf16*)region(REGION_MLP_HIDDEN_GRADIENT);
     m->dact = m->dgate_up + n_mlp * 2 * F;
-    m->final_norm = (bf16*)region(REGION_FINAL_NORM);
+    m->final_norm = (bf16*)region(aliased ? REGION_ATTENTION_NORM : REGION_FINAL_NORM);
     m->final_rstd = (float*)(m->final_norm + N * C);
     m->logits = (bf16*)region(REGION_LMHEAD_LOGITS);
     m->losses = (float*)region(REGION_LOSSES);

@@ -71,10 +71,11 @@ enum Region {
     REGION_MLP_HIDDEN,        // n_mlp x 3F x 2: gate, up, silu(gate)*up of one mini-sequence
     // backward working buffers
     REGION_RESIDUAL_GRADIENT, // N x C x 2 gradient of the residual stream, N x C x 2 of a norm's output
-    REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta
+    REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta;
+                              // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions)
     REGION_MLP_HIDDEN_GRADIENT, // n_mlp x 3F x 2: gradients of gate, up, and silu(gate)*up
     // LM head and loss
-    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd
+    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the attention norm's)
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
     REGION_LOSSES,            // N x 4 per-token loss
     // small
@@ -104,7 +105,17 @@ struct MemoryPlan {
     size_t total;                // the device arena
     size_t host_total;           // the pinned host arena (0 without offload)
     size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
+    // With recomputation one layer's buffers die at known points, so three buffers live in others' regions:
+    // the final norm (+ rstd) in the attention norm's (the last layer's is dead after forward; layer L-1's
+    // recompute comes after the final norm's backward); in a layer's backward the q gradient in the
+    // attention residual's and the attention-output gradient (dO) in the MLP norm's, both dead once the
+    // post-attention norm's backward has run. Q == C (head_dim = d_model / n_head), so they fit.
+    bool aliased;
 };
+
+static const char* const ALIASES_TEXT =
+    "aliases: final norm in the attention norm's region; q gradient in the attention residual's; attention-output "
+    "gradient in the MLP norm's";
 
 // the one region in pinned host memory; every other is on the device
 static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; }
@@ -164,10 +175,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_MLP_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
     set(REGION_RESIDUAL_GRADIENT, 2 * N * C * 2, "2 x " + s(N) + " x " + s(C) + " x 2");
-    set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
-        s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
+    plan.aliased = o.recompute && Q == C;
+    if (plan.aliased) {
+        set(REGION_QKV_GRADIENT, N * 2 * KV * 2 + N * H * 4, s(N) + " x (" + s(2 * KV) + " x 2 + " + s(H) + " x 4) + 2 aliases");
+    } else {
+        set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
+            s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
+    }
     set(REGION_MLP_HIDDEN_GRADIENT, n_mlp * 3 * F * 2, s(n_mlp) + " x 3 x " + s(F) + " x 2");
-    set(REGION_FINAL_NORM, N * C * 2 + N * 4, s(N) + " x (" + s(C) + " x 2 + 4)");
+    set(REGION_FINAL_NORM, plan.aliased ? 0 : N * C * 2 + N * 4,
+        plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     set(REGION_TOKENS, 2 * N * 4, "2 x " + s(N) + " x 4");
@@ -262,6 +279,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
     }
     printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
            gib(standard.total));
+    if (plan.aliased) printf("%s\n", ALIASES_TEXT);
     StepEstimate e = estimate_step(plan);
     printf("PCIe per step: %.1f GiB to the host, %.1f GiB back; copies ~%.2f s each way at an assumed %.0f GB/s, "
            "hidden behind ~%.1f s of compute at an assumed %.0f TFLOP/s\n", gib(plan.pcie_to_host),

@@ -37,11 +37,19 @@ static void test_llama3_8b_at_60000() {
     check(plan.options.lmhead_chunks == 15 && plan.lmhead_chunk_tokens == 4000, "8b: LM head 15 x 4000 tokens");
     check(plan.bytes[REGION_LMHEAD_LOGITS] == 4000ull * V * 2, "8b: logits 4000 x V x 2");
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
+    // aliases (recomputation): the final norm in the attention norm's region; dq and the attention-output
+    // gradient in the attention residual's and MLP norm's, so the q, k, v gradient region keeps dk, dv
+    // (T x 2 x 1024 x 2) and the attention backward's delta (T x 32 x 4)
+    check(plan.aliased && plan.bytes[REGION_FINAL_NORM] == 0, "8b: the final norm aliases the attention norm");
+    check(plan.bytes[REGION_QKV_GRADIENT] == T * 2 * 1024 * 2 + T * 32 * 4, "8b: q, k, v gradient keeps dk, dv and delta");
     check(plan_fits(plan, CARD_80), "8b: T=60000 fits an 80 GB card");
 
     MemoryPlan standard = plan_memory(config_named("llama3-8b"), standard_options(TrainingOptions()));
     check(standard.bytes[REGION_MLP_HIDDEN] == L * T * 3 * F * 2, "8b standard: every layer's MLP hidden");
     check(standard.bytes[REGION_LMHEAD_LOGITS] == T * V * 2, "8b standard: all logits");
+    check(!standard.aliased && standard.bytes[REGION_FINAL_NORM] == T * C * 2 + T * 4 &&
+          standard.bytes[REGION_QKV_GRADIENT] == T * (4096 + 2 * 1024) * 2 + T * 4096 * 2 + T * 32 * 4,
+          "8b standard (no recomputation): no aliases, every gradient buffer its own");
     check(!plan_fits(standard, CARD_80), "8b standard: T=60000 does not fit 80 GB");
 }
 
