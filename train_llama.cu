@@ -109,7 +109,8 @@ struct Model {
     // events: stored[i] = the copy of a layer input out of staging buffer i has finished, fetched[i] =
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
     char* host_arena;              // null without offload
-    bf16* host_checkpoints;        // L x N x C: layer l's input at l x N x C
+    int offloaded, staged;         // h = plan.options.offload layers' inputs on the host; inputs 0 .. S-1 staged
+    bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
     cudaStream_t copy_stream;
     cudaEvent_t stored[2], fetched[2], compute_point;
 
@@ -152,9 +153,11 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
             at(a.gate_up, b.gate_up), at(a.act, b.act)};
 }
 
-// layer l's input (l = L: the last layer's output); offloaded, staging buffer l % 2 holds it on the device
+// layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
+// buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
 static bf16* layer_input(const Model* m, int l) {
-    return m->layer_inputs + (size_t)(m->host_arena ? l % 2 : l) * m->N * m->config.d_model;
+    size_t buffer = !m->host_arena ? l : l < m->staged ? l % 2 : 2 + (l - m->staged);
+    return m->layer_inputs + buffer * m->N * m->config.d_model;
 }
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
@@ -244,7 +247,9 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
-    m->host_arena = m->plan.options.offload == 1 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
+    m->offloaded = m->plan.options.offload;
+    m->staged = staged_layers(m->offloaded, config.n_layer);
+    m->host_arena = m->offloaded > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -321,12 +326,13 @@ static void nvtx_push(const char* format, int index) {
 
 
 // ----------------------------------------------------------------------------
-// --offload: layer inputs in pinned host memory. Forward: once input l is complete in staging buffer
-// l % 2, the copy stream sends it to the host while layer l computes; layer l writes its output into
-// the other buffer only after that buffer's input (l - 1) has reached the host. Backward: layer l's
-// backward (its input in buffer l % 2) starts by fetching input l - 1 into the other buffer, free since
-// layer l + 1's backward; layer l - 1 waits for it. Layer L - 1's input is still staged from forward.
-// Only events order the two streams: the host never waits per layer.
+// --offload: the inputs of layers 0 .. h-1 in pinned host memory. Forward: once input l is complete in
+// staging buffer l % 2, the copy stream sends it to the host while layer l computes; layer l writes its
+// output into the other buffer only after that buffer's input (l - 1) has reached the host. Backward:
+// layer l's backward (its input in buffer l % 2) starts by fetching input l - 1 into the other buffer,
+// free since layer l + 1's backward; layer l - 1 waits for it. Input h - 1 is still staged from forward
+// (h = L: with the last output in the other buffer). Only events order the two streams: the host never
+// waits per layer.
 
 // the copy stream waits until the compute stream has reached this point
 static void copy_stream_waits_for_compute(Model* m) {
@@ -334,31 +340,30 @@ static void copy_stream_waits_for_compute(Model* m) {
     CUDA_CHECK(cudaStreamWaitEvent(m->copy_stream, m->compute_point, 0));
 }
 
-// input l (l < L) is complete: copy it to the host
+static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints + (size_t)l * m->N * m->config.d_model; }
+
+// input l is complete: an offloaded layer's goes to the host
 static void offload_store(Model* m, int l) {
-    if (!m->host_arena || l >= m->config.n_layer) return;
-    size_t bytes = (size_t)m->N * m->config.d_model * 2;
+    if (l >= m->offloaded) return;
     copy_stream_waits_for_compute(m);
-    CUDA_CHECK(cudaMemcpyAsync(m->host_checkpoints + (size_t)l * m->N * m->config.d_model, layer_input(m, l), bytes,
+    CUDA_CHECK(cudaMemcpyAsync(host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
                                cudaMemcpyDeviceToHost, m->copy_stream));
     CUDA_CHECK(cudaEventRecord(m->stored[l % 2], m->copy_stream));
 }
 
-// before layer l's forward writes its output into buffer (l + 1) % 2: input l - 1 there has left
+// before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
 static void offload_before_output(Model* m, int l) {
-    if (m->host_arena) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
+    if (l + 1 < m->staged) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
 }
 
-// layer l's backward begins: fetch input l - 1 into buffer (l - 1) % 2 (after layer l's own input has
-// arrived, for l < L - 1)
+// layer l's backward begins: it waits for its own input (fetched, for l < h - 1), then fetches input l - 1
+// (offloaded, l < h) into buffer (l - 1) % 2
 static void offload_before_backward(Model* m, int l) {
-    if (!m->host_arena) return;
-    if (l < m->config.n_layer - 1) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
-    if (l == 0) return;
-    size_t bytes = (size_t)m->N * m->config.d_model * 2;
+    if (l < m->offloaded - 1) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+    if (l == 0 || l >= m->offloaded) return;
     copy_stream_waits_for_compute(m);
-    CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), m->host_checkpoints + (size_t)(l - 1) * m->N * m->config.d_model,
-                               bytes, cudaMemcpyHostToDevice, m->copy_stream));
+    CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
+                               cudaMemcpyHostToDevice, m->copy_stream));
     CUDA_CHECK(cudaEventRecord(m->fetched[(l - 1) % 2], m->copy_stream));
 }
 
@@ -926,7 +931,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--seed") cl.seed = (uint64_t)parse_integer(f, value, 0, LLONG_MAX, "a non-negative integer");
         else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_number(f, value, true);
         else if (flag == "--host-mem") cl.host_mem_gib = parse_number(f, value, true);
-        else if (flag == "--offload") o.offload = parse_bool(f, value) ? 1 : 0;
+        else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "-o") cl.checkpoint_dir = value;
         else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
@@ -1014,7 +1019,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.bf16_optimizer_state, "-a bf16", [](TrainingOptions& a) { a.bf16_optimizer_state = true; });
     consider(!o.master_weights, "-w 0", [](TrainingOptions& a) { a.master_weights = false; });
     consider(o.fused_optimizer, "-f 1", [](TrainingOptions& a) { a.fused_optimizer = true; });
-    consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = 1; });
+    consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
         MemoryPlan plan = plan_memory(c, resolve_offload(c, options, budget));
@@ -1039,9 +1044,12 @@ static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, con
     return text + settings_that_fit(c, o, budget);
 }
 
-// " (--offload turned on: the plan needs it)" when the automatic choice turned offload on
-static const char* turned_on(const TrainingOptions& given, const TrainingOptions& resolved) {
-    return given.offload < 0 && resolved.offload == 1 ? " (--offload turned on: the plan needs it)" : "";
+// " (--offload turned on for layers 0-9: the plan needs it)" when the automatic choice offloaded layers
+static std::string turned_on(const ModelConfig& c, const TrainingOptions& given, const TrainingOptions& resolved) {
+    int h = std::min(resolved.offload, c.n_layer);
+    if (given.offload >= 0 || h <= 0) return "";
+    return " (--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
+                                          "layers 0-" + std::to_string(h - 1)) + ": the plan needs it)";
 }
 
 // --dry-run and --max-T: the plan on paper
@@ -1055,7 +1063,7 @@ static void print_plan_on_paper(const CommandLine& cl) {
         if (plan_fits(plan, budget)) {
             printf("MST plan: fits %s (%.1f GiB planned + %.1f GiB CUDA context, %.1f GiB pinned)%s\n",
                    budget_text(budget).c_str(), gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gib(plan.host_total),
-                   turned_on(cl.options, options));
+                   turned_on(cl.config, cl.options, options).c_str());
         } else {
             printf("MST plan: does not fit %s: %s\n", budget_text(budget).c_str(), shortfall(cl.config, cl.options, budget).c_str());
         }
@@ -1069,7 +1077,7 @@ static void print_plan_on_paper(const CommandLine& cl) {
         at_longest.T = std::max(1, longest);
         printf("longest T on %s (B=%d): %d with these options%s, %d standard (-m 1 -M 1 -r 0 --offload 0)\n",
                budget_text(budget).c_str(), cl.options.B, longest,
-               turned_on(cl.options, resolve_offload(cl.config, at_longest, budget)),
+               turned_on(cl.config, cl.options, resolve_offload(cl.config, at_longest, budget)).c_str(),
                max_T_that_fits(cl.config, standard_options(cl.options), budget));
     }
 }

@@ -36,9 +36,12 @@ struct TrainingOptions {
     bool bf16_optimizer_state = true;  // AdamW m and v in bf16 (stochastic rounding) instead of fp32
     bool master_weights = false; // fp32 master copy of the weights
     bool fused_optimizer = true; // update each layer as soon as its gradients are complete
-    int offload = 0;             // --offload: layer checkpoints in pinned host memory; 1 on, 0 off, -1 automatic
-                                 // (on when the plan needs it to fit: resolve_offload(), before planning)
+    int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
+                                 // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
+                                 // fewest layers that make the plan fit (resolve_offload(), before planning)
 };
+
+static const int OFFLOAD_ALL = 1 << 30;
 
 // What a plan may use: the card (less the CUDA context's reserve) and pinned host memory.
 struct MemoryBudget {
@@ -60,8 +63,8 @@ enum Region {
     REGION_GRADIENTS,         // fused: one tensor group at a time; else P x 4
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
-                              // offloaded: 2 x N x C x 2 staging, layer l's input in buffer l % 2
-    REGION_HOST_CHECKPOINTS,  // pinned host, offloaded: L x N x C x 2, each layer's input; else nothing
+                              // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
+    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: h x N x C x 2, layers 0 .. h-1's inputs
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -120,6 +123,17 @@ static const char* const ALIASES_TEXT =
 // the one region in pinned host memory; every other is on the device
 static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; }
 
+// With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
+// buffer l % 2), S = h, or L + 1 when h = L (the last output is staged too, as nothing is copied after it)
+static inline int staged_layers(int h, int L) { return h == L ? L + 1 : h; }
+
+// "on the device", "in pinned host memory (all 32 layers)", "layers 0-9 in pinned host memory, the rest on the device"
+static inline std::string offload_text(int h, int L) {
+    if (h <= 0) return "on the device";
+    if (h >= L) return "in pinned host memory (all " + std::to_string(L) + " layers)";
+    return "layers 0-" + std::to_string(h - 1) + " in pinned host memory, the rest on the device";
+}
+
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
 // regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
@@ -139,7 +153,6 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
     size_t n_mlp = mini_sequence_length((int)N, o.mlp_chunks);
     size_t n_lm = mini_sequence_length((int)N, o.lmhead_chunks);
-    plan.options = o;
     plan.mlp_chunk_tokens = (int)n_mlp;
     plan.lmhead_chunk_tokens = (int)n_lm;
     // without recomputation every layer keeps its own activations for backward
@@ -160,14 +173,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
-    // offloaded, the device stages two layer inputs (the one in use, the one in flight); forward copies
-    // inputs 0 .. L-1 to the host, backward fetches L-2 .. 0 back (L-1's is still staged)
-    bool offload = o.offload == 1;
-    size_t staged = offload ? 2 : L + 1;
-    set(REGION_LAYER_INPUTS, staged * N * C * 2, s(staged) + " x " + s(N) + " x " + s(C) + " x 2");
-    set(REGION_HOST_CHECKPOINTS, offload ? L * N * C * 2 : 0, offload ? s(L) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
-    plan.pcie_to_host = offload ? L * N * C * 2 : 0;
-    plan.pcie_to_device = offload ? (L - 1) * N * C * 2 : 0;
+    // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
+    // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. h-1 to the host,
+    // backward fetches h-2 .. 0 back (h-1's is still staged)
+    size_t h = std::min((size_t)std::max(o.offload, 0), L);
+    o.offload = (int)h;
+    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
+    set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
+    set(REGION_HOST_CHECKPOINTS, h * N * C * 2, h > 0 ? s(h) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
+    plan.pcie_to_host = h * N * C * 2;
+    plan.pcie_to_device = h > 0 ? (h - 1) * N * C * 2 : 0;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
     set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
@@ -176,6 +191,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
     set(REGION_RESIDUAL_GRADIENT, 2 * N * C * 2, "2 x " + s(N) + " x " + s(C) + " x 2");
     plan.aliased = o.recompute && Q == C;
+    plan.options = o;
     if (plan.aliased) {
         set(REGION_QKV_GRADIENT, N * 2 * KV * 2 + N * H * 4, s(N) + " x (" + s(2 * KV) + " x 2 + " + s(H) + " x 4) + 2 aliases");
     } else {
@@ -217,12 +233,15 @@ static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget)
     return gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB <= budget.gpu_gib && gib(plan.host_total) <= budget.host_gib;
 }
 
-// --offload's automatic choice (-1): on only when the plan does not fit the budget without it
+// --offload's automatic choice (-1): none when the plan fits without, else the fewest layers (the least
+// PCIe traffic) that make it fit, else all (the plan that misses by least on the device)
 static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
-    if (o.offload < 0) {
-        o.offload = 0;
-        if (!plan_fits(plan_memory(c, o), budget)) o.offload = 1;
+    if (o.offload >= 0) return o;
+    for (int h = 0; h <= c.n_layer; h++) {
+        o.offload = h;
+        if (plan_fits(plan_memory(c, o), budget)) return o;
     }
+    o.offload = OFFLOAD_ALL;
     return o;
 }
 
@@ -268,7 +287,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward",
-           o.offload == 1 ? "in pinned host memory (--offload 1)" : "on the device");
+           offload_text(o.offload, plan.config.n_layer).c_str());
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
     printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");

@@ -144,7 +144,7 @@ static void test_offload() {
     TrainingOptions o;
     o.T = (int)T;
     MemoryPlan kept = plan_memory(c, o);
-    o.offload = 1;
+    o.offload = OFFLOAD_ALL;  // --offload 1
     MemoryPlan offloaded = plan_memory(c, o);
     check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
     check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 &&
@@ -163,13 +163,26 @@ static void test_offload() {
     check(fabs(e.copy_to_host_s - 137438953472.0 / 50e9) < 1e-9 && fabs(e.compute_s - flops / 400e12) < 1e-9,
           "offload: copy and compute estimates at the assumed rates");
 
-    // automatic (-1): off where the device alone fits, on where only offload fits
+    check(offloaded.options.offload == (int)L, "offload: --offload 1 is all L layers");
+
+    // 10 of 32 layers offloaded: inputs 0-9 staged through 2 buffers, inputs 10 .. 32 (23) on the device
+    o.offload = 10;
+    MemoryPlan partial = plan_memory(c, o);
+    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 10 * T * C * 2 &&
+          partial.pcie_to_host == 10 * T * C * 2 && partial.pcie_to_device == 9 * T * C * 2,
+          "offload 10 layers: 2 staging + 23 device inputs, 10 on the host, 10 out and 9 back per step");
+
+    // automatic (-1): none where the device alone fits, else the fewest layers that fit
     o.offload = -1;
     o.T = 60000;
-    check(resolve_offload(c, o, CARD_80).offload == 0, "automatic offload: off at 60000 on 80 GB");
+    check(resolve_offload(c, o, CARD_80).offload == 0, "automatic offload: none at 60000 on 80 GB");
     o.T = 150000;
-    check(resolve_offload(c, o, CARD_80).offload == 1 && plan_fits(plan_memory(c, resolve_offload(c, o, CARD_80)), CARD_80),
-          "automatic offload: on at 150000 on 80 GB, and then it fits");
+    int h = resolve_offload(c, o, CARD_80).offload;
+    TrainingOptions fewer = o;
+    fewer.offload = h - 1;
+    check(h > 0 && h < (int)L && plan_fits(plan_memory(c, resolve_offload(c, o, CARD_80)), CARD_80) &&
+          !plan_fits(plan_memory(c, fewer), CARD_80), "automatic offload at 150000 on 80 GB: the fewest layers that fit");
+    printf("llama3-8b at T=150000 on 80 GiB: %d layers offloaded\n", h);
 }
 
 // --max-T respects both budgets: on a huge card with offload forced on, the host bounds T at
@@ -178,18 +191,25 @@ static void test_offload() {
 static void test_max_T_both_budgets() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
-    o.offload = 1;
+    o.offload = OFFLOAD_ALL;
     check(max_T_that_fits(c, o, {1000.0, 120.0}) == 491520, "max-T: 120 GiB of host bounds offloaded 8b at 491520");
     o.offload = -1;
     int device_only = max_T_that_fits(c, TrainingOptions(), CARD_80);
     check(max_T_that_fits(c, o, {80.0, 0.5}) == device_only, "max-T: no host memory, the device-only T");
     int both = max_T_that_fits(c, o, CARD_80);
     o.T = both + 1;
-    MemoryPlan on_after = plan_memory(c, [&] { TrainingOptions a = o; a.offload = 1; return a; }());
-    MemoryPlan off_after = plan_memory(c, [&] { TrainingOptions a = o; a.offload = 0; return a; }());
-    check(both > device_only && !plan_fits(on_after, CARD_80) && !plan_fits(off_after, CARD_80),
-          "max-T: automatic offload goes further, and T + 1 fits neither way");
-    printf("llama3-8b max T: %d on 80 GiB alone, %d with 120 GiB of pinned host memory\n", device_only, both);
+    bool any_fits_after = false;
+    for (int layers = 0; layers <= (int)c.n_layer; layers++) {
+        TrainingOptions a = o;
+        a.offload = layers;
+        any_fits_after |= plan_fits(plan_memory(c, a), CARD_80);
+    }
+    check(both > device_only && !any_fits_after, "max-T: automatic offload goes further, and T + 1 fits with no layer count");
+    // an H200: the device has room to keep some inputs, so a partial offload goes past the host's 491520
+    int h200 = max_T_that_fits(c, o, {139.0, 120.0});
+    check(h200 > 491520, "max-T: 139 GiB + 120 GiB host passes 491520 by keeping some inputs on the device");
+    printf("llama3-8b max T: %d on 80 GiB alone, %d with 120 GiB of pinned host memory, %d on 139 GiB with it\n",
+           device_only, both, h200);
 }
 
 static void test_problems() {
