@@ -109,7 +109,7 @@ struct Model {
     // events: stored[i] = the copy of a layer input out of staging buffer i has finished, fetched[i] =
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
     char* host_arena;              // null without offload
-    int offloaded, staged;         // h = plan.options.offload layers' inputs on the host; inputs 0 .. S-1 staged
+    OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
     bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
     cudaStream_t copy_stream;
     cudaEvent_t stored[2], fetched[2], compute_point;
@@ -156,8 +156,7 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
 // layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
 // buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
 static bf16* layer_input(const Model* m, int l) {
-    size_t buffer = !m->host_arena ? l : l < m->staged ? l % 2 : 2 + (l - m->staged);
-    return m->layer_inputs + buffer * m->N * m->config.d_model;
+    return m->layer_inputs + (size_t)m->offload.buffer(l) * m->N * m->config.d_model;
 }
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
@@ -247,9 +246,8 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
-    m->offloaded = m->plan.options.offload;
-    m->staged = staged_layers(m->offloaded, config.n_layer);
-    m->host_arena = m->offloaded > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
+    m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
+    m->host_arena = m->offload.h > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -344,7 +342,7 @@ static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints
 
 // input l is complete: an offloaded layer's goes to the host
 static void offload_store(Model* m, int l) {
-    if (l >= m->offloaded) return;
+    if (!m->offload.stores(l)) return;
     copy_stream_waits_for_compute(m);
     CUDA_CHECK(cudaMemcpyAsync(host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
                                cudaMemcpyDeviceToHost, m->copy_stream));
@@ -353,14 +351,14 @@ static void offload_store(Model* m, int l) {
 
 // before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
 static void offload_before_output(Model* m, int l) {
-    if (l + 1 < m->staged) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
+    if (m->offload.output_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
 }
 
 // layer l's backward begins: it waits for its own input (fetched, for l < h - 1), then fetches input l - 1
 // (offloaded, l < h) into buffer (l - 1) % 2
 static void offload_before_backward(Model* m, int l) {
-    if (l < m->offloaded - 1) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
-    if (l == 0 || l >= m->offloaded) return;
+    if (m->offload.backward_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+    if (!m->offload.fetches_previous(l)) return;
     copy_stream_waits_for_compute(m);
     CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
                                cudaMemcpyHostToDevice, m->copy_stream));

@@ -125,7 +125,20 @@ static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; 
 
 // With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
 // buffer l % 2), S = h, or L + 1 when h = L (the last output is staged too, as nothing is copied after it)
-static inline int staged_layers(int h, int L) { return h == L ? L + 1 : h; }
+static inline int staged_layers(int h, int L) { return h > 0 && h == L ? L + 1 : h; }
+
+// The offload schedule's index math, shared by train_llama.cu's offload_* functions and the walk through
+// it in test_memory_plan (h layers offloaded of L; the trainer's streams and events do the rest).
+struct OffloadSchedule {
+    int h, L, S;  // S = staged_layers(h, L)
+    OffloadSchedule(int offloaded = 0, int layers = 0) : h(offloaded), L(layers), S(staged_layers(offloaded, layers)) {}
+    // layer input l's buffer in the layer-inputs region: staged ones in l % 2, the others 2, 3, ...
+    int buffer(int l) const { return h <= 0 ? l : l < S ? l % 2 : 2 + (l - S); }
+    bool stores(int l) const { return l < h; }                  // forward copies input l to the host
+    bool output_waits(int l) const { return l + 1 < S; }        // layer l's output overwrites a staged input
+    bool backward_waits(int l) const { return l < h - 1; }      // layer l's input was fetched back
+    bool fetches_previous(int l) const { return l >= 1 && l < h; }  // layer l's backward fetches input l - 1
+};
 
 // "on the device", "in pinned host memory (all 32 layers)", "layers 0-9 in pinned host memory, the rest on the device"
 static inline std::string offload_text(int h, int L) {

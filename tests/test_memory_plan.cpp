@@ -212,6 +212,80 @@ static void test_max_T_both_budgets() {
            device_only, both, h200);
 }
 
+// The offload schedule walked on the CPU for L = 1 .. 7 layers and every h = 0 .. L, two training steps
+// and a forward-only pass between them (validation), as the trainer's streams run it: a buffer written
+// while a copy out of it may still run (no wait on its event) is an error, as is a layer reading a buffer
+// that does not hold its input, a fetch into the buffer in use or over a device-only input still needed,
+// and a host copy holding the wrong layer. The staging is what the plan counts: at most 2 + L + 1 - S.
+static void test_offload_schedule() {
+    bool ok = true;
+    std::string first_problem;
+    auto fail = [&](int L, int h, const char* what) {
+        if (ok) first_problem = "L=" + std::to_string(L) + " h=" + std::to_string(h) + ": " + what;
+        ok = false;
+    };
+    for (int L = 1; L <= 7; L++) {
+        for (int h = 0; h <= L; h++) {
+            OffloadSchedule o(h, L);
+            int buffers = h > 0 ? 2 + (L + 1 - o.S) : L + 1;
+            std::vector<int> holds(buffers, -1), host(L, -1);
+            std::vector<bool> copy_out(buffers, false), copy_in(buffers, false);  // copies in flight
+            auto write = [&](int b, int layer) {
+                if (b < 0 || b >= buffers) return fail(L, h, "buffer outside the region");
+                if (copy_out[b] || copy_in[b]) fail(L, h, "a buffer written while a copy of it runs");
+                holds[b] = layer;
+            };
+            auto store = [&](int l) {  // forward's copy of input l to the host
+                if (!o.stores(l)) return;
+                if (holds[o.buffer(l)] != l) fail(L, h, "the host copy is of the wrong input");
+                host[l] = holds[o.buffer(l)];
+                copy_out[o.buffer(l)] = true;
+            };
+            auto forward = [&]() {
+                std::fill(copy_out.begin(), copy_out.end(), false);  // model_forward waits on both stored events
+                write(o.buffer(0), 0);
+                store(0);
+                for (int l = 0; l < L; l++) {
+                    if (holds[o.buffer(l)] != l) fail(L, h, "forward reads the wrong input");
+                    if (o.output_waits(l)) copy_out[o.buffer(l + 1)] = false;  // waits on stored[(l + 1) % 2]
+                    write(o.buffer(l + 1), l + 1);
+                    store(l + 1);
+                }
+                if (holds[o.buffer(L)] != L) fail(L, h, "the final norm reads the wrong output");
+            };
+            auto backward = [&]() {
+                for (int l = L - 1; l >= 0; l--) {
+                    int b = o.buffer(l);
+                    if (o.backward_waits(l)) copy_in[b] = false;  // waits on fetched[l % 2]
+                    if (copy_in[b] || holds[b] != l) fail(L, h, "backward reads an input not (yet) there");
+                    if (o.fetches_previous(l)) {
+                        int target = o.buffer(l - 1);
+                        if (target == b) fail(L, h, "a fetch into the buffer in use");
+                        if (holds[target] >= h && holds[target] < l) fail(L, h, "a fetch over a device-only input");
+                        copy_out[target] = false;  // the copy stream runs in order: copies out of it are done
+                        if (host[l - 1] != l - 1) fail(L, h, "the host holds the wrong input");
+                        holds[target] = host[l - 1];
+                        copy_in[target] = true;
+                    }
+                }
+                std::fill(copy_in.begin(), copy_in.end(), false);
+            };
+            forward(); backward();
+            forward();  // validation: forward only
+            forward(); backward();
+            if (L == 2) {  // test-tiny has 2 layers: the plan's region holds these buffers (T = 100, C = 128)
+                TrainingOptions t;
+                t.T = 100;
+                t.offload = h;
+                if (plan_memory(config_named("test-tiny"), t).bytes[REGION_LAYER_INPUTS] != (size_t)buffers * 100 * 128 * 2)
+                    fail(L, h, "the plan's layer-inputs region is not the schedule's buffers");
+            }
+        }
+    }
+    if (!ok) printf("offload schedule: %s\n", first_problem.c_str());
+    check(ok, "offload schedule: every buffer holds what each step reads, no write under a running copy");
+}
+
 static void test_problems() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
@@ -233,6 +307,7 @@ int main() {
     test_max_T();
     test_offload();
     test_max_T_both_budgets();
+    test_offload_schedule();
     test_problems();
     return test_summary();
 }
