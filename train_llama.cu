@@ -828,7 +828,7 @@ static void print_usage() {
 "  --host-mem GIB  pinned host memory the plan may use (default: the machine's less a quarter; 120 in a dry run)\n"
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
 "  --dry-run       print the memory plan beside the standard plan and whether it fits; no GPU used\n"
-"  --max-T         print the longest T that fits --gpu-mem, with these options and the standard ones\n"
+"  --max-T         print the longest T that fits --gpu-mem and --host-mem, with these options and the standard ones\n"
 "  -h, --help      this text\n",
         DEFAULT_TRAIN_SHARDS, DEFAULT_VAL_SHARDS, model_config_names().c_str());
 }
