@@ -230,6 +230,46 @@ static void test_determinism_and_no_allocation() {
     bitwise_equal("weights of two runs", weights[0].data(), weights[1].data(), weights[0].size() * 2);
 }
 
+// --offload: layer checkpoints in pinned host memory, copied on their own stream, against the same
+// model keeping them on the device: losses (a forward-only loss between steps included, as validation
+// does) and weights bitwise equal; one pinned allocation made at start-up and none after. test-2layer
+// with 5 layers, so the staging buffers' parity and the prefetch chain run past their first round;
+// all 5 layers offloaded, and 3 (inputs 3, 4 and the output keep device buffers).
+static void test_offload() {
+    printf("layer checkpoints offloaded to pinned host memory (test-2layer with 5 layers, T=1024, 3 steps):\n");
+    ModelConfig c = config_named("test-2layer");
+    c.n_layer = 5;
+    const int steps = 3;
+    const int offloads[3] = {0, OFFLOAD_ALL, 3};
+    std::vector<int> inputs(1024), targets(1024);
+    std::vector<float> losses[3];
+    std::vector<bf16> weights[3];
+    for (int run = 0; run < 3; run++) {
+        int offload = run > 0;
+        TrainingOptions o;
+        o.T = 1024;
+        o.offload = offloads[run];
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 42);
+        model_init_random(&m);
+        check(host_allocations == offload, offload ? "offload: one pinned host allocation" : "no offload: no pinned host memory");
+        for (int step = 0; step < steps; step++) {
+            random_batch(inputs.data(), targets.data(), 1, o.T, c.vocab_size, 42, step);
+            float norm;
+            losses[run].push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            losses[run].push_back(model_loss(&m, inputs.data(), targets.data()));
+        }
+        if (offload) check(host_allocations == 1 && device_allocations == 1, "offload: still one allocation of each after the steps");
+        weights[run].resize(m.layout.total);
+        CUDA_CHECK(cudaMemcpy(weights[run].data(), m.params, weights[run].size() * 2, cudaMemcpyDeviceToHost));
+        model_free(&m);
+    }
+    bitwise_equal("offload of all 5 layers vs none: losses", losses[0].data(), losses[1].data(), losses[0].size() * 4);
+    bitwise_equal("offload of all 5 layers vs none: weights", weights[0].data(), weights[1].data(), weights[0].size() * 2);
+    bitwise_equal("offload of 3 layers vs none: losses", losses[0].data(), losses[2].data(), losses[0].size() * 4);
+    bitwise_equal("offload of 3 layers vs none: weights", weights[0].data(), weights[2].data(), weights[0].size() * 2);
+}
+
 // A 2-layer model with Llama 3's vocabulary at T = 4096 with the default mini-sequences and
 // recomputation, against the CPU reference (fp32) on the same bf16-rounded weights and tokens.
 static void test_against_cpu_reference() {
@@ -350,7 +390,7 @@ static void test_hugging_face_in_and_out(const Golden& g) {
 
 int main() {
     const char* tests[] = {"golden gradients", "golden training", "mini-sequences and recomputation",
-                           "fused optimizer", "determinism and no allocation", "test-2layer vs CPU reference", "resume",
+                           "fused optimizer", "determinism and no allocation", "offload", "test-2layer vs CPU reference", "resume",
                            "Hugging Face in and out"};
     int devices = 0;
     if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) {
@@ -365,6 +405,7 @@ int main() {
     test_mini_sequences_and_recomputation(golden);
     test_fused_optimizer(golden);
     test_determinism_and_no_allocation();
+    test_offload();
     test_against_cpu_reference();
     test_resume();
     test_hugging_face_in_and_out(golden);

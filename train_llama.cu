@@ -10,7 +10,9 @@
 // complete, so no full-model gradient exists.
 //
 // Memory: memory_plan.h says every byte. One cudaMalloc of plan.total at start-up, carved into the
-// plan's regions; nothing is allocated afterwards (device_allocations counts, test_llama checks).
+// plan's regions, and with --offload one cudaHostAlloc of plan.host_total (pinned) for the layer
+// checkpoints; nothing is allocated afterwards (device_allocations and host_allocations count, test_llama
+// checks).
 //
 // Checkpoints (-o, -k, -y), Hugging Face weights in and out (-e DIR, --export) and samples (-g, -s) work
 // on host copies of the arena's buffers (checkpoint.h, hf_io.h, generate.h). A checkpoint holds all
@@ -53,11 +55,24 @@
 // the arena: the program's one device allocation
 
 static int device_allocations = 0;  // 1 after start-up, and still 1 after any number of steps
+static int host_allocations = 0;    // pinned: 1 after start-up with --offload, else 0
 
 static char* device_malloc_counted(size_t bytes) {
     void* p;
     CUDA_CHECK(cudaMalloc(&p, bytes));
     device_allocations++;
+    return (char*)p;
+}
+
+static char* host_malloc_pinned_counted(size_t bytes) {
+    void* p;
+    cudaError_t error = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
+    if (error != cudaSuccess) {
+        fprintf(stderr, "error: --offload: cannot pin %.1f GiB of host memory for the layer checkpoints (%s); "
+                "give --host-mem what the machine can pin, or --offload 0\n", gib(bytes), cudaGetErrorString(error));
+        exit(1);
+    }
+    host_allocations++;
     return (char*)p;
 }
 
@@ -90,6 +105,14 @@ struct Model {
     cudaStream_t stream;
     cublasLtHandle_t cublaslt;
     char* arena;
+    // --offload: the layer checkpoints in pinned host memory, copied on their own stream and ordered by
+    // events: stored[i] = the copy of a layer input out of staging buffer i has finished, fetched[i] =
+    // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
+    char* host_arena;              // null without offload
+    OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
+    bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
+    cudaStream_t copy_stream;
+    cudaEvent_t stored[2], fetched[2], compute_point;
 
     // persistent
     bf16* params;
@@ -130,7 +153,11 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
             at(a.gate_up, b.gate_up), at(a.act, b.act)};
 }
 
-static bf16* layer_input(const Model* m, int l) { return m->layer_inputs + (size_t)l * m->N * m->config.d_model; }
+// layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
+// buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
+static bf16* layer_input(const Model* m, int l) {
+    return m->layer_inputs + (size_t)m->offload.buffer(l) * m->N * m->config.d_model;
+}
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
 // recomputation) the layers' copies of a tensor come one after another, so every pointer stays aligned.
@@ -146,6 +173,7 @@ static void carve_arena(Model* m) {
     m->adam_v = region(REGION_ADAM_V);
     m->grads = (float*)region(REGION_GRADIENTS);
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
+    m->host_checkpoints = m->host_arena ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
         LayerActivationsGPU& a = m->layer_acts[slot];
@@ -164,14 +192,16 @@ static void carve_arena(Model* m) {
     }
     m->dresidual = (bf16*)region(REGION_RESIDUAL_GRADIENT);
     m->dnorm = m->dresidual + N * C;
-    m->dq = (bf16*)region(REGION_QKV_GRADIENT);
-    m->dk = m->dq + N * Q;
+    // the plan's aliases (memory_plan.h says why each region is dead by then)
+    bool aliased = p.aliased;
+    m->dq = (bf16*)region(aliased ? REGION_ATTENTION_RESIDUAL : REGION_QKV_GRADIENT);
+    m->dk = aliased ? (bf16*)region(REGION_QKV_GRADIENT) : m->dq + N * Q;
     m->dv = m->dk + N * KV;
-    m->dattention_out = m->dv + N * KV;
-    m->attention_scratch = m->dattention_out + N * Q;
+    m->dattention_out = aliased ? (bf16*)region(REGION_MLP_NORM) : m->dv + N * KV;
+    m->attention_scratch = aliased ? (void*)(m->dv + N * KV) : (void*)(m->dattention_out + N * Q);
     m->dgate_up = (bf16*)region(REGION_MLP_HIDDEN_GRADIENT);
     m->dact = m->dgate_up + n_mlp * 2 * F;
-    m->final_norm = (bf16*)region(REGION_FINAL_NORM);
+    m->final_norm = (bf16*)region(aliased ? REGION_ATTENTION_NORM : REGION_FINAL_NORM);
     m->final_rstd = (float*)(m->final_norm + N * C);
     m->logits = (bf16*)region(REGION_LMHEAD_LOGITS);
     m->losses = (float*)region(REGION_LOSSES);
@@ -216,6 +246,11 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
+    m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
+    m->host_arena = m->offload.h > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
+    CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
+    for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
+        CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     carve_arena(m);
     std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
     rope_tables(config, m->T, cos_table.data(), sin_table.data());
@@ -228,8 +263,16 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
 }
 
 static void model_free(Model* m) {
+    CUDA_CHECK(cudaDeviceSynchronize());
     CUDA_CHECK(cudaFree(m->arena));
     device_allocations--;
+    if (m->host_arena) {
+        CUDA_CHECK(cudaFreeHost(m->host_arena));
+        host_allocations--;
+    }
+    for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point})
+        CUDA_CHECK(cudaEventDestroy(e));
+    CUDA_CHECK(cudaStreamDestroy(m->copy_stream));
     CUBLAS_CHECK(cublasLtDestroy(m->cublaslt));
     CUDA_CHECK(cudaStreamDestroy(m->stream));
 }
@@ -280,6 +323,48 @@ static void nvtx_push(const char* format, int index) {
 }
 
 
+// ----------------------------------------------------------------------------
+// --offload: the inputs of layers 0 .. h-1 in pinned host memory. Forward: once input l is complete in
+// staging buffer l % 2, the copy stream sends it to the host while layer l computes; layer l writes its
+// output into the other buffer only after that buffer's input (l - 1) has reached the host. Backward:
+// layer l's backward (its input in buffer l % 2) starts by fetching input l - 1 into the other buffer,
+// free since layer l + 1's backward; layer l - 1 waits for it. Input h - 1 is still staged from forward
+// (h = L: with the last output in the other buffer). Only events order the two streams: the host never
+// waits per layer.
+
+// the copy stream waits until the compute stream has reached this point
+static void copy_stream_waits_for_compute(Model* m) {
+    CUDA_CHECK(cudaEventRecord(m->compute_point, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(m->copy_stream, m->compute_point, 0));
+}
+
+static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints + (size_t)l * m->N * m->config.d_model; }
+
+// input l is complete: an offloaded layer's goes to the host
+static void offload_store(Model* m, int l) {
+    if (!m->offload.stores(l)) return;
+    copy_stream_waits_for_compute(m);
+    CUDA_CHECK(cudaMemcpyAsync(host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
+                               cudaMemcpyDeviceToHost, m->copy_stream));
+    CUDA_CHECK(cudaEventRecord(m->stored[l % 2], m->copy_stream));
+}
+
+// before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
+static void offload_before_output(Model* m, int l) {
+    if (m->offload.output_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
+}
+
+// layer l's backward begins: it waits for its own input (fetched, for l < h - 1), then fetches input l - 1
+// (offloaded, l < h) into buffer (l - 1) % 2
+static void offload_before_backward(Model* m, int l) {
+    if (m->offload.backward_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+    if (!m->offload.fetches_previous(l)) return;
+    copy_stream_waits_for_compute(m);
+    CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
+                               cudaMemcpyHostToDevice, m->copy_stream));
+    CUDA_CHECK(cudaEventRecord(m->fetched[(l - 1) % 2], m->copy_stream));
+}
+
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
 // weights (2F x C) gives rows [gate | up]; then act = silu(gate) * up
 static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGPU& a, int start, int n) {
@@ -313,6 +398,7 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
     rmsnorm_forward(a.mlp_norm, a.mlp_rstd, a.attention_residual, w + o.post_attention_norm, N, C, c.norm_eps, s);
     if (with_mlp) {
         bf16* out = layer_input(m, l + 1);
+        offload_before_output(m, l);
         CUDA_CHECK(cudaMemcpyAsync(out, a.attention_residual, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
         int mlp_chunk_tokens = m->plan.mlp_chunk_tokens;
         for (int start = 0; start < N; start += mlp_chunk_tokens) {
@@ -322,6 +408,7 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
             matmul_forward(out + (size_t)start * C, a.act, w + o.down, n, F, C, true, s);
             nvtxRangePop();
         }
+        offload_store(m, l + 1);
     }
     nvtxRangePop();
 }
@@ -329,7 +416,12 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
 // embedding, the layers, the final norm (the LM head's input)
 static void model_forward(Model* m) {
     int C = m->config.d_model;
+    if (m->host_arena) {  // a forward-only pass (validation) may have left copies out of the staging in flight
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
+    }
     embedding_forward(layer_input(m, 0), m->inputs, m->params + m->layout.embedding, m->N, C, m->stream);
+    offload_store(m, 0);
     for (int l = 0; l < m->config.n_layer; l++) layer_forward(m, l, true);
     rmsnorm_forward(m->final_norm, m->final_rstd, layer_input(m, m->config.n_layer), m->params + m->layout.final_norm,
                     m->N, C, m->config.norm_eps, m->stream);
@@ -450,6 +542,7 @@ static void layer_backward(Model* m, int l, float* grad) {
     const bf16* w = m->params + m->layout.layer_start(l);
     const bf16* x = layer_input(m, l);
     cudaStream_t s = m->stream;
+    offload_before_backward(m, l);
     if (m->plan.options.recompute) layer_forward(m, l, false);
     LayerActivationsGPU a = layer_activations(m, l);
     nvtx_push("layer %d backward", l);
@@ -685,6 +778,7 @@ struct CommandLine {
     uint64_t seed = 1337;
     bool dry_run = false, print_max_T = false;
     double gpu_mem_gib = 0.0;         // 0: not given
+    double host_mem_gib = 0.0;        // --host-mem: pinned host memory the plan may use; 0: not given
     const char* hf_dir = nullptr;     // -e DIR: a Hugging Face directory's weights (its config.json is config)
     const char* checkpoint_dir = nullptr;  // -o
     int checkpoint_every = 0;         // -k: 0 = only at the end
@@ -731,8 +825,10 @@ static void print_usage() {
 "  --temperature X sampling temperature, 0 = greedy (default 1.0)\n"
 "  --top-p P       nucleus sampling: the likeliest tokens up to probability P (default 0.9)\n"
 "  --gpu-mem GIB   plan for a card of this many GiB (default: the GPU's memory; 80 in a dry run)\n"
+"  --host-mem GIB  pinned host memory the plan may use (default: the machine's less a quarter; 120 in a dry run)\n"
+"  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
 "  --dry-run       print the memory plan beside the standard plan and whether it fits; no GPU used\n"
-"  --max-T         print the longest T that fits --gpu-mem, with these options and the standard ones\n"
+"  --max-T         print the longest T that fits --gpu-mem and --host-mem, with these options and the standard ones\n"
 "  -h, --help      this text\n",
         DEFAULT_TRAIN_SHARDS, DEFAULT_VAL_SHARDS, model_config_names().c_str());
 }
@@ -787,6 +883,7 @@ static ModelConfig parse_custom_config(const char* value) {
 
 static CommandLine parse_command_line(int argc, char** argv) {
     CommandLine cl;
+    cl.options.offload = -1;  // --offload: automatic unless given
     for (int i = 1; i < argc; i++) {
         std::string flag = argv[i];
         if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
@@ -795,7 +892,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
-            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p"};
+            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -831,6 +928,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--val-batches") cl.val_batches = parse_int(f, value, 1, "a positive integer");
         else if (flag == "--seed") cl.seed = (uint64_t)parse_integer(f, value, 0, LLONG_MAX, "a non-negative integer");
         else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_number(f, value, true);
+        else if (flag == "--host-mem") cl.host_mem_gib = parse_number(f, value, true);
+        else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "-o") cl.checkpoint_dir = value;
         else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
@@ -866,10 +965,41 @@ static CommandLine parse_command_line(int argc, char** argv) {
     return cl;
 }
 
-// What would fit a card of gpu_mem_gib instead: the longest T at these options, then each memory-saving
-// choice not taken, alone and (if several) all together, at this T. One line, for the error and the dry run.
-static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions& o, double gpu_mem_gib) {
-    int longest_T = max_T_that_fits(c, o, gpu_mem_gib);
+// --host-mem's default: the machine's memory (MemTotal in /proc/meminfo) less a quarter, at least 8 GiB,
+// held back for the system, the data loader and the host copies checkpoints and samples make; 120 in a
+// dry run (the budget of issue 10), or with no /proc/meminfo
+static double default_host_mem_gib(bool dry_run) {
+    FILE* f = dry_run ? nullptr : fopen("/proc/meminfo", "r");
+    double kib = 0.0;
+    if (f) {
+        char line[256];
+        while (fgets(line, sizeof line, f)) if (sscanf(line, "MemTotal: %lf kB", &kib) == 1) break;
+        fclose(f);
+    }
+    if (kib <= 0.0) return 120.0;
+    double total = kib / (1 << 20);
+    return std::max(0.0, total - std::max(8.0, total / 4));
+}
+
+// the budget of a card of gpu_mem_gib and the host memory --host-mem gives (or its default)
+static MemoryBudget memory_budget(const CommandLine& cl, double gpu_mem_gib) {
+    MemoryBudget budget;
+    budget.gpu_gib = gpu_mem_gib;
+    budget.host_gib = cl.host_mem_gib > 0 ? cl.host_mem_gib : default_host_mem_gib(cl.dry_run || cl.print_max_T);
+    return budget;
+}
+
+// "a card of 80.0 GiB and 120.0 GiB of pinned host memory"
+static std::string budget_text(const MemoryBudget& b) {
+    char text[96];
+    snprintf(text, sizeof text, "a card of %.1f GiB and %.1f GiB of pinned host memory", b.gpu_gib, b.host_gib);
+    return text;
+}
+
+// What would fit the budget instead: the longest T at these options, then each memory-saving choice not
+// taken, alone and (if several) all together, at this T. One line, for the error and the dry run.
+static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions& o, const MemoryBudget& budget) {
+    int longest_T = max_T_that_fits(c, o, budget);
     std::string s = longest_T > 0 ? "-T " + std::to_string(longest_T) + " at these options" : "no T at these options";
     std::vector<std::pair<std::string, TrainingOptions>> alternatives;
     TrainingOptions all = o;
@@ -887,49 +1017,66 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.bf16_optimizer_state, "-a bf16", [](TrainingOptions& a) { a.bf16_optimizer_state = true; });
     consider(!o.master_weights, "-w 0", [](TrainingOptions& a) { a.master_weights = false; });
     consider(o.fused_optimizer, "-f 1", [](TrainingOptions& a) { a.fused_optimizer = true; });
+    consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
-        MemoryPlan plan = plan_memory(c, options);
+        MemoryPlan plan = plan_memory(c, resolve_offload(c, options, budget));
         char text[160];
-        snprintf(text, sizeof text, "; %s: %s (%.1f GiB)", flags.c_str(), plan_fits(plan, gpu_mem_gib) ? "fits" : "does not fit",
-                 gib(plan.total));
+        snprintf(text, sizeof text, "; %s: %s (%.1f GiB, %.1f GiB host)", flags.c_str(),
+                 plan_fits(plan, budget) ? "fits" : "does not fit", gib(plan.total), gib(plan.host_total));
         s += text;
     }
     return s;
 }
 
 // "the plan needs X GiB ... short by Z GiB; nearest settings that fit: ..." for options that do not fit
-// (the options as given: automatic chunk counts stay automatic in the alternatives)
-static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, double gpu_mem_gib) {
-    MemoryPlan plan = plan_memory(c, o);
-    char text[256];
-    snprintf(text, sizeof text, "the plan needs %.1f GiB + %.1f GiB for the CUDA context but the card has %.1f GiB: "
-             "short by %.1f GiB; nearest settings that fit: ", gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gpu_mem_gib,
-             gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB - gpu_mem_gib);
-    return text + settings_that_fit(c, o, gpu_mem_gib);
+// (the options as given: automatic chunk counts and offload stay automatic in the alternatives)
+static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, const MemoryBudget& budget) {
+    MemoryPlan plan = plan_memory(c, resolve_offload(c, o, budget));
+    char text[320];
+    snprintf(text, sizeof text, "the plan needs %.1f GiB + %.1f GiB for the CUDA context and %.1f GiB of pinned host memory, "
+             "but has %s: short by %.1f GiB on the card, %.1f GiB on the host; nearest settings that fit: ",
+             gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gib(plan.host_total), budget_text(budget).c_str(),
+             std::max(0.0, gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB - budget.gpu_gib),
+             std::max(0.0, gib(plan.host_total) - budget.host_gib));
+    return text + settings_that_fit(c, o, budget);
+}
+
+// " (--offload turned on for layers 0-9: the plan needs it)" when the automatic choice offloaded layers
+static std::string turned_on(const ModelConfig& c, const TrainingOptions& given, const TrainingOptions& resolved) {
+    int h = std::min(resolved.offload, c.n_layer);
+    if (given.offload >= 0 || h <= 0) return "";
+    return " (--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
+                                          "layers 0-" + std::to_string(h - 1)) + ": the plan needs it)";
 }
 
 // --dry-run and --max-T: the plan on paper
 static void print_plan_on_paper(const CommandLine& cl) {
-    double gpu_mem_gib = cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0;
+    MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0);
     if (cl.dry_run) {
-        MemoryPlan plan = plan_memory(cl.config, cl.options);
+        TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
+        MemoryPlan plan = plan_memory(cl.config, options);
         MemoryPlan standard = plan_memory(cl.config, standard_options(cl.options));
         print_memory_plan(plan, standard);
-        if (plan_fits(plan, gpu_mem_gib)) {
-            printf("MST plan: fits a card of %.1f GiB (%.1f GiB planned + %.1f GiB CUDA context)\n", gpu_mem_gib,
-                   gib(plan.total), CUDA_CONTEXT_RESERVE_GIB);
+        if (plan_fits(plan, budget)) {
+            printf("MST plan: fits %s (%.1f GiB planned + %.1f GiB CUDA context, %.1f GiB pinned)%s\n",
+                   budget_text(budget).c_str(), gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gib(plan.host_total),
+                   turned_on(cl.config, cl.options, options).c_str());
         } else {
-            printf("MST plan: does not fit a card of %.1f GiB: %s\n", gpu_mem_gib, shortfall(cl.config, cl.options, gpu_mem_gib).c_str());
+            printf("MST plan: does not fit %s: %s\n", budget_text(budget).c_str(), shortfall(cl.config, cl.options, budget).c_str());
         }
-        printf("standard plan (-m 1 -M 1 -r 0): %s a card of %.1f GiB (%.1f GiB planned + %.1f GiB CUDA context)\n",
-               plan_fits(standard, gpu_mem_gib) ? "fits" : "does not fit", gpu_mem_gib, gib(standard.total),
+        printf("standard plan (-m 1 -M 1 -r 0 --offload 0): %s %s (%.1f GiB planned + %.1f GiB CUDA context)\n",
+               plan_fits(standard, budget) ? "fits" : "does not fit", budget_text(budget).c_str(), gib(standard.total),
                CUDA_CONTEXT_RESERVE_GIB);
     }
     if (cl.print_max_T) {
-        printf("longest T on a card of %.1f GiB (B=%d): %d with these options, %d standard (-m 1 -M 1 -r 0)\n",
-               gpu_mem_gib, cl.options.B, max_T_that_fits(cl.config, cl.options, gpu_mem_gib),
-               max_T_that_fits(cl.config, standard_options(cl.options), gpu_mem_gib));
+        int longest = max_T_that_fits(cl.config, cl.options, budget);
+        TrainingOptions at_longest = cl.options;
+        at_longest.T = std::max(1, longest);
+        printf("longest T on %s (B=%d): %d with these options%s, %d standard (-m 1 -M 1 -r 0 --offload 0)\n",
+               budget_text(budget).c_str(), cl.options.B, longest,
+               turned_on(cl.config, cl.options, resolve_offload(cl.config, at_longest, budget)).c_str(),
+               max_T_that_fits(cl.config, standard_options(cl.options), budget));
     }
 }
 
@@ -1019,7 +1166,7 @@ static void print_sample(const Model* m, const CommandLine& cl, const Tokenizer*
     printf("sample at step %d: %s\n", step, text.c_str());
 }
 
-static int train(const CommandLine& cl, const MemoryPlan& plan) {
+static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)
@@ -1028,7 +1175,10 @@ static int train(const CommandLine& cl, const MemoryPlan& plan) {
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     double card_gib = gib(total_bytes);
     if (cl.gpu_mem_gib > 0) card_gib = std::min(card_gib, cl.gpu_mem_gib);
-    if (!plan_fits(plan, card_gib)) usage_error("%s", shortfall(cl.config, cl.options, card_gib).c_str());
+    MemoryBudget budget = memory_budget(cl, card_gib);
+    TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
+    MemoryPlan plan = plan_memory(cl.config, options);
+    if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
 
     Batches train_batches, val_batches;
     batches_init(&train_batches, cl, cl.train_pattern, true, 1);
@@ -1041,7 +1191,7 @@ static int train(const CommandLine& cl, const MemoryPlan& plan) {
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
     Model model;
-    model_create(&model, cl.config, cl.options, cl.optimizer, cl.seed);
+    model_create(&model, cl.config, options, cl.optimizer, cl.seed);
     int start_step = 0;
     uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0
     if (cl.resume) {
@@ -1077,7 +1227,8 @@ static int train(const CommandLine& cl, const MemoryPlan& plan) {
                gib(total_bytes - free_bytes));
         if (step == start_step)
             printf("memory: planned %.2f GiB (the arena), in use on the device %.2f GiB (arena + CUDA context), "
-                   "allocations %d\n", gib(plan.total), gib(total_bytes - free_bytes), device_allocations);
+                   "allocations %d; pinned host %.2f GiB, allocations %d\n", gib(plan.total),
+                   gib(total_bytes - free_bytes), device_allocations, gib(plan.host_total), host_allocations);
         // the last step's sample and checkpoint come after the loop; the sample before the checkpoint,
         // so the checkpoint holds the generator as the next sample finds it
         int done = step + 1;
@@ -1105,9 +1256,11 @@ int main(int argc, char** argv) {
     CommandLine cl = parse_command_line(argc, argv);
     if (cl.dry_run || cl.print_max_T) { print_plan_on_paper(cl); return 0; }
     // a card smaller than the one present: refuse before touching the GPU
-    MemoryPlan plan = plan_memory(cl.config, cl.options);
-    if (cl.gpu_mem_gib > 0 && !plan_fits(plan, cl.gpu_mem_gib))
-        usage_error("%s", shortfall(cl.config, cl.options, cl.gpu_mem_gib).c_str());
-    return train(cl, plan);
+    if (cl.gpu_mem_gib > 0) {
+        MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib);
+        if (!plan_fits(plan_memory(cl.config, resolve_offload(cl.config, cl.options, budget)), budget))
+            usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
+    }
+    return train(cl);
 }
 #endif

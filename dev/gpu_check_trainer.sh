@@ -54,6 +54,9 @@ tokens_per_second() {
 }
 
 train 150 8b -e llama3-8b -T 60000 -n 2 --gpu-mem 80
+# layer checkpoints in pinned host memory (issue 10): the copies should hide behind compute (target >= 0.98x)
+train 90 1b_offload_off -e llama3.2-1b -T 32768 -n 3 --offload 0
+train 90 1b_offload_on -e llama3.2-1b -T 32768 -n 3 --offload 1
 # the loss must fall on the default corpus: 30 steps of llama3.2-1b, validation at 0, 10, 20, 30
 onebillion=(-e llama3.2-1b -T 8192 -n 30 -u 10 -v 10 --val-batches 2 --gpu-mem 80)
 train 60 1b "${onebillion[@]}"
@@ -97,5 +100,9 @@ mst=$(tokens_per_second "$log/1b.txt")
 standard=$(tokens_per_second "$log/1b_standard_chunks.txt")
 ratio=$(awk -v a="$mst" -v b="$standard" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
 echo "llama3.2-1b T=8192: MST chunks $mst tok/s, -m 1 -M 1 $standard tok/s, ratio $ratio (target >= 0.95)"
+off=$(tokens_per_second "$log/1b_offload_off.txt")
+on=$(tokens_per_second "$log/1b_offload_on.txt")
+ratio=$(awk -v a="$on" -v b="$off" 'BEGIN { if (b > 0) printf "%.3f", a / b; else print "-" }')
+echo "llama3.2-1b T=32768: --offload 1 $on tok/s, --offload 0 $off tok/s, ratio $ratio (target >= 0.98); $(grep -h '^memory:' "$log/1b_offload_on.txt")"
 rm -rf "$log"
 exit $status

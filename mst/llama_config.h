@@ -87,6 +87,26 @@ static inline int mini_sequence_length(int n, int chunks) {
     return n > 0 ? std::max(1, (n + chunks - 1) / chunks) : 1;
 }
 
+// The automatic rule (-m 0, -M 0; ReferenceOptions' 0): tokens per mini-sequence, not a count, so the
+// MLP's and the LM head's buffers stop growing with T. A mini-sequence holds as many tokens as keep its
+// widest intermediate within MINI_SEQUENCE_BYTES (MLP: gate, up, act, 3F bf16 = 6F bytes per token; LM
+// head: the logits, 2V bytes per token), at least MIN_MINI_SEQUENCE_TOKENS (shorter ones waste the
+// matmuls); the N tokens are then cut into ceil(N / that) mini-sequences of mini_sequence_length().
+// Llama 3 8B: at most 12483 tokens per MLP mini-sequence (2^30 / 86016), 4185 per LM-head one (2^30 / 256512).
+static const size_t MINI_SEQUENCE_BYTES = 1ull << 30;
+static const int MIN_MINI_SEQUENCE_TOKENS = 1024;
+static inline int automatic_mini_sequences(long N, size_t bytes_per_token) {
+    long tokens = std::max<long>(MIN_MINI_SEQUENCE_TOKENS, (long)(MINI_SEQUENCE_BYTES / bytes_per_token));
+    return (int)std::max(1L, (N + tokens - 1) / tokens);
+}
+// the MLP's and the LM head's mini-sequence counts for N tokens: chunks as given, or the rule for 0
+static inline int mlp_mini_sequences(const ModelConfig& c, long N, int chunks) {
+    return chunks > 0 ? chunks : automatic_mini_sequences(N, 6 * (size_t)c.ffn_dim);
+}
+static inline int lmhead_mini_sequences(const ModelConfig& c, long N, int chunks) {
+    return chunks > 0 ? chunks : automatic_mini_sequences(N, 2 * (size_t)c.vocab_size);
+}
+
 // ----------------------------------------------------------------------------
 // RoPE: inverse frequencies, with Llama 3.1's scaling (transformers' _compute_llama3_parameters)
 

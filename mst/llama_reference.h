@@ -296,12 +296,16 @@ static inline double sum_of_squares_cpu(const float* x, size_t count) {
 // loss run over mini-sequences of the N = B*T flattened tokens (length ceil(N / chunks), the last one
 // shorter), and the weight gradients accumulate across them in ascending token order, so any chunk count
 // gives the same bits as one chunk. With recompute, forward keeps only each layer's input and backward
-// recomputes the layer before back-propagating it.
+// recomputes the layer before back-propagating it; with checkpoint_every k > 1 as well, forward keeps
+// only the inputs of layers 0, k, 2k, ... (and the last layer's output), and backward first recomputes
+// a segment's other inputs from its first (layers s .. s+k-2, whole), then back-propagates it layer by
+// layer as before. Forward is deterministic, so the recomputed inputs are the same bits.
 
 struct ReferenceOptions {
-    int mlp_chunks = 1;     // mini-sequences of the MLP (gate, up, SwiGLU, down)
-    int lmhead_chunks = 1;  // mini-sequences of the LM head + cross-entropy; only one chunk of logits exists
+    int mlp_chunks = 1;     // mini-sequences of the MLP (gate, up, SwiGLU, down); 0: the automatic rule
+    int lmhead_chunks = 1;  // mini-sequences of the LM head + cross-entropy; only one chunk of logits exists; 0: rule
     bool recompute = false; // keep only layer inputs; recompute each layer in backward
+    int checkpoint_every = 1;  // with recompute: keep every k-th layer's input; recompute the segment's others
 };
 
 struct ReferenceModel {
@@ -433,15 +437,36 @@ static inline void reference_layer_backward(ReferenceModel& m, int l, const Refe
     rmsnorm_backward_cpu(dinput, dw + o.input_norm, dnorm1.data(), input, w + o.input_norm, a.rstd1.data(), s.N, s.C);
 }
 
-// Forward through the embedding and all layers to the final RMSNorm. Keeps every layer's input
-// (layer_inputs[l], and layer_inputs[L] = the last residual) and, without recompute, every layer's
-// activations; with recompute, layers[0] is scratch.
+// Forward through the embedding and all layers to the final RMSNorm. Keeps the checkpointed layers'
+// inputs (layer_inputs[l]: every l, or every k-th with checkpoint_every k, the others empty; and
+// layer_inputs[L] = the last residual) and, without recompute, every layer's activations; with
+// recompute, layers[0] is scratch.
 struct ReferenceForward {
     std::vector<float> cos_table, sin_table;      // (T, head_dim/2)
-    std::vector<std::vector<float>> layer_inputs; // L + 1 of (N, C)
+    std::vector<std::vector<float>> layer_inputs; // L + 1 of (N, C), or empty where not a checkpoint
     std::vector<LayerActivations> layers;         // L, or 1 with recompute
     std::vector<float> hidden, hidden_rstd;       // final RMSNorm output (N, C) and 1/rms (N)
 };
+
+// the layers whose inputs forward keeps: all, or with recompute every checkpoint_every-th (and the output)
+static inline int checkpoint_interval(const ReferenceOptions& options) {
+    return options.recompute ? std::max(1, options.checkpoint_every) : 1;
+}
+
+// Layers [first, last) from layer_inputs[first], writing layer_inputs[first + 1 .. last]; with
+// free_unkept (forward), the inputs that are not checkpoints are freed once the next layer has its own.
+static inline void reference_layers_forward(const ReferenceModel& m, const ReferenceShape& s, const ReferenceOptions& options,
+                                            ReferenceForward& f, int first, int last, bool free_unkept) {
+    int k = checkpoint_interval(options);
+    int mlp_chunks = mlp_mini_sequences(m.config, s.N, options.mlp_chunks);
+    for (int l = first; l < last; l++) {
+        LayerActivations& a = f.layers[options.recompute ? 0 : l];
+        f.layer_inputs[l + 1].resize((size_t)s.N * s.C);
+        reference_layer_forward(m, l, s, f.cos_table.data(), f.sin_table.data(), mlp_chunks,
+                                f.layer_inputs[l].data(), a, f.layer_inputs[l + 1].data());
+        if (free_unkept && l % k != 0) std::vector<float>().swap(f.layer_inputs[l]);  // not a checkpoint
+    }
+}
 
 static inline void reference_forward_to_hidden(const ReferenceModel& m, const int* inputs, const ReferenceShape& s,
                                                const ReferenceOptions& options, ReferenceForward& f) {
@@ -449,15 +474,12 @@ static inline void reference_forward_to_hidden(const ReferenceModel& m, const in
     f.cos_table.resize((size_t)s.T * s.hd / 2);
     f.sin_table.resize((size_t)s.T * s.hd / 2);
     rope_tables(m.config, s.T, f.cos_table.data(), f.sin_table.data());
-    f.layer_inputs.assign(L + 1, std::vector<float>((size_t)s.N * s.C));
+    f.layer_inputs.assign(L + 1, std::vector<float>());
+    f.layer_inputs[0].resize((size_t)s.N * s.C);
     f.layers.resize(options.recompute ? 1 : L);
     for (LayerActivations& a : f.layers) a.allocate(s);
     embedding_forward_cpu(f.layer_inputs[0].data(), inputs, m.params.data() + m.layout.embedding, s.N, s.C);
-    for (int l = 0; l < L; l++) {
-        LayerActivations& a = f.layers[options.recompute ? 0 : l];
-        reference_layer_forward(m, l, s, f.cos_table.data(), f.sin_table.data(), options.mlp_chunks,
-                                f.layer_inputs[l].data(), a, f.layer_inputs[l + 1].data());
-    }
+    reference_layers_forward(m, s, options, f, 0, L, true);
     f.hidden.resize((size_t)s.N * s.C);
     f.hidden_rstd.resize(s.N);
     rmsnorm_forward_cpu(f.hidden.data(), f.hidden_rstd.data(), f.layer_inputs[L].data(),
@@ -479,7 +501,8 @@ static inline void reference_forward_logits(const ReferenceModel& m, const int* 
 static inline float reference_forward_backward(ReferenceModel& m, const int* inputs, const int* targets, int B, int T,
                                                const ReferenceOptions& options) {
     ReferenceShape s(m.config, B, T);
-    int L = m.config.n_layer;
+    int L = m.config.n_layer, k = checkpoint_interval(options);
+    int mlp_chunks = mlp_mini_sequences(m.config, s.N, options.mlp_chunks);
     std::fill(m.grads.begin(), m.grads.end(), 0.f);
     ReferenceForward f;
     reference_forward_to_hidden(m, inputs, s, options, f);
@@ -492,7 +515,7 @@ static inline float reference_forward_backward(ReferenceModel& m, const int* inp
     const float* w_head = m.params.data() + m.layout.lm_head;
     float* dw_head = m.grads.data() + m.layout.lm_head;  // the embedding's gradient when tied
     std::vector<float> dhidden((size_t)s.N * s.C, 0.f);
-    int length = mini_sequence_length(s.N, options.lmhead_chunks);
+    int length = mini_sequence_length(s.N, lmhead_mini_sequences(m.config, s.N, options.lmhead_chunks));
     std::vector<float> logits((size_t)length * s.V);
     double loss_sum = 0.0;
     for (int start = 0; start < s.N; start += length) {
@@ -508,14 +531,17 @@ static inline float reference_forward_backward(ReferenceModel& m, const int* inp
     rmsnorm_backward_cpu(dresidual.data(), m.grads.data() + m.layout.final_norm, dhidden.data(), f.layer_inputs[L].data(),
                          m.params.data() + m.layout.final_norm, f.hidden_rstd.data(), s.N, s.C);
     for (int l = L - 1; l >= 0; l--) {
+        // the last layer of a segment: rebuild the segment's inputs from its checkpoint, layer l / k * k's
+        if (f.layer_inputs[l].empty()) reference_layers_forward(m, s, options, f, l / k * k, l, false);
         LayerActivations& a = f.layers[options.recompute ? 0 : l];
         if (options.recompute) {  // rebuild this layer's activations from its kept input
             std::vector<float> output((size_t)s.N * s.C);
-            reference_layer_forward(m, l, s, f.cos_table.data(), f.sin_table.data(), options.mlp_chunks,
+            reference_layer_forward(m, l, s, f.cos_table.data(), f.sin_table.data(), mlp_chunks,
                                     f.layer_inputs[l].data(), a, output.data());
         }
-        reference_layer_backward(m, l, s, f.cos_table.data(), f.sin_table.data(), options.mlp_chunks,
+        reference_layer_backward(m, l, s, f.cos_table.data(), f.sin_table.data(), mlp_chunks,
                                  f.layer_inputs[l].data(), a, dresidual.data(), dlayer_input.data());
+        if (l % k != 0) std::vector<float>().swap(f.layer_inputs[l]);  // recomputed: dead once used
         dresidual.swap(dlayer_input);
     }
     embedding_backward_cpu(m.grads.data() + m.layout.embedding, dresidual.data(), inputs, s.N, s.C);

@@ -1,7 +1,9 @@
-// memory_plan.h: every byte the GPU trainer allocates, computed up front by one function.
+// memory_plan.h: every byte the GPU trainer allocates, on the device and in pinned host memory,
+// computed up front by one function.
 //
-// train_llama allocates one arena of plan.total bytes at start-up and carves it into the regions below,
-// in this order, each at plan.offset[region]; nothing is allocated afterwards. `--dry-run` prints the
+// train_llama allocates one device arena of plan.total bytes and (with --offload) one pinned host arena
+// of plan.host_total bytes at start-up, and carves them into the regions below, in this order, each at
+// plan.offset[region] of its arena (region_on_host() says which); nothing is allocated afterwards. `--dry-run` prints the
 // plan beside the standard plan (no mini-sequences, no recomputation), so the saving of each MST choice
 // can be read off region by region.
 //
@@ -24,8 +26,6 @@ static const int RMSNORM_GRADIENT_CHUNKS = 128;
 // what the CUDA context, cuBLASLt's handle and kernels' code take outside the arena, held back from the
 // card's memory when checking that a plan fits
 static const double CUDA_CONTEXT_RESERVE_GIB = 1.0;
-// a mini-sequence shorter than this wastes the matmuls' efficiency, so the automatic rule stops there
-static const int MIN_CHUNK_TOKENS = 1024;
 
 struct TrainingOptions {
     int B = 1;
@@ -36,7 +36,23 @@ struct TrainingOptions {
     bool bf16_optimizer_state = true;  // AdamW m and v in bf16 (stochastic rounding) instead of fp32
     bool master_weights = false; // fp32 master copy of the weights
     bool fused_optimizer = true; // update each layer as soon as its gradients are complete
+    int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
+                                 // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
+                                 // fewest layers that make the plan fit (resolve_offload(), before planning)
 };
+
+static const int OFFLOAD_ALL = 1 << 30;
+
+// What a plan may use: the card (less the CUDA context's reserve) and pinned host memory.
+struct MemoryBudget {
+    double gpu_gib = 80.0;
+    double host_gib = 120.0;
+};
+
+// Assumed rates for the dry run's time estimates (not measured here): PCIe Gen5 x16 host <-> device,
+// each direction; and what the trainer's matmuls and attention sustain on an H100/H200 (~40% of peak).
+static const double ASSUMED_PCIE_BYTES_PER_S = 50e9;
+static const double ASSUMED_FLOPS_PER_S = 400e12;
 
 enum Region {
     // persistent: the model and its optimizer
@@ -46,7 +62,9 @@ enum Region {
     REGION_ADAM_V,            // P x (2 or 4)
     REGION_GRADIENTS,         // fused: one tensor group at a time; else P x 4
     // saved by forward for backward
-    REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output
+    REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
+                              // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
+    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: h x N x C x 2, layers 0 .. h-1's inputs
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -56,10 +74,11 @@ enum Region {
     REGION_MLP_HIDDEN,        // n_mlp x 3F x 2: gate, up, silu(gate)*up of one mini-sequence
     // backward working buffers
     REGION_RESIDUAL_GRADIENT, // N x C x 2 gradient of the residual stream, N x C x 2 of a norm's output
-    REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta
+    REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta;
+                              // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions)
     REGION_MLP_HIDDEN_GRADIENT, // n_mlp x 3F x 2: gradients of gate, up, and silu(gate)*up
     // LM head and loss
-    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd
+    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the attention norm's)
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
     REGION_LOSSES,            // N x 4 per-token loss
     // small
@@ -72,7 +91,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "attention norm", "q, k, v", "attention output + lse",
+    "layer inputs (checkpoints)", "layer inputs, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -84,25 +103,54 @@ struct MemoryPlan {
     int mlp_chunk_tokens;        // n_mlp = ceil(N / mlp_chunks)
     int lmhead_chunk_tokens;     // n_lm = ceil(N / lmhead_chunks)
     size_t bytes[NUM_REGIONS];
-    size_t offset[NUM_REGIONS];  // byte offset of each region in the arena, 256-byte aligned
+    size_t offset[NUM_REGIONS];  // byte offset of each region in its arena (device or host), 256-byte aligned
     std::string shape[NUM_REGIONS];
-    size_t total;
+    size_t total;                // the device arena
+    size_t host_total;           // the pinned host arena (0 without offload)
+    size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
+    // With recomputation one layer's buffers die at known points, so three buffers live in others' regions:
+    // the final norm (+ rstd) in the attention norm's (the last layer's is dead after forward; layer L-1's
+    // recompute comes after the final norm's backward); in a layer's backward the q gradient in the
+    // attention residual's and the attention-output gradient (dO) in the MLP norm's, both dead once the
+    // post-attention norm's backward has run. Q == C (head_dim = d_model / n_head), so they fit.
+    bool aliased;
 };
+
+static const char* const ALIASES_TEXT =
+    "aliases: final norm in the attention norm's region; q gradient in the attention residual's; attention-output "
+    "gradient in the MLP norm's";
+
+// the one region in pinned host memory; every other is on the device
+static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; }
+
+// With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
+// buffer l % 2), S = h, or L + 1 when h = L (the last output is staged too, as nothing is copied after it)
+static inline int staged_layers(int h, int L) { return h > 0 && h == L ? L + 1 : h; }
+
+// The offload schedule's index math, shared by train_llama.cu's offload_* functions and the walk through
+// it in test_memory_plan (h layers offloaded of L; the trainer's streams and events do the rest).
+struct OffloadSchedule {
+    int h, L, S;  // S = staged_layers(h, L)
+    OffloadSchedule(int offloaded = 0, int layers = 0) : h(offloaded), L(layers), S(staged_layers(offloaded, layers)) {}
+    // layer input l's buffer in the layer-inputs region: staged ones in l % 2, the others 2, 3, ...
+    int buffer(int l) const { return h <= 0 ? l : l < S ? l % 2 : 2 + (l - S); }
+    bool stores(int l) const { return l < h; }                  // forward copies input l to the host
+    bool output_waits(int l) const { return l + 1 < S; }        // layer l's output overwrites a staged input
+    bool backward_waits(int l) const { return l < h - 1; }      // layer l's input was fetched back
+    bool fetches_previous(int l) const { return l >= 1 && l < h; }  // layer l's backward fetches input l - 1
+};
+
+// "on the device", "in pinned host memory (all 32 layers)", "layers 0-9 in pinned host memory, the rest on the device"
+static inline std::string offload_text(int h, int L) {
+    if (h <= 0) return "on the device";
+    if (h >= L) return "in pinned host memory (all " + std::to_string(L) + " layers)";
+    return "layers 0-" + std::to_string(h - 1) + " in pinned host memory, the rest on the device";
+}
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
 // regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
 static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
-
-// The automatic rule: a mini-sequence's widest intermediate is no larger than the layer's hidden
-// states (N x C): MLP hidden n_mlp x F <= N x C gives ceil(F / C) mini-sequences, LM-head logits
-// n_lm x V <= N x C gives ceil(V / C) (Llama 3 8B: 4 and 32), but no mini-sequence below
-// MIN_CHUNK_TOKENS tokens, and never more mini-sequences than tokens.
-static inline int automatic_chunks(int width, int d_model, long N) {
-    long by_width = (long)ceil_div(width, d_model);
-    long by_min_tokens = std::max(1L, N / MIN_CHUNK_TOKENS);
-    return (int)std::max(1L, std::min(by_width, by_min_tokens));
-}
 
 // Every region of the arena for this model and these options. Options are assumed valid
 // (training_options_problem() says what is not).
@@ -114,11 +162,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
 
-    if (o.mlp_chunks == 0) o.mlp_chunks = automatic_chunks(c.ffn_dim, c.d_model, (long)N);
-    if (o.lmhead_chunks == 0) o.lmhead_chunks = automatic_chunks(c.vocab_size, c.d_model, (long)N);
+    o.mlp_chunks = mlp_mini_sequences(c, (long)N, o.mlp_chunks);
+    o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
     size_t n_mlp = mini_sequence_length((int)N, o.mlp_chunks);
     size_t n_lm = mini_sequence_length((int)N, o.lmhead_chunks);
-    plan.options = o;
     plan.mlp_chunk_tokens = (int)n_mlp;
     plan.lmhead_chunk_tokens = (int)n_lm;
     // without recomputation every layer keeps its own activations for backward
@@ -139,7 +186,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
-    set(REGION_LAYER_INPUTS, (L + 1) * N * C * 2, s(L + 1) + " x " + s(N) + " x " + s(C) + " x 2");
+    // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
+    // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. h-1 to the host,
+    // backward fetches h-2 .. 0 back (h-1's is still staged)
+    size_t h = std::min((size_t)std::max(o.offload, 0), L);
+    o.offload = (int)h;
+    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
+    set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
+    set(REGION_HOST_CHECKPOINTS, h * N * C * 2, h > 0 ? s(h) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
+    plan.pcie_to_host = h * N * C * 2;
+    plan.pcie_to_device = h > 0 ? (h - 1) * N * C * 2 : 0;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
     set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
@@ -147,10 +203,17 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_MLP_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
     set(REGION_RESIDUAL_GRADIENT, 2 * N * C * 2, "2 x " + s(N) + " x " + s(C) + " x 2");
-    set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
-        s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
+    plan.aliased = o.recompute && Q == C;
+    plan.options = o;
+    if (plan.aliased) {
+        set(REGION_QKV_GRADIENT, N * 2 * KV * 2 + N * H * 4, s(N) + " x (" + s(2 * KV) + " x 2 + " + s(H) + " x 4) + 2 aliases");
+    } else {
+        set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
+            s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
+    }
     set(REGION_MLP_HIDDEN_GRADIENT, n_mlp * 3 * F * 2, s(n_mlp) + " x 3 x " + s(F) + " x 2");
-    set(REGION_FINAL_NORM, N * C * 2 + N * 4, s(N) + " x (" + s(C) + " x 2 + 4)");
+    set(REGION_FINAL_NORM, plan.aliased ? 0 : N * C * 2 + N * 4,
+        plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     set(REGION_TOKENS, 2 * N * 4, "2 x " + s(N) + " x 4");
@@ -159,12 +222,13 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");
     set(REGION_CUBLASLT_WORKSPACE, CUBLASLT_WORKSPACE_BYTES, "32 MiB");
 
-    size_t at = 0;
+    size_t at[2] = {0, 0};  // device, host
     for (int r = 0; r < NUM_REGIONS; r++) {
-        plan.offset[r] = at;
-        at += round_up_256(plan.bytes[r]);
+        plan.offset[r] = at[region_on_host(r)];
+        at[region_on_host(r)] += round_up_256(plan.bytes[r]);
     }
-    plan.total = at;
+    plan.total = at[0];
+    plan.host_total = at[1];
     return plan;
 }
 
@@ -173,12 +237,35 @@ static inline TrainingOptions standard_options(TrainingOptions o) {
     o.mlp_chunks = 1;
     o.lmhead_chunks = 1;
     o.recompute = false;
+    o.offload = 0;
     return o;
 }
 
-// Does the plan fit a card of gpu_mem_gib, with the CUDA context's reserve held back?
-static inline bool plan_fits(const MemoryPlan& plan, double gpu_mem_gib) {
-    return gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB <= gpu_mem_gib;
+// Does the plan fit the card (with the CUDA context's reserve held back) and the pinned host budget?
+static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget) {
+    return gib(plan.total) + CUDA_CONTEXT_RESERVE_GIB <= budget.gpu_gib && gib(plan.host_total) <= budget.host_gib;
+}
+
+// --offload's automatic choice (-1): none when the plan fits without, else the fewest layers (the least
+// PCIe traffic) that make it fit, else all (the plan that misses by least on the device)
+static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.offload >= 0) return o;
+    for (int h = 0; h <= c.n_layer; h++) {
+        o.offload = h;
+        if (plan_fits(plan_memory(c, o), budget)) return o;
+    }
+    o.offload = OFFLOAD_ALL;
+    return o;
+}
+
+// Estimated seconds of one training step: compute (the model's FLOPs, plus a third for recomputation)
+// and each direction's PCIe copies, at the ASSUMED rates above.
+struct StepEstimate { double compute_s, copy_to_host_s, copy_to_device_s; };
+static inline StepEstimate estimate_step(const MemoryPlan& plan) {
+    double flops = training_flops_per_token(plan.config, plan.options.T) * plan.options.B * plan.options.T;
+    if (plan.options.recompute) flops *= 4.0 / 3.0;
+    return {flops / ASSUMED_FLOPS_PER_S, plan.pcie_to_host / ASSUMED_PCIE_BYTES_PER_S,
+            plan.pcie_to_device / ASSUMED_PCIE_BYTES_PER_S};
 }
 
 // Checks options against the model; returns "" or the problem (naming the flag).
@@ -191,30 +278,43 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     return model_config_problem(c);
 }
 
-// The longest T (with options' B and chunk rules) whose plan fits gpu_mem_gib; 0 if none does.
-static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, double gpu_mem_gib) {
+// The longest T (with options' B, chunk rules and offload, automatic offload resolved at each T) whose
+// plan fits the budget; 0 if none does. Fitting is monotone in T with offload on and with it off, so
+// also with either.
+static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     int lo = 0, hi = 1 << 24;  // 16M tokens: beyond any card here
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
         o.T = mid;
-        if (plan_fits(plan_memory(c, o), gpu_mem_gib)) lo = mid; else hi = mid - 1;
+        if (plan_fits(plan_memory(c, resolve_offload(c, o, budget)), budget)) lo = mid; else hi = mid - 1;
     }
     return lo;
 }
 
-// The plan as a table, beside the standard plan's bytes.
+// The plan as a table, device and host columns beside the standard plan's bytes, then the PCIe traffic
+// and time estimates.
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s, master weights %s, optimizer %s\n",
+           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
-           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward");
-    printf("| %-27s | %-40s | %12s | %12s |\n", "region", "shape (elements x bytes)", "MST GiB", "standard GiB");
-    printf("|-----------------------------|------------------------------------------|--------------|--------------|\n");
+           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward",
+           offload_text(o.offload, plan.config.n_layer).c_str());
+    printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
+           "standard GiB");
+    printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");
     for (int r = 0; r < NUM_REGIONS; r++) {
-        printf("| %-27s | %-40s | %12.3f | %12.3f |\n", REGION_NAMES[r], plan.shape[r].c_str(),
-               gib(plan.bytes[r]), gib(standard.bytes[r]));
+        double bytes = gib(plan.bytes[r]);
+        printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", REGION_NAMES[r], plan.shape[r].c_str(),
+               region_on_host(r) ? 0.0 : bytes, region_on_host(r) ? bytes : 0.0, gib(standard.bytes[r]));
     }
-    printf("| %-27s | %-40s | %12.3f | %12.3f |\n", "total", "", gib(plan.total), gib(standard.total));
+    printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
+           gib(standard.total));
+    if (plan.aliased) printf("%s\n", ALIASES_TEXT);
+    StepEstimate e = estimate_step(plan);
+    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back; copies ~%.2f s each way at an assumed %.0f GB/s, "
+           "hidden behind ~%.1f s of compute at an assumed %.0f TFLOP/s\n", gib(plan.pcie_to_host),
+           gib(plan.pcie_to_device), std::max(e.copy_to_host_s, e.copy_to_device_s), ASSUMED_PCIE_BYTES_PER_S / 1e9,
+           e.compute_s, ASSUMED_FLOPS_PER_S / 1e12);
 }

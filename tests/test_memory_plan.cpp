@@ -3,6 +3,8 @@
 #include "mst/memory_plan.h"
 #include "tests/test_util.h"
 
+static const MemoryBudget CARD_80 = {80.0, 120.0};  // an 80 GiB card, 120 GiB of pinned host memory
+
 static ModelConfig config_named(const char* name) {
     ModelConfig c;
     if (!find_model_config(name, &c)) { printf("no config %s\n", name); exit(1); }
@@ -27,27 +29,40 @@ static void test_llama3_8b_at_60000() {
     // fused: the largest gradient group alive at once is the LM head's (or embedding's) V x C in fp32
     check(plan.bytes[REGION_GRADIENTS] == V * C * 4, "8b: fused gradients V x C x 4");
     check(plan.bytes[REGION_LAYER_INPUTS] == (L + 1) * T * C * 2, "8b: checkpoints (L+1) x T x C x 2");
-    check(plan.options.mlp_chunks == 4 && plan.mlp_chunk_tokens == 15000, "8b: MLP 4 x 15000 tokens");
-    check(plan.bytes[REGION_MLP_HIDDEN] == 15000ull * 3 * F * 2, "8b: MLP hidden 15000 x 3F x 2");
-    check(plan.options.lmhead_chunks == 32 && plan.lmhead_chunk_tokens == 1875, "8b: LM head 32 x 1875 tokens");
-    check(plan.bytes[REGION_LMHEAD_LOGITS] == 1875ull * V * 2, "8b: logits 1875 x V x 2");
+    // the fixed-size rule: at most 2^30 / (6F) = 1073741824 / 86016 = 12483 tokens per MLP mini-sequence,
+    // so ceil(60000 / 12483) = 5 of 12000; at most 2^30 / (2V) = 1073741824 / 256512 = 4185 per LM-head
+    // one, so ceil(60000 / 4185) = 15 of 4000
+    check(plan.options.mlp_chunks == 5 && plan.mlp_chunk_tokens == 12000, "8b: MLP 5 x 12000 tokens");
+    check(plan.bytes[REGION_MLP_HIDDEN] == 12000ull * 3 * F * 2, "8b: MLP hidden 12000 x 3F x 2");
+    check(plan.options.lmhead_chunks == 15 && plan.lmhead_chunk_tokens == 4000, "8b: LM head 15 x 4000 tokens");
+    check(plan.bytes[REGION_LMHEAD_LOGITS] == 4000ull * V * 2, "8b: logits 4000 x V x 2");
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
-    check(plan_fits(plan, 80.0), "8b: T=60000 fits an 80 GB card");
+    // aliases (recomputation): the final norm in the attention norm's region; dq and the attention-output
+    // gradient in the attention residual's and MLP norm's, so the q, k, v gradient region keeps dk, dv
+    // (T x 2 x 1024 x 2) and the attention backward's delta (T x 32 x 4)
+    check(plan.aliased && plan.bytes[REGION_FINAL_NORM] == 0, "8b: the final norm aliases the attention norm");
+    check(plan.bytes[REGION_QKV_GRADIENT] == T * 2 * 1024 * 2 + T * 32 * 4, "8b: q, k, v gradient keeps dk, dv and delta");
+    check(plan_fits(plan, CARD_80), "8b: T=60000 fits an 80 GB card");
 
     MemoryPlan standard = plan_memory(config_named("llama3-8b"), standard_options(TrainingOptions()));
     check(standard.bytes[REGION_MLP_HIDDEN] == L * T * 3 * F * 2, "8b standard: every layer's MLP hidden");
     check(standard.bytes[REGION_LMHEAD_LOGITS] == T * V * 2, "8b standard: all logits");
-    check(!plan_fits(standard, 80.0), "8b standard: T=60000 does not fit 80 GB");
+    check(!standard.aliased && standard.bytes[REGION_FINAL_NORM] == T * C * 2 + T * 4 &&
+          standard.bytes[REGION_QKV_GRADIENT] == T * (4096 + 2 * 1024) * 2 + T * 4096 * 2 + T * 32 * 4,
+          "8b standard (no recomputation): no aliases, every gradient buffer its own");
+    check(!plan_fits(standard, CARD_80), "8b standard: T=60000 does not fit 80 GB");
 }
 
-// Every region sits inside the arena, 256-byte aligned, in order, without overlap.
+// Every region sits inside its arena (device or host), 256-byte aligned, in order, without overlap.
 static void test_regions_are_laid_out(const MemoryPlan& plan, const char* what) {
     bool ok = true;
+    size_t end[2] = {0, 0};  // where the last region of each arena ended
     for (int r = 0; r < NUM_REGIONS; r++) {
-        ok &= plan.offset[r] % 256 == 0;
-        ok &= plan.offset[r] + plan.bytes[r] <= (r + 1 < NUM_REGIONS ? plan.offset[r + 1] : plan.total);
+        bool host = region_on_host(r);
+        ok &= plan.offset[r] % 256 == 0 && plan.offset[r] >= end[host];
+        end[host] = plan.offset[r] + plan.bytes[r];
     }
-    check(ok, what);
+    check(ok && end[0] <= plan.total && end[1] <= plan.host_total, what);
 }
 
 static void test_options() {
@@ -61,7 +76,7 @@ static void test_options() {
     check(plan.lmhead_chunk_tokens == 1, "tiny: more mini-sequences than tokens gives 1 token each");
     test_regions_are_laid_out(plan, "tiny: regions aligned and disjoint");
 
-    o.mlp_chunks = o.lmhead_chunks = 0;  // automatic, but no mini-sequence under MIN_CHUNK_TOKENS
+    o.mlp_chunks = o.lmhead_chunks = 0;  // automatic: 74 tokens are under the 1024-token minimum
     plan = plan_memory(tiny, o);
     check(plan.options.mlp_chunks == 1 && plan.options.lmhead_chunks == 1, "tiny: automatic rule keeps 1 chunk below 1024 tokens");
 
@@ -83,17 +98,192 @@ static void test_options() {
     check(plan.bytes[REGION_ADAM_M] == P * 4 && plan.bytes[REGION_MASTER_WEIGHTS] == P * 4, "1b: fp32 state and master weights");
 }
 
+// The automatic rule fixes tokens per mini-sequence, not the count: the MLP's and the LM head's buffers
+// are the same at T = 131072 and T = 1048576 (8b: 2^30 / 86016 = 12483 and 2^30 / 256512 = 4185 tokens
+// at most; 131072 = 11 x 11916 (ceil(131072 / 12483) = 11, 131072 / 11 = 11915.6), 1048576 / 85 = 12336.2
+// (ceil(1048576 / 12483) = 85)).
+static void test_fixed_size_mini_sequences() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.T = 131072;
+    MemoryPlan at_128k = plan_memory(c, o);
+    o.T = 1048576;
+    MemoryPlan at_1m = plan_memory(c, o);
+    check(at_128k.options.mlp_chunks == 11 && at_128k.mlp_chunk_tokens == 11916, "rule: 8b at 128k, MLP 11 x 11916");
+    check(at_1m.options.mlp_chunks == 85 && at_1m.mlp_chunk_tokens == 12337, "rule: 8b at 1M, MLP 85 x 12337");
+    check(at_1m.options.lmhead_chunks == 251 && at_1m.lmhead_chunk_tokens == 4178, "rule: 8b at 1M, LM head 251 x 4178");
+    check(at_128k.bytes[REGION_MLP_HIDDEN] <= MINI_SEQUENCE_BYTES && at_1m.bytes[REGION_MLP_HIDDEN] <= MINI_SEQUENCE_BYTES &&
+          at_1m.bytes[REGION_LMHEAD_LOGITS] <= MINI_SEQUENCE_BYTES, "rule: MLP hidden and logits stay within 1 GiB at any T");
+    o.mlp_chunks = 3; o.lmhead_chunks = 1;  // -m and -M override the rule
+    MemoryPlan given = plan_memory(c, o);
+    check(given.mlp_chunk_tokens == 349526 && given.lmhead_chunk_tokens == 1048576, "rule: -m 3 -M 1 override it");
+    // the same counts in the CPU reference's and the trainer's sense: one function decides
+    check(mlp_mini_sequences(c, 1048576, 0) == 85 && lmhead_mini_sequences(c, 1048576, 0) == 251 &&
+          mlp_mini_sequences(c, 1048576, 7) == 7, "rule: mlp_mini_sequences / lmhead_mini_sequences");
+}
+
 static void test_max_T() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
-    int max_T = max_T_that_fits(c, o, 80.0);
+    int max_T = max_T_that_fits(c, o, CARD_80);
     o.T = max_T;
-    bool fits_at = plan_fits(plan_memory(c, o), 80.0);
+    bool fits_at = plan_fits(plan_memory(c, o), CARD_80);
     o.T = max_T + 1;
-    bool fits_after = plan_fits(plan_memory(c, o), 80.0);
+    bool fits_after = plan_fits(plan_memory(c, o), CARD_80);
     check(max_T > 60000 && fits_at && !fits_after, "8b: --max-T is the last T that fits 80 GB, beyond 60000");
-    int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), 80.0);
+    int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), CARD_80);
     check(standard_max_T > 0 && standard_max_T * 8 < max_T, "8b: MST reaches over 8x the standard plan's T");
+}
+
+// --offload: the checkpoints move to pinned host memory, two staging buffers stay on the device.
+// llama3-8b at T = 524288: L x T x C x 2 = 32 x 524288 x 4096 x 2 = 128 GiB on the host, and PCIe carries
+// L inputs to the host and L - 1 back per step.
+static void test_offload() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 524288, C = 4096, L = 32;
+    TrainingOptions o;
+    o.T = (int)T;
+    MemoryPlan kept = plan_memory(c, o);
+    o.offload = OFFLOAD_ALL;  // --offload 1
+    MemoryPlan offloaded = plan_memory(c, o);
+    check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
+    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 &&
+          L * T * C * 2 == 128ull << 30, "offload: L x T x C x 2 = 128 GiB pinned on the host");
+    check(kept.host_total == 0 && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: nothing on the host");
+    check(kept.total - offloaded.total == (L + 1 - 2) * T * C * 2, "offload: the device saves (L + 1 - 2) x T x C x 2");
+    check(offloaded.pcie_to_host == L * T * C * 2 && offloaded.pcie_to_device == (L - 1) * T * C * 2 &&
+          kept.pcie_to_host == 0 && kept.pcie_to_device == 0, "offload: PCIe per step L inputs out, L - 1 back");
+    int on_host = 0;
+    for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
+    check(on_host == 1 && region_on_host(REGION_HOST_CHECKPOINTS), "one region in pinned host memory");
+    test_regions_are_laid_out(offloaded, "offload: device and host regions aligned and disjoint");
+    // the estimates: 128 GiB at 50 GB/s is 2.75 s; compute is the model's FLOPs x 4/3 at 400 TFLOP/s
+    StepEstimate e = estimate_step(offloaded);
+    double flops = training_flops_per_token(c, (int)T) * T * 4.0 / 3.0;
+    check(fabs(e.copy_to_host_s - 137438953472.0 / 50e9) < 1e-9 && fabs(e.compute_s - flops / 400e12) < 1e-9,
+          "offload: copy and compute estimates at the assumed rates");
+
+    check(offloaded.options.offload == (int)L, "offload: --offload 1 is all L layers");
+
+    // 10 of 32 layers offloaded: inputs 0-9 staged through 2 buffers, inputs 10 .. 32 (23) on the device
+    o.offload = 10;
+    MemoryPlan partial = plan_memory(c, o);
+    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 10 * T * C * 2 &&
+          partial.pcie_to_host == 10 * T * C * 2 && partial.pcie_to_device == 9 * T * C * 2,
+          "offload 10 layers: 2 staging + 23 device inputs, 10 on the host, 10 out and 9 back per step");
+
+    // automatic (-1): none where the device alone fits, else the fewest layers that fit
+    o.offload = -1;
+    o.T = 60000;
+    check(resolve_offload(c, o, CARD_80).offload == 0, "automatic offload: none at 60000 on 80 GB");
+    o.T = 150000;
+    int h = resolve_offload(c, o, CARD_80).offload;
+    TrainingOptions fewer = o;
+    fewer.offload = h - 1;
+    check(h > 0 && h < (int)L && plan_fits(plan_memory(c, resolve_offload(c, o, CARD_80)), CARD_80) &&
+          !plan_fits(plan_memory(c, fewer), CARD_80), "automatic offload at 150000 on 80 GB: the fewest layers that fit");
+    printf("llama3-8b at T=150000 on 80 GiB: %d layers offloaded\n", h);
+}
+
+// --max-T respects both budgets: on a huge card with offload forced on, the host bounds T at
+// 120 GiB / (L x C x 2) = 128849018880 / 262144 = 491520 tokens exactly; with no host memory to speak of,
+// automatic offload cannot help and the device-only T stands; with both, T goes beyond the device-only T.
+static void test_max_T_both_budgets() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.offload = OFFLOAD_ALL;
+    check(max_T_that_fits(c, o, {1000.0, 120.0}) == 491520, "max-T: 120 GiB of host bounds offloaded 8b at 491520");
+    o.offload = -1;
+    int device_only = max_T_that_fits(c, TrainingOptions(), CARD_80);
+    check(max_T_that_fits(c, o, {80.0, 0.5}) == device_only, "max-T: no host memory, the device-only T");
+    int both = max_T_that_fits(c, o, CARD_80);
+    o.T = both + 1;
+    bool any_fits_after = false;
+    for (int layers = 0; layers <= (int)c.n_layer; layers++) {
+        TrainingOptions a = o;
+        a.offload = layers;
+        any_fits_after |= plan_fits(plan_memory(c, a), CARD_80);
+    }
+    check(both > device_only && !any_fits_after, "max-T: automatic offload goes further, and T + 1 fits with no layer count");
+    // an H200: the device has room to keep some inputs, so a partial offload goes past the host's 491520
+    int h200 = max_T_that_fits(c, o, {139.0, 120.0});
+    check(h200 > 491520, "max-T: 139 GiB + 120 GiB host passes 491520 by keeping some inputs on the device");
+    printf("llama3-8b max T: %d on 80 GiB alone, %d with 120 GiB of pinned host memory, %d on 139 GiB with it\n",
+           device_only, both, h200);
+}
+
+// The offload schedule walked on the CPU for L = 1 .. 7 layers and every h = 0 .. L, two training steps
+// and a forward-only pass between them (validation), as the trainer's streams run it: a buffer written
+// while a copy out of it may still run (no wait on its event) is an error, as is a layer reading a buffer
+// that does not hold its input, a fetch into the buffer in use or over a device-only input still needed,
+// and a host copy holding the wrong layer. The staging is what the plan counts: at most 2 + L + 1 - S.
+static void test_offload_schedule() {
+    bool ok = true;
+    std::string first_problem;
+    auto fail = [&](int L, int h, const char* what) {
+        if (ok) first_problem = "L=" + std::to_string(L) + " h=" + std::to_string(h) + ": " + what;
+        ok = false;
+    };
+    for (int L = 1; L <= 7; L++) {
+        for (int h = 0; h <= L; h++) {
+            OffloadSchedule o(h, L);
+            int buffers = h > 0 ? 2 + (L + 1 - o.S) : L + 1;
+            std::vector<int> holds(buffers, -1), host(L, -1);
+            std::vector<bool> copy_out(buffers, false), copy_in(buffers, false);  // copies in flight
+            auto write = [&](int b, int layer) {
+                if (b < 0 || b >= buffers) return fail(L, h, "buffer outside the region");
+                if (copy_out[b] || copy_in[b]) fail(L, h, "a buffer written while a copy of it runs");
+                holds[b] = layer;
+            };
+            auto store = [&](int l) {  // forward's copy of input l to the host
+                if (!o.stores(l)) return;
+                if (holds[o.buffer(l)] != l) fail(L, h, "the host copy is of the wrong input");
+                host[l] = holds[o.buffer(l)];
+                copy_out[o.buffer(l)] = true;
+            };
+            auto forward = [&]() {
+                std::fill(copy_out.begin(), copy_out.end(), false);  // model_forward waits on both stored events
+                write(o.buffer(0), 0);
+                store(0);
+                for (int l = 0; l < L; l++) {
+                    if (holds[o.buffer(l)] != l) fail(L, h, "forward reads the wrong input");
+                    if (o.output_waits(l)) copy_out[o.buffer(l + 1)] = false;  // waits on stored[(l + 1) % 2]
+                    write(o.buffer(l + 1), l + 1);
+                    store(l + 1);
+                }
+                if (holds[o.buffer(L)] != L) fail(L, h, "the final norm reads the wrong output");
+            };
+            auto backward = [&]() {
+                for (int l = L - 1; l >= 0; l--) {
+                    int b = o.buffer(l);
+                    if (o.backward_waits(l)) copy_in[b] = false;  // waits on fetched[l % 2]
+                    if (copy_in[b] || holds[b] != l) fail(L, h, "backward reads an input not (yet) there");
+                    if (o.fetches_previous(l)) {
+                        int target = o.buffer(l - 1);
+                        if (target == b) fail(L, h, "a fetch into the buffer in use");
+                        if (holds[target] >= h && holds[target] < l) fail(L, h, "a fetch over a device-only input");
+                        copy_out[target] = false;  // the copy stream runs in order: copies out of it are done
+                        if (host[l - 1] != l - 1) fail(L, h, "the host holds the wrong input");
+                        holds[target] = host[l - 1];
+                        copy_in[target] = true;
+                    }
+                }
+                std::fill(copy_in.begin(), copy_in.end(), false);
+            };
+            forward(); backward();
+            forward();  // validation: forward only
+            forward(); backward();
+            if (L == 2) {  // test-tiny has 2 layers: the plan's region holds these buffers (T = 100, C = 128)
+                TrainingOptions t;
+                t.T = 100;
+                t.offload = h;
+                if (plan_memory(config_named("test-tiny"), t).bytes[REGION_LAYER_INPUTS] != (size_t)buffers * 100 * 128 * 2)
+                    fail(L, h, "the plan's layer-inputs region is not the schedule's buffers");
+            }
+        }
+    }
+    if (!ok) printf("offload schedule: %s\n", first_problem.c_str());
+    check(ok, "offload schedule: every buffer holds what each step reads, no write under a running copy");
 }
 
 static void test_problems() {
@@ -113,7 +303,11 @@ static void test_problems() {
 int main() {
     test_llama3_8b_at_60000();
     test_options();
+    test_fixed_size_mini_sequences();
     test_max_T();
+    test_offload();
+    test_max_T_both_budgets();
+    test_offload_schedule();
     test_problems();
     return test_summary();
 }

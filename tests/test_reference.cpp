@@ -156,6 +156,41 @@ static void test_mini_sequences(const Golden& g) {
            sizeof(variants) / sizeof(variants[0]), worst_error);
 }
 
+// Checkpoints every k layers: a 5-layer test-tiny (the golden layers repeated, each scaled a little so no
+// two are alike) with checkpoint_every k against per-layer checkpoints (k = 1), bit for bit: k = 2 and 3
+// do not divide 5, k = 5 is one segment, k = 7 exceeds the layers.
+static void test_segment_checkpoints(const Golden& g) {
+    ModelConfig config = g.config;
+    config.n_layer = 5;
+    ReferenceModel base = reference_model(config);
+    ParameterLayout golden_layout = parameter_layout(g.config);
+    size_t layer_count = base.layout.layer.count;
+    std::copy(g.params.begin(), g.params.begin() + golden_layout.layers, base.params.begin());
+    for (int l = 0; l < config.n_layer; l++) {
+        const float* from = g.params.data() + golden_layout.layer_start(l % g.config.n_layer);
+        for (size_t i = 0; i < layer_count; i++) base.params[base.layout.layer_start(l) + i] = from[i] * (1.f + 0.05f * l);
+    }
+    size_t head = golden_layout.final_norm, tail = golden_layout.total - head;
+    std::copy(g.params.begin() + head, g.params.begin() + head + tail, base.params.begin() + base.layout.final_norm);
+
+    ReferenceModel per_layer = base;
+    ReferenceOptions options = mst_options(3, 5, true);
+    float per_layer_loss = reference_forward_backward(per_layer, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+    for (int k : {2, 3, 5, 7}) {
+        ReferenceModel m = base;
+        options.checkpoint_every = k;
+        float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, options);
+        std::string name = "checkpoints every " + std::to_string(k) + " of 5 layers: loss and gradients bitwise those of every layer";
+        check(loss == per_layer_loss && m.grads == per_layer.grads, name.c_str());
+    }
+    // without recompute there is nothing to recompute from: checkpoint_every is ignored
+    ReferenceModel kept = base;
+    ReferenceOptions no_recompute = mst_options(3, 5, false);
+    no_recompute.checkpoint_every = 2;
+    float kept_loss = reference_forward_backward(kept, g.inputs.data(), g.targets.data(), g.B, g.T, no_recompute);
+    check(kept_loss == per_layer_loss && kept.grads == per_layer.grads, "checkpoint_every without recompute: the plain path");
+}
+
 // Tied embeddings: the tied model's gradients must equal those of an untied copy whose LM head holds the
 // same matrix, with the embedding and LM head gradients added; and finite differences confirm a few.
 static void test_tied_embeddings(const Golden& g) {
@@ -301,6 +336,7 @@ int main(int argc, char** argv) {
     test_against_golden(g);
     test_clipping(g);
     test_mini_sequences(g);
+    test_segment_checkpoints(g);
     test_tied_embeddings(g);
     test_golden_errors(golden_path);
     test_safetensors_round_trip();
