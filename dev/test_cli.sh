@@ -64,5 +64,12 @@ expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
 expect_output "dry run of a Hugging Face directory (reads config.json)" "^MST plan: fits a card" --dry-run -e golden/tiny_hf/bf16 -T 64
 expect_output "--help lists --export" " --export DIR" --help
 
+# training over many steps (issue 11)
+expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
+expect_error "non-numeric -d" "-d" --dry-run -d lots
+expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
+expect_error "-L into a missing directory (before any GPU use)" "-L" -e test-tiny -T 64 -L /nonexistent/dir/log.jsonl
+expect_output "dry run shows the held gradients' pinned host memory" "^pinned host memory: held gradients .* 29.915 GiB" --dry-run -e llama3-8b -T 60000
+
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -87,6 +87,9 @@ struct MemoryPlan {
     size_t offset[NUM_REGIONS];  // byte offset of each region in the arena, 256-byte aligned
     std::string shape[NUM_REGIONS];
     size_t total;
+    // pinned host memory (not in the arena): with the fused optimizer, every gradient group held from
+    // backward until its exactly clipped update (training.h), P x 4
+    size_t host_gradient_bytes;
 };
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -165,6 +168,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
         at += round_up_256(plan.bytes[r]);
     }
     plan.total = at;
+    plan.host_gradient_bytes = o.fused_optimizer ? P * 4 : 0;
     return plan;
 }
 
@@ -217,4 +221,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
                gib(plan.bytes[r]), gib(standard.bytes[r]));
     }
     printf("| %-27s | %-40s | %12.3f | %12.3f |\n", "total", "", gib(plan.total), gib(standard.total));
+    if (plan.host_gradient_bytes > 0)
+        printf("pinned host memory: held gradients (fp32, exact clipping with the fused optimizer) %zu x 4 = %.3f GiB\n",
+               plan.host_gradient_bytes / 4, gib(plan.host_gradient_bytes));
 }
