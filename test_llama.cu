@@ -43,6 +43,13 @@ static TrainingOptions options_for(int B, int T, int mlp_chunks, int lmhead_chun
     return o;
 }
 
+// the trainer's defaults (bf16 state, no master weights, fused, automatic mini-sequences) at B x T
+static TrainingOptions default_options(int B, int T) {
+    TrainingOptions o;
+    o.B = B; o.T = T;
+    return o;
+}
+
 // the full gradient after an unfused model_step(..., apply_update = false)
 static std::vector<float> download_grads(const Model* m) {
     std::vector<float> out(m->layout.total);
@@ -287,14 +294,12 @@ static void train_steps(Model* m, int from, int to, std::vector<float>* losses) 
 
 // Resuming is bitwise the same as not stopping: 6 steps straight, and 3 steps, a checkpoint, a fresh
 // model reading it, 3 more. Both optimizer layouts: the defaults (bf16 state with stochastic rounding,
-// no master weights, fused, clipping with the previous step's norm) and fp32 state with master weights.
+// no master weights, fused: the last update pending when the checkpoint is written) and fp32 state with
+// master weights.
 static void test_resume() {
     printf("resume: 6 steps straight vs 3, checkpoint, a fresh model, 3 (test-tiny, B=2 T=64, random batches):\n");
     ModelConfig c = config_named("test-tiny");
-    TrainingOptions defaults;
-    defaults.B = 2;
-    defaults.T = 64;
-    for (const TrainingOptions& o : {defaults, options_for(2, 64, 0, 0, true, true)}) {
+    for (const TrainingOptions& o : {default_options(2, 64), options_for(2, 64, 0, 0, true, true)}) {
         std::string what = o.bf16_optimizer_state ? "bf16 state: " : "fp32 state, master weights: ";
         std::vector<float> straight, resumed;
         Model m;
@@ -416,18 +421,16 @@ static void test_non_finite_guard(const Golden& g) {
 // cosine) with the defaults (bf16 AdamW state with stochastic rounding, no master weights, fused, exact
 // clip 1.0) against fp32 state + master weights, unfused. Tolerance: each step's loss within 2% and the
 // mean of the last 10 within 1% (bf16 weights round each update to 2^-8 relative; the stochastic rounding
-// is unbiased, so the curves agree on average); and both fall by more than 10x that.
+// is unbiased, so the curves agree on average); and both fall by more than 20% (the CPU reference falls
+// from 6.24 to 3.96 on the same batches).
 static void test_defaults_against_fp32() {
     printf("50 steps, defaults vs -f 0 -a fp32 -w 1 (test-tiny, B=4 T=64):\n");
     ModelConfig c = config_named("test-tiny");
-    TrainingOptions defaults;
-    defaults.B = 4;
-    defaults.T = 64;
     const int steps = 50, pool = 8;
     std::vector<float> losses[2];
     for (int exact = 0; exact < 2; exact++) {
         Model m;
-        model_create(&m, c, exact ? options_for(4, 64, 0, 0, true, false) : defaults, OptimizerSettings(), 21);
+        model_create(&m, c, exact ? options_for(4, 64, 0, 0, true, false) : default_options(4, 64), OptimizerSettings(), 21);
         model_init_random(&m);
         std::vector<int> inputs(m.N), targets(m.N);
         for (int step = 0; step < steps; step++) {

@@ -5,9 +5,9 @@
 // tokens; final RMSNorm; LM head + cross-entropy over mini-sequences, each mini-sequence's logits turned
 // into their gradient in place and consumed at once (dHidden = dLogits W, dW += dLogits^T h), so one
 // mini-sequence of logits is all that ever exists. Backward recomputes each layer from its input (-r 1)
-// or reads the activations every layer kept (-r 0). The AdamW step is fused into backward (-f 1): each
-// group of parameters (LM head, final norm, each layer, embedding) is updated as soon as its gradient is
-// complete, so no full-model gradient exists.
+// or reads the activations every layer kept (-r 0). The optimizer is fused with backward (-f 1): each
+// group of parameters (LM head, final norm, each layer, embedding) leaves the GPU's gradient region as
+// soon as its gradient is complete, so no full-model gradient exists on the GPU.
 //
 // Memory: memory_plan.h says every byte. One cudaMalloc of plan.total at start-up, carved into the
 // plan's regions; nothing is allocated afterwards (device_allocations counts, test_llama checks).
@@ -1129,7 +1129,11 @@ struct StepRecord {
 
 static void log_step(FILE* log, const StepRecord& r) {
     if (!log) return;
-    auto number = [](double x) { return std::isfinite(x) ? std::to_string(x) : std::string("null"); };
+    auto number = [](double x) {
+        char text[32];
+        snprintf(text, sizeof text, "%.7g", x);
+        return std::isfinite(x) ? std::string(text) : std::string("null");
+    };
     fprintf(log, "{\"step\": %d, \"loss\": %s, \"lr\": %.6e, \"grad_norm\": %s, \"clip_scale\": %s, \"skipped\": %s, "
             "\"ms\": %.1f, \"tok_per_s\": %.1f, \"mfu\": %s, \"gpu_mem_gib\": %.3f, \"host_mem_gib\": %.3f}\n",
             r.step, number(r.loss).c_str(), r.lr, number(r.grad_norm).c_str(), number(r.clip_scale).c_str(),
@@ -1153,7 +1157,8 @@ static void report_validation(Model* m, Batches* val, const CommandLine& cl, FIL
 
 static int train(const CommandLine& cl, const MemoryPlan& plan) {
     FILE* log = nullptr;
-    if (cl.log_path && !(log = fopen(cl.log_path, "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
+    // a resumed run appends to its log
+    if (cl.log_path && !(log = fopen(cl.log_path, cl.resume ? "a" : "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)

@@ -3,6 +3,25 @@
 // CPU reference: adamw_cpu (fp32 everything). Product kernel: adamw_update<S> (mst_kernels.cuh).
 #include "common.h"
 
+// the kernel's arrays on the device: bf16 parameters, fp32 master weights (or null), zeroed m and v, a
+// gradient, the device-side clip scale
+template <typename S>
+struct DeviceAdamw {
+    bf16* p; float* master; S* m; S* v; float* g; float* clip;
+    DeviceAdamw(std::vector<float>& params, bool use_master, float clip_scale) {
+        size_t count = params.size();
+        p = upload_bf16(params);
+        master = use_master ? upload(params) : nullptr;
+        m = dmalloc<S>(count);
+        v = dmalloc<S>(count);
+        CUDA_CHECK(cudaMemset(m, 0, count * sizeof(S)));
+        CUDA_CHECK(cudaMemset(v, 0, count * sizeof(S)));
+        g = dmalloc<float>(count);
+        clip = upload(std::vector<float>{clip_scale});
+    }
+    void free() { for (void* q : {(void*)p, (void*)master, (void*)m, (void*)v, (void*)g, (void*)clip}) CUDA_CHECK(cudaFree(q)); }
+};
+
 template <typename S>
 static void check(size_t count, bool use_master, int steps) {
     bool bf16_state = sizeof(S) == 2;
@@ -10,13 +29,10 @@ static void check(size_t count, bool use_master, int steps) {
     std::vector<float> p = rand_uniform(count, -1.f, 1.f);
     to_bf16(p);  // the CPU starts from the same (bf16) parameters
     std::vector<float> m(count, 0.f), v(count, 0.f);
-    bf16* d_p = upload_bf16(p);
-    float* d_master = use_master ? upload(p) : nullptr;
-    S *d_m = dmalloc<S>(count), *d_v = dmalloc<S>(count);
-    CUDA_CHECK(cudaMemset(d_m, 0, count * sizeof(S)));
-    CUDA_CHECK(cudaMemset(d_v, 0, count * sizeof(S)));
-    float* d_g = dmalloc<float>(count);
-    float* d_clip = upload(std::vector<float>{clip});
+    DeviceAdamw<S> d(p, use_master, clip);
+    bf16* d_p = d.p;
+    float *d_master = d.master, *d_g = d.g, *d_clip = d.clip;
+    S *d_m = d.m, *d_v = d.v;
     for (int t = 1; t <= steps; t++) {
         std::vector<float> g = rand_uniform(count, -1.f, 1.f);
         CUDA_CHECK(cudaMemcpy(d_g, g.data(), count * 4, cudaMemcpyHostToDevice));
@@ -53,7 +69,7 @@ static void check(size_t count, bool use_master, int steps) {
         snprintf(name, sizeof name, "adamw bf16 m unbiased (mean err / mean |m| = %.2g)", fabs(bias) / std::max(mag, 1e-30));
         check_true(name, fabs(bias) / std::max(mag, 1e-30) < 1e-3);
     }
-    for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g, (void*)d_clip}) CUDA_CHECK(cudaFree(q));
+    d.free();
 }
 
 // One update (p_after - p_before) against the CPU's from the same state, at a learning rate whose update is
@@ -68,13 +84,10 @@ static void check_update(size_t count, bool use_master) {
     float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 0.5f;
     std::vector<float> p = rand_uniform(count, -0.02f, 0.02f);
     to_bf16(p);
-    bf16* d_p = upload_bf16(p);
-    float* d_master = use_master ? upload(p) : nullptr;
-    S *d_m = dmalloc<S>(count), *d_v = dmalloc<S>(count);
-    CUDA_CHECK(cudaMemset(d_m, 0, count * sizeof(S)));
-    CUDA_CHECK(cudaMemset(d_v, 0, count * sizeof(S)));
-    float* d_g = dmalloc<float>(count);
-    float* d_clip = upload(std::vector<float>{clip});
+    DeviceAdamw<S> d(p, use_master, clip);
+    bf16* d_p = d.p;
+    float *d_master = d.master, *d_g = d.g, *d_clip = d.clip;
+    S *d_m = d.m, *d_v = d.v;
     const int t = 4;
     for (int step = 1; step <= t; step++) {
         if (step == t) CUDA_CHECK(cudaDeviceSynchronize());
@@ -109,7 +122,7 @@ static void check_update(size_t count, bool use_master) {
                  cfg, bad, count, dot / norm);
         check_true(name, bad == 0 && fabs(dot / norm - 1.0) < 0.02);
     }
-    for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g, (void*)d_clip}) CUDA_CHECK(cudaFree(q));
+    d.free();
 }
 
 // same seed, same bits
