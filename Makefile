@@ -18,7 +18,7 @@ override NVCCFLAGS += -I.
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
-COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/llama_reference.h tests/test_util.h
+COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/llama_reference.h mst/training.h tests/test_util.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
 
@@ -35,6 +35,10 @@ test_llama: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES)
 
 # ---- CPU reference, golden comparison, memory plan (issue 2) ----
 test_reference: tests/test_reference.cpp tests/golden.h mst/safetensors.h mst/lr_schedule.h $(COMMON_HEADERS)
+	$(CXX) $(CXXFLAGS) -o $@ $<
+
+# exact clipping deferred to the next use, gradient accumulation, the non-finite guard (issue 11)
+test_training: tests/test_training.cpp dataloader.h tests/golden.h mst/safetensors.h mst/training.h $(COMMON_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/llama_config.h tests/test_util.h
@@ -97,10 +101,10 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
-TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_llama ./test_tokenizer ./test_checkpoint
+TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_llama ./test_tokenizer ./test_checkpoint
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama
 	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
-	rm -f train_llama test_llama test_reference test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf
+	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf
 	rm -rf dev/cuda/bin

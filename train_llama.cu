@@ -5,9 +5,9 @@
 // tokens; final RMSNorm; LM head + cross-entropy over mini-sequences, each mini-sequence's logits turned
 // into their gradient in place and consumed at once (dHidden = dLogits W, dW += dLogits^T h), so one
 // mini-sequence of logits is all that ever exists. Backward recomputes each layer from its input (-r 1)
-// or reads the activations every layer kept (-r 0). The AdamW step is fused into backward (-f 1): each
-// group of parameters (LM head, final norm, each layer, embedding) is updated as soon as its gradient is
-// complete, so no full-model gradient exists.
+// or reads the activations every layer kept (-r 0). The optimizer is fused with backward (-f 1): each
+// group of parameters (LM head, final norm, each layer, embedding) leaves the GPU's gradient region as
+// soon as its gradient is complete, so no full-model gradient exists on the GPU.
 //
 // Memory: memory_plan.h says every byte. One cudaMalloc of plan.total at start-up, carved into the
 // plan's regions, and with --offload one cudaHostAlloc of plan.host_total (pinned) for the layer
@@ -16,13 +16,18 @@
 //
 // Checkpoints (-o, -k, -y), Hugging Face weights in and out (-e DIR, --export) and samples (-g, -s) work
 // on host copies of the arena's buffers (checkpoint.h, hf_io.h, generate.h). A checkpoint holds all
-// that a step depends on (weights, AdamW state and step, the clip scale, the data's position), so a
+// that a step depends on (weights, AdamW state and step, the data's position; no pending update), so a
 // resumed run's losses are bitwise those of a run that never stopped.
 //
-// Gradient clipping with the fused step: the global norm is known only once backward has finished, after
-// the updates it should have scaled. So step s clips with the norm of step s-1 (scale min(1, clip /
-// norm_{s-1})), and prints the norm of step s. Step 0 is not clipped; AdamW's first update m/sqrt(v) does
-// not depend on the gradient's scale (up to eps), so that costs nothing. With -f 0 clipping is exact.
+// Exact gradient clipping with the fused step (training.h): the global norm is known only once backward
+// has finished, so each group's completed gradient goes to pinned host memory (plan.bytes[REGION_HOST_GRADIENTS])
+// while its share of the norm accumulates on the GPU; the update, scaled by min(1, clip / norm) of the
+// same step, is applied before the weights are next read (the next step's forward, validation, a
+// sample, a checkpoint, an export), each group's gradient streamed back into the gradient region. A step
+// whose loss or norm is not finite leaves that update out: no weight or AdamW state changes. With -f 0
+// the whole gradient stays on the GPU and is clipped and applied after backward. Gradient accumulation
+// (-d) runs micro-batches into the same gradients (fused: each group's host copy streamed back before
+// its next backward) with the loss normalized over the counted targets of all micro-batches.
 //
 // The model code (structs, forward, backward, update) comes first, then the command line and main,
 // which test_llama.cu leaves out by defining TESTING before it includes this file (as llm.c's
@@ -47,6 +52,7 @@
 #include "mst/llama_config.h"
 #include "mst/memory_plan.h"
 #include "mst/lr_schedule.h"
+#include "mst/training.h"
 #include "dataloader.h"
 #include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
 #include "mst/generate.h"
@@ -108,7 +114,7 @@ struct Model {
     // --offload: the layer checkpoints in pinned host memory, copied on their own stream and ordered by
     // events: stored[i] = the copy of a layer input out of staging buffer i has finished, fetched[i] =
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
-    char* host_arena;              // null without offload
+    char* host_arena;              // null when the plan has no host regions
     OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
     bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
     cudaStream_t copy_stream;
@@ -119,6 +125,9 @@ struct Model {
     float* master;                 // fp32 master weights, or null
     void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state)
     float* grads;                  // fused: one gradient group at a time; else all P
+    float* host_grads;             // fused: pinned host P x 4, each group's gradient held for the exact clip
+    bool update_pending;           // fused: the last step's update, applied before the weights are next read
+    float pending_lr;              // its learning rate
     // forward
     bf16* layer_inputs;            // (L + 1) x N x C: each layer's input, then the last layer's output
     LayerActivationsGPU layer_acts[2];  // layer 0's views and layer 1's (the same with recomputation)
@@ -136,8 +145,9 @@ struct Model {
     void* grad_norm_scratch;       // global-norm partials, one slot per gradient group
     int grad_norm_slots;           // slots written this step
     float* grad_norm;              // this step's global gradient norm (device)
-    float* clip_scale;             // min(1, clip / norm): this step's (-f 0) or last step's (-f 1)
-    int steps_done;                // AdamW's t is steps_done + 1
+    float* clip_scale;             // min(1, clip / norm) of the last step
+    int steps_done;                // training steps done (a skipped step counts: the data and lr moved on)
+    int updates_applied;           // AdamW's t is updates_applied + 1 (a skipped step applies none)
     uint64_t seed;
 };
 
@@ -173,7 +183,8 @@ static void carve_arena(Model* m) {
     m->adam_v = region(REGION_ADAM_V);
     m->grads = (float*)region(REGION_GRADIENTS);
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
-    m->host_checkpoints = m->host_arena ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
+    m->host_checkpoints = m->offload.h > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
+    m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? (float*)(m->host_arena + p.offset[REGION_HOST_GRADIENTS]) : nullptr;
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
         LayerActivationsGPU& a = m->layer_acts[slot];
@@ -243,11 +254,13 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->N = options.B * options.T;
     m->seed = seed;
     m->steps_done = 0;
+    m->updates_applied = 0;
+    m->update_pending = false;
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
     m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
-    m->host_arena = m->offload.h > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
+    m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
@@ -259,7 +272,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
     CUDA_CHECK(cudaMemset(m->adam_v, 0, m->plan.bytes[REGION_ADAM_V]));
     float one = 1.f;
-    CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));  // step 0: no clipping
+    CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));
 }
 
 static void model_free(Model* m) {
@@ -416,7 +429,7 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
 // embedding, the layers, the final norm (the LM head's input)
 static void model_forward(Model* m) {
     int C = m->config.d_model;
-    if (m->host_arena) {  // a forward-only pass (validation) may have left copies out of the staging in flight
+    if (m->offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
     }
@@ -448,31 +461,38 @@ static void lmhead_forward_backward(Model* m, float grad_scale, float* lm_head_g
     }
 }
 
-// the mean loss over counted targets (target -1 is not counted; its loss is 0)
-static float mean_loss(Model* m, int counted) {
+// the sum of the per-token losses (target -1 is not counted; its loss is 0); synchronizes the stream
+static double summed_loss(Model* m) {
     std::vector<float> losses(m->N);
     CUDA_CHECK(cudaMemcpyAsync(losses.data(), m->losses, (size_t)m->N * 4, cudaMemcpyDeviceToHost, m->stream));
     CUDA_CHECK(cudaStreamSynchronize(m->stream));
     double sum = 0.0;
     for (float x : losses) sum += x;
-    return counted > 0 ? (float)(sum / counted) : 0.f;
+    return sum;
+}
+
+static int counted_targets(const int* targets, size_t count) {
+    int counted = 0;
+    for (size_t n = 0; n < count; n++) counted += targets[n] >= 0;
+    return counted;
 }
 
 static int upload_tokens(Model* m, const int* inputs, const int* targets) {
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
-    int counted = 0;
-    for (int n = 0; n < m->N; n++) counted += targets[n] >= 0;
-    return counted;
+    return counted_targets(targets, m->N);
 }
 
-// the loss of a batch, forward only
+static void model_apply_pending_update(Model* m);
+
+// the loss of a batch, forward only (after any pending update: the weights as trained so far)
 static float model_loss(Model* m, const int* inputs, const int* targets) {
+    model_apply_pending_update(m);
     int counted = upload_tokens(m, inputs, targets);
     model_forward(m);
     lmhead_forward_backward(m, 1.f, nullptr);
-    return mean_loss(m, counted);
+    return counted > 0 ? (float)(summed_loss(m) / counted) : 0.f;
 }
 
 // ----------------------------------------------------------------------------
@@ -482,7 +502,7 @@ static float model_loss(Model* m, const int* inputs, const int* targets) {
 // 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, offset).
 static void adamw_group(Model* m, size_t offset, size_t count, const float* grad, float lr) {
     const OptimizerSettings& o = m->optimizer;
-    int t = m->steps_done + 1;
+    int t = m->updates_applied + 1;
     nvtxRangePushA("AdamW");
     for (const ParameterTensor& tensor : m->tensors) {
         if (tensor.offset < offset || tensor.offset >= offset + count) continue;
@@ -514,20 +534,42 @@ static float* group_gradient(const Model* m, size_t offset) {
     return m->grads + (after_tied_embedding ? (size_t)m->config.vocab_size * m->config.d_model : 0);
 }
 
-// A group's backward begins: fused, its gradient buffer is zeroed (not fused, backward zeroed them all)
-static float* begin_group(Model* m, size_t offset, size_t count) {
+// A group's backward begins. Fused: its gradient buffer is zeroed in the first micro-batch, and in a
+// later one holds the sum so far, streamed back from its host copy. Not fused: backward zeroed them all
+// before the first micro-batch.
+static float* begin_group(Model* m, size_t offset, size_t count, bool first_micro_batch) {
     float* grad = group_gradient(m, offset);
-    if (m->plan.options.fused_optimizer) CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
+    if (!m->plan.options.fused_optimizer) return grad;
+    if (first_micro_batch) CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
+    else CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + offset, count * 4, cudaMemcpyHostToDevice, m->stream));
     return grad;
 }
 
-// A group's gradient is complete: fused, its share of the global norm, then its update (clipped with
-// the previous step's norm); not fused, nothing until backward has finished.
-static void end_group(Model* m, size_t offset, size_t count, float lr) {
+// A group's gradient is complete for this micro-batch. Fused: it goes to its host copy (count x 4
+// bytes over PCIe, ordered on the stream before the buffer's next use), and after the last micro-batch
+// its share of the global norm is taken. Not fused: nothing until backward has finished.
+static void end_group(Model* m, size_t offset, size_t count, bool last_micro_batch) {
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
-    global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
-    adamw_group(m, offset, count, grad, lr);
+    if (last_micro_batch) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
+    CUDA_CHECK(cudaMemcpyAsync(m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost, m->stream));
+}
+
+// Fused: the last step's update, if pending, group by group in the order forward reads them, each
+// group's gradient streamed back from the host and scaled by that step's clip scale (m->clip_scale,
+// still on the device). Called before anything reads the weights: the next step, validation, samples,
+// checkpoints, exports, host copies.
+static void model_apply_pending_update(Model* m) {
+    if (!m->update_pending) return;
+    std::vector<GradientGroup> groups = gradient_groups(m->config);
+    for (auto g = groups.rbegin(); g != groups.rend(); ++g) {
+        float* grad = group_gradient(m, g->offset);
+        CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + g->offset, g->count * 4, cudaMemcpyHostToDevice, m->stream));
+        adamw_group(m, g->offset, g->count, grad, m->pending_lr);
+    }
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));
+    m->updates_applied++;
+    m->update_pending = false;
 }
 
 // ----------------------------------------------------------------------------
@@ -582,49 +624,69 @@ static void layer_backward(Model* m, int l, float* grad) {
     nvtxRangePop();
 }
 
-// One training step on a batch: forward, backward and (apply_update) the AdamW update with lr.
-// Fused (-f 1) the update happens inside backward and apply_update must be true. Not fused with
-// apply_update false, the gradient of every parameter is left in m->grads (tests read it).
+// One training step: forward and backward over micro_batches micro-batches of N tokens (inputs and
+// targets one after another), the gradient of the loss averaged over the counted targets of all of them,
+// then (apply_update) the AdamW update with lr, clipped with this step's norm. Fused, the update is
+// pending until the weights are next read (model_apply_pending_update); not fused, it is applied here.
+// A step whose loss or norm is not finite applies no update (*skipped). With apply_update false the
+// gradient is left in m->grads (not fused) or m->host_grads (fused) for tests.
 // Returns the mean loss; *grad_norm gets this step's global gradient norm (before clipping).
-static float model_step(Model* m, const int* inputs, const int* targets, float lr, bool apply_update, float* grad_norm) {
+static float model_step(Model* m, const int* inputs, const int* targets, float lr, bool apply_update, float* grad_norm,
+                        int micro_batches = 1, bool* skipped = nullptr) {
     const ModelConfig& c = m->config;
     const ParameterLayout& p = m->layout;
     bool fused = m->plan.options.fused_optimizer;
-    size_t VC = (size_t)c.vocab_size * c.d_model;
-    int counted = upload_tokens(m, inputs, targets);
-    model_forward(m);
-
+    size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
+    model_apply_pending_update(m);  // the last step's update: this forward reads the weights
+    int counted = counted_targets(targets, N * micro_batches);
+    float grad_scale = counted > 0 ? 1.f / counted : 0.f;
     if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, p.total * 4, m->stream));
     m->grad_norm_slots = 0;
-    // LM head + loss; the tied LM head's gradient is the embedding's, updated after the embedding backward
-    float* lm_head_grad = begin_group(m, p.lm_head, VC);
-    lmhead_forward_backward(m, counted > 0 ? 1.f / counted : 0.f, lm_head_grad);
-    if (!c.tied_embeddings) end_group(m, p.lm_head, VC, lr);
-    // final norm: dresidual = its input's gradient
-    CUDA_CHECK(cudaMemsetAsync(m->dresidual, 0, (size_t)m->N * c.d_model * 2, m->stream));
-    float* final_norm_grad = begin_group(m, p.final_norm, c.d_model);
-    rmsnorm_backward(m->dresidual, final_norm_grad, m->norm_scratch, m->dnorm, layer_input(m, c.n_layer),
-                     m->params + p.final_norm, m->final_rstd, m->N, c.d_model, m->stream);
-    end_group(m, p.final_norm, c.d_model, lr);
-    for (int l = c.n_layer - 1; l >= 0; l--) {
-        layer_backward(m, l, begin_group(m, p.layer_start(l), p.layer.count));
-        end_group(m, p.layer_start(l), p.layer.count, lr);
+    double loss_sum = 0.0;
+    for (int micro = 0; micro < micro_batches; micro++) {
+        bool first = micro == 0, last = micro == micro_batches - 1;
+        upload_tokens(m, inputs + micro * N, targets + micro * N);
+        model_forward(m);
+        // LM head + loss; the tied LM head's gradient is the embedding's, complete after the embedding backward
+        float* lm_head_grad = begin_group(m, p.lm_head, VC, first);
+        lmhead_forward_backward(m, grad_scale, lm_head_grad);
+        if (!c.tied_embeddings) end_group(m, p.lm_head, VC, last);
+        // final norm: dresidual = its input's gradient
+        CUDA_CHECK(cudaMemsetAsync(m->dresidual, 0, N * c.d_model * 2, m->stream));
+        float* final_norm_grad = begin_group(m, p.final_norm, c.d_model, first);
+        rmsnorm_backward(m->dresidual, final_norm_grad, m->norm_scratch, m->dnorm, layer_input(m, c.n_layer),
+                         m->params + p.final_norm, m->final_rstd, m->N, c.d_model, m->stream);
+        end_group(m, p.final_norm, c.d_model, last);
+        for (int l = c.n_layer - 1; l >= 0; l--) {
+            layer_backward(m, l, begin_group(m, p.layer_start(l), p.layer.count, first));
+            end_group(m, p.layer_start(l), p.layer.count, last);
+        }
+        float* embedding_grad = c.tied_embeddings ? lm_head_grad : begin_group(m, p.embedding, VC, first);
+        embedding_backward(embedding_grad, m->dresidual, m->inputs, m->N, c.d_model, m->stream);
+        end_group(m, p.embedding, VC, last);
+        loss_sum += summed_loss(m);  // synchronizes the stream
     }
-    float* embedding_grad = c.tied_embeddings ? lm_head_grad : begin_group(m, p.embedding, VC);
-    embedding_backward(embedding_grad, m->dresidual, m->inputs, m->N, c.d_model, m->stream);
-    end_group(m, p.embedding, VC, lr);
 
-    // the global norm: fused, of the groups' partials (its clip scale serves the next step); not fused,
-    // of the whole gradient, then the exactly clipped update
-    if (!fused) {
-        global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, p.total, m->stream);
-    }
+    // the global norm: fused, of the groups' partials; not fused, of the whole gradient
+    if (!fused) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, p.total, m->stream);
     global_norm_finish(m->grad_norm, m->clip_scale, m->grad_norm_scratch, m->grad_norm_slots,
                        m->optimizer.grad_clip, m->stream);
-    if (!fused && apply_update) adamw_group(m, 0, p.total, m->grads, lr);
-    if (apply_update) m->steps_done++;
     CUDA_CHECK(cudaMemcpyAsync(grad_norm, m->grad_norm, 4, cudaMemcpyDeviceToHost, m->stream));
-    return mean_loss(m, counted);  // synchronizes the stream
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));
+    float loss = counted > 0 ? (float)(loss_sum / counted) : 0.f;
+    bool finite = std::isfinite(loss) && std::isfinite(*grad_norm);
+    if (skipped) *skipped = !finite;
+    if (apply_update && finite) {
+        if (fused) {
+            m->update_pending = true;
+            m->pending_lr = lr;
+        } else {
+            adamw_group(m, 0, p.total, m->grads, lr);
+            m->updates_applied++;
+        }
+    }
+    if (apply_update) m->steps_done++;
+    return loss;
 }
 
 // --random-tokens: batch `index` of seeded uniform tokens; each row is T + 1 tokens, inputs its first
@@ -661,7 +723,8 @@ static void model_set_parameters(Model* m, const std::vector<float>& params) {
 }
 
 // the bf16 parameters, widened (exactly) to fp32
-static std::vector<float> download_params(const Model* m) {
+static std::vector<float> download_params(Model* m) {
+    model_apply_pending_update(m);
     std::vector<bf16> raw(m->layout.total);
     CUDA_CHECK(cudaMemcpy(raw.data(), m->params, raw.size() * 2, cudaMemcpyDeviceToHost));
     std::vector<float> out(raw.size());
@@ -669,7 +732,8 @@ static std::vector<float> download_params(const Model* m) {
     return out;
 }
 
-static std::vector<float> download_master(const Model* m) {
+static std::vector<float> download_master(Model* m) {
+    model_apply_pending_update(m);
     std::vector<float> out(m->layout.total);
     CUDA_CHECK(cudaMemcpy(out.data(), m->master, out.size() * 4, cudaMemcpyDeviceToHost));
     return out;
@@ -677,7 +741,7 @@ static std::vector<float> download_master(const Model* m) {
 
 // fp32 weights for export and generation: the master weights where kept, else the parameters (the
 // parameters are the master weights rounded to nearest, so a bf16 export is the same either way)
-static std::vector<float> download_weights(const Model* m) { return m->master ? download_master(m) : download_params(m); }
+static std::vector<float> download_weights(Model* m) { return m->master ? download_master(m) : download_params(m); }
 
 // weights from a Hugging Face directory of the model's config (hf_io.h), instead of model_init_random
 static void model_import_hf(Model* m, const std::string& dir) {
@@ -688,7 +752,7 @@ static void model_import_hf(Model* m, const std::string& dir) {
 }
 
 // dir/config.json and dir/model.safetensors (bf16) that transformers' LlamaForCausalLM loads as is
-static void model_export_hf(const Model* m, const std::string& dir) {
+static void model_export_hf(Model* m, const std::string& dir) {
     std::string error;
     if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error)) safetensors_exit_on_error(error);
 }
@@ -696,16 +760,18 @@ static void model_export_hf(const Model* m, const std::string& dir) {
 static const char* optimizer_state_dtype(const Model* m) { return m->plan.options.bf16_optimizer_state ? "BF16" : "F32"; }
 
 // Writes checkpoint steps_done into dir: the bf16 parameters, the master weights where kept, AdamW m and
-// v as the arena holds them (bf16 or fp32) and the clip scale (with -f 1 the next step clips with this
-// step's norm). info brings the data loader, the RNG and options; the config, step and the choices a
+// v as the arena holds them (bf16 or fp32) and the last step's clip scale (for the reader: a pending
+// update is applied before writing, so no later step depends on it). info brings the data loader, the RNG and options; the config, step and the choices a
 // resume must share (state dtype, master weights, seed of the stochastic rounding) are the model's.
 // Returns the file's path.
-static std::string model_save_checkpoint(const Model* m, const std::string& dir, CheckpointInfo info) {
+static std::string model_save_checkpoint(Model* m, const std::string& dir, CheckpointInfo info) {
+    model_apply_pending_update(m);  // a checkpoint holds no pending update
     info.config = m->config;
     info.step = m->steps_done;
     info.options["optimizer_state"] = optimizer_state_dtype(m);
     info.options["master_weights"] = m->master ? "1" : "0";
     info.options["seed"] = std::to_string(m->seed);
+    info.options["adamw_updates"] = std::to_string(m->updates_applied);  // fewer than steps after skipped steps
     size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(optimizer_state_dtype(m));
     std::vector<int64_t> shape = {(int64_t)P};
     std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = download_bytes(m->adam_m, state_bytes),
@@ -754,6 +820,10 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
     CUDA_CHECK(cudaMemcpy(m->clip_scale, clip.data(), 4, cudaMemcpyHostToDevice));
     if (m->master) CUDA_CHECK(cudaMemcpy(m->master, master_weights.data(), P * 4, cudaMemcpyHostToDevice));
     m->steps_done = (int)info.step;
+    // AdamW's step count; a checkpoint from before the non-finite guard has none: every step updated
+    std::string updates = info.options["adamw_updates"];
+    m->updates_applied = updates.empty() ? m->steps_done : atoi(updates.c_str());
+    m->update_pending = false;
     return info;
 }
 
@@ -776,6 +846,10 @@ struct CommandLine {
     int val_interval = 0;             // 0: no validation
     int val_batches = 4;
     uint64_t seed = 1337;
+    long long tokens_per_update = 0;  // -d: 0 = one batch of B x T
+    int micro_batches = 1;            // tokens_per_update / (B x T)
+    int nonfinite_limit = 5;          // --nonfinite-limit: stop after this many non-finite steps in a row
+    const char* log_path = nullptr;   // -L: one JSON object per line per step
     bool dry_run = false, print_max_T = false;
     double gpu_mem_gib = 0.0;         // 0: not given
     double host_mem_gib = 0.0;        // --host-mem: pinned host memory the plan may use; 0: not given
@@ -816,6 +890,9 @@ static void print_usage() {
 "  -v N            validation loss every N steps, 0 = never (default 0)\n"
 "  --val-batches N batches per validation (default 4)\n"
 "  --seed N        seed of the initial weights and random tokens (default 1337)\n"
+"  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
+"  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
+"  -L FILE         log every step as one JSON object per line\n"
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
 "  -k N            checkpoint every N steps, 0 = only at the end (default 0)\n"
 "  -y 0|1          resume from the latest checkpoint in -o DIR (default 0)\n"
@@ -892,7 +969,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
-            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem"};
+            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -937,6 +1014,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-g") cl.sample_tokens = parse_int(f, value, 0, "a non-negative integer");
         else if (flag == "-s") cl.sample_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
         else if (flag == "--temperature") cl.temperature = (float)parse_number(f, value, false);
+        else if (flag == "-d") cl.tokens_per_update = parse_integer(f, value, 1, LLONG_MAX, "a positive integer");
+        else if (flag == "--nonfinite-limit") cl.nonfinite_limit = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "-L") cl.log_path = value;
         else if (flag == "--top-p") {
             cl.top_p = (float)parse_number(f, value, true);
             if (cl.top_p > 1.f) usage_error("%s: must be a probability in (0, 1] (got \"%s\")", f, value);
@@ -954,6 +1034,11 @@ static CommandLine parse_command_line(int argc, char** argv) {
         usage_error("-e: unknown model \"%s\" (known: %s)", cl.model_name, model_config_names().c_str());
     }
     if (cl.resume && !cl.checkpoint_dir) usage_error("-y 1: needs -o DIR, the directory to resume from");
+    if (cl.tokens_per_update > 0) {
+        std::string problem;
+        cl.micro_batches = accumulation_micro_batches(cl.tokens_per_update, cl.options.B, cl.options.T, &problem);
+        if (cl.micro_batches == 0) usage_error("%s", problem.c_str());
+    }
     std::string problem = training_options_problem(cl.config, cl.options);
     if (!problem.empty()) usage_error("%s", problem.c_str());
     int head_dim = cl.config.head_dim();
@@ -1133,7 +1218,7 @@ static float validation_loss(Model* m, Batches* val, const CommandLine& cl) {
 
 // -o: a checkpoint of the steps done, the data loader standing after the last step's batch (random
 // batches need nothing: batch i is a function of the seed and i), and the sampler's generator
-static void save_checkpoint(const Model* m, const CommandLine& cl, const Batches& b, uint64_t sample_rng) {
+static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, uint64_t sample_rng) {
     CheckpointInfo info;
     info.rng_state = sample_rng;
     if (!b.random) info.loader = dataloader_state(&b.loader);
@@ -1157,7 +1242,7 @@ static bool load_sample_tokenizer(const ModelConfig& c, Tokenizer* tokenizer) {
 
 // cl.sample_tokens tokens after <|begin_of_text|> (token 0 in a test vocabulary), generated on the CPU
 // from a host copy of the weights (generate.h: a KV cache, so linear in the length)
-static void print_sample(const Model* m, const CommandLine& cl, const Tokenizer* tokenizer, uint64_t* rng, int step) {
+static void print_sample(Model* m, const CommandLine& cl, const Tokenizer* tokenizer, uint64_t* rng, int step) {
     std::vector<int> tokens = {m->config.vocab_size > LLAMA3_BEGIN_OF_TEXT ? LLAMA3_BEGIN_OF_TEXT : 0};
     generate(m->config, download_weights(m).data(), &tokens, cl.sample_tokens, cl.temperature, cl.top_p, rng);
     std::string text;
@@ -1166,7 +1251,59 @@ static void print_sample(const Model* m, const CommandLine& cl, const Tokenizer*
     printf("sample at step %d: %s\n", step, text.c_str());
 }
 
+// this process's resident host memory (VmRSS in /proc/self/status), 0 where unknown
+static double host_memory_gib() {
+    FILE* f = fopen("/proc/self/status", "r");
+    if (!f) return 0.0;
+    char line[256];
+    long long kib = 0;
+    while (fgets(line, sizeof line, f))
+        if (sscanf(line, "VmRSS: %lld kB", &kib) == 1) break;
+    fclose(f);
+    return kib / (1024.0 * 1024.0);
+}
+
+// -L: one JSON object per line; a training step's record, or a validation's {"step": s, "val_loss": x}
+// (the loss after s steps). Flushed at once, so a run that stops leaves a complete log.
+struct StepRecord {
+    int step;
+    float loss, lr, grad_norm, clip_scale;
+    bool skipped;
+    double ms, tokens_per_second, mfu_percent, gpu_mem_gib, host_mem_gib;  // mfu_percent < 0: unknown
+};
+
+static void log_step(FILE* log, const StepRecord& r) {
+    if (!log) return;
+    auto number = [](double x) {
+        char text[32];
+        snprintf(text, sizeof text, "%.7g", x);
+        return std::isfinite(x) ? std::string(text) : std::string("null");
+    };
+    fprintf(log, "{\"step\": %d, \"loss\": %s, \"lr\": %.6e, \"grad_norm\": %s, \"clip_scale\": %s, \"skipped\": %s, "
+            "\"ms\": %.1f, \"tok_per_s\": %.1f, \"mfu\": %s, \"gpu_mem_gib\": %.3f, \"host_mem_gib\": %.3f}\n",
+            r.step, number(r.loss).c_str(), r.lr, number(r.grad_norm).c_str(), number(r.clip_scale).c_str(),
+            r.skipped ? "true" : "false", r.ms, r.tokens_per_second, r.mfu_percent < 0 ? "null" : number(r.mfu_percent).c_str(),
+            r.gpu_mem_gib, r.host_mem_gib);
+    fflush(log);
+}
+
+static void log_validation(FILE* log, int step, float val_loss) {
+    if (!log) return;
+    fprintf(log, "{\"step\": %d, \"val_loss\": %.6f}\n", step, val_loss);
+    fflush(log);
+}
+
+// validation every -v steps: printed and logged
+static void report_validation(Model* m, Batches* val, const CommandLine& cl, FILE* log, int step) {
+    float loss = validation_loss(m, val, cl);
+    printf("step %4d | val loss %.4f\n", step, loss);
+    log_validation(log, step, loss);
+}
+
 static int train(const CommandLine& cl) {
+    FILE* log = nullptr;
+    // a resumed run appends to its log
+    if (cl.log_path && !(log = fopen(cl.log_path, cl.resume ? "a" : "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)
@@ -1198,7 +1335,7 @@ static int train(const CommandLine& cl) {
         CheckpointInfo info = model_load_checkpoint(&model, resume_from);
         start_step = (int)info.step;
         sample_rng = info.rng_state;
-        train_batches.served = info.step;
+        train_batches.served = info.step * (uint64_t)cl.micro_batches;
         if (!train_batches.random) dataloader_resume(&train_batches.loader, &info.loader);
         printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
     } else if (cl.hf_dir) {
@@ -1208,27 +1345,55 @@ static int train(const CommandLine& cl) {
         model_init_random(&model);
     }
 
-    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * model.N;
+    size_t tokens_per_step = (size_t)model.N * cl.micro_batches;
+    if (cl.micro_batches > 1)
+        printf("gradient accumulation: %d micro-batches of %d x %d tokens per update (-d %zu)\n", cl.micro_batches,
+               cl.options.B, cl.options.T, tokens_per_step);
+    if (plan.bytes[REGION_HOST_GRADIENTS] > 0)  // each micro-batch's groups go out; all but the first's come back, then the update's
+        printf("exact clipping: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n", gib(plan.bytes[REGION_HOST_GRADIENTS]),
+               gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
+    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step;
     double peak = peak_bf16_flops(prop);
+    NonFiniteGuard guard;
+    guard.limit = cl.nonfinite_limit;
+    std::vector<int> step_inputs(tokens_per_step), step_targets(tokens_per_step);
     for (int step = start_step; step < cl.steps; step++) {
-        if (cl.val_interval > 0 && step % cl.val_interval == 0)
-            printf("step %4d | val loss %.4f\n", step, validation_loss(&model, &val_batches, cl));
-        batches_next(&train_batches, cl);
+        if (cl.val_interval > 0 && step % cl.val_interval == 0) report_validation(&model, &val_batches, cl, log, step);
+        for (int micro = 0; micro < cl.micro_batches; micro++) {
+            batches_next(&train_batches, cl);
+            std::copy(train_batches.inputs.begin(), train_batches.inputs.end(), step_inputs.begin() + (size_t)micro * model.N);
+            std::copy(train_batches.targets.begin(), train_batches.targets.end(), step_targets.begin() + (size_t)micro * model.N);
+        }
         float lr = learning_rate_at(step, cl.steps, cl.optimizer.lr, cl.warmup_steps, cl.final_lr_fraction);
         auto start = std::chrono::steady_clock::now();
         float grad_norm;
-        float loss = model_step(&model, train_batches.inputs.data(), train_batches.targets.data(), lr, true, &grad_norm);
+        bool skipped;
+        float loss = model_step(&model, step_inputs.data(), step_targets.data(), lr, true, &grad_norm, cl.micro_batches, &skipped);
         double seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+        guard.skip(loss, grad_norm);  // the same test model_step made: counts the skipped steps in a row
         CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
+        StepRecord r = {step + 1, loss, lr, grad_norm, clip_scale(grad_norm, cl.optimizer.grad_clip), skipped,
+                        seconds * 1e3, tokens_per_step / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
+                        gib(total_bytes - free_bytes), host_memory_gib()};
         char mfu[32] = "-";
-        if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", 100.0 * flops_per_step / seconds / peak);
-        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB\n",
-               step + 1, cl.steps, loss, lr, grad_norm, seconds * 1e3, model.N / seconds, mfu,
-               gib(total_bytes - free_bytes));
+        if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu_percent);
+        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | clip %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB%s\n",
+               r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, r.tokens_per_second, mfu, r.gpu_mem_gib,
+               skipped ? " | SKIPPED: non-finite loss or gradient norm, no update" : "");
+        log_step(log, r);
         if (step == start_step)
             printf("memory: planned %.2f GiB (the arena), in use on the device %.2f GiB (arena + CUDA context), "
                    "allocations %d; pinned host %.2f GiB, allocations %d\n", gib(plan.total),
                    gib(total_bytes - free_bytes), device_allocations, gib(plan.host_total), host_allocations);
+        if (guard.should_stop()) {
+            fflush(stdout);
+            fprintf(stderr, "error: %d steps in a row (%d to %d) had a non-finite loss or gradient norm (--nonfinite-limit %d); "
+                    "stopping: the weights are those after step %d\n", guard.in_a_row, step + 2 - guard.in_a_row, step + 1,
+                    guard.limit, step + 1 - guard.in_a_row);
+            if (log) fclose(log);
+            model_free(&model);
+            return 1;
+        }
         // the last step's sample and checkpoint come after the loop; the sample before the checkpoint,
         // so the checkpoint holds the generator as the next sample finds it
         int done = step + 1;
@@ -1238,7 +1403,8 @@ static int train(const CommandLine& cl) {
             save_checkpoint(&model, cl, train_batches, sample_rng);
         fflush(stdout);
     }
-    if (cl.val_interval > 0) printf("step %4d | val loss %.4f\n", cl.steps, validation_loss(&model, &val_batches, cl));
+    if (cl.val_interval > 0) report_validation(&model, &val_batches, cl, log, cl.steps);
+    model_apply_pending_update(&model);  // the end: the last step's update
     if (cl.sample_tokens > 0) print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, cl.steps);
     if (cl.checkpoint_dir && start_step < cl.steps) save_checkpoint(&model, cl, train_batches, sample_rng);
     if (cl.export_dir) {
@@ -1246,6 +1412,7 @@ static int train(const CommandLine& cl) {
         printf("exported: %s/config.json, %s/model.safetensors\n", cl.export_dir, cl.export_dir);
     }
     if (decode) tokenizer_free(&tokenizer);
+    if (log) fclose(log);
     model_free(&model);
     if (!train_batches.random) dataloader_free(&train_batches.loader);
     if (cl.val_interval > 0 && !val_batches.random) dataloader_free(&val_batches.loader);

@@ -57,9 +57,9 @@ expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
 expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 32 x 200000 x 4096 x 2 +\| +0.000 \| +48.828 \|" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: PCIe bytes and times" "^PCIe per step: 48.8 GiB to the host, 47.3 GiB back; copies ~1.05 s each way at an assumed 50 GB/s" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
+expect_output "dry run: PCIe bytes and times" "^PCIe per step: 78.7 GiB to the host, 77.2 GiB back; copies ~1.69 s each way at an assumed 50 GB/s" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
 expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-23: the plan needs it" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
-expect_output "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 38.8 GiB on the host" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
+expect_output "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 68.7 GiB on the host" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)
 expect_error "negative checkpoint interval" "-k" --dry-run -k -1
@@ -73,6 +73,13 @@ expect_error "negative temperature" "--temperature" --dry-run --temperature -1
 expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
 expect_output "dry run of a Hugging Face directory (reads config.json)" "^MST plan: fits a card" --dry-run -e golden/tiny_hf/bf16 -T 64
 expect_output "--help lists --export" " --export DIR" --help
+
+# training over many steps (issue 11)
+expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
+expect_error "non-numeric -d" "-d" --dry-run -d lots
+expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
+expect_error "-L into a missing directory (before any GPU use)" "-L" -e test-tiny -T 64 -L /nonexistent/dir/log.jsonl
+expect_output "dry run shows the held gradients' pinned host memory" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "mst/llama_config.h"
+#include "mst/training.h"
 
 // ----------------------------------------------------------------------------
 // layer functions
@@ -568,4 +569,72 @@ static inline void reference_adamw_step(ReferenceModel& m, float lr, float beta1
         adamw_cpu(m.params.data() + t.offset, m.grads.data() + t.offset, m.adam_m.data() + t.offset,
                   m.adam_v.data() + t.offset, count, m.step, lr, beta1, beta2, eps, decay);
     }
+}
+
+// ----------------------------------------------------------------------------
+// training over many steps (training.h): gradient accumulation, clipping deferred until the norm is
+// known, the non-finite guard
+//
+//   float loss = reference_accumulate_gradients(model, inputs, targets, k, B, T, options);  // k micro-batches
+//   ReferenceHeldUpdate held;
+//   float norm = reference_hold_gradients(model, held, max_norm, lr);   // the fused trainer's host copy
+//   if (guard.skip(loss, norm)) held.pending = false;                   // a non-finite step changes nothing
+//   reference_apply_held_update(model, held, beta1, beta2, eps, weight_decay);  // before the weights' next use
+
+// Gradients of k micro-batches of (B, T), inputs and targets one after another (micro-batch i at
+// i B T), into model.grads: each micro-batch's gradient weighted by its share of the counted targets,
+// so the result is the gradient of the loss averaged over all counted targets of all micro-batches.
+// Returns that loss.
+static inline float reference_accumulate_gradients(ReferenceModel& m, const int* inputs, const int* targets,
+                                                   int micro_batches, int B, int T, const ReferenceOptions& options) {
+    size_t N = (size_t)B * T;
+    int counted_total = 0;
+    for (size_t n = 0; n < N * micro_batches; n++) counted_total += targets[n] >= 0;
+    std::vector<float> sum(m.grads.size(), 0.f);
+    double loss = 0.0;
+    for (int i = 0; i < micro_batches; i++) {
+        int counted = 0;
+        for (size_t n = 0; n < N; n++) counted += targets[i * N + n] >= 0;
+        float mean = reference_forward_backward(m, inputs + i * N, targets + i * N, B, T, options);
+        float share = counted_total > 0 ? (float)counted / counted_total : 0.f;
+        for (size_t j = 0; j < sum.size(); j++) sum[j] += share * m.grads[j];
+        loss += (double)mean * share;
+    }
+    m.grads.swap(sum);
+    return (float)loss;
+}
+
+// What the fused trainer holds between backward and the update: the gradient (its pinned host copy),
+// the clip scale of the same step's norm, and the step's learning rate.
+struct ReferenceHeldUpdate {
+    std::vector<float> gradient;
+    bool pending = false;
+    float norm = 0.f, scale = 1.f, lr = 0.f;
+};
+
+// Backward has finished: copy model.grads group by group in the order backward completes them, adding
+// each group's sum of squares to the norm as the GPU does (one partial per group, summed in that order).
+// Returns the norm; the update is pending until reference_apply_held_update.
+static inline float reference_hold_gradients(ReferenceModel& m, ReferenceHeldUpdate& held, float max_norm, float lr) {
+    held.gradient.resize(m.grads.size());
+    double sum = 0.0;
+    for (const GradientGroup& g : gradient_groups(m.config)) {
+        std::copy(m.grads.begin() + g.offset, m.grads.begin() + g.offset + g.count, held.gradient.begin() + g.offset);
+        sum += sum_of_squares_cpu(m.grads.data() + g.offset, g.count);
+    }
+    held.norm = (float)sqrt(sum);
+    held.scale = clip_scale(held.norm, max_norm);
+    held.lr = lr;
+    held.pending = true;
+    return held.norm;
+}
+
+// The pending update, if any: AdamW on the held gradient scaled by its own step's clip scale. (Group by
+// group on the GPU; the groups are disjoint, so the order does not change the result.)
+static inline void reference_apply_held_update(ReferenceModel& m, ReferenceHeldUpdate& held, float beta1, float beta2,
+                                               float eps, float weight_decay) {
+    if (!held.pending) return;
+    for (size_t i = 0; i < m.grads.size(); i++) m.grads[i] = held.gradient[i] * held.scale;
+    reference_adamw_step(m, held.lr, beta1, beta2, eps, weight_decay);
+    held.pending = false;
 }

@@ -65,6 +65,8 @@ enum Region {
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
     REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: h x N x C x 2, layers 0 .. h-1's inputs
+    REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 4, every gradient group held from backward
+                              // until its exactly clipped update (mst/training.h)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -91,7 +93,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "layer inputs, host", "attention norm", "q, k, v", "attention output + lse",
+    "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -121,7 +123,7 @@ static const char* const ALIASES_TEXT =
     "gradient in the MLP norm's";
 
 // the one region in pinned host memory; every other is on the device
-static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS; }
+static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS || r == REGION_HOST_GRADIENTS; }
 
 // With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
 // buffer l % 2), S = h, or L + 1 when h = L (the last output is staged too, as nothing is copied after it)
@@ -194,8 +196,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
     set(REGION_HOST_CHECKPOINTS, h * N * C * 2, h > 0 ? s(h) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
-    plan.pcie_to_host = h * N * C * 2;
-    plan.pcie_to_device = h > 0 ? (h - 1) * N * C * 2 : 0;
+    set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * 4 : 0, o.fused_optimizer ? s(P) + " x 4" : "none");
+    // checkpoints: h inputs out, h - 1 back (the last is still staged); held gradients: P x 4 out and back
+    plan.pcie_to_host = h * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
+    plan.pcie_to_device = (h > 0 ? (h - 1) * N * C * 2 : 0) + plan.bytes[REGION_HOST_GRADIENTS];
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
     set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");

@@ -147,20 +147,26 @@ static void test_offload() {
     o.offload = OFFLOAD_ALL;  // --offload 1
     MemoryPlan offloaded = plan_memory(c, o);
     check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
-    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 &&
-          L * T * C * 2 == 128ull << 30, "offload: L x T x C x 2 = 128 GiB pinned on the host");
-    check(kept.host_total == 0 && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: nothing on the host");
+    // the fused optimizer (the default) also holds every gradient group on the host for the exact clip: P x 4
+    const size_t G = 8030261248ull * 4;
+    check(offloaded.bytes[REGION_HOST_GRADIENTS] == G && kept.bytes[REGION_HOST_GRADIENTS] == G,
+          "fused optimizer: P x 4 held gradients on the host");
+    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 + G &&
+          L * T * C * 2 == 128ull << 30, "offload: L x T x C x 2 = 128 GiB pinned on the host, plus the gradients");
+    check(kept.host_total == G && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: only the gradients on the host");
     check(kept.total - offloaded.total == (L + 1 - 2) * T * C * 2, "offload: the device saves (L + 1 - 2) x T x C x 2");
-    check(offloaded.pcie_to_host == L * T * C * 2 && offloaded.pcie_to_device == (L - 1) * T * C * 2 &&
-          kept.pcie_to_host == 0 && kept.pcie_to_device == 0, "offload: PCIe per step L inputs out, L - 1 back");
+    check(offloaded.pcie_to_host == L * T * C * 2 + G && offloaded.pcie_to_device == (L - 1) * T * C * 2 + G &&
+          kept.pcie_to_host == G && kept.pcie_to_device == G,
+          "offload: PCIe per step L inputs out, L - 1 back; the gradients out and back");
     int on_host = 0;
     for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
-    check(on_host == 1 && region_on_host(REGION_HOST_CHECKPOINTS), "one region in pinned host memory");
+    check(on_host == 2 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS),
+          "two regions in pinned host memory");
     test_regions_are_laid_out(offloaded, "offload: device and host regions aligned and disjoint");
-    // the estimates: 128 GiB at 50 GB/s is 2.75 s; compute is the model's FLOPs x 4/3 at 400 TFLOP/s
+    // the estimates: (128 GiB + G) at 50 GB/s; compute is the model's FLOPs x 4/3 at 400 TFLOP/s
     StepEstimate e = estimate_step(offloaded);
     double flops = training_flops_per_token(c, (int)T) * T * 4.0 / 3.0;
-    check(fabs(e.copy_to_host_s - 137438953472.0 / 50e9) < 1e-9 && fabs(e.compute_s - flops / 400e12) < 1e-9,
+    check(fabs(e.copy_to_host_s - (137438953472.0 + G) / 50e9) < 1e-9 && fabs(e.compute_s - flops / 400e12) < 1e-9,
           "offload: copy and compute estimates at the assumed rates");
 
     check(offloaded.options.offload == (int)L, "offload: --offload 1 is all L layers");
@@ -168,8 +174,8 @@ static void test_offload() {
     // 10 of 32 layers offloaded: inputs 0-9 staged through 2 buffers, inputs 10 .. 32 (23) on the device
     o.offload = 10;
     MemoryPlan partial = plan_memory(c, o);
-    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 10 * T * C * 2 &&
-          partial.pcie_to_host == 10 * T * C * 2 && partial.pcie_to_device == 9 * T * C * 2,
+    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 10 * T * C * 2 + G &&
+          partial.pcie_to_host == 10 * T * C * 2 + G && partial.pcie_to_device == 9 * T * C * 2 + G,
           "offload 10 layers: 2 staging + 23 device inputs, 10 on the host, 10 out and 9 back per step");
 
     // automatic (-1): none where the device alone fits, else the fewest layers that fit
@@ -191,11 +197,18 @@ static void test_offload() {
 static void test_max_T_both_budgets() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
+    o.fused_optimizer = false;  // -f 0: no held gradients, so the checkpoints alone use the host
     o.offload = OFFLOAD_ALL;
     check(max_T_that_fits(c, o, {1000.0, 120.0}) == 491520, "max-T: 120 GiB of host bounds offloaded 8b at 491520");
     o.offload = -1;
-    int device_only = max_T_that_fits(c, TrainingOptions(), CARD_80);
-    check(max_T_that_fits(c, o, {80.0, 0.5}) == device_only, "max-T: no host memory, the device-only T");
+    TrainingOptions device_options;
+    device_options.fused_optimizer = false;
+    int device_only = max_T_that_fits(c, device_options, CARD_80);
+    check(max_T_that_fits(c, o, {80.0, 0.0}) == device_only, "max-T: no host memory, the device-only T");
+    // the fused default holds P x 4 = 29.9 GiB of gradients on the host, which no host memory cannot hold
+    o.fused_optimizer = true;
+    check(max_T_that_fits(c, o, {80.0, 0.0}) == 0, "max-T: the fused optimizer's held gradients need host memory");
+    device_only = max_T_that_fits(c, TrainingOptions(), {80.0, 120.0});
     int both = max_T_that_fits(c, o, CARD_80);
     o.T = both + 1;
     bool any_fits_after = false;

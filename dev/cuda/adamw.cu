@@ -3,6 +3,25 @@
 // CPU reference: adamw_cpu (fp32 everything). Product kernel: adamw_update<S> (mst_kernels.cuh).
 #include "common.h"
 
+// the kernel's arrays on the device: bf16 parameters, fp32 master weights (or null), zeroed m and v, a
+// gradient, the device-side clip scale
+template <typename S>
+struct DeviceAdamw {
+    bf16* p; float* master; S* m; S* v; float* g; float* clip;
+    DeviceAdamw(std::vector<float>& params, bool use_master, float clip_scale) {
+        size_t count = params.size();
+        p = upload_bf16(params);
+        master = use_master ? upload(params) : nullptr;
+        m = dmalloc<S>(count);
+        v = dmalloc<S>(count);
+        CUDA_CHECK(cudaMemset(m, 0, count * sizeof(S)));
+        CUDA_CHECK(cudaMemset(v, 0, count * sizeof(S)));
+        g = dmalloc<float>(count);
+        clip = upload(std::vector<float>{clip_scale});
+    }
+    void free() { for (void* q : {(void*)p, (void*)master, (void*)m, (void*)v, (void*)g, (void*)clip}) CUDA_CHECK(cudaFree(q)); }
+};
+
 template <typename S>
 static void check(size_t count, bool use_master, int steps) {
     bool bf16_state = sizeof(S) == 2;
@@ -10,13 +29,10 @@ static void check(size_t count, bool use_master, int steps) {
     std::vector<float> p = rand_uniform(count, -1.f, 1.f);
     to_bf16(p);  // the CPU starts from the same (bf16) parameters
     std::vector<float> m(count, 0.f), v(count, 0.f);
-    bf16* d_p = upload_bf16(p);
-    float* d_master = use_master ? upload(p) : nullptr;
-    S *d_m = dmalloc<S>(count), *d_v = dmalloc<S>(count);
-    CUDA_CHECK(cudaMemset(d_m, 0, count * sizeof(S)));
-    CUDA_CHECK(cudaMemset(d_v, 0, count * sizeof(S)));
-    float* d_g = dmalloc<float>(count);
-    float* d_clip = upload(std::vector<float>{clip});
+    DeviceAdamw<S> d(p, use_master, clip);
+    bf16* d_p = d.p;
+    float *d_master = d.master, *d_g = d.g, *d_clip = d.clip;
+    S *d_m = d.m, *d_v = d.v;
     for (int t = 1; t <= steps; t++) {
         std::vector<float> g = rand_uniform(count, -1.f, 1.f);
         CUDA_CHECK(cudaMemcpy(d_g, g.data(), count * 4, cudaMemcpyHostToDevice));
@@ -53,7 +69,60 @@ static void check(size_t count, bool use_master, int steps) {
         snprintf(name, sizeof name, "adamw bf16 m unbiased (mean err / mean |m| = %.2g)", fabs(bias) / std::max(mag, 1e-30));
         check_true(name, fabs(bias) / std::max(mag, 1e-30) < 1e-3);
     }
-    for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g, (void*)d_clip}) CUDA_CHECK(cudaFree(q));
+    d.free();
+}
+
+// One update (p_after - p_before) against the CPU's from the same state, at a learning rate whose update is
+// many bf16 ulps of the weights (|p| <= 0.02, Llama's init: ulp <= 2^-13 = 1.2e-4; lr 1e-3 moves a weight
+// by ~1e-3), so an update that is skipped, halved or clipped twice fails: each element within one bf16 ulp
+// of p_after (stochastic rounding of the weight; with master weights, 1e-3 lr on the fp32 master) plus
+// 1e-3 lr, and the projection sum(d_gpu d_cpu) / sum(d_cpu^2) within 2% of 1 (skipped: 0, halved: 0.5).
+// The GPU's own state after 3 steps is the starting point, downloaded, so bf16 state enters exactly.
+template <typename S>
+static void check_update(size_t count, bool use_master) {
+    bool bf16_state = sizeof(S) == 2;
+    float lr = 1e-3f, b1 = 0.9f, b2 = 0.95f, eps = 1e-8f, wd = 0.1f, clip = 0.5f;
+    std::vector<float> p = rand_uniform(count, -0.02f, 0.02f);
+    to_bf16(p);
+    DeviceAdamw<S> d(p, use_master, clip);
+    bf16* d_p = d.p;
+    float *d_master = d.master, *d_g = d.g, *d_clip = d.clip;
+    S *d_m = d.m, *d_v = d.v;
+    const int t = 4;
+    for (int step = 1; step <= t; step++) {
+        if (step == t) CUDA_CHECK(cudaDeviceSynchronize());
+        std::vector<float> g = rand_uniform(count, -1.f, 1.f);
+        CUDA_CHECK(cudaMemcpy(d_g, g.data(), count * 4, cudaMemcpyHostToDevice));
+        if (step < t) {
+            adamw_update<S>(d_p, d_master, d_g, d_m, d_v, count, step, lr, b1, b2, eps, wd, 1.f, d_clip, 99u + step, 0);
+            continue;
+        }
+        // the state before step t, as the GPU holds it
+        std::vector<float> before = use_master ? download(d_master, count) : download_bf16(d_p, count);
+        std::vector<float> m = bf16_state ? download_bf16((bf16*)d_m, count) : download((float*)d_m, count);
+        std::vector<float> v = bf16_state ? download_bf16((bf16*)d_v, count) : download((float*)d_v, count);
+        adamw_update<S>(d_p, d_master, d_g, d_m, d_v, count, t, lr, b1, b2, eps, wd, 1.f, d_clip, 99u + t, 0);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        std::vector<float> after = use_master ? download(d_master, count) : download_bf16(d_p, count);
+        std::vector<float> cpu = before;
+        for (auto& x : g) x *= clip;
+        adamw_cpu(cpu.data(), g.data(), m.data(), v.data(), count, t, lr, b1, b2, eps, wd);
+        double dot = 0, norm = 0;
+        size_t bad = 0;
+        for (size_t i = 0; i < count; i++) {
+            double d_gpu = (double)after[i] - before[i], d_cpu = (double)cpu[i] - before[i];
+            double ulp = use_master ? 0.0 : fabs(after[i]) / 128.0;  // one bf16 ulp is at most |x| 2^-7
+            bad += fabs(d_gpu - d_cpu) > ulp + 1e-3 * lr;
+            dot += d_gpu * d_cpu;
+            norm += d_cpu * d_cpu;
+        }
+        const char* cfg = bf16_state ? (use_master ? "bf16 state + master" : "bf16 state") : (use_master ? "fp32 state + master" : "fp32 state");
+        char name[160];
+        snprintf(name, sizeof name, "adamw update p_after - p_before (%s): %zu of %zu elements off, projection %.4f",
+                 cfg, bad, count, dot / norm);
+        check_true(name, bad == 0 && fabs(dot / norm - 1.0) < 0.02);
+    }
+    d.free();
 }
 
 // same seed, same bits
@@ -99,6 +168,10 @@ int main(int argc, char** argv) {
     check<float>(n, true, 3);
     check<bf16>(n, false, 3);
     check<bf16>(n, true, 3);
+    check_update<float>(n, false);
+    check_update<float>(n, true);
+    check_update<bf16>(n, false);
+    check_update<bf16>(n, true);
     check_deterministic(n);
     if (g_bench) {
         bench<float>(256ull << 20, false);
