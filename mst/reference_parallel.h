@@ -98,6 +98,19 @@ struct UlyssesShape {
     int kv_first(int j) const { return j * Hl / (H / KV); }
 };
 
+// Copies between a sequence (B, S Tl, row) and S blocks of (B, Tl, row), block i holding tokens
+// [i Tl, i Tl + Tl): into the blocks (to_blocks) or out of them.
+static inline void ulysses_token_blocks(float* blocks, float* sequence, const UlyssesShape& u, size_t row, bool to_blocks) {
+    size_t block = (size_t)u.B * u.Tl * row, rows = u.Tl * row;
+    for (int i = 0; i < u.S; i++)
+        for (int b = 0; b < u.B; b++) {
+            float* in_blocks = blocks + i * block + b * rows;
+            float* in_sequence = sequence + ((size_t)b * u.Tp + (size_t)i * u.Tl) * row;
+            if (to_blocks) memcpy(in_blocks, in_sequence, rows * sizeof(float));
+            else memcpy(in_sequence, in_blocks, rows * sizeof(float));
+        }
+}
+
 // x (B, Tl, heads, hd): this rank's tokens, every head -> out (B, S Tl, n, hd): every token, the n heads
 // of this rank. Rank j is sent heads [first(j), first(j) + n) of our tokens.
 template <typename First>
@@ -109,10 +122,7 @@ static inline void ulysses_tokens_to_heads(const Comm& g, const UlyssesShape& u,
         for (size_t bt = 0; bt < (size_t)u.B * u.Tl; bt++)
             memcpy(&send[j * block + bt * row], x + (bt * heads + first(j)) * u.hd, row * sizeof(float));
     comm_all_to_all(g, send.data(), recv.data(), block, COMM_F32);
-    for (int i = 0; i < u.S; i++)  // rank i's block holds tokens [i Tl, i Tl + Tl)
-        for (int b = 0; b < u.B; b++)
-            memcpy(out + ((size_t)b * u.Tp + (size_t)i * u.Tl) * row, &recv[i * block + (size_t)b * u.Tl * row],
-                   u.Tl * row * sizeof(float));
+    ulysses_token_blocks(recv.data(), out, u, row, false);
 }
 
 // The reverse: out (B, S Tl, n, hd) -> x (B, Tl, heads, hd) += rank j's heads [first(j), ...) of our tokens,
@@ -122,10 +132,7 @@ static inline void ulysses_heads_to_tokens(const Comm& g, const UlyssesShape& u,
                                            int n, First first) {
     size_t block = (size_t)u.B * u.Tl * n * u.hd, row = (size_t)n * u.hd;
     std::vector<float> send(block * u.S), recv(block * u.S);
-    for (int i = 0; i < u.S; i++)
-        for (int b = 0; b < u.B; b++)
-            memcpy(&send[i * block + (size_t)b * u.Tl * row], out + ((size_t)b * u.Tp + (size_t)i * u.Tl) * row,
-                   u.Tl * row * sizeof(float));
+    ulysses_token_blocks(send.data(), const_cast<float*>(out), u, row, true);
     comm_all_to_all(g, send.data(), recv.data(), block, COMM_F32);
     for (int j = 0; j < u.S; j++)
         for (size_t bt = 0; bt < (size_t)u.B * u.Tl; bt++) {
