@@ -91,6 +91,36 @@ test_checkpoint: tests/test_checkpoint.cpp $(HF_HEADERS)
 mst_hf: tools/mst_hf.cpp $(HF_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
+# ---- several GPUs (issue 12): MPI (Debian libopenmpi-dev) and NCCL (the CUDA toolkit's), when found ----
+# MPI_CFLAGS/MPI_LIBS from pkg-config ompi, else from mpicxx --showme. MULTI_GPU_FLAGS/LIBS are empty
+# without MPI or NCCL, and then train_llama is the single-GPU trainer.
+MPICXX := $(shell command -v mpicxx 2>/dev/null)
+MPIRUN := $(shell command -v mpirun 2>/dev/null)
+MPI_CFLAGS := $(shell pkg-config --cflags ompi 2>/dev/null || $(MPICXX) --showme:compile 2>/dev/null)
+MPI_LIBS   := $(shell pkg-config --libs ompi 2>/dev/null || $(MPICXX) --showme:link 2>/dev/null)
+NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
+# (The trainer, once it runs on several GPUs, compiles with MULTI_GPU_FLAGS and links -lnccl $(MPI_LIBS).)
+ifneq ($(and $(MPI_LIBS),$(NCCL_HEADER)),)
+MULTI_GPU_FLAGS = -DMST_WITH_MPI -DMST_WITH_NCCL $(MPI_CFLAGS)
+COMM_NCCL_CHECK = comm_nccl_check
+endif
+# the NCCL backend of comm.h compiles (nothing runs it here: no GPU); part of make test where found
+.PHONY: comm_nccl_check
+comm_nccl_check: mst/comm.h
+	printf '#include "mst/comm.h"\n' > .comm_nccl_check.cu
+	$(NVCC) -std=c++17 -I. $(MULTI_GPU_FLAGS) -diag-suppress 177 -c .comm_nccl_check.cu -o /dev/null; \
+	    status=$$?; rm -f .comm_nccl_check.cu; exit $$status
+# the CPU reference split across 4 MPI ranks (OpenMPI runs as root, as CI does, only when told so)
+PARALLEL_HEADERS = mst/comm.h mst/reference_parallel.h mst/llama_reference.h mst/llama_config.h tests/test_util.h
+test_parallel: tests/test_parallel.cpp $(PARALLEL_HEADERS)
+	$(MPICXX) $(CXXFLAGS) -DMST_WITH_MPI -o $@ $<
+ifneq ($(and $(MPICXX),$(MPIRUN)),)
+PARALLEL_TEST_BUILD = test_parallel
+PARALLEL_TEST_RUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 mpirun --oversubscribe -np 4 ./test_parallel"
+else
+PARALLEL_TEST_RUN = "echo 'SKIP: test_parallel (mpicxx or mpirun not found: apt-get install libopenmpi-dev openmpi-bin)'; echo '0 passed, 0 failed, 1 skipped'"
+endif
+
 # ---- kernel microbenchmarks (issue 4) ----
 DEV_CUDA_SRCS = $(wildcard dev/cuda/*.cu)
 DEV_CUDA_BINS = $(patsubst dev/cuda/%.cu,dev/cuda/bin/%,$(DEV_CUDA_SRCS))
@@ -102,9 +132,9 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
 TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_llama ./test_tokenizer ./test_checkpoint
-test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama
-	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
+test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
+	bash dev/run_tests.sh $(TEST_PROGRAMS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
-	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf
+	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin
