@@ -132,7 +132,7 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
 TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_llama ./test_tokenizer ./test_checkpoint
-test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
+test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama tokenize mst_hf $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
 	bash dev/run_tests.sh $(TEST_PROGRAMS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:

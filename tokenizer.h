@@ -32,6 +32,8 @@
 #include <string>
 #include <unordered_map>
 #include <vector>
+
+#include "mst/error_line.h"
 #ifdef MST_WITH_PCRE2
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -43,23 +45,6 @@ constexpr int LLAMA3_VOCAB_SIZE = LLAMA3_NUM_BASE_TOKENS + LLAMA3_NUM_SPECIAL_TO
 constexpr int LLAMA3_BEGIN_OF_TEXT = 128000;
 constexpr int LLAMA3_END_OF_TEXT = 128001;
 static const char* const DEFAULT_TOKENIZER_PATH = "tokenizer.model";
-
-// The one way bad input ends the program: "error: <where>: <problem>" on stderr (no "<where>: " when
-// where is null), exit status 1.
-[[noreturn]] static inline void error_line_exit(const char* where, const char* format, va_list args) {
-    fprintf(stderr, "error: ");
-    if (where) fprintf(stderr, "%s: ", where);
-    vfprintf(stderr, format, args);
-    fputc('\n', stderr);
-    exit(1);
-}
-
-// a bad input file: "error: <file>: <problem>"
-[[noreturn]] static inline void file_error(const char* file, const char* format, ...) {
-    va_list args;
-    va_start(args, format);
-    error_line_exit(file, format, args);
-}
 
 // all of a stream, and all of a file; a failure is the error line, with a hint on what to do
 static inline std::string read_whole_stream(FILE* file, const char* name) {

@@ -835,6 +835,7 @@ struct CommandLine {
     const char* train_pattern = DEFAULT_TRAIN_SHARDS;
     const char* val_pattern = DEFAULT_VAL_SHARDS;
     bool random_tokens = false;       // --random-tokens: seeded uniform tokens instead of shards
+    bool overwrite = false;           // --overwrite 1: a new run may replace the checkpoints in -o DIR
     const char* model_name = "llama3-8b";
     bool custom_config = false;       // --config V,C,L,H,KV,F
     ModelConfig config;
@@ -969,7 +970,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
-            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L"};
+            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1010,6 +1011,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-o") cl.checkpoint_dir = value;
         else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
+        else if (flag == "--overwrite") cl.overwrite = parse_bool(f, value);
         else if (flag == "--export") cl.export_dir = value;
         else if (flag == "-g") cl.sample_tokens = parse_int(f, value, 0, "a non-negative integer");
         else if (flag == "-s") cl.sample_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
@@ -1034,6 +1036,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
         usage_error("-e: unknown model \"%s\" (known: %s)", cl.model_name, model_config_names().c_str());
     }
     if (cl.resume && !cl.checkpoint_dir) usage_error("-y 1: needs -o DIR, the directory to resume from");
+    if (cl.checkpoint_every > 0 && !cl.checkpoint_dir) usage_error("-k %d: needs -o DIR, where checkpoints go", cl.checkpoint_every);
+    if (cl.overwrite && !cl.checkpoint_dir) usage_error("--overwrite 1: needs -o DIR, whose checkpoints it replaces");
+    if (cl.overwrite && cl.resume) usage_error("--overwrite 1 and -y 1: a run either continues the checkpoints in -o or replaces them");
     if (cl.tokens_per_update > 0) {
         std::string problem;
         cl.micro_batches = accumulation_micro_batches(cl.tokens_per_update, cl.options.B, cl.options.T, &problem);
@@ -1042,12 +1047,110 @@ static CommandLine parse_command_line(int argc, char** argv) {
     std::string problem = training_options_problem(cl.config, cl.options);
     if (!problem.empty()) usage_error("%s", problem.c_str());
     int head_dim = cl.config.head_dim();
-    if (!cl.dry_run && !cl.print_max_T && head_dim != 64 && head_dim != 128)
+    if (head_dim != 64 && head_dim != 128)
         usage_error("%s: head_dim d_model / n_head = %d, but the GPU attention supports 64 and 128",
                     cl.custom_config ? "--config" : "-e", head_dim);
     if (cl.config.plan_only && !cl.dry_run && !cl.print_max_T)
         usage_error("-e %s: plan only, too large to train on one GPU here (--dry-run and --max-T work)", cl.config.name);
     return cl;
+}
+
+// ----------------------------------------------------------------------------
+// preflight: everything that can be checked without a GPU, before the GPU is touched (--dry-run runs
+// the same checks, so a dry run that passes describes a run that starts)
+
+// A run's identity, recorded in its checkpoints: a resume (-y 1) must match every field, and one that
+// does not is refused with each differing field named (checkpoint.h's run_identity_differences).
+static RunIdentity run_identity(const CommandLine& cl) {
+    auto number = [](double x) { char text[32]; snprintf(text, sizeof text, "%.9g", x); return std::string(text); };
+    const TrainingOptions& o = cl.options;
+    return {{"B", std::to_string(o.B)}, {"T", std::to_string(o.T)},
+            {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.T)},
+            {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern},
+            {"optimizer_state", o.bf16_optimizer_state ? "bf16" : "fp32"}, {"master_weights", o.master_weights ? "1" : "0"},
+            {"fused_optimizer", o.fused_optimizer ? "1" : "0"}, {"seed", std::to_string(cl.seed)},
+            {"lr", number(cl.optimizer.lr)}, {"warmup", std::to_string(cl.warmup_steps)},
+            {"final_lr_fraction", number(cl.final_lr_fraction)}, {"weight_decay", number(cl.optimizer.weight_decay)},
+            {"clip", number(cl.optimizer.grad_clip)}, {"steps", std::to_string(cl.steps)}};
+}
+
+// Creates dir and its parents if missing and proves it writable with a file made and removed there.
+static void ensure_writable_directory(const char* flag, const std::string& dir) {
+    for (size_t slash = dir.find('/', 1); ; slash = dir.find('/', slash + 1)) {
+        std::string prefix = dir.substr(0, slash);
+        if (!prefix.empty() && mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
+            usage_error("%s: cannot create %s (%s)", flag, prefix.c_str(), strerror(errno));
+        if (slash == std::string::npos) break;
+    }
+    if (!is_directory(dir.c_str())) usage_error("%s: %s is not a directory", flag, dir.c_str());
+    std::string probe = dir + "/.mst_write_check";
+    FILE* f = fopen(probe.c_str(), "w");
+    bool written = f && fputs("mst\n", f) >= 0;
+    if (f) written &= fclose(f) == 0;
+    int error = errno;
+    remove(probe.c_str());
+    if (!written) usage_error("%s: cannot write in %s (%s)", flag, dir.c_str(), strerror(error));
+}
+
+// the directory a file path lies in ("." for a bare name)
+static std::string directory_of(const std::string& path) {
+    size_t slash = path.find_last_of('/');
+    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+}
+
+// Shards: every header of the pattern's files, their sizes and enough windows (dataloader_init refuses
+// with one line), without reading their tokens.
+static void check_shards(const CommandLine& cl, const char* pattern) {
+    DataLoader loader;
+    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, 0, 1, false, cl.seed, cl.config.vocab_size);
+    dataloader_free(&loader);
+}
+
+static void preflight(const CommandLine& cl) {
+    std::string error;
+    if (cl.hf_dir && !cl.resume && !hf_read_weights(cl.hf_dir, cl.config, nullptr, &error))
+        usage_error("-e: %s", error.c_str());
+    if (!cl.random_tokens) {
+        check_shards(cl, cl.train_pattern);
+        if (cl.val_interval > 0) check_shards(cl, cl.val_pattern);
+    }
+    if (cl.checkpoint_dir) {
+        ensure_writable_directory("-o", cl.checkpoint_dir);
+        std::vector<std::string> complete, temporary;
+        checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
+        if (cl.resume) {
+            if (complete.empty()) usage_error("-y 1: no checkpoint in %s", cl.checkpoint_dir);
+            SafetensorsReader reader;  // the header and metadata only; the arrays are read after start-up
+            CheckpointInfo info;
+            if (!checkpoint_open(complete.back(), &reader, &info, &error)) safetensors_exit_on_error(error);
+            if (hf_config_json(info.config, "F32") != hf_config_json(cl.config, "F32"))
+                file_error(complete.back().c_str(), "its model (%s) is not this run's (%s)", info.config.name, cl.config.name);
+            std::string differences = run_identity_differences(info, run_identity(cl));
+            if (!differences.empty())
+                file_error(complete.back().c_str(), "written by another run (-y 1 continues the same run): %s", differences.c_str());
+        } else if (!complete.empty() && !cl.overwrite) {
+            usage_error("-o: %s already holds checkpoints (latest %s); continue that run with -y 1, or replace them "
+                        "with --overwrite 1", cl.checkpoint_dir, complete.back().c_str());
+        }
+    }
+    if (cl.export_dir) ensure_writable_directory("--export", cl.export_dir);
+    if (cl.log_path) ensure_writable_directory("-L", directory_of(cl.log_path));
+}
+
+// At start-up (not in a dry run): a killed checkpoint write's temporary files go, and with --overwrite 1
+// the earlier run's checkpoints, each said.
+static void clean_checkpoint_directory(const CommandLine& cl) {
+    if (!cl.checkpoint_dir) return;
+    std::vector<std::string> complete, temporary;
+    checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
+    if (!cl.overwrite) complete.clear();
+    for (const std::vector<std::string>* files : {&temporary, &complete})
+        for (const std::string& path : *files)
+            if (remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
+    if (!temporary.empty())
+        printf("checkpoints: removed %zu temporary file(s) of an interrupted write from %s\n", temporary.size(), cl.checkpoint_dir);
+    if (!complete.empty())
+        printf("checkpoints: --overwrite 1 removed %zu checkpoint(s) of an earlier run from %s\n", complete.size(), cl.checkpoint_dir);
 }
 
 // --host-mem's default: the machine's memory (MemTotal in /proc/meminfo) less a quarter, at least 8 GiB,
@@ -1136,14 +1239,17 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
 }
 
 // --dry-run and --max-T: the plan on paper
-static void print_plan_on_paper(const CommandLine& cl) {
+// --dry-run and --max-T; returns whether the run they describe would start (the plan fits; some T fits)
+static bool print_plan_on_paper(const CommandLine& cl) {
     MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0);
+    bool starts = true;
     if (cl.dry_run) {
         TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
         MemoryPlan plan = plan_memory(cl.config, options);
         MemoryPlan standard = plan_memory(cl.config, standard_options(cl.options));
         print_memory_plan(plan, standard);
-        if (plan_fits(plan, budget)) {
+        starts = plan_fits(plan, budget);
+        if (starts) {
             printf("MST plan: fits %s (%.1f GiB planned + %.1f GiB CUDA context, %.1f GiB pinned)%s\n",
                    budget_text(budget).c_str(), gib(plan.total), CUDA_CONTEXT_RESERVE_GIB, gib(plan.host_total),
                    turned_on(cl.config, cl.options, options).c_str());
@@ -1162,7 +1268,9 @@ static void print_plan_on_paper(const CommandLine& cl) {
                budget_text(budget).c_str(), cl.options.B, longest,
                turned_on(cl.config, cl.options, resolve_offload(cl.config, at_longest, budget)).c_str(),
                max_T_that_fits(cl.config, standard_options(cl.options), budget));
+        starts &= longest > 0;
     }
+    return starts;
 }
 
 // ----------------------------------------------------------------------------
@@ -1222,7 +1330,7 @@ static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, u
     CheckpointInfo info;
     info.rng_state = sample_rng;
     if (!b.random) info.loader = dataloader_state(&b.loader);
-    info.options["steps"] = std::to_string(cl.steps);  // for the reader: the LR schedule depends on -n
+    set_run_identity(&info, run_identity(cl));
     printf("checkpoint: %s\n", model_save_checkpoint(m, cl.checkpoint_dir, info).c_str());
 }
 
@@ -1249,6 +1357,16 @@ static void print_sample(Model* m, const CommandLine& cl, const Tokenizer* token
     if (tokenizer) tokenizer_decode(tokenizer, tokens.data() + 1, tokens.size() - 1, &text);
     else for (size_t i = 1; i < tokens.size(); i++) text += (i > 1 ? " " : "") + std::to_string(tokens[i]);
     printf("sample at step %d: %s\n", step, text.c_str());
+}
+
+// "45s", "3m05s", "2h10m": a step line's elapsed time and estimate of the time left
+static std::string duration_text(double seconds) {
+    long s = std::lround(std::max(0.0, seconds));
+    char text[32];
+    if (s < 60) snprintf(text, sizeof text, "%lds", s);
+    else if (s < 3600) snprintf(text, sizeof text, "%ldm%02lds", s / 60, s % 60);
+    else snprintf(text, sizeof text, "%ldh%02ldm", s / 3600, s % 3600 / 60);
+    return text;
 }
 
 // this process's resident host memory (VmRSS in /proc/self/status), 0 where unknown
@@ -1301,9 +1419,6 @@ static void report_validation(Model* m, Batches* val, const CommandLine& cl, FIL
 }
 
 static int train(const CommandLine& cl) {
-    FILE* log = nullptr;
-    // a resumed run appends to its log
-    if (cl.log_path && !(log = fopen(cl.log_path, cl.resume ? "a" : "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)
@@ -1316,12 +1431,14 @@ static int train(const CommandLine& cl) {
     TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
     MemoryPlan plan = plan_memory(cl.config, options);
     if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
+    FILE* log = nullptr;  // opened once the run is sure to start; a resumed run appends to its log
+    if (cl.log_path && !(log = fopen(cl.log_path, cl.resume ? "a" : "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
 
     Batches train_batches, val_batches;
     batches_init(&train_batches, cl, cl.train_pattern, true, 1);
     if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2);
-    std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";
-    if (cl.resume && resume_from.empty()) usage_error("-y 1: no checkpoint in %s", cl.checkpoint_dir);
+    std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";  // preflight: there is one
+    clean_checkpoint_directory(cl);
     Tokenizer tokenizer;
     bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
 
@@ -1332,6 +1449,8 @@ static int train(const CommandLine& cl) {
     int start_step = 0;
     uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0
     if (cl.resume) {
+        printf("loading checkpoint %s\n", resume_from.c_str());
+        fflush(stdout);
         CheckpointInfo info = model_load_checkpoint(&model, resume_from);
         start_step = (int)info.step;
         sample_rng = info.rng_state;
@@ -1339,6 +1458,8 @@ static int train(const CommandLine& cl) {
         if (!train_batches.random) dataloader_resume(&train_batches.loader, &info.loader);
         printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
     } else if (cl.hf_dir) {
+        printf("loading weights from %s\n", cl.hf_dir);
+        fflush(stdout);
         model_import_hf(&model, cl.hf_dir);
         printf("weights: %s\n", cl.hf_dir);
     } else {
@@ -1357,6 +1478,8 @@ static int train(const CommandLine& cl) {
     NonFiniteGuard guard;
     guard.limit = cl.nonfinite_limit;
     std::vector<int> step_inputs(tokens_per_step), step_targets(tokens_per_step);
+    auto run_start = std::chrono::steady_clock::now();
+    double later_steps_seconds = 0.0;  // the steps after the first (which includes warm-up), for the estimate
     for (int step = start_step; step < cl.steps; step++) {
         if (cl.val_interval > 0 && step % cl.val_interval == 0) report_validation(&model, &val_batches, cl, log, step);
         for (int micro = 0; micro < cl.micro_batches; micro++) {
@@ -1377,8 +1500,12 @@ static int train(const CommandLine& cl) {
                         gib(total_bytes - free_bytes), host_memory_gib()};
         char mfu[32] = "-";
         if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu_percent);
-        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | clip %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB%s\n",
-               r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, r.tokens_per_second, mfu, r.gpu_mem_gib,
+        if (step > start_step) later_steps_seconds += seconds;
+        double per_step = step > start_step ? later_steps_seconds / (step - start_step) : seconds;
+        double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
+        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | clip %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB"
+               " | %s elapsed, ~%s left%s\n", r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, r.tokens_per_second,
+               mfu, r.gpu_mem_gib, duration_text(elapsed).c_str(), duration_text(per_step * (cl.steps - step - 1)).c_str(),
                skipped ? " | SKIPPED: non-finite loss or gradient norm, no update" : "");
         log_step(log, r);
         if (step == start_step)
@@ -1419,9 +1546,10 @@ static int train(const CommandLine& cl) {
     return 0;
 }
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
     CommandLine cl = parse_command_line(argc, argv);
-    if (cl.dry_run || cl.print_max_T) { print_plan_on_paper(cl); return 0; }
+    preflight(cl);
+    if (cl.dry_run || cl.print_max_T) return print_plan_on_paper(cl) ? 0 : 1;
     // a card smaller than the one present: refuse before touching the GPU
     if (cl.gpu_mem_gib > 0) {
         MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib);
@@ -1430,4 +1558,6 @@ int main(int argc, char** argv) {
     }
     return train(cl);
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }
 #endif

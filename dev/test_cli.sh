@@ -3,7 +3,7 @@
 # one line, "error: ..." naming the flag, and a nonzero exit; --dry-run and --max-T work without a GPU.
 set -u
 cd "$(dirname "$0")/.."
-passed=0; failed=0
+passed=0; failed=0; skipped=0
 
 # expect_error NAME WORD ARGS...: one output line, starting "error:", containing WORD, nonzero exit
 expect_error() {
@@ -32,6 +32,22 @@ expect_output() {
     fi
 }
 
+# expect_refusal NAME PATTERN ARGS...: a nonzero exit (the run would not start) and a line matching PATTERN
+expect_refusal() {
+    local name=$1 pattern=$2; shift 2
+    local output rc
+    output=$(./train_llama "$@" 2>&1); rc=$?
+    if [ "$rc" -ne 0 ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $name: exit $rc, no line matching /$pattern/ in:"; printf '%s\n' "$output" | head -n 40
+    fi
+}
+
+scratch=$(mktemp -d /tmp/test_cli.XXXXXX)
+trap 'rm -rf "$scratch"' EXIT
+
 expect_error "T=0" "-T" --dry-run -T 0
 expect_error "non-numeric T" "-T" --dry-run -T abc
 expect_error "T with trailing junk" "-T" --dry-run -T 60k
@@ -48,7 +64,7 @@ expect_error "plan larger than the card" "GiB" -e llama3-8b -T 60000 -m 1 -M 1 -
 expect_output "dry run: 8b at 60000 fits 80 GB" "^MST plan: fits a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard plan .*: does not fit a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
-expect_output "dry run of llama3-70b (plan only)" "layer inputs" --dry-run -e llama3-70b -T 8192
+expect_refusal "dry run of llama3-70b (plan only): the plan, and a nonzero exit" "^MST plan: does not fit" --dry-run -e llama3-70b -T 8192
 expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(--offload turned on" --dry-run -e llama3-8b --gpu-mem 80 --max-T
 expect_output "--max-T with --offload 0 stays on the card" "^longest T on a card of 80.0 GiB .*: [0-9]{5} with these options, " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
 expect_error "non-numeric host memory" "--host-mem" --dry-run --host-mem lots
@@ -56,10 +72,10 @@ expect_error "negative host memory" "--host-mem" --dry-run --host-mem -3
 expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
 expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
-expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 32 x 200000 x 4096 x 2 +\| +0.000 \| +48.828 \|" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: PCIe bytes and times" "^PCIe per step: 78.7 GiB to the host, 77.2 GiB back; copies ~1.69 s each way at an assumed 50 GB/s" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-23: the plan needs it" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
-expect_output "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 68.7 GiB on the host" --dry-run -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
+expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 32 x 200000 x 4096 x 2 +\| +0.000 \| +48.828 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
+expect_output "dry run: PCIe bytes and times" "^PCIe per step: 78.7 GiB to the host, 77.2 GiB back; copies ~1.69 s each way at an assumed 50 GB/s" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
+expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-23: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 68.7 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)
 expect_error "negative checkpoint interval" "-k" --dry-run -k -1
@@ -71,15 +87,88 @@ expect_error "negative sample length" "-g" --dry-run -g -5
 expect_error "non-numeric sample interval" "-s" --dry-run -s often
 expect_error "negative temperature" "--temperature" --dry-run --temperature -1
 expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
-expect_output "dry run of a Hugging Face directory (reads config.json)" "^MST plan: fits a card" --dry-run -e golden/tiny_hf/bf16 -T 64
+expect_error "dry run of a Hugging Face directory whose head_dim the GPU attention lacks" "head_dim" --dry-run -e golden/tiny_hf/bf16 -T 64
 expect_output "--help lists --export" " --export DIR" --help
 
 # training over many steps (issue 11)
 expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
 expect_error "non-numeric -d" "-d" --dry-run -d lots
 expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
-expect_error "-L into a missing directory (before any GPU use)" "-L" -e test-tiny -T 64 -L /nonexistent/dir/log.jsonl
+expect_error "-L where no directory can be made (before any GPU use)" "-L: cannot create" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
 expect_output "dry run shows the held gradients' pinned host memory" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000
 
-echo "$passed passed, $failed failed"
+# preflight (issue 13): everything checkable without a GPU is checked before it, and by --dry-run
+hf="$scratch/hf"
+./mst_hf convert golden/test-tiny.safetensors "$hf" BF16 test-tiny
+expect_output "dry run of a Hugging Face directory (config.json and the weights' headers)" "^MST plan: fits a card" --dry-run -e "$hf" -T 64
+# hf_variant NAME PYTHON: a copy of the directory with config.json edited by PYTHON (on the dict c)
+hf_variant() {
+    local dir="$scratch/$1"
+    cp -r "$hf" "$dir"
+    python3 -c "import json,sys; c=json.load(open(sys.argv[1])); $2; json.dump(c, open(sys.argv[1], 'w'))" "$dir/config.json"
+    echo "$dir"
+}
+expect_error "config: rope_theta 0" "rope_theta" --dry-run -e "$(hf_variant theta0 "c['rope_theta']=0")" -T 64
+expect_error "config: rms_norm_eps negative" "rms_norm_eps" --dry-run -e "$(hf_variant eps "c['rms_norm_eps']=-1")" -T 64
+expect_error "config: rope_scaling not an object" "not an object" --dry-run -e "$(hf_variant scaling_text "c['rope_scaling']='llama3'")" -T 64
+expect_error "config: rope_scaling factor 0" "factor" --dry-run -e "$(hf_variant factor0 "c['rope_scaling']={'rope_type':'llama3','factor':0,'low_freq_factor':1,'high_freq_factor':4,'original_max_position_embeddings':64}")" -T 64
+expect_error "config: a layer count that is not whole" "num_hidden_layers" --dry-run -e "$(hf_variant layers "c['num_hidden_layers']=2.5")" -T 64
+expect_error "config: head_dim the GPU attention lacks (32)" "head_dim" --dry-run -e "$(hf_variant heads "c['num_attention_heads']=4; c['num_key_value_heads']=2; c.pop('head_dim', None)")" -T 64
+weights_cut=$(hf_variant weights_cut "pass"); head -c 100 "$hf/model.safetensors" > "$weights_cut/model.safetensors"
+expect_error "weights: a safetensors header cut short" "model.safetensors" --dry-run -e "$weights_cut" -T 64
+weights_shape=$(hf_variant weights_shape "c['intermediate_size']=240")
+expect_error "weights: a tensor of the wrong shape" "shape" --dry-run -e "$weights_shape" -T 64
+expect_error "shards: none match -i" "no shard matches" --dry-run -e test-tiny -T 64 -i "$scratch/none_*.bin"
+printf 'not a shard' > "$scratch/bad_000000.bin"
+expect_error "shards: a bad header in -j" "bad_000000.bin" --dry-run -e test-tiny -T 64 -v 10 -j "$scratch/bad_*.bin"
+expect_error "-o where no directory can be made" "-o: cannot create" --dry-run -e test-tiny -T 64 -o /etc/hostname/checkpoints
+expect_error "--export where no directory can be made" "--export: cannot create" --dry-run -e test-tiny -T 64 --export /etc/hostname/hf
+expect_error "-k without -o" "-k 5: needs -o" --dry-run -e test-tiny -T 64 -k 5
+expect_error "--overwrite without -o" "--overwrite" --dry-run -e test-tiny -T 64 --overwrite 1
+mkdir -p "$scratch/taken" && printf 'x' > "$scratch/taken/step_00000004.safetensors"
+expect_error "-o holding another run's checkpoints, without -y or --overwrite" "already holds checkpoints" --dry-run -e test-tiny -T 64 -o "$scratch/taken"
+expect_error "-y 1 from a file that is not a checkpoint" "step_00000004.safetensors" --dry-run -e test-tiny -T 64 -o "$scratch/taken" -y 1
+expect_error "-y 1 from an empty directory" "no checkpoint" --dry-run -e test-tiny -T 64 -o "$scratch/empty_dir" -y 1
+expect_output "-o is created (with its parents) by the dry run" "^MST plan: fits" --dry-run -e test-tiny -T 64 -o "$scratch/new/checkpoints"
+[ -d "$scratch/new/checkpoints" ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: -o directory not created"; }
+expect_error "a model beyond what mst indexes (--config)" "beyond what mst supports" --dry-run --config 2000000000,4096,2,32,8,14336
+expect_error "a layer count beyond what mst indexes" "beyond what mst supports" --dry-run --config 1000,128,100000,2,1,256
+expect_refusal "a dry run that does not fit exits nonzero" "^MST plan: does not fit" --dry-run --random-tokens -e llama3-8b -T 10000000 --gpu-mem 80 --host-mem 120
+expect_error "an error line never echoes control bytes" '\x1b' --dry-run -e "$(printf 'bad\033[31mname')"
+long=$(head -c 100000 /dev/zero | tr '\0' 'a')
+output=$(./train_llama --dry-run -e "$long" 2>&1)
+[ "${#output}" -lt 500 ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a 100 kB argument echoed at length ${#output}"; }
+# the newcomer's command (make train_llama has made the shards): on a machine without a GPU it must get
+# through every check to the GPU's absence; with a GPU it would train llama3-8b, which is not this test's job
+if nvidia-smi -L > /dev/null 2>&1; then
+    skipped=$((skipped + 1)); echo "SKIP: ./train_llama -T 60000 reaches the GPU (a GPU is present)"
+else
+    expect_error "./train_llama -T 60000 passes preflight and stops at the missing GPU" "no usable GPU" -T 60000
+fi
+
+# the tools: one error line, exit status 1, no abort
+expect_tool_error() {
+    local name=$1 word=$2; shift 2
+    local output rc lines
+    output=$("$@" 2>&1 < /dev/null); rc=$?
+    lines=$(printf '%s' "$output" | grep -c '')
+    if [ "$rc" -eq 1 ] && [ "$lines" -eq 1 ] && [[ "$output" == error:* ]] && [[ "$output" == *"$word"* ]]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1))
+        echo "FAIL: $name: exit $rc, $lines lines: $output"
+    fi
+}
+expect_tool_error "mst_hf: no arguments" "usage" ./mst_hf
+expect_tool_error "mst_hf generate: negative N" "N '-5'" ./mst_hf generate "$hf" -5 1
+expect_tool_error "mst_hf generate: absurd N" "N '99999999999999'" ./mst_hf generate "$hf" 99999999999999 1
+expect_tool_error "mst_hf logits: an empty token" "token ''" ./mst_hf logits "$hf" "$scratch/logits.bin" ""
+expect_tool_error "mst_hf logits: a token id out of range" "not an id" ./mst_hf logits "$hf" "$scratch/logits.bin" 1 -3
+expect_tool_error "tokenize: no command" "no command" ./tokenize
+expect_tool_error "tokenize: negative -n" "-n" ./tokenize shard -n -5 "$scratch/x" /etc/hostname
+expect_tool_error "tokenize: absurd -n" "-n" ./tokenize shard -n 99999999999999 "$scratch/x" /etc/hostname
+expect_tool_error "tokenize: non-numeric -T" "-T" ./tokenize check -T many "$scratch/x"
+expect_tool_error "tokenize: a control byte in the command" '\x07' ./tokenize "$(printf 'en\acode')"
+
+echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

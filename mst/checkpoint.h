@@ -28,7 +28,7 @@
 #include "mst/hf_io.h"
 #include "mst/llama_reference.h"
 
-static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-1";
+static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-2";  // 2: a checksum over the metadata, the run identity
 
 struct CheckpointInfo {
     ModelConfig config{};
@@ -79,6 +79,60 @@ static inline bool sync_path(const std::string& path) {
 
 // Writes the checkpoint of info.step into dir (created if needed). The arrays' data must stay alive
 // until this returns; their checksums and info go into the metadata.
+// A checksum over the metadata (every key and value but its own), so an edited field is caught as an
+// edited array is: FNV-1a 64 over "key=value\n" in key order.
+static inline std::string metadata_checksum(const std::map<std::string, std::string>& metadata) {
+    std::string text;
+    for (const auto& kv : metadata)
+        if (kv.first != "checksum.metadata") text += kv.first + "=" + kv.second + "\n";
+    return std::to_string(fnv1a64((const unsigned char*)text.data(), text.size()));
+}
+
+// A run's identity: what must be the same for a checkpoint to continue it (the trainer fills it: config,
+// T, B, tokens per update, data, optimizer options, schedule, seed). Kept in the metadata as "run.KEY".
+typedef std::map<std::string, std::string> RunIdentity;
+
+static inline void set_run_identity(CheckpointInfo* info, const RunIdentity& run) {
+    for (const auto& kv : run) info->options["run." + kv.first] = kv.second;
+}
+
+// Every field where the checkpoint's identity and this run's differ, "KEY: checkpoint A, this run B",
+// joined by "; "; "" when they are the same run. A field one side lacks shows as "(none)".
+static inline std::string run_identity_differences(const CheckpointInfo& saved, const RunIdentity& run) {
+    std::map<std::string, std::pair<std::string, std::string>> both;
+    for (const auto& kv : saved.options)
+        if (kv.first.compare(0, 4, "run.") == 0) both[kv.first.substr(4)].first = kv.second;
+    for (const auto& kv : run) both[kv.first].second = kv.second;
+    std::string differences;
+    for (const auto& kv : both) {
+        if (kv.second.first == kv.second.second) continue;
+        auto shown = [](const std::string& v) { return v.empty() ? std::string("(none)") : v; };
+        differences += (differences.empty() ? "" : "; ") + kv.first + ": checkpoint " + shown(kv.second.first) +
+                       ", this run " + shown(kv.second.second);
+    }
+    return differences;
+}
+
+// Names of the complete checkpoints (step_*.safetensors) and of leftover temporary files of an
+// interrupted write (.step_*.safetensors.tmp) in dir.
+static inline void checkpoint_files(const std::string& dir, std::vector<std::string>* complete, std::vector<std::string>* temporary) {
+    DIR* d = opendir(dir.c_str());
+    if (!d) return;
+    while (struct dirent* entry = readdir(d)) {
+        std::string name = entry->d_name;
+        int64_t step;
+        if (sscanf(name.c_str(), "step_%" SCNd64, &step) == 1 && checkpoint_path(dir, step) == dir + "/" + name)
+            complete->push_back(dir + "/" + name);
+        else if (sscanf(name.c_str(), ".step_%" SCNd64, &step) == 1 && name == "." + path_basename(checkpoint_path(dir, step)) + ".tmp")
+            temporary->push_back(dir + "/" + name);
+    }
+    closedir(d);
+    // step order: names are zero-padded to 8 digits, longer only past 99,999,999 steps
+    auto by_step = [](const std::string& a, const std::string& b) { return a.size() != b.size() ? a.size() < b.size() : a < b; };
+    std::sort(complete->begin(), complete->end(), by_step);
+    std::sort(temporary->begin(), temporary->end(), by_step);
+}
+
 static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo& info, SafetensorsWriter arrays,
                                     std::string* error) {
     if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) { *error = dir + ": cannot create: " + strerror(errno); return false; }
@@ -93,6 +147,7 @@ static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo
         size_t bytes = safetensors_dtype_size(e.dtype) * shape_element_count(e.shape);
         arrays.metadata["checksum." + e.name] = std::to_string(fnv1a64((const unsigned char*)e.data, bytes));
     }
+    arrays.metadata["checksum.metadata"] = metadata_checksum(arrays.metadata);
     std::string final_path = checkpoint_path(dir, info.step);
     std::string temporary = dir + "/." + path_basename(final_path) + ".tmp";
     if (!arrays.write(temporary, error)) return false;
@@ -105,16 +160,9 @@ static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo
 
 // The complete checkpoint with the highest step in dir, "" if there is none (temporary files ignored).
 static inline std::string checkpoint_latest(const std::string& dir) {
-    DIR* d = opendir(dir.c_str());
-    if (!d) return "";
-    int64_t latest = -1;
-    while (struct dirent* entry = readdir(d)) {
-        int64_t step;  // a name that checkpoint_path would give, exactly
-        if (sscanf(entry->d_name, "step_%" SCNd64, &step) == 1 && checkpoint_path(dir, step) == dir + "/" + entry->d_name)
-            latest = std::max(latest, step);
-    }
-    closedir(d);
-    return latest < 0 ? "" : checkpoint_path(dir, latest);
+    std::vector<std::string> complete, temporary;
+    checkpoint_files(dir, &complete, &temporary);
+    return complete.empty() ? "" : complete.back();
 }
 
 // Opens a checkpoint and reads its metadata into info; the arrays are read with checkpoint_read_array.
@@ -125,6 +173,8 @@ static inline bool checkpoint_open(const std::string& path, SafetensorsReader* r
     auto fail = [&](const std::string& problem) { *error = path + ": " + problem; return false; };
     if (meta["format"] != CHECKPOINT_FORMAT)
         return fail("not an mst checkpoint (metadata format '" + meta["format"] + "', expected '" + CHECKPOINT_FORMAT + "')");
+    if (meta["checksum.metadata"] != metadata_checksum(meta))
+        return fail("its metadata does not match its checksum (edited or corrupt)");
     if (!hf_config_from_json(meta["config"], path + " (metadata config)", meta["name"], &info->config, error)) return false;
     char* stop;
     info->step = strtoll(meta["step"].c_str(), &stop, 10);
@@ -140,7 +190,7 @@ static inline bool checkpoint_open(const std::string& path, SafetensorsReader* r
 // Reads array `name` of `count` elements of `dtype` into out, checked against its checksum.
 static inline bool checkpoint_read_array(SafetensorsReader& reader, const std::string& name, const std::string& dtype,
                                          size_t count, void* out, std::string* error) {
-    const SafetensorsTensor* t;
+    const SafetensorsTensor* t = nullptr;
     std::vector<unsigned char> bytes;
     if (!reader.read_bytes(name, {(int64_t)count}, &t, &bytes, error)) return false;
     if (t->dtype != dtype) { *error = reader.path + ": array '" + name + "' is " + t->dtype + ", expected " + dtype; return false; }

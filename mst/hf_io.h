@@ -16,6 +16,8 @@
 #pragma once
 #include <sys/stat.h>
 #include <cctype>
+#include <climits>
+#include <cmath>
 #include <cerrno>
 #include <map>
 #include <memory>
@@ -66,6 +68,15 @@ struct JsonFields {
         if (v->kind != JsonValue::INTEGER && v->kind != JsonValue::NUMBER) note(std::string("\"") + key + "\" is not a number");
         return v->number;
     }
+    // a count: a whole number that fits an int (2.5, 1e12 or "8" are problems, not silently converted)
+    int integer(const char* key, int fallback, bool required = false) {
+        double x = number(key, fallback, required);
+        if (x != std::floor(x) || x < INT_MIN || x > INT_MAX) {
+            note(std::string("\"") + key + "\" is not a whole number within int range");
+            return fallback;
+        }
+        return (int)x;
+    }
     std::string text(const char* key, const std::string& fallback) {
         const JsonValue* v = find(key);
         return v && v->kind == JsonValue::STRING ? v->text : fallback;
@@ -89,29 +100,31 @@ static inline bool hf_config_from_json(const std::string& json, const std::strin
     snprintf(c.name, sizeof c.name, "%s", name.c_str());
     std::string model_type = f.text("model_type", "llama");
     if (model_type != "llama") f.note("model_type \"" + model_type + "\" is not \"llama\"");
-    c.vocab_size = (int)f.number("vocab_size", 0, true);
-    c.d_model = (int)f.number("hidden_size", 0, true);
-    c.n_layer = (int)f.number("num_hidden_layers", 0, true);
-    c.n_head = (int)f.number("num_attention_heads", 0, true);
-    c.n_kv_head = (int)f.number("num_key_value_heads", c.n_head);
-    c.ffn_dim = (int)f.number("intermediate_size", 0, true);
+    c.vocab_size = f.integer("vocab_size", 0, true);
+    c.d_model = f.integer("hidden_size", 0, true);
+    c.n_layer = f.integer("num_hidden_layers", 0, true);
+    c.n_head = f.integer("num_attention_heads", 0, true);
+    c.n_kv_head = f.integer("num_key_value_heads", c.n_head);
+    c.ffn_dim = f.integer("intermediate_size", 0, true);
     c.norm_eps = (float)f.number("rms_norm_eps", 1e-6);  // transformers' defaults
     c.tied_embeddings = f.flag("tie_word_embeddings", false);
     if (f.text("hidden_act", "silu") != "silu") f.note("hidden_act \"" + f.text("hidden_act", "") + "\" is not \"silu\"");
     if (f.flag("attention_bias", false) || f.flag("mlp_bias", false)) f.note("biases (attention_bias, mlp_bias) are not supported");
-    int head_dim = (int)f.number("head_dim", 0);
+    int head_dim = f.integer("head_dim", 0);
     if (f.find("head_dim") && c.n_head > 0 && head_dim != c.d_model / c.n_head)
         f.note("head_dim " + std::to_string(head_dim) + " is not hidden_size / num_attention_heads");
 
     // RoPE: classic rope_theta + rope_scaling, or transformers 5's rope_parameters holding both
     JsonFields rope{f.find("rope_scaling") ? f.find("rope_scaling") : f.find("rope_parameters"), ""};
+    if (rope.object && rope.object->kind != JsonValue::OBJECT) f.note("rope_scaling / rope_parameters is not an object");
     c.rope_theta = (float)f.number("rope_theta", rope.number("rope_theta", 10000.0));
     std::string rope_type = rope.text("rope_type", rope.text("type", "default"));
     if (rope_type == "llama3") {
         c.rope_scaling_factor = (float)rope.number("factor", 0, true);
+        if (!(c.rope_scaling_factor > 0.f)) rope.note("\"factor\" must be positive");  // 0 would mean no scaling
         c.rope_low_freq_factor = (float)rope.number("low_freq_factor", 0, true);
         c.rope_high_freq_factor = (float)rope.number("high_freq_factor", 0, true);
-        c.rope_original_max_position = (int)rope.number("original_max_position_embeddings", 0, true);
+        c.rope_original_max_position = rope.integer("original_max_position_embeddings", 0, true);
     } else if (rope_type != "default") {
         rope.note("rope_type \"" + rope_type + "\" is not supported (only \"llama3\")");
     }
@@ -227,14 +240,15 @@ struct HfWeightFiles {
 };
 
 // Reads every parameter of config from a Hugging Face directory (or one safetensors file) into params
-// (fp32, our layout).
+// (fp32, our layout); with params null, checks only the headers: every tensor present with its shape,
+// a known dtype and its data inside the file (the trainer's preflight, before any GPU use).
 // A tied model's lm_head.weight, if present, is ignored (transformers ties it to the embedding).
 static inline bool hf_read_weights(const std::string& path, const ModelConfig& config, std::vector<float>* params,
                                    std::string* error) {
     HfWeightFiles files;
     if (!files.open(path, error)) return false;
     std::map<std::string, std::unique_ptr<SafetensorsReader>> readers;  // by file, each opened once
-    params->assign(parameter_layout(config).total, 0.f);
+    if (params) params->assign(parameter_layout(config).total, 0.f);
     std::vector<float> values;
     for (const ParameterTensor& t : parameter_tensors(config)) {
         std::string path = files.file_of(t.name);
@@ -243,6 +257,10 @@ static inline bool hf_read_weights(const std::string& path, const ModelConfig& c
         if (!reader) {
             reader.reset(new SafetensorsReader());
             if (!reader->open(path, error)) return false;
+        }
+        if (!params) {
+            if (!reader->check(t.name, hf_shape(t), error)) return false;
+            continue;
         }
         if (!reader->read_f32(t.name, hf_shape(t), &values, error)) return false;
         memcpy(params->data() + t.offset, values.data(), values.size() * sizeof(float));

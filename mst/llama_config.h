@@ -55,10 +55,27 @@ static const ModelConfig MODEL_CONFIGS[] = {
 static const int NUM_MODEL_CONFIGS = sizeof(MODEL_CONFIGS) / sizeof(MODEL_CONFIGS[0]);
 
 // Checks that a configuration describes a model the code can build; returns "" or the problem.
+// Limits that keep every size the planner and the kernels compute far from wrapping: with them the
+// largest tensor (V x C or F x C) stays below 2^40 elements and the parameter count below 2^52, so the
+// 64-bit products never overflow, and per-row offsets (C, F, V, heads x head_dim) fit an int.
+static const int MAX_VOCAB = 1 << 24, MAX_D_MODEL = 1 << 16, MAX_FFN = 1 << 20, MAX_LAYERS = 4096, MAX_HEADS = 4096;
+
 static inline std::string model_config_problem(const ModelConfig& c) {
     if (c.vocab_size <= 0) return "vocab_size must be positive";
     if (c.d_model <= 0 || c.n_layer <= 0 || c.n_head <= 0 || c.n_kv_head <= 0 || c.ffn_dim <= 0)
         return "d_model, n_layer, n_head, n_kv_head and ffn_dim must be positive";
+    if (c.vocab_size > MAX_VOCAB || c.d_model > MAX_D_MODEL || c.ffn_dim > MAX_FFN || c.n_layer > MAX_LAYERS ||
+        c.n_head > MAX_HEADS)
+        return "sizes beyond what mst supports (vocab <= " + std::to_string(MAX_VOCAB) + ", d_model <= " +
+               std::to_string(MAX_D_MODEL) + ", ffn <= " + std::to_string(MAX_FFN) + ", layers <= " +
+               std::to_string(MAX_LAYERS) + ", heads <= " + std::to_string(MAX_HEADS) + ")";
+    if (!(c.rope_theta > 0.f) || !std::isfinite(c.rope_theta)) return "rope_theta must be a positive number";
+    if (!(c.norm_eps > 0.f) || !std::isfinite(c.norm_eps)) return "rms_norm_eps must be a positive number";
+    if (c.rope_scaling_factor != 0.f &&
+        (!(c.rope_scaling_factor > 0.f) || !std::isfinite(c.rope_scaling_factor) || !(c.rope_low_freq_factor > 0.f) ||
+         !(c.rope_high_freq_factor > c.rope_low_freq_factor) || c.rope_original_max_position <= 0))
+        return "rope_scaling needs factor > 0, low_freq_factor > 0, high_freq_factor > low_freq_factor and "
+               "original_max_position_embeddings > 0";
     if (c.d_model % c.n_head != 0) return "n_head (" + std::to_string(c.n_head) + ") does not divide d_model (" + std::to_string(c.d_model) + ")";
     if (c.n_head % c.n_kv_head != 0) return "n_kv_head (" + std::to_string(c.n_kv_head) + ") does not divide n_head (" + std::to_string(c.n_head) + ")";
     if (c.head_dim() % 2 != 0) return "head_dim must be even for RoPE";

@@ -29,6 +29,8 @@
 #include <string>
 #include <vector>
 
+#include "mst/error_line.h"
+
 // ----------------------------------------------------------------------------
 // element types
 
@@ -65,10 +67,7 @@ static inline float f16_to_float(uint16_t h) {
     return sign ? -magnitude : magnitude;
 }
 
-[[noreturn]] static inline void safetensors_exit_on_error(const std::string& error) {
-    fprintf(stderr, "error: %s\n", error.c_str());
-    exit(1);
-}
+[[noreturn]] static inline void safetensors_exit_on_error(const std::string& error) { error_exit(error); }
 
 // ----------------------------------------------------------------------------
 // a minimal JSON parser (safetensors headers, Hugging Face config.json and index files)
@@ -273,7 +272,7 @@ struct SafetensorsReader {
     // reads a tensor of any known dtype as fp32; expected_shape empty means any shape
     bool read_f32(const std::string& name, const std::vector<int64_t>& expected_shape, std::vector<float>* out,
                   std::string* error) {
-        const SafetensorsTensor* t;
+        const SafetensorsTensor* t = nullptr;
         std::vector<unsigned char> bytes;
         if (!read_bytes(name, expected_shape, &t, &bytes, error)) return false;
         size_t count = t->element_count();
@@ -292,7 +291,7 @@ struct SafetensorsReader {
     // reads an I32 tensor
     bool read_i32(const std::string& name, const std::vector<int64_t>& expected_shape, std::vector<int32_t>* out,
                   std::string* error) {
-        const SafetensorsTensor* t;
+        const SafetensorsTensor* t = nullptr;
         std::vector<unsigned char> bytes;
         if (!read_bytes(name, expected_shape, &t, &bytes, error)) return false;
         if (t->dtype != "I32") return fail(error, "tensor '" + name + "' is " + t->dtype + ", expected I32");
@@ -302,13 +301,22 @@ struct SafetensorsReader {
     }
 
     // the raw little-endian bytes of a tensor, after the name and shape checks; *found is the tensor
+    // the tensor's header entry, if it exists with the expected shape (empty: any); reads no data
+    // (open() has checked every entry's dtype and data range)
+    const SafetensorsTensor* check(const std::string& name, const std::vector<int64_t>& expected_shape, std::string* error) const {
+        const SafetensorsTensor* t = find(name);
+        if (!t) { fail(error, "no tensor '" + name + "'"); return nullptr; }
+        if (!expected_shape.empty() && t->shape != expected_shape) {
+            fail(error, "tensor '" + name + "' has shape " + shape_string(t->shape) + ", expected " + shape_string(expected_shape));
+            return nullptr;
+        }
+        return t;
+    }
+
     bool read_bytes(const std::string& name, const std::vector<int64_t>& expected_shape, const SafetensorsTensor** found,
                     std::vector<unsigned char>* bytes, std::string* error) {
-        const SafetensorsTensor* t = find(name);
-        if (!t) return fail(error, "no tensor '" + name + "'");
-        if (!expected_shape.empty() && t->shape != expected_shape)
-            return fail(error, "tensor '" + name + "' has shape " + shape_string(t->shape) + ", expected " +
-                                   shape_string(expected_shape));
+        const SafetensorsTensor* t = check(name, expected_shape, error);
+        if (!t) return false;
         bytes->resize(t->end - t->begin);
         if (fseeko(file, (off_t)(data_start + t->begin), SEEK_SET) != 0 ||
             fread(bytes->data(), 1, bytes->size(), file) != bytes->size())

@@ -263,7 +263,47 @@ static void test_refused_checkpoints() {
     check_refused(read_with(flipped), error, path, "array 'adam_v' does not match its checksum", "corrupt checkpoint data refused");
     check_refused(read_with(read_bytes(TINY_HF + "/bf16/model.safetensors")), error, path, "not an mst checkpoint",
                   "a weights file is not a checkpoint");
-    check_refused(read_with(replaced(good, "\"step\":\"3\"", "\"step\":\"x\"")), error, path, "bad step 'x'", "bad step refused");
+    check_refused(read_with(replaced(good, "\"step\":\"3\"", "\"step\":\"4\"")), error, path,
+                  "its metadata does not match its checksum", "an edited metadata field (step 3 -> 4) refused by the metadata checksum");
+}
+
+// Checkpoints that cannot mix: the run identity's differences are named field by field with both values;
+// leftover temporary files of an interrupted write are found (the trainer removes them at start) and
+// never taken for a checkpoint.
+static void test_run_identity_and_leftovers() {
+    CheckpointInfo saved;
+    RunIdentity run = {{"T", "4096"}, {"B", "1"}, {"train_data", "dev/data/shards/train_*.bin"}, {"seed", "1337"}};
+    set_run_identity(&saved, run);
+    check(run_identity_differences(saved, run).empty(), "the same run: no differences");
+    RunIdentity other = run;
+    other["T"] = "8192";
+    other["seed"] = "7";
+    other["tokens_per_update"] = "16384";
+    std::string differences = run_identity_differences(saved, other);
+    check(differences == "T: checkpoint 4096, this run 8192; seed: checkpoint 1337, this run 7; "
+                         "tokens_per_update: checkpoint (none), this run 16384",
+          "a foreign run: every differing field named with both values");
+    printf("  %s\n", differences.c_str());
+
+    std::string dir = scratch + "/leftovers";
+    CheckpointInfo info;
+    find_model_config("test-tiny", &info.config);
+    info.step = 2;
+    float one = 1.f;
+    SafetensorsWriter arrays;
+    arrays.add("x", "F32", {1}, &one);
+    std::string error;
+    check(checkpoint_write(dir, info, arrays, &error), "a checkpoint written");
+    // a write killed after creating its temporary file: what checkpoint_write leaves before its rename
+    std::string killed = dir + "/.step_00000003.safetensors.tmp";
+    write_bytes(killed, read_bytes(checkpoint_path(dir, 2)).substr(0, 50));
+    std::vector<std::string> complete, temporary;
+    checkpoint_files(dir, &complete, &temporary);
+    check(complete.size() == 1 && temporary.size() == 1 && temporary[0] == killed &&
+          checkpoint_latest(dir) == checkpoint_path(dir, 2), "a killed write's temporary file is found and not taken as the latest");
+    info.step = 3;
+    check(checkpoint_write(dir, info, arrays, &error) && checkpoint_latest(dir) == checkpoint_path(dir, 3),
+          "the step is written again over its leftover, and resuming takes it");
 }
 
 // the trainer's view: any arrays in any dtype, read back as they were written
@@ -371,6 +411,7 @@ int main() {
     test_resume();
     test_refused_checkpoints();
     test_trainer_arrays();
+    test_run_identity_and_leftovers();
     test_generation();
     std::string remove = "rm -rf '" + scratch + "'";
     if (system(remove.c_str()) != 0) printf("could not remove %s\n", scratch.c_str());

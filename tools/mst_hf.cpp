@@ -6,6 +6,7 @@
 //                                             safetensors file of Hugging Face names (e.g. the golden
 //                                             file) with CONFIG naming its llama_config.h configuration
 // Errors end the program with one line "error: <file>: <problem>" and exit status 1.
+#include <cerrno>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -13,17 +14,30 @@
 #include "mst/generate.h"
 #include "mst/hf_io.h"
 
-static int usage() {
-    fprintf(stderr, "usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]\n");
-    return 2;
+[[noreturn]] static void usage() {
+    error_exit("usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]");
 }
+
+// a whole number in [min, max], else one error line naming what
+static long integer_argument(const char* text, long min, long max, const char* what) {
+    char* stop;
+    errno = 0;
+    long value = strtol(text, &stop, 10);
+    if (*text == '\0' || *stop || errno == ERANGE || value < min || value > max)
+        error_exit(std::string(what) + " '" + text + "' is not a whole number from " + std::to_string(min) + " to " + std::to_string(max));
+    return value;
+}
+
+// the longest sequence mst_hf runs through the CPU reference (prompt + generated tokens)
+static const long MAX_TOKENS = 1 << 16;
 
 static std::vector<int> token_arguments(int argc, char** argv, int first, const ModelConfig& config) {
     std::vector<int> tokens;
+    if (argc - first > MAX_TOKENS) error_exit("more than " + std::to_string(MAX_TOKENS) + " tokens");
     for (int i = first; i < argc; i++) {
         char* stop;
         long id = strtol(argv[i], &stop, 10);
-        if (*stop || id < 0 || id >= config.vocab_size)
+        if (*argv[i] == '\0' || *stop || id < 0 || id >= config.vocab_size)
             safetensors_exit_on_error(std::string("token '") + argv[i] + "' is not an id below " + std::to_string(config.vocab_size));
         tokens.push_back((int)id);
     }
@@ -31,13 +45,13 @@ static std::vector<int> token_arguments(int argc, char** argv, int first, const 
     return tokens;
 }
 
-int main(int argc, char** argv) {
-    if (argc < 4) return usage();
+static int run(int argc, char** argv) {
+    if (argc < 4) usage();
     std::string command = argv[1], error;
     ModelConfig config;
     std::vector<float> params;
     if (command == "convert") {
-        if (argc < 5) return usage();
+        if (argc < 5) usage();
         bool from_file = argc > 5;  // one safetensors file and a configuration name
         if (from_file && !find_model_config(argv[5], &config))
             safetensors_exit_on_error(std::string("unknown config '") + argv[5] + "' (known: " + model_config_names() + ")");
@@ -45,13 +59,15 @@ int main(int argc, char** argv) {
         if (!ok || !hf_export(argv[3], config, params.data(), argv[4], &error)) safetensors_exit_on_error(error);
         return 0;
     }
-    if (argc < 5 || (command != "logits" && command != "generate")) return usage();
+    if (argc < 5 || (command != "logits" && command != "generate")) usage();
+    long new_tokens = command == "generate" ? integer_argument(argv[3], 0, MAX_TOKENS, "N") : 0;
     if (!hf_import(argv[2], &config, &params, &error)) safetensors_exit_on_error(error);
     std::vector<int> tokens = token_arguments(argc, argv, 4, config);
+    if ((long)tokens.size() + new_tokens > MAX_TOKENS) error_exit("prompt and N together exceed " + std::to_string(MAX_TOKENS) + " tokens");
     if (command == "generate") {
         uint64_t unused_rng = 1;
         size_t prompt = tokens.size();
-        generate(config, params.data(), &tokens, atoi(argv[3]), 0.f, 1.f, &unused_rng);
+        generate(config, params.data(), &tokens, (int)new_tokens, 0.f, 1.f, &unused_rng);
         for (size_t i = prompt; i < tokens.size(); i++) printf("%s%d", i > prompt ? " " : "", tokens[i]);
         printf("\n");
         return 0;
@@ -65,3 +81,5 @@ int main(int argc, char** argv) {
         safetensors_exit_on_error(std::string(argv[3]) + ": cannot write");
     return 0;
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }

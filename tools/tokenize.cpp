@@ -19,10 +19,8 @@ static const char* const USAGE =
     "       ./tokenize shard [-m tokenizer.model] [-n tokens_per_shard] OUT_PREFIX FILE...\n"
     "       ./tokenize check [-T 64] [-v 128256] 'SHARDS*.bin'\n";
 
-[[noreturn]] static void usage_error(const char* problem) {
-    fprintf(stderr, "error: %s\n%s", problem, USAGE);
-    exit(1);
-}
+// one error line (error_line.h); the usage is printed by --help
+[[noreturn]] static void usage_error(const char* problem) { error_exit(std::string(problem) + " (./tokenize --help shows the usage)"); }
 
 // options as "-x value" pairs and flags; everything else is positional
 struct Options {
@@ -34,13 +32,13 @@ struct Options {
     std::vector<const char*> positional;
 };
 
+// a positive integer that fits a shard header's int32 count (and an int index)
 static long parse_positive(const char* flag, const char* text) {
     char* end = nullptr;
+    errno = 0;
     long value = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || value <= 0) {
-        fprintf(stderr, "error: %s wants a positive integer, not '%s'\n", flag, text);
-        exit(1);
-    }
+    if (*text == '\0' || *end != '\0' || value <= 0 || value > INT32_MAX || errno == ERANGE)
+        error_exit(std::string(flag) + " wants a positive integer up to " + std::to_string(INT32_MAX) + ", not '" + text + "'");
     return value;
 }
 
@@ -143,8 +141,12 @@ static void command_check(const Options& options) {
     dataloader_free(&loader);
 }
 
-int main(int argc, char** argv) {
+static int run(int argc, char** argv) {
     if (argc < 2) usage_error("no command");
+    if (strcmp(argv[1], "-h") == 0 || strcmp(argv[1], "--help") == 0) {
+        printf("%s", USAGE);
+        return 0;
+    }
     std::string command = argv[1];
     Options options = parse_options(argc, argv);
     if ((command == "encode" || command == "decode") && !options.positional.empty())
@@ -163,3 +165,5 @@ int main(int argc, char** argv) {
     tokenizer_free(&tokenizer);
     return 0;
 }
+
+int main(int argc, char** argv) { return main_reporting_errors(run, argc, argv); }

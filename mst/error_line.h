@@ -1,0 +1,51 @@
+// error_line.h: the one way bad input ends a program of mst's: "error: <where>: <problem>" on stderr,
+// exit status 1. What the line echoes from input stays printable and short: control bytes (below 0x20,
+// and 0x7f) are written as \xNN, and the line is cut at ERROR_LINE_MAX characters ("...").
+#pragma once
+#include <cstdarg>
+#include <cstdio>
+#include <cstdlib>
+#include <exception>
+#include <new>
+#include <string>
+
+static const size_t ERROR_LINE_MAX = 400;
+
+[[noreturn]] static inline void error_exit(const std::string& text) {
+    std::string line = "error: ";
+    for (unsigned char c : text) {
+        if (line.size() >= ERROR_LINE_MAX) { line += "..."; break; }
+        if (c >= 0x20 && c != 0x7f) { line += (char)c; continue; }
+        char escaped[8];
+        snprintf(escaped, sizeof escaped, "\\x%02x", c);
+        line += escaped;
+    }
+    fprintf(stderr, "%s\n", line.c_str());
+    exit(1);
+}
+
+// "error: <where>: <problem>" (no "<where>: " when where is null)
+[[noreturn]] static inline void error_line_exit(const char* where, const char* format, va_list args) {
+    char message[4096];  // longer problems are cut here, and again at ERROR_LINE_MAX
+    vsnprintf(message, sizeof message, format, args);
+    error_exit(where ? std::string(where) + ": " + message : std::string(message));
+}
+
+// a bad input file: "error: <file>: <problem>"
+[[noreturn]] static inline void file_error(const char* file, const char* format, ...) {
+    va_list args;
+    va_start(args, format);
+    error_line_exit(file, format, args);
+}
+
+// A program's main: run(argc, argv), with what it throws (memory a hostile size asked for, or anything
+// unforeseen) ending as one error line and exit status 1, never as an abort.
+static inline int main_reporting_errors(int (*run)(int, char**), int argc, char** argv) {
+    try {
+        return run(argc, argv);
+    } catch (const std::bad_alloc&) {
+        error_exit("out of memory: the sizes asked for do not fit this machine's memory");
+    } catch (const std::exception& e) {
+        error_exit(std::string("unexpected: ") + e.what());
+    }
+}
