@@ -5,45 +5,40 @@ set -u
 cd "$(dirname "$0")/.."
 passed=0; failed=0; skipped=0
 
-# expect_error NAME WORD ARGS...: one output line, starting "error:", containing WORD, nonzero exit
-expect_error() {
+# expect_tool_error NAME WORD COMMAND...: one output line, starting "error:", containing WORD, exit status 1
+expect_tool_error() {
     local name=$1 word=$2; shift 2
     local output rc lines
-    output=$(./train_llama "$@" 2>&1); rc=$?
+    output=$("$@" 2>&1 < /dev/null); rc=$?
     lines=$(printf '%s' "$output" | grep -c '')
-    if [ "$rc" -ne 0 ] && [ "$lines" -eq 1 ] && [[ "$output" == error:* ]] && [[ "$output" == *"$word"* ]]; then
+    if [ "$rc" -eq 1 ] && [ "$lines" -eq 1 ] && [[ "$output" == error:* ]] && [[ "$output" == *"$word"* ]]; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
         echo "FAIL: $name: exit $rc, $lines lines: $output"
     fi
 }
+# expect_error NAME WORD ARGS...: the same for ./train_llama ARGS
+expect_error() { local name=$1 word=$2; shift 2; expect_tool_error "$name" "$word" ./train_llama "$@"; }
 
-# expect_output NAME PATTERN ARGS...: exit 0 and a line matching the extended regex PATTERN
-expect_output() {
-    local name=$1 pattern=$2; shift 2
+# expect_match SUCCEEDS NAME PATTERN ARGS...: a line matching the extended regex PATTERN, and exit 0 when
+# SUCCEEDS is 1, nonzero when it is 0
+expect_match() {
+    local succeeds=$1 name=$2 pattern=$3; shift 3
     local output rc
     output=$(./train_llama "$@" 2>&1); rc=$?
-    if [ "$rc" -eq 0 ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
+    if [ $((rc == 0)) -eq "$succeeds" ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
         passed=$((passed + 1))
     else
         failed=$((failed + 1))
         echo "FAIL: $name: exit $rc, no line matching /$pattern/ in:"; printf '%s\n' "$output" | head -n 40
     fi
 }
+# expect_output NAME PATTERN ARGS...: exit 0 and a matching line
+expect_output() { expect_match 1 "$@"; }
+# expect_refusal NAME PATTERN ARGS...: a nonzero exit (the run would not start) and a matching line
+expect_refusal() { expect_match 0 "$@"; }
 
-# expect_refusal NAME PATTERN ARGS...: a nonzero exit (the run would not start) and a line matching PATTERN
-expect_refusal() {
-    local name=$1 pattern=$2; shift 2
-    local output rc
-    output=$(./train_llama "$@" 2>&1); rc=$?
-    if [ "$rc" -ne 0 ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $name: exit $rc, no line matching /$pattern/ in:"; printf '%s\n' "$output" | head -n 40
-    fi
-}
 
 scratch=$(mktemp -d /tmp/test_cli.XXXXXX)
 trap 'rm -rf "$scratch"' EXIT
@@ -153,18 +148,6 @@ else
 fi
 
 # the tools: one error line, exit status 1, no abort
-expect_tool_error() {
-    local name=$1 word=$2; shift 2
-    local output rc lines
-    output=$("$@" 2>&1 < /dev/null); rc=$?
-    lines=$(printf '%s' "$output" | grep -c '')
-    if [ "$rc" -eq 1 ] && [ "$lines" -eq 1 ] && [[ "$output" == error:* ]] && [[ "$output" == *"$word"* ]]; then
-        passed=$((passed + 1))
-    else
-        failed=$((failed + 1))
-        echo "FAIL: $name: exit $rc, $lines lines: $output"
-    fi
-}
 expect_tool_error "mst_hf: no arguments" "usage" ./mst_hf
 expect_tool_error "mst_hf generate: negative N" "N '-5'" ./mst_hf generate "$hf" -5 1
 expect_tool_error "mst_hf generate: absurd N" "N '99999999999999'" ./mst_hf generate "$hf" 99999999999999 1
