@@ -1024,10 +1024,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
             if (cl.top_p > 1.f) usage_error("%s: must be a probability in (0, 1] (got \"%s\")", f, value);
         }
     }
+    auto given = [&](const char* flag) { return std::any_of(argv + 1, argv + argc, [&](const char* a) { return strcmp(a, flag) == 0; }); };
     if (cl.custom_config) {
-        bool named = false;
-        for (int i = 1; i < argc; i++) named |= strcmp(argv[i], "-e") == 0;
-        if (named) usage_error("-e and --config: give one of them");
+        if (given("-e")) usage_error("-e and --config: give one of them");
     } else if (is_directory(cl.model_name)) {  // a Hugging Face directory: only its config.json is read here
         std::string error;
         if (!hf_read_config(cl.model_name, &cl.config, &error)) usage_error("-e: %s", error.c_str());
@@ -1036,6 +1035,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         usage_error("-e: unknown model \"%s\" (known: %s)", cl.model_name, model_config_names().c_str());
     }
     if (cl.resume && !cl.checkpoint_dir) usage_error("-y 1: needs -o DIR, the directory to resume from");
+    if (given("-s") && cl.sample_tokens == 0) usage_error("-s: samples need -g N, the tokens to sample");
+    if (given("--val-batches") && cl.val_interval == 0) usage_error("--val-batches: validation needs -v N, its interval");
     if (cl.checkpoint_every > 0 && !cl.checkpoint_dir) usage_error("-k %d: needs -o DIR, where checkpoints go", cl.checkpoint_every);
     if (cl.overwrite && !cl.checkpoint_dir) usage_error("--overwrite 1: needs -o DIR, whose checkpoints it replaces");
     if (cl.overwrite && cl.resume) usage_error("--overwrite 1 and -y 1: a run either continues the checkpoints in -o or replaces them");

@@ -120,6 +120,8 @@ expect_error "-o where no directory can be made" "-o: cannot create" --dry-run -
 expect_error "--export where no directory can be made" "--export: cannot create" --dry-run -e test-tiny -T 64 --export /etc/hostname/hf
 expect_error "-k without -o" "-k 5: needs -o" --dry-run -e test-tiny -T 64 -k 5
 expect_error "--overwrite without -o" "--overwrite" --dry-run -e test-tiny -T 64 --overwrite 1
+expect_error "-s without -g" "-s: samples need -g" --dry-run -e test-tiny -T 64 -s 5
+expect_error "--val-batches without -v" "--val-batches: validation needs -v" --dry-run -e test-tiny -T 64 --val-batches 3
 mkdir -p "$scratch/taken" && printf 'x' > "$scratch/taken/step_00000004.safetensors"
 expect_error "-o holding another run's checkpoints, without -y or --overwrite" "already holds checkpoints" --dry-run -e test-tiny -T 64 -o "$scratch/taken"
 expect_error "-y 1 from a file that is not a checkpoint" "step_00000004.safetensors" --dry-run -e test-tiny -T 64 -o "$scratch/taken" -y 1
