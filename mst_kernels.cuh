@@ -303,16 +303,15 @@ static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, 
             float4 lo = *reinterpret_cast<const float4*>(dw + c), hi = *reinterpret_cast<const float4*>(dw + c + 4);
             float acc[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
             for (int i = begin; i < end; i += EMBEDDING_UNROLL) {
-                uint4 rows[EMBEDDING_UNROLL];
+                mst::Pack8 rows[EMBEDDING_UNROLL];
 #pragma unroll
                 for (int u = 0; u < EMBEDDING_UNROLL; u++)
-                    if (i + u < end) rows[u] = *reinterpret_cast<const uint4*>(dout + (size_t)__ldg(positions + i + u) * C + c);
+                    if (i + u < end) rows[u].u = *reinterpret_cast<const uint4*>(dout + (size_t)__ldg(positions + i + u) * C + c);
 #pragma unroll
                 for (int u = 0; u < EMBEDDING_UNROLL; u++) {
                     if (i + u >= end) break;
-                    const bf16* row = reinterpret_cast<const bf16*>(&rows[u]);
 #pragma unroll
-                    for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(row[k]);
+                    for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(rows[u].h[k]);
                 }
             }
             *reinterpret_cast<float4*>(dw + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
