@@ -25,9 +25,10 @@
 //
 // Embedding (embedding_forward_cpu / embedding_backward_cpu):
 //   void embedding_forward(bf16* out, const int* tokens, const bf16* wte, int N, int C, cudaStream_t)  out (W)
-//   void embedding_backward(float* dwte, const bf16* dout, const int* tokens, int N, int C, cudaStream_t)
-//        dwte[V,C] fp32 (A). Deterministic: one thread per column walks n = 0..N-1 in order (same order as
-//        the CPU). Needs no scratch, no host-side bucketing.
+//   void embedding_backward(float* dwte, const bf16* dout, const int* buckets, int bucket_count, int N, int C,
+//                           cudaStream_t)                               dwte[V,C] fp32 (A)
+//        buckets: mst/token_buckets.h's table for these tokens, on the device. One block per distinct id sums
+//        its rows in ascending position, the CPU's order: bitwise equal to the CPU, deterministic, no atomics.
 //
 // RMSNorm (rmsnorm_forward_cpu / rmsnorm_backward_cpu):
 //   void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C,
@@ -288,25 +289,51 @@ static inline void embedding_forward(bf16* out, const int* tokens, const bf16* w
     CUDA_CHECK(cudaGetLastError());
 }
 
-// matches embedding_backward_cpu: each thread owns 2 columns and walks n in ascending order, so every
-// dwte element is summed in the CPU's order, without atomics.
-static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, const int* tokens, int N, int C) {
-    int c = (blockIdx.x * blockDim.x + threadIdx.x) * 2;
-    if (c >= C) return;
-    bool two = c + 1 < C;
-    for (int n = 0; n < N; n++) {
-        int tok = __ldg(tokens + n);
-        float* dw = dwte + (size_t)tok * C + c;
-        const bf16* d = dout + (size_t)n * C + c;
-        dw[0] += __bfloat162float(d[0]);
-        if (two) dw[1] += __bfloat162float(d[1]);
+// matches embedding_backward_cpu: one block per distinct token id (mst/token_buckets.h's buckets), each
+// thread owning 8 columns (1 when C % 8 != 0) and adding the id's rows in ascending position, the CPU's
+// order, so every dwte element is bitwise the CPU's, without atomics. The row loads of EMBEDDING_UNROLL
+// positions are issued before their adds (a frequent id's bucket is a long serial chain otherwise).
+#define EMBEDDING_UNROLL 8
+static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, const int* positions,
+                                                 const int* bucket_start, const int* bucket_id, int C) {
+    int begin = bucket_start[blockIdx.x], end = bucket_start[blockIdx.x + 1];
+    float* dw = dwte + (size_t)bucket_id[blockIdx.x] * C;
+    if ((C & 7) == 0) {
+        for (int c = threadIdx.x * 8; c < C; c += blockDim.x * 8) {
+            float4 lo = *reinterpret_cast<const float4*>(dw + c), hi = *reinterpret_cast<const float4*>(dw + c + 4);
+            float acc[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            for (int i = begin; i < end; i += EMBEDDING_UNROLL) {
+                mst::Pack8 rows[EMBEDDING_UNROLL];
+#pragma unroll
+                for (int u = 0; u < EMBEDDING_UNROLL; u++)
+                    if (i + u < end) rows[u].u = *reinterpret_cast<const uint4*>(dout + (size_t)__ldg(positions + i + u) * C + c);
+#pragma unroll
+                for (int u = 0; u < EMBEDDING_UNROLL; u++) {
+                    if (i + u >= end) break;
+#pragma unroll
+                    for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(rows[u].h[k]);
+                }
+            }
+            *reinterpret_cast<float4*>(dw + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
+            *reinterpret_cast<float4*>(dw + c + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+        }
+    } else {
+        for (int c = threadIdx.x; c < C; c += blockDim.x) {
+            float acc = dw[c];
+            for (int i = begin; i < end; i++) acc += __bfloat162float(dout[(size_t)__ldg(positions + i) * C + c]);
+            dw[c] = acc;
+        }
     }
 }
-static inline void embedding_backward(float* dwte, const bf16* dout, const int* tokens, int N, int C, cudaStream_t stream) {
-    if (N <= 0) return;
-    int threads = 64;
-    int blocks = mst_ceil_div(mst_ceil_div(C, 2), threads);
-    embedding_backward_kernel<<<blocks, threads, 0, stream>>>(dwte, dout, tokens, N, C);
+// buckets: the device copy of token_buckets.h's table for these N tokens, holding bucket_count buckets
+static inline void embedding_backward(float* dwte, const bf16* dout, const int* buckets, int bucket_count, int N, int C,
+                                      cudaStream_t stream) {
+    if (bucket_count <= 0) return;
+    bool vec = (C % 8 == 0) && mst::aligned16(dwte) && mst::aligned16(dout);
+    if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_backward: pointers must be 16-byte aligned\n"); exit(1); }
+    int columns_per_thread = vec ? 8 : 1;
+    int threads = std::min(1024, mst_ceil_div(mst_ceil_div(C, columns_per_thread), 32) * 32);
+    embedding_backward_kernel<<<bucket_count, threads, 0, stream>>>(dwte, dout, buckets, buckets + N, buckets + 2 * (size_t)N + 1, C);
     CUDA_CHECK(cudaGetLastError());
 }
 

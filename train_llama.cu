@@ -51,6 +51,7 @@
 #include "mst_kernels.cuh"
 #include "mst/llama_config.h"
 #include "mst/memory_plan.h"
+#include "mst/token_buckets.h"
 #include "mst/lr_schedule.h"
 #include "mst/training.h"
 #include "dataloader.h"
@@ -135,6 +136,8 @@ struct Model {
     bf16* logits;                  // n_lm x V: one LM-head mini-sequence
     float* losses;                 // N
     int* inputs; int* targets;     // N each
+    int* token_buckets;            // the embedding backward's buckets of the inputs (mst/token_buckets.h)
+    TokenBuckets buckets;          // their host copy, rebuilt as each batch is uploaded
     float* rope_cos; float* rope_sin;
     // backward
     bf16* dresidual; bf16* dnorm;  // N x C each: the residual stream's gradient, a norm output's gradient
@@ -218,6 +221,7 @@ static void carve_arena(Model* m) {
     m->losses = (float*)region(REGION_LOSSES);
     m->inputs = (int*)region(REGION_TOKENS);
     m->targets = m->inputs + N;
+    m->token_buckets = m->targets + N;
     m->rope_cos = (float*)region(REGION_ROPE_TABLES);
     m->rope_sin = m->rope_cos + (size_t)m->T * (m->config.head_dim() / 2);
     // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
@@ -478,8 +482,12 @@ static int counted_targets(const int* targets, size_t count) {
 }
 
 static int upload_tokens(Model* m, const int* inputs, const int* targets) {
+    if (!bucket_tokens(&m->buckets, inputs, m->N, m->config.vocab_size))
+        error_exit("an input token is outside [0, " + std::to_string(m->config.vocab_size) + ")");
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->token_buckets, m->buckets.table.data(), m->buckets.table.size() * 4,
+                               cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
     return counted_targets(targets, m->N);
 }
@@ -662,7 +670,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
             end_group(m, p.layer_start(l), p.layer.count, last);
         }
         float* embedding_grad = c.tied_embeddings ? lm_head_grad : begin_group(m, p.embedding, VC, first);
-        embedding_backward(embedding_grad, m->dresidual, m->inputs, m->N, c.d_model, m->stream);
+        embedding_backward(embedding_grad, m->dresidual, m->token_buckets, m->buckets.count, m->N, c.d_model, m->stream);
         end_group(m, p.embedding, VC, last);
         loss_sum += summed_loss(m);  // synchronizes the stream
     }

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "mst/llama_config.h"
+#include "mst/token_buckets.h"
 
 // cuBLASLt's workspace, taken from the arena (mst_kernels.cuh hands it to cuBLASLt once)
 static const size_t CUBLASLT_WORKSPACE_BYTES = 32ull << 20;
@@ -84,7 +85,7 @@ enum Region {
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
     REGION_LOSSES,            // N x 4 per-token loss
     // small
-    REGION_TOKENS,            // N x 4 inputs, N x 4 targets
+    REGION_TOKENS,            // N x 4 inputs, N x 4 targets, (3N + 1) x 4 embedding-backward buckets
     REGION_ROPE_TABLES,       // T x (hd/2) x 4 cos, same sin
     REGION_SCRATCH,           // reduction partials (norm weight gradients, gradient norm)
     REGION_CUBLASLT_WORKSPACE,
@@ -220,7 +221,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
         plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
-    set(REGION_TOKENS, 2 * N * 4, "2 x " + s(N) + " x 4");
+    // inputs, targets, then the embedding backward's token buckets (token_buckets.h): (5N + 1) x 4
+    set(REGION_TOKENS, (2 * N + token_bucket_ints(N)) * 4, "(5 x " + s(N) + " + 1) x 4");
     set(REGION_ROPE_TABLES, 2 * (size_t)o.T * (hd / 2) * 4, "2 x " + s(o.T) + " x " + s(hd / 2) + " x 4");
     // reduction partials: RMSNorm weight gradient's chunks x C fp32, then 1 MiB for the gradient norm's
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");

@@ -37,6 +37,8 @@ static void test_llama3_8b_at_60000() {
     check(plan.options.lmhead_chunks == 15 && plan.lmhead_chunk_tokens == 4000, "8b: LM head 15 x 4000 tokens");
     check(plan.bytes[REGION_LMHEAD_LOGITS] == 4000ull * V * 2, "8b: logits 4000 x V x 2");
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
+    // inputs and targets (2T ints), then the embedding backward's buckets: positions T, starts T + 1, ids T
+    check(plan.bytes[REGION_TOKENS] == (5 * T + 1) * 4, "8b: tokens region (5T + 1) x 4");
     // aliases (recomputation): the final norm in the attention norm's region; dq and the attention-output
     // gradient in the attention residual's and MLP norm's, so the q, k, v gradient region keeps dk, dv
     // (T x 2 x 1024 x 2) and the attention backward's delta (T x 32 x 4)

@@ -1,9 +1,12 @@
 // test_reference.cpp: the CPU reference (llama_reference.h) against the golden outputs of the independent
 // PyTorch model (dev/reference.py -> golden/test-tiny.safetensors), the Mini-Sequence Transformer options
-// against the plain whole-sequence path, the tied embeddings, and the safetensors reader's errors.
+// against the plain whole-sequence path, the tied embeddings, the safetensors reader's errors, and the
+// embedding backward's token buckets.
 // Run from the repository root (make test does): ./test_reference [golden file]
 #include <algorithm>
 #include <cmath>
+#include <cstring>
+#include <random>
 #include <cstdio>
 #include <string>
 #include <vector>
@@ -13,6 +16,7 @@
 #include "mst/lr_schedule.h"
 #include "tests/golden.h"
 #include "mst/safetensors.h"
+#include "mst/token_buckets.h"
 #include "tests/test_util.h"
 
 // dev/reference.py's training hyperparameters
@@ -327,6 +331,77 @@ static void test_learning_rate_schedule() {
     check(learning_rate_at(7, 10, lr, 0, 1.f) == lr, "learning rate: no warmup and final fraction 1 is constant");
 }
 
+// The embedding backward's buckets (token_buckets.h), checked against their definition: every position
+// once, ids strictly ascending across buckets, positions ascending within one, one bucket per distinct id;
+// and summing the buckets as the GPU kernel does (each id's rows in bucket order onto its dwte row) gives
+// embedding_backward_cpu's result bit for bit.
+static bool buckets_valid(const TokenBuckets& b, const std::vector<int>& tokens, int V) {
+    int N = (int)tokens.size();
+    std::vector<int> seen(N, 0), present(V, 0);
+    for (int t : tokens) present[t] = 1;
+    int distinct = 0;
+    for (int v = 0; v < V; v++) distinct += present[v];
+    bool ok = b.N == N && b.count == distinct && b.bucket_start()[0] == 0 && b.bucket_start()[b.count] == N;
+    for (int k = 0; ok && k < b.count; k++) {
+        int begin = b.bucket_start()[k], end = b.bucket_start()[k + 1];
+        ok = begin < end && (k == 0 || b.bucket_id()[k - 1] < b.bucket_id()[k]);
+        for (int i = begin; ok && i < end; i++) {
+            int n = b.positions()[i];
+            ok = n >= 0 && n < N && seen[n]++ == 0 && tokens[n] == b.bucket_id()[k] && (i == begin || b.positions()[i - 1] < n);
+        }
+    }
+    for (int n = 0; ok && n < N; n++) ok = seen[n] == 1;
+    return ok;
+}
+static bool bucket_sums_match_cpu(const TokenBuckets& b, const std::vector<int>& tokens, int V, int C, std::mt19937* rng) {
+    int N = (int)tokens.size();
+    std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+    std::vector<float> dout((size_t)N * C), start((size_t)V * C);
+    for (auto& x : dout) x = uniform(*rng);
+    for (auto& x : start) x = uniform(*rng);
+    std::vector<float> expected = start, got = start;
+    embedding_backward_cpu(expected.data(), dout.data(), tokens.data(), N, C);
+    for (int k = 0; k < b.count; k++)
+        for (int c = 0; c < C; c++) {
+            float acc = got[(size_t)b.bucket_id()[k] * C + c];
+            for (int i = b.bucket_start()[k]; i < b.bucket_start()[k + 1]; i++) acc += dout[(size_t)b.positions()[i] * C + c];
+            got[(size_t)b.bucket_id()[k] * C + c] = acc;
+        }
+    return memcmp(got.data(), expected.data(), got.size() * sizeof(float)) == 0;
+}
+static void test_token_buckets() {
+    std::mt19937 rng(20260101);
+    TokenBuckets b;  // reused across cases, as train_llama reuses it across batches
+    struct Case { const char* name; int N, V; int kind; };  // kind 0: heavy repeats, 1: each id once, 2: one id
+    const Case cases[] = {{"random ids with heavy repetition, N=1009 V=7", 1009, 7, 0},
+                          {"random ids, a hot one, N=4099 V=50000", 4099, 50000, 0},
+                          {"ids each appearing once, N=777 V=1000", 777, 1000, 1},
+                          {"one id everywhere, N=333 V=5", 333, 5, 2},
+                          {"a single token, N=1 V=3", 1, 3, 0}};
+    for (const Case& k : cases) {
+        std::vector<int> tokens(k.N);
+        if (k.kind == 1) {
+            std::vector<int> ids(k.V);
+            for (int v = 0; v < k.V; v++) ids[v] = v;
+            std::shuffle(ids.begin(), ids.end(), rng);
+            std::copy(ids.begin(), ids.begin() + k.N, tokens.begin());
+        } else {
+            int hot = std::uniform_int_distribution<int>(0, k.V - 1)(rng);
+            for (int& t : tokens)
+                t = k.kind == 2 || rng() % 4 == 0 ? hot : std::uniform_int_distribution<int>(0, k.V - 1)(rng);
+        }
+        bool ok = bucket_tokens(&b, tokens.data(), k.N, k.V);
+        std::string name = std::string("token buckets: ") + k.name;
+        check(ok && buckets_valid(b, tokens, k.V), name.c_str());
+        name += ": bucket sums equal embedding_backward_cpu bitwise";
+        check(ok && bucket_sums_match_cpu(b, tokens, k.V, 13, &rng), name.c_str());
+    }
+    std::vector<int> bad = {0, 2, 3, 1};
+    check(!bucket_tokens(&b, bad.data(), 4, 3), "token buckets: an id >= V is refused");
+    bad[2] = -1;
+    check(!bucket_tokens(&b, bad.data(), 4, 4), "token buckets: a negative id is refused");
+}
+
 int main(int argc, char** argv) {
     std::string golden_path = argc > 1 ? argv[1] : GOLDEN_PATH;
     Golden g;
@@ -341,5 +416,6 @@ int main(int argc, char** argv) {
     test_golden_errors(golden_path);
     test_safetensors_round_trip();
     test_learning_rate_schedule();
+    test_token_buckets();
     return test_summary();
 }
