@@ -2,6 +2,54 @@
 // rope_tables() (Llama 3.1 scaling lives in the tables). CPU reference: rope_cpu. Product kernel: rope_forward.
 #include "common.h"
 
+// v2 (dev only, UNVERIFIED on a GPU): q and k in one launch, one thread per 8 consecutive pairs (16-byte
+// loads of x1 = v[i..i+7] and x2 = v[i+half..], two float4 of cos and of sin); the arithmetic of rope_cpu per
+// pair, as v1's. Needs half % 8 == 0 (hd 16, 64, 128); otherwise v1 twice.
+static __global__ void rope_qk_kernel(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T,
+                                      int H, int KV, int hd, bool inverse) {
+    int half = hd / 2, groups = half / 8;
+    size_t total = (size_t)B * T * (H + KV) * groups;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % groups) * 8;
+        size_t row = idx / groups;       // ((b, t), head of q then k) flattened
+        int head = (int)(row % (H + KV));
+        size_t bt = row / (H + KV);
+        int t = (int)(bt % T);
+        bf16* v = head < H ? q + (bt * H + head) * hd : k + (bt * KV + head - H) * hd;
+        uint4 raw1 = *reinterpret_cast<const uint4*>(v + i), raw2 = *reinterpret_cast<const uint4*>(v + i + half);
+        const float4* cp = reinterpret_cast<const float4*>(cos_table + (size_t)t * half + i);
+        const float4* sp = reinterpret_cast<const float4*>(sin_table + (size_t)t * half + i);
+        float4 c4[2] = {__ldg(cp), __ldg(cp + 1)}, s4[2] = {__ldg(sp), __ldg(sp + 1)};
+        const float* cf = reinterpret_cast<const float*>(c4);
+        const float* sf = reinterpret_cast<const float*>(s4);
+        bf16* a = reinterpret_cast<bf16*>(&raw1);
+        bf16* b = reinterpret_cast<bf16*>(&raw2);
+        #pragma unroll
+        for (int j = 0; j < 8; j++) {
+            float c = cf[j], s = inverse ? -sf[j] : sf[j];
+            float x1 = __bfloat162float(a[j]), x2 = __bfloat162float(b[j]);
+            a[j] = __float2bfloat16(x1 * c - x2 * s);
+            b[j] = __float2bfloat16(x2 * c + x1 * s);
+        }
+        *reinterpret_cast<uint4*>(v + i) = raw1;
+        *reinterpret_cast<uint4*>(v + i + half) = raw2;
+    }
+}
+static void rope_qk(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T, int H, int KV, int hd,
+                    bool inverse) {
+    if ((hd / 2) % 8 != 0) {
+        rope_forward(q, cos_table, sin_table, B, T, H, hd, inverse, 0);
+        rope_forward(k, cos_table, sin_table, B, T, KV, hd, inverse, 0);
+        return;
+    }
+    size_t total = (size_t)B * T * (H + KV) * (hd / 16);
+    if (total == 0) return;
+    int threads = 256;
+    long long blocks = std::min(((long long)total + threads - 1) / threads, 65535LL * 16);
+    rope_qk_kernel<<<(int)blocks, threads>>>(q, k, cos_table, sin_table, B, T, H, KV, hd, inverse);
+    CUDA_CHECK(cudaGetLastError());
+}
+
 // the model's cos/sin tables for T positions, on the host and uploaded
 static void make_tables(const ModelConfig& c, int T, std::vector<float>& cs, std::vector<float>& sn, float** d_cos, float** d_sin) {
     int half = c.head_dim() / 2;
@@ -33,7 +81,27 @@ static void check(const char* model, int B, int T, int heads) {
         compare(name, download_bf16(d_y, n), ref, 1e-2f, 1e-2f);
         CUDA_CHECK(cudaFree(d_y));
     }
-    for (void* p : {(void*)d_cos, (void*)d_sin, (void*)d_x}) CUDA_CHECK(cudaFree(p));
+    // v2: q (heads) and k (KV = max(1, heads / 4) heads) in one launch
+    int KV = std::max(1, heads / 4);
+    size_t nk = (size_t)B * T * KV * hd;
+    std::vector<float> xk = rand_uniform(nk, -2.f, 2.f);
+    bf16* d_k0 = upload_bf16(xk);
+    for (int inverse = 0; inverse < 2; inverse++) {
+        std::vector<float> ref_q = x, ref_k = xk;
+        rope_cpu(ref_q.data(), cs.data(), sn.data(), B, T, heads, hd, inverse);
+        rope_cpu(ref_k.data(), cs.data(), sn.data(), B, T, KV, hd, inverse);
+        bf16 *d_q = dmalloc<bf16>(n), *d_k = dmalloc<bf16>(nk);
+        CUDA_CHECK(cudaMemcpy(d_q, d_x, n * 2, cudaMemcpyDeviceToDevice));
+        CUDA_CHECK(cudaMemcpy(d_k, d_k0, nk * 2, cudaMemcpyDeviceToDevice));
+        rope_qk(d_q, d_k, d_cos, d_sin, B, T, heads, KV, hd, inverse);
+        snprintf(name, sizeof name, "rope v2 q+k %s %s B=%d T=%d heads=%d/%d hd=%d: q", inverse ? "inverse" : "forward", model, B, T, heads, KV, hd);
+        compare(name, download_bf16(d_q, n), ref_q, 1e-2f, 1e-2f);
+        snprintf(name, sizeof name, "rope v2 q+k %s %s B=%d T=%d heads=%d/%d hd=%d: k", inverse ? "inverse" : "forward", model, B, T, heads, KV, hd);
+        compare(name, download_bf16(d_k, nk), ref_k, 1e-2f, 1e-2f);
+        CUDA_CHECK(cudaFree(d_q));
+        CUDA_CHECK(cudaFree(d_k));
+    }
+    for (void* p : {(void*)d_cos, (void*)d_sin, (void*)d_x, (void*)d_k0}) CUDA_CHECK(cudaFree(p));
 }
 
 static void bench(int B, int T, int heads) {
@@ -50,7 +118,20 @@ static void bench(int B, int T, int heads) {
     char name[96];
     snprintf(name, sizeof name, "rope_forward B=%d T=%d heads=%d hd=%d", B, T, heads, hd);
     report_bandwidth(name, "thread/pair v1", ms, 2.0 * n * 2 + 2.0 * T * half * 4);
-    for (void* p : {(void*)d_cos, (void*)d_sin, (void*)d_x}) CUDA_CHECK(cudaFree(p));
+    // q (heads) and k (heads / 4) as the trainer rotates them: v1 twice, v2 once
+    int KV = heads / 4;
+    size_t nk = (size_t)B * T * KV * hd;
+    bf16* d_k = device_random_bf16(nk);
+    double bytes = 2.0 * (n + nk) * 2 + 2.0 * T * half * 4;
+    snprintf(name, sizeof name, "rope q+k B=%d T=%d heads=%d/%d hd=%d", B, T, heads, KV, hd);
+    ms = bench_ms([&] {
+        rope_forward(d_x, d_cos, d_sin, B, T, heads, hd, false, 0);
+        rope_forward(d_k, d_cos, d_sin, B, T, KV, hd, false, 0);
+    });
+    report_bandwidth(name, "thread/pair v1 x2", ms, bytes);
+    ms = bench_ms([&] { rope_qk(d_x, d_k, d_cos, d_sin, B, T, heads, KV, hd, false); });
+    report_bandwidth(name, "q+k x8 pairs v2", ms, bytes);
+    for (void* p : {(void*)d_cos, (void*)d_sin, (void*)d_x, (void*)d_k}) CUDA_CHECK(cudaFree(p));
 }
 
 int main(int argc, char** argv) {
