@@ -150,7 +150,10 @@ static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo
     arrays.metadata["checksum.metadata"] = metadata_checksum(arrays.metadata);
     std::string final_path = checkpoint_path(dir, info.step);
     std::string temporary = dir + "/." + path_basename(final_path) + ".tmp";
-    if (!arrays.write(temporary, error)) return false;
+    if (!arrays.write(temporary, error)) {
+        remove(temporary.c_str());  // no partial file left behind
+        return false;
+    }
     if (!sync_path(temporary) || rename(temporary.c_str(), final_path.c_str()) != 0 || !sync_path(dir)) {
         *error = final_path + ": cannot complete the write: " + strerror(errno);
         return false;

@@ -443,8 +443,9 @@ struct SafetensorsWriter {
         for (int i = 0; i < 8; i++) length_bytes[i] = (unsigned char)((uint64_t)header.size() >> (8 * i));
         bool ok = fwrite(length_bytes, 1, 8, f) == 8 && fwrite(header.data(), 1, header.size(), f) == header.size();
         for (const Entry& e : entries) ok = ok && fwrite(e.data, 1, entry_bytes(e), f) == entry_bytes(e);
-        ok = (fclose(f) == 0) && ok;
-        if (!ok) *error = path + ": write failed";
+        int write_errno = ok ? 0 : errno;  // fwrite's reason, before fclose can change errno
+        if (fclose(f) != 0 && ok) { ok = false; write_errno = errno; }  // a full disk often shows only here
+        if (!ok) *error = path + ": write failed: " + strerror(write_errno ? write_errno : EIO);
         return ok;
     }
 

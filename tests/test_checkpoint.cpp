@@ -306,6 +306,22 @@ static void test_run_identity_and_leftovers() {
           "the step is written again over its leftover, and resuming takes it");
 }
 
+// a write that fails names the reason and leaves no partial file (/dev/full: every write is ENOSPC)
+static void test_write_error() {
+    std::vector<float> x(1 << 16, 1.f);
+    SafetensorsWriter writer;
+    writer.add("x", "F32", {(int64_t)x.size()}, x.data());
+    std::string error;
+    struct stat info;
+    if (stat("/dev/full", &info) != 0 || !S_ISCHR(info.st_mode)) {
+        skip("a write to a full disk names the reason", "no /dev/full on this machine");
+        return;
+    }
+    bool ok = writer.write("/dev/full", &error);
+    check(!ok && error.find("No space left on device") != std::string::npos, "a write to a full disk names the reason (strerror)");
+    printf("  %s\n", error.c_str());
+}
+
 // the trainer's view: any arrays in any dtype, read back as they were written
 static void test_trainer_arrays() {
     std::vector<uint16_t> moments = {1, 2, 3, 65535}, moments_back(4);
@@ -412,6 +428,7 @@ int main() {
     test_refused_checkpoints();
     test_trainer_arrays();
     test_run_identity_and_leftovers();
+    test_write_error();
     test_generation();
     std::string remove = "rm -rf '" + scratch + "'";
     if (system(remove.c_str()) != 0) printf("could not remove %s\n", scratch.c_str());
