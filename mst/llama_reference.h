@@ -157,38 +157,20 @@ static inline float attention_row_cpu(float* out, const float* q, const float* k
     return max_score + (float)log(sum);
 }
 
-// Document masking: doc_start (B, T) holds, for each token, the position where its document begins (a
-// row of packed documents; cu_seqlens as one number per token). A query at t attends keys [doc_start, t];
-// null: one document per row, keys [0, t].
-static inline int first_key(const int* doc_start, int b, int T, int t) { return doc_start ? doc_start[(size_t)b * T + t] : 0; }
-
-// doc_start of packed rows (B, T): a document begins at each `bos` token and at every row's position 0.
-static inline std::vector<int> document_starts(const int* tokens, int B, int T, int bos) {
-    std::vector<int> starts((size_t)B * T);
-    for (int b = 0; b < B; b++)
-        for (int t = 0, start = 0; t < T; t++) {
-            if (tokens[(size_t)b * T + t] == bos) start = t;
-            starts[(size_t)b * T + t] = start;
-        }
-    return starts;
-}
-
 // Causal grouped-query attention. q, out (B, T, H, hd); k, v (B, T, KV, hd); query head h reads kv head
-// h / (H / KV); with doc_start, within each token's document only. Writes out and lse (B, H, T) =
-// log sum_s exp(score_s), score = q.k / sqrt(hd).
+// h / (H / KV). Writes out and lse (B, H, T) = log sum_s exp(score_s), score = q.k / sqrt(hd).
 static inline void attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
-                                         int B, int T, int H, int KV, int hd, const int* doc_start = nullptr) {
+                                         int B, int T, int H, int KV, int hd) {
     int group = H / KV;
     #pragma omp parallel for collapse(3) schedule(dynamic, 4)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
             for (int t = 0; t < T; t++) {
-                int start = first_key(doc_start, b, T, t);
-                std::vector<float> scores(t + 1 - start);
+                std::vector<float> scores(t + 1);
                 size_t row = ((size_t)b * T + t) * H + h;
-                size_t first_kv = (((size_t)b * T + start) * KV + h / group) * hd;
+                size_t first_kv = ((size_t)b * T * KV + h / group) * hd;
                 lse[((size_t)b * H + h) * T + t] = attention_row_cpu(out + row * hd, q + row * hd, k + first_kv,
-                                                                     v + first_kv, (size_t)KV * hd, t + 1 - start, hd, scores.data());
+                                                                     v + first_kv, (size_t)KV * hd, t + 1, hd, scores.data());
             }
         }
     }
@@ -199,7 +181,7 @@ static inline void attention_forward_cpu(float* out, float* lse, const float* q,
 // dv = P^T dout. Writes dq, dk, dv. Parallel over (b, kv head) so each thread owns its dk, dv rows.
 static inline void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                    const float* k, const float* v, const float* out, const float* lse,
-                                   int B, int T, int H, int KV, int hd, const int* doc_start = nullptr) {
+                                   int B, int T, int H, int KV, int hd) {
     float scale = 1.f / sqrtf((float)hd);
     int group = H / KV;
     memset(dq, 0, (size_t)B * T * H * hd * sizeof(float));
@@ -217,7 +199,7 @@ static inline void attention_backward_cpu(float* dq, float* dk, float* dv, const
                     float delta = 0.f;  // sum_i dout_i out_i
                     for (int i = 0; i < hd; i++) delta += dot_[i] * out[row * hd + i];
                     float row_lse = lse[((size_t)b * H + h) * T + t];
-                    for (int s = first_key(doc_start, b, T, t); s <= t; s++) {
+                    for (int s = 0; s <= t; s++) {
                         size_t kv_row = ((size_t)b * T + s) * KV + kvh;
                         const float* ks = k + kv_row * hd;
                         const float* vs = v + kv_row * hd;

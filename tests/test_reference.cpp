@@ -402,61 +402,6 @@ static void test_token_buckets() {
     check(!bucket_tokens(&b, bad.data(), 4, 4), "token buckets: a negative id is refused");
 }
 
-// Document masking (attention_forward_cpu / attention_backward_cpu with doc_start) against an independent
-// reading of it: every document run through the unmasked attention as its own sequence. The per-row sums
-// are the same terms in the same order, so out, lse, dq, dk and dv must be equal to the bit. The unmasked
-// attention over the packed rows must differ (the check can fail), and document_starts must put a
-// document at each bos token and at every row's start.
-static void test_document_mask() {
-    std::mt19937 rng(20261128);
-    const int B = 2, T = 53, H = 4, KV = 2, hd = 16, bos = 1;
-    std::normal_distribution<float> normal(0.f, 1.f);
-    auto random_vector = [&](size_t n) { std::vector<float> x(n); for (float& v : x) v = normal(rng); return x; };
-    size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * KV * hd;
-    std::vector<float> q = random_vector(nq), k = random_vector(nk), v = random_vector(nk), dout = random_vector(nq);
-    std::vector<int> tokens((size_t)B * T);
-    for (int& t : tokens) t = rng() % 9 == 0 ? bos : 2 + (int)(rng() % 50);  // random boundaries
-    tokens[(size_t)T + 1] = bos;  // a one-token document after row 1's first token
-    std::vector<int> starts = document_starts(tokens.data(), B, T, bos);
-    bool starts_ok = true;
-    for (int b = 0; b < B; b++)
-        for (int t = 0; t < T; t++) {
-            int s = starts[(size_t)b * T + t];
-            starts_ok &= s <= t && (s == 0 || tokens[(size_t)b * T + s] == bos);
-            for (int u = s + 1; u <= t; u++) starts_ok &= tokens[(size_t)b * T + u] != bos;
-        }
-    check(starts_ok, "document starts: each token's document begins at the last bos at or before it, or at 0");
-
-    std::vector<float> out(nq), lse((size_t)B * H * T), dq(nq), dk(nk), dv(nk);
-    attention_forward_cpu(out.data(), lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd, starts.data());
-    attention_backward_cpu(dq.data(), dk.data(), dv.data(), dout.data(), q.data(), k.data(), v.data(), out.data(),
-                           lse.data(), B, T, H, KV, hd, starts.data());
-    // each document as its own sequence: copy its rows out, run, compare the rows
-    bool same = true;
-    int documents = 0;
-    for (int b = 0; b < B; b++)
-        for (int begin = 0, end; begin < T; begin = end, documents++) {
-            for (end = begin + 1; end < T && starts[(size_t)b * T + end] == starts[(size_t)b * T + begin]; end++) {}
-            int n = end - begin;
-            auto rows = [&](const std::vector<float>& x, int width) {
-                return std::vector<float>(x.begin() + ((size_t)b * T + begin) * width, x.begin() + ((size_t)b * T + end) * width);
-            };
-            std::vector<float> dq_, q_ = rows(q, H * hd), k_ = rows(k, KV * hd), v_ = rows(v, KV * hd), do_ = rows(dout, H * hd);
-            std::vector<float> o_(q_.size()), l_((size_t)H * n), dq1(q_.size()), dk1(k_.size()), dv1(k_.size());
-            attention_forward_cpu(o_.data(), l_.data(), q_.data(), k_.data(), v_.data(), 1, n, H, KV, hd);
-            attention_backward_cpu(dq1.data(), dk1.data(), dv1.data(), do_.data(), q_.data(), k_.data(), v_.data(),
-                                   o_.data(), l_.data(), 1, n, H, KV, hd);
-            same &= o_ == rows(out, H * hd) && dq1 == rows(dq, H * hd) && dk1 == rows(dk, KV * hd) && dv1 == rows(dv, KV * hd);
-            for (int h = 0; h < H; h++)
-                for (int t = 0; t < n; t++) same &= l_[(size_t)h * n + t] == lse[((size_t)b * H + h) * T + begin + t];
-        }
-    printf("document mask: %d documents in %d rows of %d tokens\n", documents, B, T);
-    check(same && documents > 4, "document mask: out, lse, dq, dk, dv equal each document run alone (bitwise)");
-    std::vector<float> unmasked(nq), unmasked_lse(lse.size());
-    attention_forward_cpu(unmasked.data(), unmasked_lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd);
-    check(unmasked != out, "document mask: attention across documents differs (the comparison can fail)");
-}
-
 int main(int argc, char** argv) {
     std::string golden_path = argc > 1 ? argv[1] : GOLDEN_PATH;
     Golden g;
@@ -472,6 +417,5 @@ int main(int argc, char** argv) {
     test_safetensors_round_trip();
     test_learning_rate_schedule();
     test_token_buckets();
-    test_document_mask();
     return test_summary();
 }
