@@ -66,14 +66,23 @@ static ReferenceOptions mst_options(int mlp_chunks, int lmhead_chunks, bool reco
 
 // ----------------------------------------------------------------------------
 
+// the plain options, with document masking when the golden file has a bos token
+static ReferenceOptions golden_options(const Golden& g) {
+    ReferenceOptions o;
+    o.doc_mask = g.bos >= 0;
+    if (o.doc_mask) o.bos = g.bos;
+    return o;
+}
+
 static void test_against_golden(const Golden& g) {
     ReferenceModel m = golden_model(g);
     std::vector<float> logits(g.logits.size());
-    reference_forward_logits(m, g.inputs.data(), g.B, g.T, logits.data());
+    ReferenceOptions options = golden_options(g);
+    reference_forward_logits(m, g.inputs.data(), g.B, g.T, logits.data(), options.doc_mask, options.bos);
     double logits_error = relative_error(logits.data(), g.logits.data(), logits.size());
     check(logits_error <= LOGITS_TOLERANCE, "golden: logits");
 
-    float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+    float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, options);
     double loss_error = fabs(loss - g.loss[0]);
     check(loss_error <= LOSS_TOLERANCE, "golden: loss");
 
@@ -104,7 +113,7 @@ static void test_against_golden(const Golden& g) {
     double losses_error = 0.0;
     float first_norm = 0.f;
     for (int step = 0; step < GOLDEN_STEPS; step++) {
-        float step_loss = reference_forward_backward(trained, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+        float step_loss = reference_forward_backward(trained, g.inputs.data(), g.targets.data(), g.B, g.T, options);
         float norm = reference_clip_gradients(trained, MAX_GRAD_NORM);
         if (step == 0) first_norm = norm;
         reference_adamw_step(trained, LR, BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY);
@@ -114,8 +123,9 @@ static void test_against_golden(const Golden& g) {
     double golden_norm = sqrt(sum_of_squares_cpu(g.grads.data(), g.grads.size()));
     check(fabs(first_norm - golden_norm) <= 1e-4 * golden_norm, "golden: gradient norm before clipping");
 
-    printf("golden: logits %.2e, loss %.2e (%.6f vs %.6f), worst gradient %.2e (%s), 10 losses %.2e (relative)\n",
-           logits_error, loss_error, loss, g.loss[0], grad_error, worst.c_str(), losses_error);
+    printf("golden%s: logits %.2e, loss %.2e (%.6f vs %.6f), worst gradient %.2e (%s), 10 losses %.2e (relative)\n",
+           g.bos >= 0 ? " (document mask)" : "", logits_error, loss_error, loss, g.loss[0], grad_error, worst.c_str(),
+           losses_error);
 }
 
 // Clipping: the norm is returned, the gradients are scaled to max_norm only when the norm exceeds it.
@@ -515,6 +525,17 @@ int main(int argc, char** argv) {
     if (!load_golden(golden_path, &g, &error))
         safetensors_exit_on_error(error + " (run from the repository root; regenerate with python3 dev/reference.py)");
     test_against_golden(g);
+    Golden docmask;
+    if (!load_golden(GOLDEN_DOCMASK_PATH, &docmask, &error))
+        safetensors_exit_on_error(error + " (run from the repository root; regenerate with python3 dev/reference.py)");
+    check(docmask.bos >= 0, "golden: the document-mask file names its bos token");
+    test_against_golden(docmask);
+    {   // the mask matters for this batch: the unmasked reference misses the document-masked golden logits
+        std::vector<float> unmasked(docmask.logits.size());
+        reference_forward_logits(golden_model(docmask), docmask.inputs.data(), docmask.B, docmask.T, unmasked.data());
+        check(relative_error(unmasked.data(), docmask.logits.data(), unmasked.size()) > 100 * LOGITS_TOLERANCE,
+              "golden: the document-masked logits differ from unmasked attention");
+    }
     test_clipping(g);
     test_mini_sequences(g);
     test_segment_checkpoints(g);
