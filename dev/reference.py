@@ -2,7 +2,7 @@
 """Golden outputs for the mst CPU reference and GPU trainer: an independent PyTorch Llama 3.
 
 Regenerate (from the repository root, fp32 on the CPU, torch 1.13 or newer):
-    python3 dev/reference.py            # writes golden/test-tiny.safetensors
+    python3 dev/reference.py   # writes golden/test-tiny.safetensors and golden/test-tiny-docmask.safetensors
 
 The model is written here from the Llama 3 definition (Hugging Face transformers' LlamaForCausalLM),
 not from the C++ code, so that the two implementations check each other:
@@ -14,6 +14,8 @@ Attention is written by hand (torch 1.13 has no scaled_dot_product_attention).
 The file holds every parameter under its Hugging Face name, "inputs" and "targets" (I32 [B,T]),
 "logits" (F32 [B,T,V]), "loss" (F32 [1]), "grad." + name for every parameter gradient of the first
 step, and "losses" (F32 [10]): the loss before each of 10 AdamW steps on the same batch.
+test-tiny-docmask.safetensors holds the same with document masking (tokens attend only within their
+document; a document starts at each "bos" (I32 [1]) token and at position 0).
 """
 import json
 import math
@@ -44,6 +46,8 @@ TRAIN_STEPS = 10
 LR, BETAS, ADAM_EPS, WEIGHT_DECAY, MAX_GRAD_NORM = 1e-3, (0.9, 0.95), 1e-8, 0.1, 1.0
 
 OUTPUT = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "golden", "test-tiny.safetensors")
+OUTPUT_DOCMASK = os.path.join(os.path.dirname(OUTPUT), "test-tiny-docmask.safetensors")
+DOC_BOS = 3          # test-tiny has no <|begin_of_text|> (128000): this token starts a document
 
 
 def parameter_shapes():
@@ -112,7 +116,7 @@ def rms_norm(x, weight):
     return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + NORM_EPS) * weight
 
 
-def attention(x, p, prefix, cos, sin):
+def attention(x, p, prefix, cos, sin, hidden):
     batch, seq_len, _ = x.shape
     # (B, heads, T, head_dim)
     q = (x @ p[prefix + "q_proj.weight"].t()).view(batch, seq_len, N_HEAD, HEAD_DIM).transpose(1, 2)
@@ -124,8 +128,7 @@ def attention(x, p, prefix, cos, sin):
     k = k.repeat_interleave(N_HEAD // N_KV_HEAD, dim=1)
     v = v.repeat_interleave(N_HEAD // N_KV_HEAD, dim=1)
     scores = (q @ k.transpose(-1, -2)) / math.sqrt(HEAD_DIM)
-    future = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=1)
-    scores = scores.masked_fill(future, float("-inf"))
+    scores = scores.masked_fill(hidden, float("-inf"))
     out = torch.softmax(scores, dim=-1) @ v
     out = out.transpose(1, 2).reshape(batch, seq_len, N_HEAD * HEAD_DIM)
     return out @ p[prefix + "o_proj.weight"].t()
@@ -137,12 +140,26 @@ def mlp(x, p, prefix):
     return (F.silu(gate) * up) @ p[prefix + "down_proj.weight"].t()
 
 
-def forward(p, inputs):
+def hidden_keys(inputs, bos):
+    """(B or 1, 1, T, T) True where query t must not see key s: the future, and with bos not None other
+    documents (a document starts at each bos token and at position 0; positions keep counting)."""
+    seq_len = inputs.shape[1]
+    hidden = torch.triu(torch.ones(seq_len, seq_len, dtype=torch.bool), diagonal=1)[None, None]
+    if bos is None:
+        return hidden
+    starts = inputs == bos
+    starts[:, 0] = True
+    document = torch.cumsum(starts.long(), dim=1)  # (B, T) document index of each token
+    return hidden | (document[:, None, :, None] != document[:, None, None, :])
+
+
+def forward(p, inputs, bos=None):
     cos, sin = rope_cos_sin(inputs.shape[1])
+    hidden = hidden_keys(inputs, bos)
     x = p["model.embed_tokens.weight"][inputs.long()]
     for i in range(N_LAYER):
         pre = f"model.layers.{i}."
-        x = x + attention(rms_norm(x, p[pre + "input_layernorm.weight"]), p, pre + "self_attn.", cos, sin)
+        x = x + attention(rms_norm(x, p[pre + "input_layernorm.weight"]), p, pre + "self_attn.", cos, sin, hidden)
         x = x + mlp(rms_norm(x, p[pre + "post_attention_layernorm.weight"]), p, pre + "mlp.")
     return rms_norm(x, p["model.norm.weight"]) @ p["lm_head.weight"].t()
 
@@ -170,17 +187,14 @@ def write_safetensors(path, tensors):
             f.write(blob)
 
 
-def main():
-    print("regenerate with: python3 dev/reference.py (from the repository root; torch 1.13+, CPU)")
-    generator = torch.Generator().manual_seed(SEED)
-    params = initial_parameters(generator)
-    tokens = torch.randint(0, VOCAB, (B, T + 1), generator=generator, dtype=torch.int32)
-    inputs, targets = tokens[:, :T].contiguous(), tokens[:, 1:].clone()
-    for b, t in [(0, 0), (0, 17), (1, 5), (1, T - 1)]:  # ignored targets, the last position included
-        targets[b, t] = -1
-
+def golden_case(inputs, targets, bos=None):
+    """The initial parameters, inputs, targets, the first step's logits, loss and gradients, and the losses
+    of TRAIN_STEPS AdamW steps on the batch; bos: document masking at that token."""
+    params = initial_parameters(torch.Generator().manual_seed(SEED))
     out = {name: value.detach().clone() for name, value in params.items()}
     out["inputs"], out["targets"] = inputs, targets
+    if bos is not None:
+        out["bos"] = torch.tensor([bos], dtype=torch.int32)
 
     decay = [v for v in params.values() if v.dim() >= 2]
     no_decay = [v for v in params.values() if v.dim() < 2]
@@ -190,7 +204,7 @@ def main():
     losses = []
     for step in range(TRAIN_STEPS):
         optimizer.zero_grad()
-        logits = forward(params, inputs)
+        logits = forward(params, inputs, bos)
         loss = loss_of(logits, targets)
         loss.backward()
         if step == 0:
@@ -203,10 +217,32 @@ def main():
         losses.append(loss.item())
         print(f"step {step + 1:2d} loss {loss.item():.6f}")
     out["losses"] = torch.tensor(losses, dtype=torch.float32)
+    return out
 
-    os.makedirs(os.path.dirname(OUTPUT), exist_ok=True)
-    write_safetensors(OUTPUT, out)
-    print(f"wrote {os.path.normpath(OUTPUT)} ({os.path.getsize(OUTPUT)} bytes)")
+
+def write(path, out):
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    write_safetensors(path, out)
+    print(f"wrote {os.path.normpath(path)} ({os.path.getsize(path)} bytes)")
+
+
+def main():
+    print("regenerate with: python3 dev/reference.py (from the repository root; torch 1.13+, CPU)")
+    generator = torch.Generator().manual_seed(SEED)
+    initial_parameters(generator)  # the same draws as before, so test-tiny.safetensors keeps its bytes
+    tokens = torch.randint(0, VOCAB, (B, T + 1), generator=generator, dtype=torch.int32)
+    inputs, targets = tokens[:, :T].contiguous(), tokens[:, 1:].clone()
+    for b, t in [(0, 0), (0, 17), (1, 5), (1, T - 1)]:  # ignored targets, the last position included
+        targets[b, t] = -1
+    write(OUTPUT, golden_case(inputs, targets))
+
+    # document masking: the same batch with bos tokens at fixed positions (row 1's first token is not bos:
+    # position 0 starts a document anyway), DOC_BOS absent elsewhere
+    doc_inputs = inputs.clone()
+    doc_inputs[doc_inputs == DOC_BOS] = DOC_BOS + 1
+    for b, t in [(0, 0), (0, 9), (0, 10), (0, 30), (1, 13), (1, T - 1)]:
+        doc_inputs[b, t] = DOC_BOS
+    write(OUTPUT_DOCMASK, golden_case(doc_inputs, targets, DOC_BOS))
 
 
 if __name__ == "__main__":

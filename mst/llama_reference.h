@@ -157,20 +157,45 @@ static inline float attention_row_cpu(float* out, const float* q, const float* k
     return max_score + (float)log(sum);
 }
 
+// Key range of query t in batch row b: [first, t]. doc_start (B, T) = the position where token t's document
+// begins (document masking); null: the whole causal prefix.
+static inline int attention_first_key(const int* doc_start, int b, int T, int t) {
+    return doc_start ? doc_start[(size_t)b * T + t] : 0;
+}
+
+// Document starts for document masking: doc_start[b * T + t] = the position where token t's document
+// begins; a document starts at every bos token (<|begin_of_text|> = 128000 in Llama 3) and at position 0.
+static const int LLAMA3_BOS_TOKEN = 128000;
+static inline void document_starts_cpu(int* doc_start, const int* tokens, int B, int T, int bos = LLAMA3_BOS_TOKEN) {
+    for (int b = 0; b < B; b++) {
+        int start = 0;
+        for (int t = 0; t < T; t++) {
+            if (tokens[(size_t)b * T + t] == bos) start = t;
+            doc_start[(size_t)b * T + t] = start;
+        }
+    }
+}
+
 // Causal grouped-query attention. q, out (B, T, H, hd); k, v (B, T, KV, hd); query head h reads kv head
-// h / (H / KV). Writes out and lse (B, H, T) = log sum_s exp(score_s), score = q.k / sqrt(hd).
+// h / (H / KV). Writes out and lse (B, H, T) = log sum_s exp(score_s), score = q.k / sqrt(hd), for the query
+// rows [q0, q0 + n) of every sequence (n < 0: to T; causal, so they read keys [0, q0 + n) only).
+// doc_start: see attention_first_key.
 static inline void attention_forward_cpu(float* out, float* lse, const float* q, const float* k, const float* v,
-                                         int B, int T, int H, int KV, int hd) {
+                                         int B, int T, int H, int KV, int hd, const int* doc_start = nullptr,
+                                         int q0 = 0, int n = -1) {
     int group = H / KV;
+    int q1 = n < 0 ? T : std::min(T, q0 + n);
     #pragma omp parallel for collapse(3) schedule(dynamic, 4)
     for (int b = 0; b < B; b++) {
         for (int h = 0; h < H; h++) {
-            for (int t = 0; t < T; t++) {
-                std::vector<float> scores(t + 1);
+            for (int t = q0; t < q1; t++) {
+                int first = attention_first_key(doc_start, b, T, t);
+                std::vector<float> scores(t + 1 - first);
                 size_t row = ((size_t)b * T + t) * H + h;
-                size_t first_kv = ((size_t)b * T * KV + h / group) * hd;
+                size_t first_kv = (((size_t)b * T + first) * KV + h / group) * hd;
                 lse[((size_t)b * H + h) * T + t] = attention_row_cpu(out + row * hd, q + row * hd, k + first_kv,
-                                                                     v + first_kv, (size_t)KV * hd, t + 1, hd, scores.data());
+                                                                     v + first_kv, (size_t)KV * hd, t + 1 - first, hd,
+                                                                     scores.data());
             }
         }
     }
@@ -178,28 +203,34 @@ static inline void attention_forward_cpu(float* out, float* lse, const float* q,
 
 // Backward of attention_forward_cpu, recomputing probabilities from lse:
 // P = exp(S - lse); dP = dout v^T; dS = P (dP - sum_i dout_i out_i); dq = dS k scale; dk = dS^T q scale;
-// dv = P^T dout. Writes dq, dk, dv. Parallel over (b, kv head) so each thread owns its dk, dv rows.
+// dv = P^T dout. Writes dq for the query rows [q0, q0 + n) (n < 0: to T); dk, dv are zeroed when q0 == 0
+// and accumulated over calls, so query blocks in order give the full dk, dv. Parallel over (b, kv head) so
+// each thread owns its dk, dv rows.
 static inline void attention_backward_cpu(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                    const float* k, const float* v, const float* out, const float* lse,
-                                   int B, int T, int H, int KV, int hd) {
+                                   int B, int T, int H, int KV, int hd, const int* doc_start = nullptr,
+                                   int q0 = 0, int n = -1) {
     float scale = 1.f / sqrtf((float)hd);
     int group = H / KV;
-    memset(dq, 0, (size_t)B * T * H * hd * sizeof(float));
-    memset(dk, 0, (size_t)B * T * KV * hd * sizeof(float));
-    memset(dv, 0, (size_t)B * T * KV * hd * sizeof(float));
+    int q1 = n < 0 ? T : std::min(T, q0 + n);
+    for (int b = 0; b < B; b++)  // dq rows of this block: (B, [q0, q1), H, hd)
+        memset(dq + ((size_t)b * T + q0) * H * hd, 0, (size_t)(q1 - q0) * H * hd * sizeof(float));
+    if (q0 == 0) {
+        memset(dk, 0, (size_t)B * T * KV * hd * sizeof(float));
+        memset(dv, 0, (size_t)B * T * KV * hd * sizeof(float));
+    }
     #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++) {
         for (int kvh = 0; kvh < KV; kvh++) {
-            std::vector<float> probabilities(T);
             for (int h = kvh * group; h < (kvh + 1) * group; h++) {
-                for (int t = 0; t < T; t++) {
+                for (int t = q0; t < q1; t++) {
                     size_t row = ((size_t)b * T + t) * H + h;
                     const float* qt = q + row * hd;
                     const float* dot_ = dout + row * hd;
                     float delta = 0.f;  // sum_i dout_i out_i
                     for (int i = 0; i < hd; i++) delta += dot_[i] * out[row * hd + i];
                     float row_lse = lse[((size_t)b * H + h) * T + t];
-                    for (int s = 0; s <= t; s++) {
+                    for (int s = attention_first_key(doc_start, b, T, t); s <= t; s++) {
                         size_t kv_row = ((size_t)b * T + s) * KV + kvh;
                         const float* ks = k + kv_row * hd;
                         const float* vs = v + kv_row * hd;
@@ -307,6 +338,8 @@ struct ReferenceOptions {
     int lmhead_chunks = 1;  // mini-sequences of the LM head + cross-entropy; only one chunk of logits exists; 0: rule
     bool recompute = false; // keep only layer inputs; recompute each layer in backward
     int checkpoint_every = 1;  // with recompute: keep every k-th layer's input; recompute the segment's others
+    bool doc_mask = false;     // document masking: tokens attend only within their document (from bos on)
+    int bos = LLAMA3_BOS_TOKEN;// the token that starts a document
 };
 
 struct ReferenceModel {
@@ -330,9 +363,15 @@ static inline ReferenceModel reference_model(const ModelConfig& config) {
 // Sizes of one step, derived from the config and (B, T).
 struct ReferenceShape {
     int B, T, N, C, V, F, H, KV, hd, q_dim, kv_dim;
-    ReferenceShape(const ModelConfig& c, int B_, int T_)
+    std::vector<int> doc_start;  // (B, T) with options.doc_mask, else empty (no mask)
+    ReferenceShape(const ModelConfig& c, int B_, int T_, const int* inputs, const ReferenceOptions& options)
         : B(B_), T(T_), N(B_ * T_), C(c.d_model), V(c.vocab_size), F(c.ffn_dim), H(c.n_head),
-          KV(c.n_kv_head), hd(c.head_dim()), q_dim(c.q_dim()), kv_dim(c.kv_dim()) {}
+          KV(c.n_kv_head), hd(c.head_dim()), q_dim(c.q_dim()), kv_dim(c.kv_dim()) {
+        if (!options.doc_mask) return;
+        doc_start.resize((size_t)N);
+        document_starts_cpu(doc_start.data(), inputs, B, T, options.bos);
+    }
+    const int* doc_mask() const { return doc_start.empty() ? nullptr : doc_start.data(); }
 };
 
 // What one layer's forward keeps for its backward (the MLP intermediates are always recomputed per
@@ -375,7 +414,8 @@ static inline void reference_layer_forward(const ReferenceModel& m, int l, const
     matmul_forward_cpu(a.v.data(), a.norm1.data(), w + o.v, s.N, s.C, s.kv_dim);
     rope_cpu(a.q.data(), cos_table, sin_table, s.B, s.T, s.H, s.hd, false);
     rope_cpu(a.k.data(), cos_table, sin_table, s.B, s.T, s.KV, s.hd, false);
-    attention_forward_cpu(a.attention.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s.B, s.T, s.H, s.KV, s.hd);
+    attention_forward_cpu(a.attention.data(), a.lse.data(), a.q.data(), a.k.data(), a.v.data(), s.B, s.T, s.H, s.KV, s.hd,
+                          s.doc_mask());
     matmul_forward_cpu(a.residual.data(), a.attention.data(), w + o.o, s.N, s.q_dim, s.C);
     for (size_t i = 0; i < (size_t)s.N * s.C; i++) a.residual[i] += input[i];
     rmsnorm_forward_cpu(a.norm2.data(), a.rstd2.data(), a.residual.data(), w + o.post_attention_norm, s.N, s.C, eps);
@@ -428,7 +468,7 @@ static inline void reference_layer_backward(ReferenceModel& m, int l, const Refe
     matmul_backward_cpu(dattention.data(), dw + o.o, dresidual.data(), a.attention.data(), w + o.o, s.N, s.q_dim, s.C);
     std::vector<float> dq((size_t)s.N * s.q_dim), dk((size_t)s.N * s.kv_dim), dv((size_t)s.N * s.kv_dim);
     attention_backward_cpu(dq.data(), dk.data(), dv.data(), dattention.data(), a.q.data(), a.k.data(), a.v.data(),
-                           a.attention.data(), a.lse.data(), s.B, s.T, s.H, s.KV, s.hd);
+                           a.attention.data(), a.lse.data(), s.B, s.T, s.H, s.KV, s.hd, s.doc_mask());
     rope_cpu(dq.data(), cos_table, sin_table, s.B, s.T, s.H, s.hd, true);
     rope_cpu(dk.data(), cos_table, sin_table, s.B, s.T, s.KV, s.hd, true);
     std::vector<float> dnorm1(NC, 0.f);
@@ -488,10 +528,13 @@ static inline void reference_forward_to_hidden(const ReferenceModel& m, const in
 }
 
 // logits (B*T, V) of the whole batch, written; forward only (keeps only layer inputs).
-static inline void reference_forward_logits(const ReferenceModel& m, const int* inputs, int B, int T, float* logits) {
-    ReferenceShape s(m.config, B, T);
+static inline void reference_forward_logits(const ReferenceModel& m, const int* inputs, int B, int T, float* logits,
+                                            bool doc_mask = false, int bos = LLAMA3_BOS_TOKEN) {
     ReferenceOptions options;
     options.recompute = true;
+    options.doc_mask = doc_mask;
+    options.bos = bos;
+    ReferenceShape s(m.config, B, T, inputs, options);
     ReferenceForward f;
     reference_forward_to_hidden(m, inputs, s, options, f);
     matmul_forward_cpu(logits, f.hidden.data(), m.params.data() + m.layout.lm_head, s.N, s.C, s.V);
@@ -501,7 +544,7 @@ static inline void reference_forward_logits(const ReferenceModel& m, const int* 
 // counted targets (0 when every target is ignored).
 static inline float reference_forward_backward(ReferenceModel& m, const int* inputs, const int* targets, int B, int T,
                                                const ReferenceOptions& options) {
-    ReferenceShape s(m.config, B, T);
+    ReferenceShape s(m.config, B, T, inputs, options);
     int L = m.config.n_layer, k = checkpoint_interval(options);
     int mlp_chunks = mlp_mini_sequences(m.config, s.N, options.mlp_chunks);
     std::fill(m.grads.begin(), m.grads.end(), 0.f);

@@ -10,6 +10,7 @@
 #include "mst/safetensors.h"
 
 static const char* const GOLDEN_PATH = "golden/test-tiny.safetensors";
+static const char* const GOLDEN_DOCMASK_PATH = "golden/test-tiny-docmask.safetensors";  // document masking
 static const int GOLDEN_STEPS = 10;  // the losses of this many AdamW steps
 
 struct Golden {
@@ -18,6 +19,7 @@ struct Golden {
     std::vector<float> params, grads;  // in the layout of parameter_layout(config)
     std::vector<int32_t> inputs, targets;
     std::vector<float> logits, loss, losses;
+    int bos = -1;  // document masking at this token ("bos" in the file); -1: none
 };
 
 static std::vector<int64_t> tensor_shape(const ParameterTensor& t) {
@@ -43,6 +45,11 @@ static bool load_golden(const std::string& path, Golden* g, std::string* error) 
             if (!file.read_f32((is_grad ? "grad." : "") + t.name, tensor_shape(t), &values, error)) return false;
             std::copy(values.begin(), values.end(), (is_grad ? g->grads : g->params).begin() + t.offset);
         }
+    }
+    if (file.find("bos")) {
+        std::vector<int32_t> bos;
+        if (!file.read_i32("bos", {1}, &bos, error)) return false;
+        g->bos = bos[0];
     }
     return file.read_i32("inputs", batch, &g->inputs, error) && file.read_i32("targets", batch, &g->targets, error) &&
            file.read_f32("logits", {g->B, g->T, g->config.vocab_size}, &g->logits, error) &&

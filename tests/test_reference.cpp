@@ -8,6 +8,8 @@
 #include <cstring>
 #include <random>
 #include <cstdio>
+#include <cstring>
+#include <random>
 #include <string>
 #include <vector>
 
@@ -68,14 +70,23 @@ static ReferenceOptions mst_options(int mlp_chunks, int lmhead_chunks, bool reco
 
 // ----------------------------------------------------------------------------
 
+// the plain options, with document masking when the golden file has a bos token
+static ReferenceOptions golden_options(const Golden& g) {
+    ReferenceOptions o;
+    o.doc_mask = g.bos >= 0;
+    if (o.doc_mask) o.bos = g.bos;
+    return o;
+}
+
 static void test_against_golden(const Golden& g) {
     ReferenceModel m = golden_model(g);
     std::vector<float> logits(g.logits.size());
-    reference_forward_logits(m, g.inputs.data(), g.B, g.T, logits.data());
+    ReferenceOptions options = golden_options(g);
+    reference_forward_logits(m, g.inputs.data(), g.B, g.T, logits.data(), options.doc_mask, options.bos);
     double logits_error = relative_error(logits.data(), g.logits.data(), logits.size());
     check(logits_error <= LOGITS_TOLERANCE, "golden: logits");
 
-    float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+    float loss = reference_forward_backward(m, g.inputs.data(), g.targets.data(), g.B, g.T, options);
     double loss_error = fabs(loss - g.loss[0]);
     check(loss_error <= LOSS_TOLERANCE, "golden: loss");
 
@@ -106,7 +117,7 @@ static void test_against_golden(const Golden& g) {
     double losses_error = 0.0;
     float first_norm = 0.f;
     for (int step = 0; step < GOLDEN_STEPS; step++) {
-        float step_loss = reference_forward_backward(trained, g.inputs.data(), g.targets.data(), g.B, g.T, ReferenceOptions());
+        float step_loss = reference_forward_backward(trained, g.inputs.data(), g.targets.data(), g.B, g.T, options);
         float norm = reference_clip_gradients(trained, MAX_GRAD_NORM);
         if (step == 0) first_norm = norm;
         reference_adamw_step(trained, LR, BETA1, BETA2, ADAM_EPS, WEIGHT_DECAY);
@@ -116,8 +127,9 @@ static void test_against_golden(const Golden& g) {
     double golden_norm = sqrt(sum_of_squares_cpu(g.grads.data(), g.grads.size()));
     check(fabs(first_norm - golden_norm) <= 1e-4 * golden_norm, "golden: gradient norm before clipping");
 
-    printf("golden: logits %.2e, loss %.2e (%.6f vs %.6f), worst gradient %.2e (%s), 10 losses %.2e (relative)\n",
-           logits_error, loss_error, loss, g.loss[0], grad_error, worst.c_str(), losses_error);
+    printf("golden%s: logits %.2e, loss %.2e (%.6f vs %.6f), worst gradient %.2e (%s), 10 losses %.2e (relative)\n",
+           g.bos >= 0 ? " (document mask)" : "", logits_error, loss_error, loss, g.loss[0], grad_error, worst.c_str(),
+           losses_error);
 }
 
 // Clipping: the norm is returned, the gradients are scaled to max_norm only when the norm exceeds it.
@@ -402,6 +414,185 @@ static void test_token_buckets() {
     check(!bucket_tokens(&b, bad.data(), 4, 4), "token buckets: a negative id is refused");
 }
 
+// Random attention inputs (B, T, H | KV, hd) in [-1, 1).
+struct AttentionCase {
+    int B, T, H, KV, hd;
+    std::vector<float> q, k, v, dout;
+};
+static AttentionCase attention_case(int B, int T, int H, int KV, int hd, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::uniform_real_distribution<float> uniform(-1.f, 1.f);
+    AttentionCase c{B, T, H, KV, hd, {}, {}, {}, {}};
+    for (auto* x : {&c.q, &c.dout}) { x->resize((size_t)B * T * H * hd); for (float& e : *x) e = uniform(rng); }
+    for (auto* x : {&c.k, &c.v}) { x->resize((size_t)B * T * KV * hd); for (float& e : *x) e = uniform(rng); }
+    return c;
+}
+// Outputs of one attention forward + backward.
+struct AttentionResult { std::vector<float> out, lse, dq, dk, dv; };
+static AttentionResult attention_run(const AttentionCase& c, const int* doc_start, int block) {
+    size_t nq = (size_t)c.B * c.T * c.H * c.hd, nkv = (size_t)c.B * c.T * c.KV * c.hd;
+    AttentionResult r{std::vector<float>(nq), std::vector<float>((size_t)c.B * c.H * c.T), std::vector<float>(nq),
+                      std::vector<float>(nkv), std::vector<float>(nkv)};
+    for (int q0 = 0; q0 < c.T; q0 += block)
+        attention_forward_cpu(r.out.data(), r.lse.data(), c.q.data(), c.k.data(), c.v.data(), c.B, c.T, c.H, c.KV,
+                              c.hd, doc_start, q0, block);
+    for (int q0 = 0; q0 < c.T; q0 += block)
+        attention_backward_cpu(r.dq.data(), r.dk.data(), r.dv.data(), c.dout.data(), c.q.data(), c.k.data(),
+                               c.v.data(), r.out.data(), r.lse.data(), c.B, c.T, c.H, c.KV, c.hd, doc_start, q0, block);
+    return r;
+}
+static bool same_bits(const std::vector<float>& a, const std::vector<float>& b) {
+    return a.size() == b.size() && memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+// Query blocks [q0, q0 + n) in order give the whole-sequence attention. Forward, dq: the same arithmetic per
+// row, so the same bits. dk, dv: with one query head per kv head each key sums its queries in the same order
+// (bits); with grouped heads the block loop moves outside the head loop, reordering the fp32 sum of at most
+// group * T terms of size ~1: within 1e-5 relative.
+static void test_attention_query_blocks() {
+    for (int KV : {4, 2}) {
+        AttentionCase c = attention_case(2, 13, 4, KV, 8, 100 + KV);
+        AttentionResult full = attention_run(c, nullptr, c.T);
+        AttentionResult whole_default{full.out, full.lse, full.dq, full.dk, full.dv};
+        attention_forward_cpu(whole_default.out.data(), whole_default.lse.data(), c.q.data(), c.k.data(),
+                              c.v.data(), c.B, c.T, c.H, c.KV, c.hd);
+        check(same_bits(whole_default.out, full.out), "attention: default arguments = one block of T");
+        for (int block : {1, 4, 5, 12, 20}) {
+            AttentionResult r = attention_run(c, nullptr, block);
+            char name[128];
+            snprintf(name, sizeof name, "attention query blocks of %d (KV %d): out, lse, dq bitwise", block, KV);
+            check(same_bits(r.out, full.out) && same_bits(r.lse, full.lse) && same_bits(r.dq, full.dq), name);
+            snprintf(name, sizeof name, "attention query blocks of %d (KV %d): dk, dv", block, KV);
+            if (KV == c.H) check(same_bits(r.dk, full.dk) && same_bits(r.dv, full.dv), name);
+            else check(relative_error(r.dk.data(), full.dk.data(), r.dk.size()) <= 1e-5 &&
+                       relative_error(r.dv.data(), full.dv.data(), r.dv.size()) <= 1e-5, name);
+        }
+    }
+}
+
+// Random document boundaries per sequence (position 0 always starts one) as doc_start (B, T).
+static std::vector<int> random_document_starts(int B, int T, uint32_t seed) {
+    std::mt19937 rng(seed);
+    std::vector<int> doc_start((size_t)B * T);
+    for (int b = 0; b < B; b++)
+        for (int t = 0, start = 0; t < T; t++) {
+            if (t > 0 && rng() % 4 == 0) start = t;
+            doc_start[(size_t)b * T + t] = start;
+        }
+    return doc_start;
+}
+
+// Document-masked attention against each document run as its own unmasked sequence (copied out, attention
+// over B = 1, copied back): every result, forward and backward. The same keys in the same order: bitwise
+// (dk, dv of grouped heads in query blocks: within 1e-5).
+static bool document_mask_matches_separate_runs(const AttentionCase& c, const std::vector<int>& mask_starts,
+                                                const std::vector<int>& true_starts, int block) {
+    AttentionResult masked = attention_run(c, mask_starts.data(), block);
+    AttentionResult separate{std::vector<float>(masked.out.size()), std::vector<float>(masked.lse.size()),
+                             std::vector<float>(masked.dq.size()), std::vector<float>(masked.dk.size()),
+                             std::vector<float>(masked.dv.size())};
+    for (int b = 0; b < c.B; b++) {
+        for (int start = 0; start < c.T;) {
+            int end = start + 1;
+            while (end < c.T && true_starts[(size_t)b * c.T + end] == start) end++;
+            int len = end - start;
+            AttentionCase d{1, len, c.H, c.KV, c.hd, {}, {}, {}, {}};
+            size_t q_off = ((size_t)b * c.T + start) * c.H * c.hd, kv_off = ((size_t)b * c.T + start) * c.KV * c.hd;
+            size_t q_len = (size_t)len * c.H * c.hd, kv_len = (size_t)len * c.KV * c.hd;
+            d.q.assign(c.q.begin() + q_off, c.q.begin() + q_off + q_len);
+            d.dout.assign(c.dout.begin() + q_off, c.dout.begin() + q_off + q_len);
+            d.k.assign(c.k.begin() + kv_off, c.k.begin() + kv_off + kv_len);
+            d.v.assign(c.v.begin() + kv_off, c.v.begin() + kv_off + kv_len);
+            AttentionResult r = attention_run(d, nullptr, len);
+            std::copy(r.out.begin(), r.out.end(), separate.out.begin() + q_off);
+            std::copy(r.dq.begin(), r.dq.end(), separate.dq.begin() + q_off);
+            std::copy(r.dk.begin(), r.dk.end(), separate.dk.begin() + kv_off);
+            std::copy(r.dv.begin(), r.dv.end(), separate.dv.begin() + kv_off);
+            for (int h = 0; h < c.H; h++)
+                std::copy(r.lse.begin() + (size_t)h * len, r.lse.begin() + (size_t)(h + 1) * len,
+                          separate.lse.begin() + ((size_t)b * c.H + h) * c.T + start);
+            start = end;
+        }
+    }
+    // grouped heads in query blocks reorder dk, dv sums (see test_attention_query_blocks): 1e-5 then
+    bool kv_bits = c.H == c.KV || block >= c.T;
+    bool kv_ok = kv_bits ? same_bits(masked.dk, separate.dk) && same_bits(masked.dv, separate.dv)
+                         : relative_error(masked.dk.data(), separate.dk.data(), masked.dk.size()) <= 1e-5 &&
+                           relative_error(masked.dv.data(), separate.dv.data(), masked.dv.size()) <= 1e-5;
+    return same_bits(masked.out, separate.out) && same_bits(masked.lse, separate.lse) &&
+           same_bits(masked.dq, separate.dq) && kv_ok;
+}
+
+static void test_attention_document_mask() {
+    for (int KV : {3, 1}) {
+        AttentionCase c = attention_case(3, 29, 3, KV, 8, 200 + KV);
+        std::vector<int> starts = random_document_starts(c.B, c.T, 300 + KV);
+        for (int block : {c.T, 7}) {
+            char name[128];
+            snprintf(name, sizeof name, "document mask = separate documents (KV %d, query blocks of %d)", KV, block);
+            check(document_mask_matches_separate_runs(c, starts, starts, block), name);
+        }
+        // perturbation: a document's first token also sees the previous token (off-by-one) must fail
+        std::vector<int> off_by_one = starts;
+        for (int& s : off_by_one) s = std::max(0, s - 1);
+        check(!document_mask_matches_separate_runs(c, off_by_one, starts, c.T), "document mask off by one is caught");
+    }
+    // document_starts_cpu: bos at 0, 3 and 4 of T = 6, and a row without bos at position 0
+    const int tokens[12] = {9, 5, 6, 9, 9, 7, 1, 2, 9, 3, 4, 5};
+    const int expected[12] = {0, 0, 0, 3, 4, 4, 0, 0, 2, 2, 2, 2};
+    std::vector<int> starts(12);
+    document_starts_cpu(starts.data(), tokens, 2, 6, 9);
+    check(std::equal(starts.begin(), starts.end(), expected), "document_starts_cpu at bos tokens and position 0");
+}
+
+// Model level: with doc_mask the loss of sequences split into documents at bos tokens equals the token-weighted
+// sum of each document run on its own (and so do the gradients). Not bitwise: RoPE scores depend on the
+// relative position only mathematically, and the sums run in other orders: 1e-5 relative (loss), 1e-4
+// (gradients, the golden tolerance). Without the mask the same comparison fails.
+static void test_document_mask_model(const Golden& g) {
+    const int B = 2, T = 23, bos = 1;
+    std::mt19937 rng(7);
+    std::vector<int> inputs((size_t)B * T), targets((size_t)B * T);
+    for (size_t i = 0; i < inputs.size(); i++) {
+        inputs[i] = 2 + (int)(rng() % (g.config.vocab_size - 2));
+        targets[i] = (int)(rng() % g.config.vocab_size);
+        if (i % T == 0 || rng() % 5 == 0) inputs[i] = bos;
+    }
+    // the documents on their own, gradients and loss weighted by their token counts
+    ReferenceModel separate = golden_model(g);
+    std::vector<float> expected_grads(separate.grads.size(), 0.f);
+    double expected_loss = 0.0;
+    for (int b = 0; b < B; b++)
+        for (int start = 0; start < T;) {
+            int end = start + 1;
+            while (end < T && inputs[(size_t)b * T + end] != bos) end++;
+            float weight = (float)(end - start) / (B * T);
+            size_t at = (size_t)b * T + start;
+            expected_loss += weight * reference_forward_backward(separate, inputs.data() + at, targets.data() + at,
+                                                                 1, end - start, ReferenceOptions());
+            for (size_t i = 0; i < expected_grads.size(); i++) expected_grads[i] += weight * separate.grads[i];
+            start = end;
+        }
+    for (bool doc_mask : {true, false}) {
+        ReferenceModel m = golden_model(g);
+        ReferenceOptions o;
+        o.doc_mask = doc_mask;
+        o.bos = bos;
+        float loss = reference_forward_backward(m, inputs.data(), targets.data(), B, T, o);
+        std::string worst;
+        double worst_error;
+        bool grads_ok = compare_gradients(g.config, m.grads, expected_grads, GRAD_TOLERANCE, &worst, &worst_error);
+        bool ok = fabs(loss - expected_loss) <= 1e-5 * fabs(expected_loss) && grads_ok;
+        if (doc_mask) {
+            printf("document mask: loss %.6f vs documents %.6f, worst gradient %.2e (%s)\n", loss, expected_loss,
+                   worst_error, worst.c_str());
+            check(ok, "document-masked model = documents run separately (loss, gradients)");
+        } else {
+            check(!ok, "without the document mask the model differs from the separate documents");
+        }
+    }
+}
+
 int main(int argc, char** argv) {
     std::string golden_path = argc > 1 ? argv[1] : GOLDEN_PATH;
     Golden g;
@@ -409,6 +600,17 @@ int main(int argc, char** argv) {
     if (!load_golden(golden_path, &g, &error))
         safetensors_exit_on_error(error + " (run from the repository root; regenerate with python3 dev/reference.py)");
     test_against_golden(g);
+    Golden docmask;
+    if (!load_golden(GOLDEN_DOCMASK_PATH, &docmask, &error))
+        safetensors_exit_on_error(error + " (run from the repository root; regenerate with python3 dev/reference.py)");
+    check(docmask.bos >= 0, "golden: the document-mask file names its bos token");
+    test_against_golden(docmask);
+    {   // the mask matters for this batch: the unmasked reference misses the document-masked golden logits
+        std::vector<float> unmasked(docmask.logits.size());
+        reference_forward_logits(golden_model(docmask), docmask.inputs.data(), docmask.B, docmask.T, unmasked.data());
+        check(relative_error(unmasked.data(), docmask.logits.data(), unmasked.size()) > 100 * LOGITS_TOLERANCE,
+              "golden: the document-masked logits differ from unmasked attention");
+    }
     test_clipping(g);
     test_mini_sequences(g);
     test_segment_checkpoints(g);
@@ -417,5 +619,8 @@ int main(int argc, char** argv) {
     test_safetensors_round_trip();
     test_learning_rate_schedule();
     test_token_buckets();
+    test_attention_query_blocks();
+    test_attention_document_mask();
+    test_document_mask_model(g);
     return test_summary();
 }
