@@ -984,6 +984,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
         const char* f = flag.c_str();
         const char* value = argv[++i];
+        if (!*value) usage_error("%s: empty value", f);  // no flag takes an empty path, name or number
         TrainingOptions& o = cl.options;
         if (flag == "-i") cl.train_pattern = value;
         else if (flag == "-j") cl.val_pattern = value;

@@ -121,6 +121,8 @@ expect_error "--export where no directory can be made" "--export: cannot create"
 expect_error "-k without -o" "-k 5: needs -o" --dry-run -e test-tiny -T 64 -k 5
 expect_error "--overwrite without -o" "--overwrite" --dry-run -e test-tiny -T 64 --overwrite 1
 expect_error "-s without -g" "-s: samples need -g" --dry-run -e test-tiny -T 64 -s 5
+expect_error "an empty -L path" "-L: empty value" --dry-run -e test-tiny -T 64 -L ""
+expect_error "an empty -o path" "-o: empty value" --dry-run -e test-tiny -T 64 -o ""
 expect_error "--val-batches without -v" "--val-batches: validation needs -v" --dry-run -e test-tiny -T 64 --val-batches 3
 mkdir -p "$scratch/taken" && printf 'x' > "$scratch/taken/step_00000004.safetensors"
 expect_error "-o holding another run's checkpoints, without -y or --overwrite" "already holds checkpoints" --dry-run -e test-tiny -T 64 -o "$scratch/taken"
