@@ -141,6 +141,33 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 	@mkdir -p dev/cuda/bin
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
+# ---- the CPU device (issue 17): the same sources built with g++ and run on the CPU by the PTX ISA's semantics
+# (mst/cpu_device/): `make test_llama_cpu train_llama_cpu cpu_dev` and their runs in `make test`.
+# Kernel code is compiled with GCC's ThreadSanitizer instrumentation only (no libtsan is linked: the CPU
+# device's race tracker defines its callbacks); the CPU device itself is compiled without it.
+CPU_BUILD = build/cpu
+CPU_RUNTIME_SOURCES = mst/cpu_device/engine.cpp mst/cpu_device/runtime.cpp mst/cpu_device/cublaslt.cpp
+CPU_RUNTIME_OBJECTS = $(patsubst mst/cpu_device/%.cpp,$(CPU_BUILD)/%.o,$(CPU_RUNTIME_SOURCES))
+CPU_DEVICE_HEADERS = mst/cpu_device/cpu_device.h mst/cpu_device/engine.h mst/cpu_device/runtime.h mst/ptx.h mst/launch.h
+CPU_DEVICE_FLAGS = -std=c++17 -O2 -g -fopenmp -march=x86-64-v2 -fno-strict-aliasing -Wall -I. -I$(CUDA_HOME)/include
+CPU_KERNEL_FLAGS = $(CPU_DEVICE_FLAGS) -x c++ -include mst/cpu_device/cpu_device.h -fsanitize=thread \
+                   --param tsan-instrument-func-entry-exit=0 -Wno-unknown-pragmas
+$(CPU_BUILD)/%.o: mst/cpu_device/%.cpp $(CPU_DEVICE_HEADERS)
+	@mkdir -p $(CPU_BUILD)
+	$(CXX) $(CPU_DEVICE_FLAGS) -O3 -c -o $@ $<
+# program.cu -> program_cpu: compiled as C++ against the CUDA headers, linked with the CPU device
+CPU_LINK = $(CXX) $(CPU_DEVICE_FLAGS) -o $@ $(CPU_RUNTIME_OBJECTS) -lpthread -ldl
+test_llama_cpu: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
+	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/test_llama.o $<
+	$(CPU_LINK) $(CPU_BUILD)/test_llama.o
+train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) | $(DEFAULT_SHARDS)
+	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/train_llama.o $<
+	$(CPU_LINK) $(CPU_BUILD)/train_llama.o
+dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
+	@mkdir -p dev/cuda/bin $(CPU_BUILD)
+	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
+	$(CPU_LINK) $(CPU_BUILD)/$*.o
+
 # ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
 TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_llama ./test_tokenizer ./test_checkpoint
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama tokenize mst_hf $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
@@ -148,4 +175,5 @@ test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama tokenize mst_hf $(PARALLEL_
 
 clean:
 	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
-	rm -rf dev/cuda/bin
+	rm -rf dev/cuda/bin $(CPU_BUILD)
+	rm -f test_llama_cpu train_llama_cpu

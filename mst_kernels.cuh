@@ -102,8 +102,10 @@
 #include <cuda_bf16.h>
 #include <cublasLt.h>
 
+#include "mst/launch.h"
 #include "mst/llama_config.h"
 #include "mst/memory_plan.h"
+#include "mst/ptx.h"
 
 typedef __nv_bfloat16 bf16;
 
@@ -285,7 +287,7 @@ static inline void embedding_forward(bf16* out, const int* tokens, const bf16* w
     if (N <= 0) return;
     bool vec = (C % 8 == 0) && mst::aligned16(out) && mst::aligned16(wte);
     if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_forward: pointers must be 16-byte aligned\n"); exit(1); }
-    embedding_forward_kernel<<<N, 128, 0, stream>>>(out, tokens, wte, N, C);
+    mst::launch<embedding_forward_kernel>(N, 128, 0, stream, out, tokens, wte, N, C);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -333,7 +335,7 @@ static inline void embedding_backward(float* dwte, const bf16* dout, const int* 
     if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_backward: pointers must be 16-byte aligned\n"); exit(1); }
     int columns_per_thread = vec ? 8 : 1;
     int threads = std::min(1024, mst_ceil_div(mst_ceil_div(C, columns_per_thread), 32) * 32);
-    embedding_backward_kernel<<<bucket_count, threads, 0, stream>>>(dwte, dout, buckets, buckets + N, buckets + 2 * (size_t)N + 1, C);
+    mst::launch<embedding_backward_kernel>(bucket_count, threads, 0, stream, dwte, dout, buckets, buckets + N, buckets + 2 * (size_t)N + 1, C);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -398,8 +400,8 @@ static inline void rmsnorm_launch(bf16* out, float* rstd, bf16* residual_out, co
                (!delta || (mst::aligned16(delta) && mst::aligned16(residual_out)));
     int rows_per_block = 4;
     int blocks = mst_ceil_div(N, rows_per_block);
-    if (vec) rmsnorm_forward_kernel<true><<<blocks, rows_per_block * 32, 0, stream>>>(out, rstd, residual_out, inp, delta, weight, N, C, eps);
-    else rmsnorm_forward_kernel<false><<<blocks, rows_per_block * 32, 0, stream>>>(out, rstd, residual_out, inp, delta, weight, N, C, eps);
+    if (vec) mst::launch<rmsnorm_forward_kernel<true>>(blocks, rows_per_block * 32, 0, stream, out, rstd, residual_out, inp, delta, weight, N, C, eps);
+    else mst::launch<rmsnorm_forward_kernel<false>>(blocks, rows_per_block * 32, 0, stream, out, rstd, residual_out, inp, delta, weight, N, C, eps);
     CUDA_CHECK(cudaGetLastError());
 }
 static inline void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C, float eps,
@@ -492,14 +494,14 @@ static inline void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, c
     bool vec = C % 8 == 0 && mst::aligned16(dinp) && mst::aligned16(dout) && mst::aligned16(inp) && mst::aligned16(weight);
     int rows_per_block = 4;
     int blocks = mst_ceil_div(N, rows_per_block);
-    if (vec) rmsnorm_backward_dinp_kernel<true><<<blocks, rows_per_block * 32, 0, stream>>>(dinp, dout, inp, weight, rstd, N, C);
-    else rmsnorm_backward_dinp_kernel<false><<<blocks, rows_per_block * 32, 0, stream>>>(dinp, dout, inp, weight, rstd, N, C);
+    if (vec) mst::launch<rmsnorm_backward_dinp_kernel<true>>(blocks, rows_per_block * 32, 0, stream, dinp, dout, inp, weight, rstd, N, C);
+    else mst::launch<rmsnorm_backward_dinp_kernel<false>>(blocks, rows_per_block * 32, 0, stream, dinp, dout, inp, weight, rstd, N, C);
     CUDA_CHECK(cudaGetLastError());
     float* partial = (float*)scratch;
     dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
-    rmsnorm_backward_dweight_partial_kernel<<<grid, 256, 0, stream>>>(partial, dout, inp, rstd, N, C);
+    mst::launch<rmsnorm_backward_dweight_partial_kernel>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
     CUDA_CHECK(cudaGetLastError());
-    rmsnorm_backward_dweight_reduce_kernel<<<mst_ceil_div(C, 256), 256, 0, stream>>>(dweight, partial, RMSNORM_GRADIENT_CHUNKS, C);
+    mst::launch<rmsnorm_backward_dweight_reduce_kernel>(mst_ceil_div(C, 256), 256, 0, stream, dweight, partial, RMSNORM_GRADIENT_CHUNKS, C);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -530,7 +532,7 @@ static inline void rope_forward(bf16* x, const float* cos_table, const float* si
     int threads = 256;
     long long blocks = ((long long)total + threads - 1) / threads;
     if (blocks > 65535LL * 16) blocks = 65535LL * 16;
-    rope_kernel<<<(int)blocks, threads, 0, stream>>>(x, cos_table, sin_table, B, T, heads, hd, inverse);
+    mst::launch<rope_kernel>((int)blocks, threads, 0, stream, x, cos_table, sin_table, B, T, heads, hd, inverse);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -605,8 +607,8 @@ static inline void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, i
     if ((size_t)N * F == 0) return;
     bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(out) && mst::aligned16(gate) && mst::aligned16(up);
     int threads = 256;
-    if (vec) swiglu_forward_kernel<8><<<mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream>>>(out, gate, up, N, F, ld_gu);
-    else swiglu_forward_kernel<1><<<mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream>>>(out, gate, up, N, F, ld_gu);
+    if (vec) mst::launch<swiglu_forward_kernel<8>>(mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream, out, gate, up, N, F, ld_gu);
+    else mst::launch<swiglu_forward_kernel<1>>(mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream, out, gate, up, N, F, ld_gu);
     CUDA_CHECK(cudaGetLastError());
 }
 static inline void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int N, int F,
@@ -615,8 +617,8 @@ static inline void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, con
     bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(dgate) && mst::aligned16(dup) && mst::aligned16(dout) &&
                mst::aligned16(gate) && mst::aligned16(up);
     int threads = 256;
-    if (vec) swiglu_backward_kernel<8><<<mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream>>>(dgate, dup, dout, gate, up, N, F, ld_gu);
-    else swiglu_backward_kernel<1><<<mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream>>>(dgate, dup, dout, gate, up, N, F, ld_gu);
+    if (vec) mst::launch<swiglu_backward_kernel<8>>(mst_elementwise_blocks((size_t)N * F / 8, threads), threads, 0, stream, dgate, dup, dout, gate, up, N, F, ld_gu);
+    else mst::launch<swiglu_backward_kernel<1>>(mst_elementwise_blocks((size_t)N * F, threads), threads, 0, stream, dgate, dup, dout, gate, up, N, F, ld_gu);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -719,8 +721,8 @@ static inline void crossentropy_forward_backward(bf16* logits, float* losses, co
                                                  float grad_scale, cudaStream_t stream) {
     if (N <= 0) return;
     bool vec = V % 8 == 0 && mst::aligned16(logits);
-    if (vec) crossentropy_kernel<true><<<N, CE_THREADS, 0, stream>>>(logits, losses, targets, V, grad_scale);
-    else crossentropy_kernel<false><<<N, CE_THREADS, 0, stream>>>(logits, losses, targets, V, grad_scale);
+    if (vec) mst::launch<crossentropy_kernel<true>>(N, CE_THREADS, 0, stream, logits, losses, targets, V, grad_scale);
+    else mst::launch<crossentropy_kernel<false>>(N, CE_THREADS, 0, stream, logits, losses, targets, V, grad_scale);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -777,7 +779,7 @@ static inline void adamw_update(bf16* params, float* master, const float* grads,
     float bias_correction1 = 1.f - powf(beta1, (float)t);
     float bias_correction2 = 1.f - powf(beta2, (float)t);
     int threads = 256;
-    adamw_kernel<S><<<mst_elementwise_blocks(count, threads), threads, 0, stream>>>(
+    mst::launch<adamw_kernel<S>>(mst_elementwise_blocks(count, threads), threads, 0, stream,
         params, master, grads, m, v, count, lr, beta1, beta2, bias_correction1, bias_correction2, eps, weight_decay,
         grad_scale, grad_scale_device, seed);
     CUDA_CHECK(cudaGetLastError());
@@ -825,12 +827,12 @@ static __global__ void global_norm_finish_kernel(float* norm_out, float* clip_sc
 }
 static inline void global_norm_squared_partial(void* scratch, int slot, const float* grad, size_t count, cudaStream_t stream) {
     double* partial = (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS;
-    global_norm_partial_kernel<<<GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream>>>(partial, grad, count);
+    mst::launch<global_norm_partial_kernel>(GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream, partial, grad, count);
     CUDA_CHECK(cudaGetLastError());
 }
 static inline void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,
                                       float max_norm, cudaStream_t stream) {
-    global_norm_finish_kernel<<<1, 1024, 0, stream>>>(norm_out, clip_scale_out, (const double*)scratch,
+    mst::launch<global_norm_finish_kernel>(1, 1024, 0, stream, norm_out, clip_scale_out, (const double*)scratch,
                                                       num_slots * GLOBAL_NORM_BLOCKS, max_norm);
     CUDA_CHECK(cudaGetLastError());
 }
@@ -847,22 +849,6 @@ static inline void global_norm_finish(float* norm_out, float* clip_scale_out, co
 
 namespace mst {
 
-__device__ __forceinline__ void mma_16816(float* c, const uint32_t* a, const uint32_t* b) {
-    asm volatile(
-        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, {%0,%1,%2,%3};\n"
-        : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
-}
-__device__ __forceinline__ void ldsm_x4(uint32_t* r, const bf16* p) {
-    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
-__device__ __forceinline__ void ldsm_x4_trans(uint32_t* r, const bf16* p) {
-    uint32_t addr = (uint32_t)__cvta_generic_to_shared(p);
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0,%1,%2,%3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3]) : "r"(addr) : "memory");
-}
 __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);  // .x (low 16 bits) = lo
     return *reinterpret_cast<uint32_t*>(&v);
@@ -871,19 +857,19 @@ __device__ __forceinline__ uint32_t pack_bf16x2(float lo, float hi) {
 template <int LDS>
 __device__ __forceinline__ void load_a(uint32_t* a, const bf16* tile, int r0, int c0, int lane) {
     int m = lane >> 3;
-    ldsm_x4(a, tile + (r0 + (m & 1) * 8 + (lane & 7)) * LDS + c0 + (m >> 1) * 8);
+    ldmatrix_x4(a, tile + (r0 + (m & 1) * 8 + (lane & 7)) * LDS + c0 + (m >> 1) * 8);
 }
 // B fragments of n-blocks n0 and n0+8 (b[0..1], b[2..3]) over k0..k0+15, where B[k][n] = M[n][k], M row-major
 template <int LDS>
 __device__ __forceinline__ void load_b_nk(uint32_t* b, const bf16* tile, int n0, int k0, int lane) {
     int m = lane >> 3;
-    ldsm_x4(b, tile + (n0 + (m >> 1) * 8 + (lane & 7)) * LDS + k0 + (m & 1) * 8);
+    ldmatrix_x4(b, tile + (n0 + (m >> 1) * 8 + (lane & 7)) * LDS + k0 + (m & 1) * 8);
 }
 // the same where B[k][n] = M[k][n], M row-major (transposing load)
 template <int LDS>
 __device__ __forceinline__ void load_b_kn(uint32_t* b, const bf16* tile, int k0, int n0, int lane) {
     int m = lane >> 3;
-    ldsm_x4_trans(b, tile + (k0 + (m & 1) * 8 + (lane & 7)) * LDS + n0 + (m >> 1) * 8);
+    ldmatrix_x4_trans(b, tile + (k0 + (m & 1) * 8 + (lane & 7)) * LDS + n0 + (m >> 1) * 8);
 }
 // acc[0..NB) (n-blocks of 8 columns) += A(16x16) B, B's k-slice k0..k0+15 and columns 0..NB*8 of the tile:
 // warp_mma_nk where B[k][n] = tile[n][k], warp_mma_kn where B[k][n] = tile[k][n]
@@ -893,8 +879,8 @@ __device__ __forceinline__ void warp_mma_nk(float (*acc)[4], const uint32_t* a, 
     for (int nb2 = 0; nb2 < NB / 2; nb2++) {
         uint32_t b[4];
         load_b_nk<LDS>(b, tile, nb2 * 16, k0, lane);
-        mma_16816(acc[2 * nb2], a, b);
-        mma_16816(acc[2 * nb2 + 1], a, b + 2);
+        mma_m16n8k16_bf16(acc[2 * nb2], a, b);
+        mma_m16n8k16_bf16(acc[2 * nb2 + 1], a, b + 2);
     }
 }
 template <int NB, int LDS>
@@ -903,8 +889,8 @@ __device__ __forceinline__ void warp_mma_kn(float (*acc)[4], const uint32_t* a, 
     for (int nb2 = 0; nb2 < NB / 2; nb2++) {
         uint32_t b[4];
         load_b_kn<LDS>(b, tile, k0, nb2 * 16, lane);
-        mma_16816(acc[2 * nb2], a, b);
-        mma_16816(acc[2 * nb2 + 1], a, b + 2);
+        mma_m16n8k16_bf16(acc[2 * nb2], a, b);
+        mma_m16n8k16_bf16(acc[2 * nb2 + 1], a, b + 2);
     }
 }
 // acc (16 rows x NB*8) += A_tile[r0..r0+15, 0..HD) B_tile[0..NB*8, 0..HD)^T, both row-major tiles
@@ -949,14 +935,9 @@ __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* g, size_
     for (int idx = threadIdx.x; idx < ROWS * CHUNKS; idx += THREADS) {
         int r = idx / CHUNKS, c = (idx % CHUNKS) * 8;
         const bf16* src = g + (size_t)(r < valid ? r : 0) * stride + c;
-        uint32_t dst = (uint32_t)__cvta_generic_to_shared(tile + r * LDS + c);
-        int bytes = r < valid ? 16 : 0;
-        asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(dst), "l"(src), "r"(bytes) : "memory");
+        cp_async_16(tile + r * LDS + c, src, r < valid ? 16 : 0);
     }
 }
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_async_wait() { asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory"); }
 
 }  // namespace mst
 
@@ -971,7 +952,7 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
                                                                 const bf16* v, int T, int H, int KV, float scale,
                                                                 float scale_log2) {
     constexpr int BR = 64, BC = 64, LDS = HD + 8;
-    extern __shared__ __align__(16) unsigned char mst_smem[];
+    unsigned char* mst_smem = mst::dynamic_shared_memory();
     bf16* Ks0 = reinterpret_cast<bf16*>(mst_smem);
     bf16* Vs0 = Ks0 + BC * LDS;
     bf16* Ks1 = Vs0 + BC * LDS;  // second buffer: ASYNC only
@@ -1130,7 +1111,7 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, 
                                                                       const float* Dbuf, int T, int H, int KV, float scale,
                                                                       float scale_log2) {
     constexpr int BKV = 64, BQ = 32, LDS = HD + 8, NBUF = ASYNC ? 2 : 1;
-    extern __shared__ __align__(16) unsigned char mst_smem[];
+    unsigned char* mst_smem = mst::dynamic_shared_memory();
     bf16* Ks = reinterpret_cast<bf16*>(mst_smem);
     bf16* Vs = Ks + BKV * LDS;
     bf16* Qbuf = Vs + BKV * LDS;          // NBUF tiles of BQ rows
@@ -1268,7 +1249,7 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
                                                                     const bf16* dout, const float* lse, const float* Dbuf,
                                                                     int T, int H, int KV, float scale, float scale_log2) {
     constexpr int BR = 64, BC = 32, LDS = HD + 8;
-    extern __shared__ __align__(16) unsigned char mst_smem[];
+    unsigned char* mst_smem = mst::dynamic_shared_memory();
     bf16* Qs = reinterpret_cast<bf16*>(mst_smem);  // staging for Q and dO (v1: then reused for K and V)
     bf16* dOs = Qs + BR * LDS;
     bf16* KVbuf = ASYNC ? dOs + BR * LDS : Qs;     // buffer i: K at KVbuf + 2i BC LDS, V after it
@@ -1397,7 +1378,7 @@ static inline void attention_forward_hd(bf16* out, float* lse, const bf16* q, co
     if (smem > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
     dim3 grid(mst_ceil_div(T, 64), H, B);
-    attention_forward_kernel<HD, ASYNC><<<grid, 128, smem, stream>>>(out, lse, q, k, v, T, H, KV, scale, scale * MST_LOG2E);
+    mst::launch<attention_forward_kernel<HD, ASYNC>>(grid, 128, smem, stream, out, lse, q, k, v, T, H, KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
 }
 // which forward kernel attention_forward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
@@ -1433,10 +1414,10 @@ static inline void attention_backward_hd(bf16* dq, bf16* dk, bf16* dv, float* D,
     if (smem_q > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
     dim3 grid_kv(mst_ceil_div(T, 64), KV, B);
-    attention_backward_dkdv_kernel<HD, ASYNC><<<grid_kv, 128, smem_kv, stream>>>(dk, dv, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    mst::launch<attention_backward_dkdv_kernel<HD, ASYNC>>(grid_kv, 128, smem_kv, stream, dk, dv, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
     dim3 grid_q(mst_ceil_div(T, 64), H, B);
-    attention_backward_dq_kernel<HD, ASYNC><<<grid_q, 128, smem_q, stream>>>(dq, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    mst::launch<attention_backward_dq_kernel<HD, ASYNC>>(grid_q, 128, smem_q, stream, dq, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
 }
 // which backward kernels attention_backward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
@@ -1448,7 +1429,7 @@ static inline void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratc
     attention_check_args("attention_backward", B, T, H, KV, hd, ptrs, 8);
     float* D = (float*)scratch;
     size_t rows = (size_t)B * T * H;
-    attention_backward_preprocess_kernel<<<(unsigned)((rows + 3) / 4), 128, 0, stream>>>(D, dout, out, B, T, H, hd);
+    mst::launch<attention_backward_preprocess_kernel>((unsigned)((rows + 3) / 4), 128, 0, stream, D, dout, out, B, T, H, hd);
     CUDA_CHECK(cudaGetLastError());
     bool async = attention_backward_version() == 2;
     if (hd == 64) {

@@ -317,12 +317,12 @@ __global__ void widen_parameters_kernel(float* master, const bf16* params, size_
 static void model_init_random(Model* m) {
     for (const ParameterTensor& t : m->tensors) {
         size_t count = t.rows * t.cols;
-        init_parameters_kernel<<<mst_elementwise_blocks(count, 256), 256, 0, m->stream>>>(
+        mst::launch<init_parameters_kernel>(mst_elementwise_blocks(count, 256), 256, 0, m->stream,
             m->params, t.offset, count, t.rows > 1 ? 0.02f : 0.f, m->seed);
         CUDA_CHECK(cudaGetLastError());
     }
     if (m->master) {
-        widen_parameters_kernel<<<mst_elementwise_blocks(m->layout.total, 256), 256, 0, m->stream>>>(
+        mst::launch<widen_parameters_kernel>(mst_elementwise_blocks(m->layout.total, 256), 256, 0, m->stream,
             m->master, m->params, m->layout.total);
         CUDA_CHECK(cudaGetLastError());
     }

@@ -171,13 +171,13 @@ __global__ void fill_uniform_kernel(bf16* b, float* f, size_t n, unsigned seed, 
 }
 static inline bf16* device_random_bf16(size_t n, float lo = -1.f, float hi = 1.f) {
     bf16* d = dmalloc<bf16>(n);
-    fill_uniform_kernel<<<1024, 256>>>(d, nullptr, n, (unsigned)rng()(), lo, hi);
+    mst::launch<fill_uniform_kernel>(1024, 256, 0, 0, d, nullptr, n, (unsigned)rng()(), lo, hi);
     CUDA_CHECK(cudaGetLastError());
     return d;
 }
 static inline float* device_random_f32(size_t n, float lo = -1.f, float hi = 1.f) {
     float* d = dmalloc<float>(n);
-    fill_uniform_kernel<<<1024, 256>>>(nullptr, d, n, (unsigned)rng()(), lo, hi);
+    mst::launch<fill_uniform_kernel>(1024, 256, 0, 0, nullptr, d, n, (unsigned)rng()(), lo, hi);
     CUDA_CHECK(cudaGetLastError());
     return d;
 }

@@ -23,7 +23,7 @@ static __global__ void embedding_backward_v1_kernel(float* dwte, const bf16* dou
 }
 static void embedding_backward_v1(float* dwte, const bf16* dout, const int* tokens, int N, int C) {
     int threads = 64;
-    embedding_backward_v1_kernel<<<mst_ceil_div(mst_ceil_div(C, 2), threads), threads>>>(dwte, dout, tokens, N, C);
+    mst::launch<embedding_backward_v1_kernel>(mst_ceil_div(mst_ceil_div(C, 2), threads), threads, 0, 0, dwte, dout, tokens, N, C);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -496,7 +496,7 @@ static void launch_attention_sm90(bf16* out, float* lse, const bf16* q, const bf
     dim3 grid((T + BM - 1) / BM, H, B);
     CUtensorMap qm = make_tensor_map(q, B * T, H, HD, BM), km = make_tensor_map(k, B * T, KV, HD, BN), vm = make_tensor_map(v, B * T, KV, HD, BN);
     set_smem(attention_sm90_kernel<HD, OVERLAP>, RingLayout<HD>::bytes);
-    attention_sm90_kernel<HD, OVERLAP><<<grid, THREADS, RingLayout<HD>::bytes>>>(out, lse, qm, km, vm, T, H, KV);
+    mst::launch<attention_sm90_kernel<HD, OVERLAP>>(grid, THREADS, RingLayout<HD>::bytes, 0, out, lse, qm, km, vm, T, H, KV);
     CUDA_CHECK(cudaGetLastError());
 }
 // overlap: the intra-warpgroup overlap of softmax and the GEMMs (FA3), else one block at a time
@@ -519,7 +519,7 @@ static void check_tma_ring(int T) {
     poison(k_out, n * 2);
     poison(v_out, n * 2);
     set_smem(tma_ring_kernel<HD>, RingLayout<HD>::bytes);
-    tma_ring_kernel<HD><<<1, THREADS, RingLayout<HD>::bytes>>>(k_out, v_out, make_tensor_map(dk, T, heads, HD, BN),
+    mst::launch<tma_ring_kernel<HD>>(1, THREADS, RingLayout<HD>::bytes, 0, k_out, v_out, make_tensor_map(dk, T, heads, HD, BN),
                                                               make_tensor_map(dv, T, heads, HD, BN), head, nblocks);
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<float> k_ref(n, 0.f), v_ref(n, 0.f);  // rows >= T: zeros
@@ -544,7 +544,7 @@ static void check_qk() {
     poison(s, BM_WG * BN * 4);
     int smem = (BM_WG + BN) * HD * 2 + 1024;
     set_smem(qk_kernel<HD>, smem);
-    qk_kernel<HD><<<1, 128, smem>>>(s, make_tensor_map(dq, BM_WG, 1, HD, BM_WG), make_tensor_map(dk, BN, 1, HD, BN));
+    mst::launch<qk_kernel<HD>>(1, 128, smem, 0, s, make_tensor_map(dq, BM_WG, 1, HD, BM_WG), make_tensor_map(dk, BN, 1, HD, BN));
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<float> ref(BM_WG * BN);
     for (int r = 0; r < BM_WG; r++)
@@ -568,7 +568,7 @@ static void check_pv() {
     poison(o, BM_WG * HD * 4);
     int smem = BN * HD * 2 + 1024;
     set_smem(pv_kernel<HD>, smem);
-    pv_kernel<HD><<<1, 128, smem>>>(o, dp, make_tensor_map(dv, BN, 1, HD, BN));
+    mst::launch<pv_kernel<HD>>(1, 128, smem, 0, o, dp, make_tensor_map(dv, BN, 1, HD, BN));
     CUDA_CHECK(cudaDeviceSynchronize());
     std::vector<float> ref(BM_WG * HD);
     for (int r = 0; r < BM_WG; r++)

@@ -46,7 +46,7 @@ static void rope_qk(bf16* q, bf16* k, const float* cos_table, const float* sin_t
     if (total == 0) return;
     int threads = 256;
     long long blocks = std::min(((long long)total + threads - 1) / threads, 65535LL * 16);
-    rope_qk_kernel<<<(int)blocks, threads>>>(q, k, cos_table, sin_table, B, T, H, KV, hd, inverse);
+    mst::launch<rope_qk_kernel>((int)blocks, threads, 0, 0, q, k, cos_table, sin_table, B, T, H, KV, hd, inverse);
     CUDA_CHECK(cudaGetLastError());
 }
 

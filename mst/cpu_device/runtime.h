@@ -1,0 +1,21 @@
+// mst/cpu_device/runtime.h: what the parts of the CPU device (runtime.cpp: memory, streams, events, the
+// kernel engine; cublaslt.cpp: the matmuls) share. Not for kernels or the trainer: they see the CUDA API.
+#pragma once
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <cuda_runtime.h>
+
+namespace mst_cpu {
+
+// One line on stderr, "[CPU device] ...", then exit status 1: how every misuse the CPU device detects ends.
+[[noreturn]] void fatal(const char* format, ...) __attribute__((format(printf, 1, 2)));
+
+// Runs work in stream order on `stream` (0 = the legacy default stream): at once when nothing on that
+// stream is pending, else after what is. `what` names it in error lines ("cublasLtMatmul").
+void stream_enqueue(cudaStream_t stream, const char* what, std::function<void()> work);
+
+// Whether [p, p + bytes) lies inside one live device allocation (cudaMalloc) or pinned host allocation.
+bool is_device_memory(const void* p, size_t bytes);
+
+}  // namespace mst_cpu
