@@ -44,6 +44,16 @@ static TrainingOptions options_for(int B, int T, int mlp_chunks, int lmhead_chun
     return o;
 }
 
+// test-2layer (Llama 3's vocabulary) on a GPU. On the CPU device, which runs kernels thousands of times
+// slower, the same model with a 5,000-token vocabulary (like 128,256: a multiple of 8, and here not of 64)
+// and the sequences a quarter as long (two_layer_T), so the suite keeps within make test's time.
+static ModelConfig two_layer_model() {
+    ModelConfig c = config_named("test-2layer");
+    if (mst::on_cpu_device()) c.vocab_size = 5000;
+    return c;
+}
+static int two_layer_T(int T) { return mst::on_cpu_device() ? T / 4 : T; }
+
 // the trainer's defaults (bf16 state, no master weights, fused, automatic mini-sequences) at B x T
 static TrainingOptions default_options(int B, int T) {
     TrainingOptions o;
@@ -212,10 +222,11 @@ static void test_fused_optimizer(const Golden& g) {
 // Two runs from the same seed give the same bits (losses and weights), with the default options (bf16
 // state with stochastic rounding, no master weights, fused); and nothing is allocated after start-up.
 static void test_determinism_and_no_allocation() {
-    printf("determinism and no allocation after start-up (test-2layer, T=1024, defaults, one random batch):\n");
-    ModelConfig c = config_named("test-2layer");
+    ModelConfig c = two_layer_model();
     TrainingOptions o;
-    o.T = 1024;
+    o.T = two_layer_T(1024);
+    printf("determinism and no allocation after start-up (test-2layer, V=%d, T=%d, defaults, one random batch):\n",
+           c.vocab_size, o.T);
     const int steps = 3;
     std::vector<int> inputs(o.T), targets(o.T);
     std::vector<float> losses[2];
@@ -255,18 +266,20 @@ static void test_determinism_and_no_allocation() {
 // with 5 layers, so the staging buffers' parity and the prefetch chain run past their first round;
 // all 5 layers offloaded, and 3 (inputs 3, 4 and the output keep device buffers).
 static void test_offload() {
-    printf("layer checkpoints offloaded to pinned host memory (test-2layer with 5 layers, T=1024, 3 steps):\n");
-    ModelConfig c = config_named("test-2layer");
+    ModelConfig c = two_layer_model();
+    const int T = two_layer_T(1024);
+    printf("layer checkpoints offloaded to pinned host memory (test-2layer with 5 layers, V=%d, T=%d, 3 steps):\n",
+           c.vocab_size, T);
     c.n_layer = 5;
     const int steps = 3;
     const int offloads[3] = {0, OFFLOAD_ALL, 3};
-    std::vector<int> inputs(1024), targets(1024);
+    std::vector<int> inputs(T), targets(T);
     std::vector<float> losses[3];
     std::vector<bf16> weights[3];
     for (int run = 0; run < 3; run++) {
         int offload = run > 0;  // the host arena also holds the fused optimizer's gradients
         TrainingOptions o;
-        o.T = 1024;
+        o.T = T;
         o.offload = offloads[run];
         Model m;
         model_create(&m, c, o, OptimizerSettings(), 42);
@@ -293,9 +306,9 @@ static void test_offload() {
 // A 2-layer model with Llama 3's vocabulary at T = 4096 with the default mini-sequences and
 // recomputation, against the CPU reference (fp32) on the same bf16-rounded weights and tokens.
 static void test_against_cpu_reference() {
-    const int T = 4096;
-    printf("test-2layer at T=%d (automatic mini-sequences, recomputation) vs the CPU reference:\n", T);
-    ModelConfig c = config_named("test-2layer");
+    const int T = two_layer_T(4096);
+    ModelConfig c = two_layer_model();
+    printf("test-2layer (V=%d) at T=%d (automatic mini-sequences, recomputation) vs the CPU reference:\n", c.vocab_size, T);
     Model m;
     model_create(&m, c, options_for(1, T, 0, 0, true, false), OptimizerSettings(), 5);
     model_init_random(&m);
@@ -535,6 +548,11 @@ int main(int argc, char** argv) {
     Golden golden;
     std::string error;
     if (!load_golden(GOLDEN_PATH, &golden, &error)) safetensors_exit_on_error(error);
-    for (const Test& t : tests) if (selected(t.name)) t.run(golden);
+    for (const Test& t : tests) {
+        if (!selected(t.name)) continue;
+        auto start = std::chrono::steady_clock::now();
+        t.run(golden);
+        printf("  (%s: %.1f s)\n", t.name, std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+    }
     return test_summary();
 }

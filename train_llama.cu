@@ -244,6 +244,24 @@ static void carve_arena(Model* m) {
     matmul_init(m->cublaslt, region(REGION_CUBLASLT_WORKSPACE), p.bytes[REGION_CUBLASLT_WORKSPACE]);
 }
 
+// The plan's regions of each arena, for the CPU device's guards between them (nothing on a GPU)
+static void declare_arena_regions(const Model* m) {
+    for (int host = 0; host < 2; host++) {
+        std::vector<size_t> offset, bytes;
+        std::vector<const char*> names;
+        for (int r = 0; r < NUM_REGIONS; r++) {
+            if (region_on_host(r) != (host == 1) || m->plan.bytes[r] == 0) continue;
+            offset.push_back(m->plan.offset[r]);
+            bytes.push_back(m->plan.bytes[r]);
+            names.push_back(REGION_NAMES[r]);
+        }
+        char* arena = host ? m->host_arena : m->arena;
+        if (arena && !names.empty())
+            mst::declare_regions(arena, host ? "pinned host arena" : "device arena", offset.data(), bytes.data(), names.data(),
+                                 (int)names.size());
+    }
+}
+
 // The one allocation, the views into it, the RoPE tables, zeroed optimizer state. The weights come
 // after: model_init_random (or, in test_llama.cu, model_set_parameters from fp32 host values).
 static void model_create(Model* m, const ModelConfig& config, const TrainingOptions& options,
@@ -251,7 +269,9 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->config = config;
     m->layout = parameter_layout(config);
     m->tensors = parameter_tensors(config);
-    m->plan = plan_memory(config, options);
+    TrainingOptions planned = options;
+    planned.region_guard_bytes = mst::region_guard_bytes();  // 0 on a GPU: the plan --dry-run prints
+    m->plan = plan_memory(config, planned);
     m->optimizer = optimizer;
     m->B = options.B;
     m->T = options.T;
@@ -268,6 +288,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    declare_arena_regions(m);
     carve_arena(m);
     std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
     rope_tables(config, m->T, cos_table.data(), sin_table.data());

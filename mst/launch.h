@@ -1,4 +1,5 @@
-// mst/launch.h: the one way mst launches a kernel, in both builds:
+// mst/launch.h: the one way mst launches a kernel, in both builds, and the two things the CPU device asks of
+// the program that a GPU does not (region guards). Launching:
 //   mst::launch<kernel>(grid, block, dynamic_smem_bytes, stream, args...)
 // nvcc: kernel<<<grid, block, dynamic_smem_bytes, stream>>>(args...). The CPU device: the grid is queued
 // on the stream and run by the CPU device's engine (mst/cpu_device/), with the kernel's name for its error
@@ -15,6 +16,37 @@ static inline void launch(dim3 grid, dim3 block, size_t dynamic_smem, cudaStream
                     [=]() { Kernel(args...); });
 #else
     Kernel<<<grid, block, dynamic_smem, stream>>>(args...);
+#endif
+}
+
+// Whether this build runs on the CPU device (tests choose smaller shapes there: a CPU executes a kernel some
+// thousands of times slower than a GPU).
+static constexpr bool on_cpu_device() {
+#ifdef MST_CPU_DEVICE
+    return true;
+#else
+    return false;
+#endif
+}
+
+// Bytes the memory plan leaves unused after each region (TrainingOptions::region_guard_bytes): on the CPU
+// device, guards it checks after every operation, so an overrun of one region into the next is reported
+// (one arena hides it on a GPU); 0 on a GPU.
+static inline size_t region_guard_bytes() {
+#ifdef MST_CPU_DEVICE
+    return mst_cpu::region_guard_bytes();
+#else
+    return 0;
+#endif
+}
+// Names an arena's regions for the CPU device: each is then bounds-checked on its own (copies, cp.async,
+// matmul operands) and the bytes between them are guards. Nothing on a GPU.
+static inline void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,
+                                   const char* const* names, int count) {
+#ifdef MST_CPU_DEVICE
+    mst_cpu::declare_regions(arena, arena_name, offset, bytes, names, count);
+#else
+    (void)arena; (void)arena_name; (void)offset; (void)bytes; (void)names; (void)count;
 #endif
 }
 

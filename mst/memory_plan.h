@@ -40,6 +40,8 @@ struct TrainingOptions {
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
+    size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
+                                    // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
 
 static const int OFFLOAD_ALL = 1 << 30;
@@ -231,7 +233,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t at[2] = {0, 0};  // device, host
     for (int r = 0; r < NUM_REGIONS; r++) {
         plan.offset[r] = at[region_on_host(r)];
-        at[region_on_host(r)] += round_up_256(plan.bytes[r]);
+        at[region_on_host(r)] += round_up_256(plan.bytes[r]) + round_up_256(o.region_guard_bytes);
     }
     plan.total = at[0];
     plan.host_total = at[1];

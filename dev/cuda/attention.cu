@@ -269,7 +269,10 @@ int main(int argc, char** argv) {
         check_full(1, 1000, 4, 2, hd);
     }
     check_full(2, 200, 2, 2, 128);
-    check_sampled(1, 65536, 2, 1, 128);
+    if (mst::on_cpu_device())  // about an hour of fibers: the CPU device's sampled-block mode will run it
+        printf("SKIP attention sampled rows T=65536 (on the CPU device)\n");
+    else
+        check_sampled(1, 65536, 2, 1, 128);
     check_sampled(1, 5000, 4, 2, 64);
     if (g_bench) {
         bench(1, 8192, 32, 8, 128);

@@ -27,6 +27,9 @@
 #include <utility>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
+// these declare threadIdx & co. for host code: included before the macros below replace those names
+#include <device_launch_parameters.h>
+#include <curand_kernel.h>
 
 namespace mst_cpu {
 
@@ -64,6 +67,11 @@ void* generic_address(uint32_t shared);           // and back
 void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block, size_t dynamic_smem,
             cudaStream_t stream, std::function<void()> body);
 
+// ---- the program's memory regions (mst/launch.h): guards between them, checked after every operation ----
+size_t region_guard_bytes();
+void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,
+                     const char* const* names, int count);
+
 // ---- schedules: the order of fibers between synchronization points and of blocks ----
 enum Schedule { SCHEDULE_RANDOM = 0, SCHEDULE_ROUND_ROBIN, SCHEDULE_LOWEST_FIRST, SCHEDULE_HIGHEST_FIRST_REVERSED,
                 SCHEDULE_COUNT };
@@ -91,7 +99,7 @@ const char* kernel_name() {
 #define blockIdx (::mst_cpu::block_index())
 #define blockDim (::mst_cpu::block_dimensions())
 #define gridDim (::mst_cpu::grid_dimensions())
-static const int warpSize = 32;
+#define warpSize 32  // device_launch_parameters.h declares it for device code only
 #ifndef __launch_bounds__
 #define __launch_bounds__(...)
 #endif

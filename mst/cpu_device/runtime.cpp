@@ -9,6 +9,7 @@
 // destination without waiting for the copy's event reads poison, and one that overwrites the source
 // before the copy's event changes what lands: both break results that the tests compare.
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <cstdarg>
 #include <cstdio>
@@ -16,12 +17,16 @@
 #include <cstring>
 #include <deque>
 #include <map>
+#include <string>
 #include <mutex>
 #include <sys/mman.h>
 #include <vector>
 
 #include "mst/cpu_device/cpu_device.h"
 #include "mst/cpu_device/engine.h"
+#if defined(__SANITIZE_ADDRESS__)
+#include <sanitizer/asan_interface.h>
+#endif
 
 namespace mst_cpu {
 void run_launch(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body);
@@ -78,9 +83,96 @@ static const Allocation* find_allocation(const void* p, size_t bytes, uintptr_t*
     return &it->second;
 }
 
-namespace mst_cpu {
-bool is_device_memory(const void* p, size_t bytes) { return find_allocation(p, bytes, nullptr) != nullptr; }
+// ----------------------------------------------------------------------------
+// regions and their guards (mst::declare_regions): the bytes after each region of an arena, up to the next,
+// hold the poison pattern (or are AddressSanitizer-poisoned); a change is an overrun, reported after the
+// operation that made it. A range that starts in a region must end in it.
+
+struct Region {
+    uintptr_t lo, hi;  // [lo, hi): the region; [hi, guard_end): its guard
+    uintptr_t guard_end;
+    std::string name;
+    const char* arena;
+};
+static std::vector<Region>& regions() { static auto* v = new std::vector<Region>; return *v; }
+
+static const Region* region_containing(uintptr_t a) {
+    for (const Region& r : regions()) if (a >= r.lo && a < r.guard_end) return &r;
+    return nullptr;
 }
+
+// why [p, p + bytes) is not inside one region of a declared arena; null if it is, or p is in none
+static std::string region_violation(const void* p, size_t bytes) {
+    uintptr_t a = (uintptr_t)p;
+    const Region* r = region_containing(a);
+    if (!r) return "";
+    char text[300];
+    if (a >= r->hi) snprintf(text, sizeof text, "starts %zu bytes past the end of region \"%s\" of the %s", (size_t)(a - r->hi), r->name.c_str(), r->arena);
+    else if (a + bytes > r->hi) snprintf(text, sizeof text, "runs %zu bytes past the end of region \"%s\" of the %s", (size_t)(a + bytes - r->hi), r->name.c_str(), r->arena);
+    else return "";
+    return text;
+}
+
+static bool is_poison_byte(const unsigned char* c) { return *c == ((((uintptr_t)c) & 1) ? 0x7f : 0xff); }
+
+#if defined(__SANITIZE_ADDRESS__)
+static void check_guards(const char*) {}  // AddressSanitizer reports the access itself
+#else
+static void check_guards(const char* what) {
+    for (const Region& r : regions())
+        for (uintptr_t a = r.hi; a < r.guard_end; a++)
+            if (!is_poison_byte((const unsigned char*)a))
+                mst_cpu::fatal("%s wrote past the end of region \"%s\" of the %s (the guard byte %zu bytes after it changed)",
+                               what, r.name.c_str(), r.arena, (size_t)(a - r.hi));
+}
+#endif
+
+namespace mst_cpu {
+static std::atomic<uint64_t> g_memory_generation{1};  // changes when an allocation or region goes or comes
+bool is_device_memory(const void* p, size_t bytes) {
+    // the last range found valid, per thread: kernels ask for every cp.async and TMA
+    thread_local uintptr_t known_lo = 0, known_hi = 0;
+    thread_local uint64_t known_generation = 0;
+    uintptr_t a = (uintptr_t)p;
+    if (known_generation == g_memory_generation.load(std::memory_order_relaxed) && a >= known_lo && a + bytes <= known_hi)
+        return true;
+    uintptr_t base;
+    const Allocation* found = find_allocation(p, bytes, &base);
+    if (!found || !region_violation(p, bytes).empty()) return false;
+    const Region* r = region_containing(a);
+    known_lo = r ? r->lo : base;
+    known_hi = r ? r->hi : base + found->bytes;
+    known_generation = g_memory_generation.load();
+    return true;
+}
+
+size_t region_guard_bytes() { return 4096; }
+
+void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,
+                     const char* const* names, int count) {
+    uintptr_t base;
+    const Allocation* a = find_allocation(arena, 1, &base);
+    if (!a || base != (uintptr_t)arena) fatal("declare_regions: %p is not an allocation", (const void*)arena);
+    uintptr_t end = base + a->bytes;
+    auto& v = regions();
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const Region& r) { return r.lo >= base && r.lo < end; }), v.end());
+    g_memory_generation++;
+    for (int i = 0; i < count; i++) {
+        Region r;
+        r.lo = base + offset[i];
+        r.hi = r.lo + bytes[i];
+        r.guard_end = i + 1 < count ? base + offset[i + 1] : end;
+        if (r.hi > r.guard_end) fatal("declare_regions: region %s overlaps the next", names[i]);
+        r.name = names[i];
+        r.arena = arena_name;
+        poison((void*)r.hi, r.guard_end - r.hi);
+#if defined(__SANITIZE_ADDRESS__)
+        ASAN_POISON_MEMORY_REGION((void*)r.hi, r.guard_end - r.hi);
+#endif
+        v.push_back(r);
+    }
+}
+}  // namespace mst_cpu
 
 static bool is_pinned(const void* p, size_t bytes) {
     const Allocation* a = find_allocation(p, bytes, nullptr);
@@ -120,6 +212,12 @@ static cudaError_t release(void* p, AllocationKind kind) {
         allocations().erase(it);
         if (kind == DEVICE_ALLOCATION) g_device_bytes -= a.bytes;
     }
+    auto& v = regions();
+    v.erase(std::remove_if(v.begin(), v.end(), [&](const Region& r) { return r.lo >= (uintptr_t)p && r.lo < (uintptr_t)p + a.bytes; }), v.end());
+    mst_cpu::g_memory_generation++;
+#if defined(__SANITIZE_ADDRESS__)
+    ASAN_UNPOISON_MEMORY_REGION(p, a.bytes);
+#endif
     if (a.mapped) munmap(p, a.bytes);
     else free(p);
     return cudaSuccess;
@@ -167,6 +265,7 @@ static bool step_front(cudaStream_t s, bool land) {
     switch (op.kind) {
         case Operation::WORK:
             op.work();
+            check_guards(op.what);
             break;
         case Operation::COPY:
             if (!op.begun) {
@@ -175,6 +274,7 @@ static bool step_front(cudaStream_t s, bool land) {
             }
             if (!land) return false;
             memcpy(op.dst, op.snapshot.empty() ? op.src : op.snapshot.data(), op.bytes);
+            check_guards(op.what);
             break;
         case Operation::RECORD:
             op.event->completed = std::max(op.event->completed, op.record);
@@ -275,6 +375,7 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
     prop->sharedMemPerBlockOptin = c.smem_optin;
     prop->sharedMemPerMultiprocessor = c.smem_optin + 1024;
     prop->regsPerBlock = 65536;
+#undef warpSize  // the member, not cpu_device.h's built-in
     prop->warpSize = 32;
     prop->maxThreadsPerBlock = 1024;
     prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
@@ -335,6 +436,10 @@ static cudaError_t check_copy(void* dst, const void* src, size_t bytes, cudaMemc
               (kind == cudaMemcpyDeviceToHost && src_device && !dst_device) ||
               (kind == cudaMemcpyDeviceToDevice && dst_device && src_device) ||
               (kind == cudaMemcpyHostToHost && !dst_device && !src_device);
+    for (const void* p : {(const void*)dst, src}) {
+        std::string problem = region_violation(p, bytes);
+        if (!problem.empty()) mst_cpu::fatal("%s(%p, %p, %zu bytes): the range at %p %s", who, dst, src, bytes, p, problem.c_str());
+    }
     if (!ok)
         mst_cpu::fatal("%s(%p, %p, %zu bytes, kind %d): a pointer is not where the kind says (device: destination %s, "
                        "source %s; or a range runs past its allocation)", who, dst, src, bytes, (int)kind,
@@ -373,14 +478,14 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
 
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     if (bytes == 0) return cudaSuccess;
-    if (!is_device(p, bytes)) mst_cpu::fatal("cudaMemset(%p, %zu bytes): not inside one device allocation", p, bytes);
+    if (!mst_cpu::is_device_memory(p, bytes)) mst_cpu::fatal("cudaMemset(%p, %zu bytes): not inside one device allocation and region", p, bytes);
     finish_all();
     memset(p, value, bytes);
     return cudaSuccess;
 }
 cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
     if (bytes == 0) return cudaSuccess;
-    if (!is_device(p, bytes)) mst_cpu::fatal("cudaMemsetAsync(%p, %zu bytes): not inside one device allocation", p, bytes);
+    if (!mst_cpu::is_device_memory(p, bytes)) mst_cpu::fatal("cudaMemsetAsync(%p, %zu bytes): not inside one device allocation and region", p, bytes);
     mst_cpu::stream_enqueue(stream, "cudaMemsetAsync", [p, value, bytes] { memset(p, value, bytes); });
     return cudaSuccess;
 }

@@ -1,0 +1,113 @@
+#!/usr/bin/env python3
+"""Planted bugs for the CPU device (issue 17 item 8): each a one-line change applied to a temporary copy of
+the sources; the program that exercises it is rebuilt for the CPU device and run. Caught = it exits nonzero
+(a failing check, or a "[CPU device]" report line naming the kernel, block, thread and construct).
+First every program runs on the unchanged copy and must pass, so a catch is the bug's, not the build's.
+
+    python3 dev/cpu_device_bugs.py [NAME ...]     (all bugs, or those whose names contain a NAME)
+
+Prints one line per bug and ends with "N passed, N failed": passed = caught.
+"""
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+# (name, file, the line as it is (a regular expression matching exactly one place), the planted line, program)
+BUGS = [
+    ("missing __syncthreads (cross-entropy's block reduction)", "mst_kernels.cuh",
+     r"(    if \(lane == 0\) \{ sm_m\[warp\] = m; sm_s\[warp\] = s; \}\n)    __syncthreads\(\);\n", r"\1",
+     ["dev/cuda/bin/crossentropy_cpu", "--small"]),
+    ("missing cp.async wait (attention forward v2)", "mst_kernels.cuh",
+     r"(mst::load_tile_async<BC, HD, LDS, 128>\(\(j & 1\) \? Vs0 : Vs1[^\n]*\n\s*mst::cp_async_commit\(\);\n)\s*mst::cp_async_wait<1>\(\);\n",
+     r"\1", ["dev/cuda/bin/attention_cpu", "--small"]),
+    ("ldmatrix without .trans (B fragments of P V)", "mst_kernels.cuh",
+     r"ldmatrix_x4_trans\(b, tile", "ldmatrix_x4(b, tile", ["dev/cuda/bin/attention_cpu", "--small"]),
+    ("a fragment index off by one (accumulator to A fragment)", "mst_kernels.cuh",
+     r"a\[1\] = pack_bf16x2\(c0\[2\], c0\[3\]\);", "a[1] = pack_bf16x2(c0[1], c0[3]);",
+     ["dev/cuda/bin/attention_cpu", "--small"]),
+    ("a shared-memory write one element past a tile (attention backward's lse tile)", "mst_kernels.cuh",
+     r"lse2_buf\[buf \* BQ \+ tid\] =", "lse2_buf[buf * BQ + tid + 1] =", ["dev/cuda/bin/attention_cpu", "--small"]),
+    ("an offloaded checkpoint read before its event", "train_llama.cu",
+     r"    if \(m->offload.backward_waits\(l\)\) CUDA_CHECK\(cudaStreamWaitEvent\(m->stream, m->fetched\[l % 2\], 0\)\);\n", "",
+     ["./test_llama_cpu", "offload"]),
+    ("an arena region overrun by one element (per-token losses)", "train_llama.cu",
+     r"crossentropy_forward_backward\(m->logits, m->losses \+ start,", "crossentropy_forward_backward(m->logits, m->losses + start + 1,",
+     ["./test_llama_cpu", "golden gradients"]),
+]
+if os.path.exists(os.path.join(ROOT, "dev/cuda/hopper_blocks.cu")) and "hopper.cpp" in open(os.path.join(ROOT, "Makefile")).read():
+    BUGS += [
+        ("a TMA tile read before its mbarrier wait", "dev/cuda/hopper_blocks.cu",
+         r"\n(\s*)mbarrier_wait\(full\[stage\], phase\);", r"\n\1// (planted) no wait", ["dev/cuda/bin/hopper_blocks_cpu", "--small"]),
+        ("a wgmma accumulator read before wait_group", "dev/cuda/hopper_blocks.cu",
+         r"\n(\s*)mst::wgmma_wait<0>\(\);", r"\n\1// (planted) no wait", ["dev/cuda/bin/hopper_blocks_cpu", "--small"]),
+    ]
+
+
+def run(cmd, cwd, timeout=900):
+    p = subprocess.run(cmd, cwd=cwd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, timeout=timeout)
+    return p.returncode, p.stdout
+
+
+def build(copy, program):
+    target = program[0][2:] if program[0].startswith("./") else program[0]
+    rc, out = run(["make", "-s", target], copy)
+    if rc != 0:
+        sys.exit("cannot build %s in %s:\n%s" % (target, copy, out[-3000:]))
+
+
+def main():
+    chosen = [b for b in BUGS if len(sys.argv) < 2 or any(a in b[0] for a in sys.argv[1:])]
+    copy = tempfile.mkdtemp(prefix="mst-bugs-")
+    try:
+        # the tracked sources, with the built CPU device objects (only the changed program recompiles)
+        files = subprocess.run(["git", "ls-files"], cwd=ROOT, stdout=subprocess.PIPE, text=True, check=True).stdout.split()
+        for f in files + [f for f in ["build/cpu/engine.o", "build/cpu/runtime.o", "build/cpu/cublaslt.o", "build/cpu/hopper.o"]
+                          if os.path.exists(os.path.join(ROOT, f))]:
+            os.makedirs(os.path.dirname(os.path.join(copy, f)) or copy, exist_ok=True)
+            shutil.copy2(os.path.join(ROOT, f), os.path.join(copy, f))
+        baselines = {}
+        for _, _, _, _, program in chosen:
+            key = tuple(program)
+            if key in baselines:
+                continue
+            build(copy, program)
+            rc, out = run(program, copy)
+            if rc != 0:
+                sys.exit("the unchanged %s fails; fix that first:\n%s" % (" ".join(program), out[-2000:]))
+            baselines[key] = True
+        caught = missed = 0
+        for name, path, pattern, replacement, program in chosen:
+            full = os.path.join(copy, path)
+            original = open(full).read()
+            planted, count = re.subn(pattern, replacement, original)
+            if count != 1:
+                sys.exit("bug %r: its pattern matches %d places in %s (must be 1)" % (name, count, path))
+            open(full, "w").write(planted)
+            try:
+                build(copy, program)
+                rc, out = run(program, copy)
+            finally:
+                open(full, "w").write(original)
+                os.utime(full, None)
+            report = next((l for l in out.splitlines() if l.startswith("[CPU device]")), None)
+            failed = next((l for l in out.splitlines() if l.startswith("FAIL")), None)
+            if rc != 0:
+                caught += 1
+                how = report or failed or "exit status %d" % rc
+                print("CAUGHT  %-72s %s" % (name, how[:220]))
+            else:
+                missed += 1
+                print("MISSED  %-72s (%s passed)" % (name, " ".join(program)))
+        print("%d passed, %d failed" % (caught, missed))
+        return 0 if missed == 0 else 1
+    finally:
+        shutil.rmtree(copy, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
