@@ -168,10 +168,20 @@ dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_co
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
 	$(CPU_LINK) $(CPU_BUILD)/$*.o
 
-# ---- the whole suite: CPU tests always, GPU tests where a GPU is present ----
-TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_llama ./test_tokenizer ./test_checkpoint
-test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama tokenize mst_hf $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
-	bash dev/run_tests.sh $(TEST_PROGRAMS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
+# the kernel programs of dev/cuda on the CPU device (hopper_blocks once the CPU device runs sm_90a code)
+CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm matmul rmsnorm rope swiglu)
+cpu_dev: $(CPU_DEV_PROGRAMS)
+.PHONY: cpu_dev
+
+# ---- the whole suite: CPU tests and the CPU device always, the GPU build's tests where a GPU is present ----
+HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
+TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_tokenizer ./test_checkpoint ./test_llama_cpu
+ifeq ($(HAVE_GPU),1)
+TEST_PROGRAMS += ./test_llama
+endif
+CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh"
+test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
+	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
 	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel

@@ -43,14 +43,15 @@ uint16_t float_to_bf16(float f) {  // round to nearest even, NaN kept NaN (as __
 // op(X) as `rows` contiguous fp32 rows of length k: row r = row r of op(X) (for A: i; for B^T: column j)
 void unpack(const uint16_t* x, int64_t ld, bool transposed_storage, int64_t rows, int64_t k, float* out) {
     // transposed_storage: element (r, kk) at x[kk + r * ld]; else at x[r + kk * ld]
-#pragma omp parallel for schedule(static)
-    for (int64_t r = 0; r < rows; r++) {
-        float* o = out + r * k;
-        if (transposed_storage)
-            for (int64_t kk = 0; kk < k; kk++) o[kk] = bf16_to_float(x[kk + r * ld]);
-        else
-            for (int64_t kk = 0; kk < k; kk++) o[kk] = bf16_to_float(x[r + kk * ld]);
-    }
+    mst_cpu::parallel_for(rows, 64, [&](int64_t begin, int64_t end) {
+        for (int64_t r = begin; r < end; r++) {
+            float* o = out + r * k;
+            if (transposed_storage)
+                for (int64_t kk = 0; kk < k; kk++) o[kk] = bf16_to_float(x[kk + r * ld]);
+            else
+                for (int64_t kk = 0; kk < k; kk++) o[kk] = bf16_to_float(x[r + kk * ld]);
+        }
+    });
 }
 
 // out[a][b] = dot(A[i0 + a], B[j0 + b]) for a 4 x 4 tile (fewer at the edges), over k contiguous floats
@@ -82,10 +83,9 @@ void gemm(const MatmulDesc& desc, const Layout& la, const Layout& lb, const Layo
     unpack(b, lb.ld, !desc.transb, n, k, B.data());
     const bool fp32 = ld.type == CUDA_R_32F;
     const int64_t tiles_i = (m + 3) / 4, tiles_j = (n + 3) / 4;
-#pragma omp parallel for schedule(dynamic, 16) collapse(2)
-    for (int64_t tj = 0; tj < tiles_j; tj++)
-        for (int64_t ti = 0; ti < tiles_i; ti++) {
-            int64_t i0 = ti * 4, j0 = tj * 4;
+    mst_cpu::parallel_for(tiles_i * tiles_j, 16, [&](int64_t begin, int64_t end) {
+        for (int64_t tile = begin; tile < end; tile++) {
+            int64_t i0 = tile % tiles_i * 4, j0 = tile / tiles_i * 4;
             int na = (int)std::min<int64_t>(4, m - i0), nb = (int)std::min<int64_t>(4, n - j0);
             float out[4][4];
             dot_tile(A.data() + i0 * k, B.data() + j0 * k, k, na, nb, out);
@@ -102,6 +102,7 @@ void gemm(const MatmulDesc& desc, const Layout& la, const Layout& lb, const Layo
                     }
                 }
         }
+    });
 }
 
 }  // namespace

@@ -57,7 +57,11 @@ void kernel_fatal(const CudaThread* t, const char* format, ...) {
 
 void poison(void* p, size_t bytes) {
     unsigned char* c = (unsigned char*)p;
-    for (size_t i = 0; i < bytes; i++) c[i] = (((uintptr_t)(c + i)) & 1) ? 0x7f : 0xff;
+    size_t i = 0;
+    for (; i < bytes && ((uintptr_t)(c + i) & 7); i++) c[i] = (((uintptr_t)(c + i)) & 1) ? 0x7f : 0xff;
+    const uint64_t word = 0x7fff7fff7fff7fffull;  // little-endian: 0xff at even addresses, 0x7f at odd
+    for (; i + 8 <= bytes; i += 8) memcpy(c + i, &word, 8);
+    for (; i < bytes; i++) c[i] = (((uintptr_t)(c + i)) & 1) ? 0x7f : 0xff;
 }
 
 // ----------------------------------------------------------------------------
@@ -224,6 +228,20 @@ void make_runnable(Block& b, int i) {
     runnable_set(b, i);
 }
 
+// the first runnable thread at or after `from`, wrapping around; -1 when none is
+static int next_runnable(const Block& b, int from) {
+    const int words = (b.threads + 63) / 64;
+    if (from >= b.threads) from = 0;
+    int w = from >> 6;
+    uint64_t bits = b.runnable[w] & (~0ull << (from & 63));
+    for (int k = 0; k <= words; k++) {
+        if (bits) return w * 64 + __builtin_ctzll(bits);
+        w = (w + 1) % words;
+        bits = b.runnable[w];
+    }
+    return -1;
+}
+
 // the next fiber by the schedule; -1 when none is runnable
 static int pick(Block& b) {
     const int words = (b.threads + 63) / 64;
@@ -234,28 +252,10 @@ static int pick(Block& b) {
         case SCHEDULE_HIGHEST_FIRST_REVERSED:
             for (int w = words - 1; w >= 0; w--) if (b.runnable[w]) return w * 64 + 63 - __builtin_clzll(b.runnable[w]);
             return -1;
-        case SCHEDULE_ROUND_ROBIN: {
-            int start = b.last_picked + 1;
-            for (int k = 0; k < b.threads; k++) {
-                int i = (start + k) % b.threads;
-                if (b.runnable[i >> 6] >> (i & 63) & 1) return i;
-            }
-            return -1;
-        }
-        default: {
-            int count = 0;
-            for (int w = 0; w < words; w++) count += __builtin_popcountll(b.runnable[w]);
-            if (count == 0) return -1;
-            int r = (int)(splitmix(&b.rng) % (uint64_t)count);
-            for (int w = 0; w < words; w++) {
-                int c = __builtin_popcountll(b.runnable[w]);
-                if (r >= c) { r -= c; continue; }
-                uint64_t bits = b.runnable[w];
-                for (; r > 0; r--) bits &= bits - 1;
-                return w * 64 + __builtin_ctzll(bits);
-            }
-            return -1;
-        }
+        case SCHEDULE_ROUND_ROBIN:
+            return next_runnable(b, b.last_picked + 1);
+        default:  // random: the first runnable thread at or after a random place
+            return next_runnable(b, (int)(splitmix(&b.rng) % (uint64_t)b.threads));
     }
 }
 
@@ -280,13 +280,28 @@ static int pick(Block& b) {
 
 static void thread_exits(Block& b, CudaThread& t);
 
+// A fiber runs a thread to its end; if the schedule's next pick is a thread that has not started, that one
+// runs next on the same stack, with no switch (the same order the scheduler would take, at a fraction of
+// the cost: most threads of elementwise kernels never block).
 [[noreturn]] static void fiber_main() {
     Worker* w = tls_worker;
-    CudaThread& t = *w->current;
-    (*w->block.launch->body)();
-    thread_exits(w->block, t);
-    t.status = DONE;
-    switch_to(&t.sp, w->scheduler_sp, nullptr, 0);
+    Block& b = w->block;
+    for (;;) {
+        CudaThread& t = *w->current;
+        (*b.launch->body)();
+        thread_exits(b, t);
+        t.status = DONE;
+        int next = pick(b);
+        if (next < 0 || b.thread[next].status != NOT_STARTED) break;
+        CudaThread& n = b.thread[next];
+        runnable_clear(b, next);
+        b.last_picked = next;
+        n.stack = t.stack;  // the stack passes on; the scheduler frees it when its last thread is done
+        t.stack = nullptr;
+        n.status = RUNNING;
+        w->current = &n;
+    }
+    switch_to(&w->current->sp, w->scheduler_sp, nullptr, 0);
     __builtin_unreachable();
 }
 
@@ -375,10 +390,11 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
         t.status = RUNNING;
         w->current = &t;
         switch_to(&w->scheduler_sp, t.sp, t.stack, STACK_BYTES);
+        CudaThread& ran = *w->current;  // t, or a thread that followed it on its stack
         w->current = nullptr;
-        if (t.status == DONE) {
-            w->free_stacks.push_back(t.stack);
-            t.stack = nullptr;
+        if (ran.status == DONE) {
+            w->free_stacks.push_back(ran.stack);
+            ran.stack = nullptr;
         }
     }
     w->tracking = false;
@@ -416,37 +432,30 @@ static void worker_init(Worker* w, int id) {
     w->static_shadow.assign(g_tls_size / 2 + 1, Granule());
 }
 
+// the workers, started at the first job; the host thread hands them one job at a time and waits
 struct WorkerPool {
     std::mutex mutex;
     std::condition_variable start, done;
     std::vector<Worker*> workers;
-    GridLaunch* grid = nullptr;
+    const std::function<void(Worker*)>* job = nullptr;
     uint64_t generation = 0;
     int busy = 0;
 };
 static WorkerPool& pool() { static WorkerPool* p = new WorkerPool; return *p; }  // never destroyed: workers outlive main
-
-static void run_blocks(Worker* w, GridLaunch& g) {
-    for (;;) {
-        size_t k = g.next.fetch_add(1);
-        if (k >= g.order.size()) break;
-        run_block(w, g, g.order[k]);
-    }
-}
 
 static void worker_loop(Worker* w, int id) {
     worker_init(w, id);
     WorkerPool& p = pool();
     uint64_t seen = 0;
     for (;;) {
-        GridLaunch* g;
+        const std::function<void(Worker*)>* job;
         {
             std::unique_lock<std::mutex> lock(p.mutex);
             p.start.wait(lock, [&] { return p.generation != seen; });
             seen = p.generation;
-            g = p.grid;
+            job = p.job;
         }
-        run_blocks(w, *g);
+        (*job)(w);
         std::lock_guard<std::mutex> lock(p.mutex);
         if (--p.busy == 0) p.done.notify_all();
     }
@@ -454,8 +463,8 @@ static void worker_loop(Worker* w, int id) {
 
 static void install_fault_handler();
 
-// runs every block of g; the host thread waits
-static void run_grid(GridLaunch& g) {
+// runs job on every worker at once; returns when all have finished
+static void run_on_workers(const std::function<void(Worker*)>& job) {
     WorkerPool& p = pool();
     int n = config().workers;
     if (p.workers.empty()) {
@@ -467,11 +476,36 @@ static void run_grid(GridLaunch& g) {
         }
     }
     std::unique_lock<std::mutex> lock(p.mutex);
-    p.grid = &g;
+    p.job = &job;
     p.busy = n;
     p.generation++;
     p.start.notify_all();
     p.done.wait(lock, [&] { return p.busy == 0; });
+}
+
+static void run_grid(GridLaunch& g) {
+    run_on_workers([&g](Worker* w) {
+        for (;;) {
+            size_t k = g.next.fetch_add(1);
+            if (k >= g.order.size()) break;
+            run_block(w, g, g.order[k]);
+        }
+    });
+}
+
+void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& body) {
+    if (count <= grain || config().workers == 1) {
+        if (count > 0) body(0, count);
+        return;
+    }
+    std::atomic<int64_t> next{0};
+    run_on_workers([&](Worker*) {
+        for (;;) {
+            int64_t begin = next.fetch_add(grain);
+            if (begin >= count) break;
+            body(begin, std::min(count, begin + grain));
+        }
+    });
 }
 
 static uint64_t g_launches = 0;

@@ -18,4 +18,8 @@ void stream_enqueue(cudaStream_t stream, const char* what, std::function<void()>
 // Whether [p, p + bytes) lies inside one live device allocation (cudaMalloc) or pinned host allocation.
 bool is_device_memory(const void* p, size_t bytes);
 
+// body(begin, end) over [0, count) in chunks of `grain`, on the kernel engine's worker threads (so host-side
+// work such as the matmuls shares the cores with kernels, with no second thread pool spinning beside it)
+void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& body);
+
 }  // namespace mst_cpu
