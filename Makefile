@@ -163,6 +163,15 @@ test_llama_cpu: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES
 train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) | $(DEFAULT_SHARDS)
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/train_llama.o $<
 	$(CPU_LINK) $(CPU_BUILD)/train_llama.o
+# the same under AddressSanitizer + UBSan (no race tracker: ThreadSanitizer's instrumentation and ASan's
+# exclude each other): overruns of allocations and of the memory plan's regions, use after free, UB
+CPU_ASAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1
+$(CPU_BUILD)/asan/%.o: mst/cpu_device/%.cpp $(CPU_DEVICE_HEADERS)
+	@mkdir -p $(CPU_BUILD)/asan
+	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -c -o $@ $<
+test_llama_cpu_asan: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS))
+	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -x c++ -include mst/cpu_device/cpu_device.h -Wno-unknown-pragmas -c -o $(CPU_BUILD)/asan/test_llama.o $<
+	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -o $@ $(CPU_BUILD)/asan/test_llama.o $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS)) -lpthread -ldl
 dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	@mkdir -p dev/cuda/bin $(CPU_BUILD)
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
@@ -186,4 +195,4 @@ test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu 
 clean:
 	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin $(CPU_BUILD)
-	rm -f test_llama_cpu train_llama_cpu
+	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan

@@ -12,6 +12,7 @@
 #include <cstring>
 #include <link.h>
 #include <mutex>
+#include <pthread.h>
 #include <sys/mman.h>
 #include <thread>
 #include <unistd.h>
@@ -201,18 +202,22 @@ static void* stack_init(char* stack) {
     return sp;
 }
 
-// AddressSanitizer must be told which stack is live across a switch
-static void switch_to(void** save, void* load, const void* bottom, size_t size) {
+// AddressSanitizer must be told which stack is live across a switch (bottom, size: the destination's;
+// `ending`: the fiber switching away is done and never resumes)
+static void switch_to(void** save, void* load, const void* bottom, size_t size, bool ending = false) {
 #if defined(__SANITIZE_ADDRESS__)
     void* fake = nullptr;
-    __sanitizer_start_switch_fiber(&fake, bottom, size);
+    __sanitizer_start_switch_fiber(ending ? nullptr : &fake, bottom, size);
     mst_cpu_switch(save, load);
     __sanitizer_finish_switch_fiber(fake, nullptr, nullptr);
 #else
-    (void)bottom; (void)size;
+    (void)bottom; (void)size; (void)ending;
     mst_cpu_switch(save, load);
 #endif
 }
+// the scheduler's stack (the worker's OS thread's), for the switches back to it
+static const void* scheduler_stack_bottom(Worker* w);
+static size_t scheduler_stack_size(Worker* w);
 
 // ----------------------------------------------------------------------------
 // the block: scheduling its fibers
@@ -301,7 +306,7 @@ static void thread_exits(Block& b, CudaThread& t);
         n.status = RUNNING;
         w->current = &n;
     }
-    switch_to(&w->current->sp, w->scheduler_sp, nullptr, 0);
+    switch_to(&w->current->sp, w->scheduler_sp, scheduler_stack_bottom(w), scheduler_stack_size(w), true);
     __builtin_unreachable();
 }
 
@@ -310,7 +315,7 @@ void block_current_thread(const char* what) {
     CudaThread& t = *w->current;
     t.status = BLOCKED;
     t.waiting_at = what;
-    switch_to(&t.sp, w->scheduler_sp, nullptr, 0);
+    switch_to(&t.sp, w->scheduler_sp, scheduler_stack_bottom(w), scheduler_stack_size(w));
 }
 
 // a running fiber gives the schedule a chance to run another (after it released others at a barrier)
@@ -319,7 +324,7 @@ static void yield_current_thread() {
     CudaThread& t = *w->current;
     t.status = RUNNABLE;
     runnable_set(w->block, t.linear);
-    switch_to(&t.sp, w->scheduler_sp, nullptr, 0);
+    switch_to(&t.sp, w->scheduler_sp, scheduler_stack_bottom(w), scheduler_stack_size(w));
 }
 
 static void land_all_async(CudaThread& t);
@@ -417,9 +422,17 @@ static int find_tls(struct dl_phdr_info* info, size_t, void* out) {
 
 static const size_t DYNAMIC_SMEM_CAPACITY = 256 << 10;  // above any card's 227 KiB opt-in limit
 
+static const void* scheduler_stack_bottom(Worker* w) { return w->os_stack; }
+static size_t scheduler_stack_size(Worker* w) { return w->os_stack_size; }
+
 static void worker_init(Worker* w, int id) {
     w->id = id;
     tls_worker = w;
+    pthread_attr_t attr;
+    if (pthread_getattr_np(pthread_self(), &attr) == 0) {
+        pthread_attr_getstack(&attr, &w->os_stack, &w->os_stack_size);
+        pthread_attr_destroy(&attr);
+    }
     void* p = mmap(nullptr, DYNAMIC_SMEM_CAPACITY, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
     if (p == MAP_FAILED) fatal("cannot map shared memory");
     w->dynamic_smem = (unsigned char*)p;

@@ -120,6 +120,8 @@ struct Worker {
     std::vector<Granule> dynamic_shadow, static_shadow;
     std::vector<ReadSet> read_sets;
     bool tracking = false;
+    void* os_stack = nullptr;          // the worker's own stack (the scheduler's), for AddressSanitizer
+    size_t os_stack_size = 0;
 };
 
 Worker* current_worker();              // null outside a kernel's fibers
