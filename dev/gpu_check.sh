@@ -5,9 +5,10 @@
 # on the same shapes when python3 can import torch, and print one results table (the format of
 # dev/cuda/README.md). Full logs go to ${OUT:-/tmp/gpu_check}. Every step has a timeout and the whole script
 # keeps to a budget of ${GPU_CHECK_BUDGET:-360} seconds.
-# Exit status: 0 when every step passed.
+# Exit status: 0 when every step passed. Needs dev/data/shards/ and tokenizer.model carried (dev/carried_data.sh).
 set -u
 cd "$(dirname "$0")/.."
+source dev/carried_data.sh
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
 BUDGET=${GPU_CHECK_BUDGET:-360}
@@ -78,7 +79,9 @@ for p in $PROGRAMS; do
     { [ -x "$p" ] && ! ldd "$p" 2>&1 | grep -q "not found"; } || carried_ok=0
 done
 if [ -n "${MST_REBUILD:-}" ] || [ $carried_ok -eq 0 ] || [ "$CAP" != 90 ]; then
-    step build 150 make -j16 -B GPU_ARCH="$GPU_ARCH" dev train_llama test_llama mst_hf
+    # make tracks no flags: the binaries go, to be built for this card; the carried data stay as they are
+    rm -f $PROGRAMS
+    step build 150 make -j16 GPU_ARCH="$GPU_ARCH" dev train_llama test_llama mst_hf
 else
     echo "using the carried sm_90a binaries (MST_REBUILD=1 rebuilds)" | tee -a "$SUMMARY"
 fi

@@ -5,10 +5,11 @@
 # MST chunks against -m 1 -M 1 at that size where both fit (target: MST at least 0.95x the tokens/s),
 # then (issue 6) a Hugging Face directory in, a checkpoint and a resume, and an export read by transformers.
 # Every command has a timeout and the whole script keeps to ${TRAINER_CHECK_BUDGET:-300} seconds (about
-# 3-4 minutes on an H100/H200). Data: dev/data/shards if present (carry it to the GPU machine; `make data`
-# makes it), else random tokens. Exit status: 0 when every step passed; failures print "FAILED: ...".
+# 3-4 minutes on an H100/H200). Data: dev/data/shards/ and tokenizer.model, carried to the GPU machine
+# (dev/carried_data.sh). Exit status: 0 when every step passed; failures print "FAILED: ...".
 set -u
 cd "$(dirname "$0")/.."
+source dev/carried_data.sh
 DEADLINE=$(( $(date +%s) + ${TRAINER_CHECK_BUDGET:-300} ))
 status=0
 note_failure() { echo "FAILED: $1"; status=1; }
@@ -31,20 +32,13 @@ nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
 echo "== test_llama"
 bounded 120 ./test_llama || note_failure "test_llama"
 
-if ls dev/data/shards/train_*.bin >/dev/null 2>&1 && ls dev/data/shards/val_*.bin >/dev/null 2>&1; then
-    data=(-i 'dev/data/shards/train_*.bin' -j 'dev/data/shards/val_*.bin')
-else
-    echo "(no shards in dev/data/shards: random tokens)"
-    data=(--random-tokens)
-fi
-
 log=$(mktemp -d)
-# train LIMIT NAME ARGS...: one train_llama run, its output shown and kept in $log/NAME.txt
+# train LIMIT NAME ARGS...: one train_llama run on the default shards, its output shown and kept in $log/NAME.txt
 train() {
     local limit=$1 name=$2
     shift 2
     echo "== ./train_llama $*"
-    bounded "$limit" ./train_llama "$@" "${data[@]}" 2>&1 | tee "$log/$name.txt"
+    bounded "$limit" ./train_llama "$@" 2>&1 | tee "$log/$name.txt"
     [ "${PIPESTATUS[0]}" -eq 0 ] || note_failure "train_llama $*"
 }
 # mean tokens/s of the steps after the first (the first loads kernels and picks cuBLASLt algorithms)

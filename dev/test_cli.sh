@@ -143,6 +143,50 @@ if make -n train_llama DEFAULT_SHARDS="$scratch/missing_000000.bin" 2>&1 | grep 
 else
     failed=$((failed + 1)); echo "FAIL: make train_llama does not prepare missing shards"
 fi
+# building without network (issue 21): present data are never deleted nor remade, even by `make -B`.
+# expect_plan_keeps_data NAME PATTERN MAKE_ARGS...: `make -n ARGS` (commands printed, none run) has a line
+# matching PATTERN and plans no npm, no apt-get, no make_shards.sh and no rm of shards (FORCE_DATA emptied:
+# a surrounding `make test FORCE_DATA=1` hands it down)
+expect_plan_keeps_data() {
+    local name=$1 pattern=$2; shift 2
+    local plan rc
+    plan=$(make -n "$@" FORCE_DATA= 2>&1); rc=$?
+    if [ "$rc" -eq 0 ] && printf '%s\n' "$plan" | grep -Eq "$pattern" &&
+       ! printf '%s\n' "$plan" | grep -Eq 'npm |apt-get|make_shards\.sh|rm .*shards'; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); echo "FAIL: $name: make -n $*: exit $rc:"; printf '%s\n' "$plan" | head -n 20
+    fi
+}
+mkdir -p "$scratch/shards" && : > "$scratch/shards/train_000000.bin"
+expect_plan_keeps_data "make -B train_llama with the shards present rebuilds only the trainer" "nvcc .* -o train_llama " \
+    -B train_llama DEFAULT_SHARDS="$scratch/shards/train_000000.bin"
+expect_plan_keeps_data "make data with the shards present keeps them and says how to remake them" "exists: kept .*make data FORCE_DATA=1" \
+    data DEFAULT_SHARDS="$scratch/shards/train_000000.bin"
+# make_shards.sh replaces the shards only once the new ones pass ./tokenize check: a stand-in tree whose
+# ./tokenize writes a shard per "shard" and exits $CHECK_STATUS on "check", and a stand-in bible command
+tree="$scratch/tree"
+mkdir -p "$tree/dev/data/shards" "$scratch/bin"
+cp dev/data/make_shards.sh "$tree/dev/data/"
+: > "$tree/dev/data/prepare_corpus.js"
+printf '#!/bin/sh\n' > "$scratch/bin/bible"
+printf '#!/bin/sh\ncase $1 in\nshard) [ "$2" = -n ] && shift 2; echo new > "$2_000000.bin" ;;\ncheck) exit "${CHECK_STATUS:-0}" ;;\nesac\n' > "$tree/tokenize"
+chmod +x "$scratch/bin/bible" "$tree/tokenize"
+echo old > "$tree/dev/data/shards/train_000000.bin"
+# shards_after NAME STATUS CONTENT: make_shards.sh with check exiting STATUS, then train_000000.bin holds CONTENT
+shards_after() {
+    local output rc
+    output=$(CHECK_STATUS=$2 PATH="$scratch/bin:$PATH" bash "$tree/dev/data/make_shards.sh" 2>&1); rc=$?
+    if [ $((rc == 0)) -eq $(($2 == 0)) ] && [ "$(cat "$tree/dev/data/shards/train_000000.bin")" = "$3" ] &&
+       ! ls -A "$tree/dev/data" | grep -q '^\.shards'; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); echo "FAIL: $1: exit $rc, train_000000.bin: $(cat "$tree/dev/data/shards/train_000000.bin"), dev/data: $(ls -A "$tree/dev/data")"
+        printf '%s\n' "$output" | head -n 10
+    fi
+}
+shards_after "make_shards.sh: a failed check leaves the old shards, and no temporary directory" 1 old
+shards_after "make_shards.sh: checked shards replace the old ones, and no temporary directory" 0 new
 # the newcomer's command (make train_llama has made the shards): on a machine without a GPU it must get
 # through every check to the GPU's absence; with a GPU it would train llama3-8b, which is not this test's job
 if nvidia-smi -L > /dev/null 2>&1; then
