@@ -242,8 +242,15 @@ void acquire(Block& b, CudaThread& t, const uint32_t* released) {
 // mbarrier (9.7.13.15)
 
 const char* describe_bar(char* text, size_t size, const uint64_t* bar, const MBarrier& m) {
-    snprintf(text, size, "the mbarrier at shared 0x%x (phase %u, %u of %u arrivals pending, tx-count %lld, %zu TMA transfers in "
-             "flight)", shared_of(bar), m.phase, m.pending, m.expected, (long long)m.tx, m.in_flight.size() + m.done.size());
+    snprintf(text, size, "the mbarrier at shared 0x%x (phase %u: %u/%u arrivals pending, tx-count %lld, %zu TMA in flight)",
+             shared_of(bar), m.phase, m.pending, m.expected, (long long)m.tx, m.in_flight.size() + m.done.size());
+    return text;
+}
+// what a blocked waiter shows in the engine's deadlock line (kept short: the line shows four of them)
+std::string describe_wait(const uint64_t* bar, uint32_t parity, const MBarrier& m) {
+    char text[160];
+    snprintf(text, sizeof text, "mbarrier.try_wait.parity %u, shared 0x%x (phase %u: %u/%u arrivals pending, tx-count %lld)", parity,
+             shared_of(bar), m.phase, m.pending, m.expected, (long long)m.tx);
     return text;
 }
 
@@ -314,10 +321,7 @@ bool tma_progress(Block& b) {
     for (int i = 0; i < b.threads; i++) {
         ThreadState& ts = s.thread[i];
         if (!ts.wait_bar || b.thread[i].status != BLOCKED) continue;
-        char text[256];
-        const MBarrier& m = s.bars[(uintptr_t)ts.wait_bar];
-        ts.waiting = std::string("mbarrier.try_wait.parity ") + std::to_string(ts.wait_parity) + " on " +
-                     describe_bar(text, sizeof text, ts.wait_bar, m) + ": a phase that never completes";
+        ts.waiting = describe_wait(ts.wait_bar, ts.wait_parity, s.bars[(uintptr_t)ts.wait_bar]);
         b.thread[i].waiting_at = ts.waiting.c_str();
     }
     return false;
@@ -415,10 +419,9 @@ bool mbarrier_try_wait_parity(uint64_t* bar, uint32_t parity) {
             ts.wait_bar = nullptr;
             return true;
         }
-        char text[256];
         ts.wait_bar = bar;
         ts.wait_parity = parity;
-        ts.waiting = std::string("mbarrier.try_wait.parity ") + std::to_string(parity) + " on " + describe_bar(text, sizeof text, bar, m);
+        ts.waiting = describe_wait(bar, parity, m);
         block_current_thread(ts.waiting.c_str());
     }
 }
@@ -768,10 +771,15 @@ void setmaxnreg(bool increase, int registers) {
     ts.increase = increase;
     ts.registers = registers;
     // the kind carries the action and count: threads of one warpgroup executing different ones are reported
-    static std::string names[2][33];
-    std::string& name = names[increase][registers / 8];
-    if (name.empty()) name = std::string("setmaxnreg.") + (increase ? "inc" : "dec") + ".sync.aligned.u32 " + std::to_string(registers);
-    warpgroup_collective(KIND_SETMAXNREG + 2 * registers + (increase ? 1 : 0), name.c_str(), complete_setmaxnreg);
+    struct Names {
+        std::string text[2][33];
+        Names() {
+            for (int inc = 0; inc < 2; inc++)
+                for (int n = 0; n <= 256; n += 8) text[inc][n / 8] = std::string("setmaxnreg.") + (inc ? "inc" : "dec") + ".sync.aligned.u32 " + std::to_string(n);
+        }
+    };
+    static const Names names;  // made once (thread-safe static initialization): blocks run on several workers
+    warpgroup_collective(KIND_SETMAXNREG + 2 * registers + (increase ? 1 : 0), names.text[increase][registers / 8].c_str(), complete_setmaxnreg);
 }
 
 }  // namespace mst_cpu
