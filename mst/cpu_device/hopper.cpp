@@ -535,13 +535,25 @@ float bf16_value(uint16_t bits) {
 int acc_row(int t, int i) { return 16 * (t / 32) + (t % 32) / 4 + 8 * ((i / 2) % 2); }
 int acc_col(int t, int i) { return 8 * (i / 4) + 2 * (t % 4) + i % 2; }
 
-// An operand of `rows` (M or N) x 16 (K) bf16 in shared memory through a matrix descriptor (9.7.15.5.1.2.2),
-// element (r, k) into out[r][k]; each 16-byte chunk read is appended to chunks. The canonical layouts of
-// 9.7.15.5.1.2.1.3 (T = 8 bf16 per 16 bytes, W = the swizzle's bytes), swizzle applied to the summed address:
+// The shared address of bf16 element (r, k) (r: M or N, k: K) of a wgmma operand, from the descriptor's start,
+// LBO, SBO and swizzle bytes W (0: none): the canonical layouts of 9.7.15.5.1.2.1.3 (T = 8 bf16 per 16 bytes),
+// the swizzle applied to the summed address:
 //   K-major, swizzled:  (r % 8) W + (r / 8) SBO + 2 k
 //   MN-major, swizzled: 2 (r % (W/2)) + (r / (W/2)) LBO + (k % 8) W + (k / 8) SBO
 //   K-major, none:      (r % 8) 16 + (r / 8) SBO + 2 (k % 8) + (k / 8) LBO
 //   MN-major, none:     2 (r % 8) + (r / 8) SBO + (k % 8) 16 + (k / 8) LBO
+uint32_t operand_address(uint32_t start, uint32_t lbo, uint32_t sbo, int W, bool mn_major, int r, int k) {
+    uint32_t logical;
+    if (W) logical = mn_major ? start + 2 * (r % (W / 2)) + (r / (W / 2)) * lbo + (k % 8) * W + (k / 8) * sbo
+                              : start + (r % 8) * W + (r / 8) * sbo + 2 * k;
+    else logical = mn_major ? start + 2 * (r % 8) + (r / 8) * sbo + (k % 8) * 16 + (k / 8) * lbo
+                            : start + (r % 8) * 16 + (r / 8) * sbo + 2 * (k % 8) + (k / 8) * lbo;
+    return swizzle_address(logical, W);
+}
+
+// An operand of `rows` (M or N) x 16 (K) bf16 in shared memory through a matrix descriptor (9.7.15.5.1.2.2),
+// element (r, k) into out[r][k], read 16 bytes (8 elements along the contiguous dimension) at a time; each chunk
+// read is appended to chunks.
 void read_operand(CudaThread& t, uint64_t desc, int rows, bool mn_major, double (*out)[16], std::vector<const void*>& chunks,
                   const char* which) {
     const uint32_t start = (uint32_t)(desc & 0x3fff) << 4, lbo = (uint32_t)((desc >> 16) & 0x3fff) << 4,
@@ -561,8 +573,7 @@ void read_operand(CudaThread& t, uint64_t desc, int rows, bool mn_major, double 
                          start % W, W);
     }
     const uint32_t limit = (uint32_t)current_block().launch->dynamic_smem;
-    auto read_chunk = [&](uint32_t logical, double* dst, int stride) {
-        uint32_t physical = swizzle_address(logical, W);
+    auto read_chunk = [&](uint32_t physical, double* dst, int stride) {
         if (physical + 16 > limit)
             kernel_fatal(&t, "wgmma.mma_async: %s descriptor (start 0x%x, LBO %u, SBO %u) reads shared 0x%x, past the launch's %u bytes of "
                          "dynamic shared memory", which, start, lbo, sbo, physical, limit);
@@ -576,18 +587,12 @@ void read_operand(CudaThread& t, uint64_t desc, int rows, bool mn_major, double 
     double column[8];
     if (!mn_major) {
         for (int r = 0; r < rows; r++)
-            for (int kc = 0; kc < 2; kc++) {
-                uint32_t logical = W ? start + (r % 8) * W + (r / 8) * sbo + 16 * kc : start + (r % 8) * 16 + (r / 8) * sbo + kc * lbo;
-                read_chunk(logical, &out[r][8 * kc], 1);
-            }
+            for (int kc = 0; kc < 2; kc++) read_chunk(operand_address(start, lbo, sbo, W, false, r, 8 * kc), &out[r][8 * kc], 1);
     } else {
         for (int k = 0; k < 16; k++)
             for (int rc = 0; rc < rows / 8; rc++) {
-                int r = 8 * rc;
-                uint32_t logical = W ? start + 2 * (r % (W / 2)) + (r / (W / 2)) * lbo + (k % 8) * W + (k / 8) * sbo
-                                     : start + rc * sbo + (k % 8) * 16 + (k / 8) * lbo;
-                read_chunk(logical, column, 1);
-                for (int e = 0; e < 8; e++) out[r + e][k] = column[e];
+                read_chunk(operand_address(start, lbo, sbo, W, true, 8 * rc, k), column, 1);
+                for (int e = 0; e < 8; e++) out[8 * rc + e][k] = column[e];
             }
     }
 }
