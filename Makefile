@@ -160,7 +160,7 @@ dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config
 # Kernel code is compiled with GCC's ThreadSanitizer instrumentation only (no libtsan is linked: the CPU
 # device's race tracker defines its callbacks); the CPU device itself is compiled without it.
 CPU_BUILD = build/cpu
-CPU_RUNTIME_SOURCES = mst/cpu_device/engine.cpp mst/cpu_device/runtime.cpp mst/cpu_device/cublaslt.cpp
+CPU_RUNTIME_SOURCES = mst/cpu_device/engine.cpp mst/cpu_device/runtime.cpp mst/cpu_device/cublaslt.cpp mst/cpu_device/hopper.cpp
 CPU_RUNTIME_OBJECTS = $(patsubst mst/cpu_device/%.cpp,$(CPU_BUILD)/%.o,$(CPU_RUNTIME_SOURCES))
 CPU_DEVICE_HEADERS = mst/cpu_device/cpu_device.h mst/cpu_device/engine.h mst/cpu_device/runtime.h mst/ptx.h mst/launch.h
 CPU_DEVICE_FLAGS = -std=c++17 -O2 -g -fopenmp -march=x86-64-v2 -fno-strict-aliasing -Wall -I. -I$(CUDA_HOME)/include

@@ -14,14 +14,17 @@
 //                  overlap (S(j) with PV(j-1) in flight). Then a benchmark at the training shape. Reference: attention_forward_cpu (fp32) with FlashAttention-3's rule
 //                  |ours - ref32| <= 2 |ref_bf16 - ref32| + atol, where ref_bf16 rounds S, P and O to bf16.
 // UNVERIFIED on a GPU until dev/gpu_check.sh has run it (GPU_CHECK_ONLY=hopper_blocks). Other cards: SKIP lines.
-// Build: make dev (sm_80 compiles empty kernel bodies; the sm_90a pass holds the real code).
+// Build: make dev (sm_80 compiles empty kernel bodies; the sm_90a pass holds the real code). The PTX instructions
+// are mst/ptx.h's named functions (no asm here). On the CPU device (make dev/cuda/bin/hopper_blocks_cpu), which
+// stands in for an sm_90a card, they run by the PTX ISA's semantics (mst/cpu_device/hopper.cpp): TMA tiles land
+// only at their mbarrier phase, wgmma results only at wgmma.wait_group, shared memory race-checked; no benchmarks.
 #include <cuda.h>  // CUtensorMap and its enums only: the encoder comes from the driver at run time (no -lcuda)
 #include <cudaTypedefs.h>
 
 #include "common.h"
 
-#if defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)
-#define HOPPER_CODE 1  // the sm_90a pass: wgmma, setmaxnreg
+#if (defined(__CUDA_ARCH__) && defined(__CUDA_ARCH_FEAT_SM90_ALL)) || defined(MST_CPU_DEVICE)
+#define HOPPER_CODE 1  // the sm_90a pass: wgmma, setmaxnreg (the CPU device stands in for an sm_90a card)
 #endif
 
 constexpr int BM_WG = 64;        // query rows per consumer warpgroup (wgmma's M)
@@ -59,85 +62,41 @@ __host__ __device__ __forceinline__ uint64_t smem_desc(uint32_t addr, uint32_t l
 }
 
 #ifdef HOPPER_CODE
-__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) {
-    asm volatile("mbarrier.init.shared::cta.b64 [%0], %1;" ::"r"(smem_u32(bar)), "r"(count));
-}
-__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) {
-    asm volatile("mbarrier.arrive.expect_tx.shared::cta.b64 _, [%0], %1;" ::"r"(smem_u32(bar)), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void mbar_arrive(uint64_t* bar) {
-    asm volatile("mbarrier.arrive.shared::cta.b64 _, [%0];" ::"r"(smem_u32(bar)) : "memory");
-}
-__device__ __forceinline__ bool mbar_try_wait(uint64_t* bar, uint32_t parity) {
-    uint32_t done;
-    asm volatile(
-        "{\n.reg .pred p;\nmbarrier.try_wait.parity.shared::cta.b64 p, [%1], %2;\nselp.u32 %0, 1, 0, p;\n}"
-        : "=r"(done) : "r"(smem_u32(bar)), "r"(parity) : "memory");
-    return done;
-}
+__device__ __forceinline__ void mbar_init(uint64_t* bar, int count) { mst::mbarrier_init(bar, (uint32_t)count); }
+__device__ __forceinline__ void mbar_expect_tx(uint64_t* bar, uint32_t bytes) { mst::mbarrier_arrive_expect_tx(bar, bytes); }
+__device__ __forceinline__ void mbar_arrive(uint64_t* bar) { mst::mbarrier_arrive(bar); }
 // waits until the phase of parity `parity` has completed (phase k has parity k & 1). A dev program: after 5 s
 // it traps (the launch fails with an error, CUDA_CHECK names the line) instead of hanging the device run. No
-// printf here: a function call inside the wgmma pipeline makes ptxas serialize the wgmmas (C7510).
+// printf here: a function call inside the wgmma pipeline makes ptxas serialize the wgmmas (C7510). (The CPU
+// device blocks in the try_wait instead and reports a wait that can never complete.)
 __device__ __forceinline__ void mbar_wait(uint64_t* bar, uint32_t parity) {
     uint64_t start = 0, now;
-    for (int n = 0; !mbar_try_wait(bar, parity); n++) {
-        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(now));
+    for (int n = 0; !mst::mbarrier_try_wait_parity(bar, parity); n++) {
+        now = mst::globaltimer();
         if (n == 0) start = now;
         else if (now - start > 5000000000ull) __trap();
     }
 }
 // one box of 64 columns x rows of a 3-D map {hd, heads, T} at (col, head, row); completes on bar
 __device__ __forceinline__ void tma_load(void* dst, const CUtensorMap* map, uint64_t* bar, int col, int head, int row) {
-    asm volatile(
-        "cp.async.bulk.tensor.3d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4}], [%5];"
-        ::"r"(smem_u32(dst)), "l"(map), "r"(col), "r"(head), "r"(row), "r"(smem_u32(bar)) : "memory");
+    mst::cp_async_bulk_tensor_3d(dst, map, bar, col, head, row);
 }
-__device__ __forceinline__ void wgmma_fence() { asm volatile("wgmma.fence.sync.aligned;" ::: "memory"); }
-__device__ __forceinline__ void wgmma_commit() { asm volatile("wgmma.commit_group.sync.aligned;" ::: "memory"); }
+__device__ __forceinline__ void wgmma_fence() { mst::wgmma_fence(); }
+__device__ __forceinline__ void wgmma_commit() { mst::wgmma_commit_group(); }
 // waits until at most N committed groups are still running
 template <int N>
-__device__ __forceinline__ void wgmma_wait() { asm volatile("wgmma.wait_group.sync.aligned %0;" ::"n"(N) : "memory"); }
-// pins accumulator registers in place around the asynchronous wgmma: without it the compiler may move reads
-// of the results above wgmma.wait_group (it sees the outputs as written by the issuing asm) (CUTLASS's
-// warpgroup_fence_operand)
+__device__ __forceinline__ void wgmma_wait() { mst::wgmma_wait_group<N>(); }
+// pins accumulator registers in place around the asynchronous wgmma (mst::wgmma_fence_operand)
 template <int N>
-__device__ __forceinline__ void fence_regs(float* d) {
-    for (int i = 0; i < N; i++) asm volatile("" : "+f"(d[i])::"memory");
-}
+__device__ __forceinline__ void fence_regs(float* d) { mst::wgmma_fence_operand<N>(d); }
 
-#define R8(i) "+f"(d[i + 0]), "+f"(d[i + 1]), "+f"(d[i + 2]), "+f"(d[i + 3]), "+f"(d[i + 4]), "+f"(d[i + 5]), "+f"(d[i + 6]), "+f"(d[i + 7])
 // d[32] += A (64x16, smem K-major) * B (64x16, smem K-major)^T; scale_d 0 overwrites d
 __device__ __forceinline__ void wgmma_ss_n64(float* d, uint64_t desc_a, uint64_t desc_b, int scale_d) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %34, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
-        "%23, %24, %25, %26, %27, %28, %29, %30, %31}, %32, %33, p, 1, 1, 0, 0;\n}"
-        : R8(0), R8(8), R8(16), R8(24)
-        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+    mst::wgmma_m64n64k16_ss(d, desc_a, desc_b, scale_d);
 }
 // d[N/2] += A (64x16 bf16, registers) * B (16xN, smem MN-major: the transpose bit)
-__device__ __forceinline__ void wgmma_rs_n64(float* d, const uint32_t* a, uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %37, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n64k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
-        "%23, %24, %25, %26, %27, %28, %29, %30, %31}, {%32, %33, %34, %35}, %36, p, 1, 1, 1;\n}"
-        : R8(0), R8(8), R8(16), R8(24)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-__device__ __forceinline__ void wgmma_rs_n128(float* d, const uint32_t* a, uint64_t desc_b) {
-    asm volatile(
-        "{\n.reg .pred p;\nsetp.ne.b32 p, %69, 0;\n"
-        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
-        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
-        "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "
-        "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
-        "{%64, %65, %66, %67}, %68, p, 1, 1, 1;\n}"
-        : R8(0), R8(8), R8(16), R8(24), R8(32), R8(40), R8(48), R8(56)
-        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "l"(desc_b), "r"(1));
-}
-#undef R8
+__device__ __forceinline__ void wgmma_rs_n64(float* d, const uint32_t* a, uint64_t desc_b) { mst::wgmma_m64n64k16_rs_transb(d, a, desc_b); }
+__device__ __forceinline__ void wgmma_rs_n128(float* d, const uint32_t* a, uint64_t desc_b) { mst::wgmma_m64n128k16_rs_transb(d, a, desc_b); }
 #endif  // HOPPER_CODE
 
 // ----------------------------------------------------------------------------
@@ -220,7 +179,7 @@ template <int HD>
 __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_t* empty, const CUtensorMap* q_map,
                         const CUtensorMap* k_map, const CUtensorMap* v_map, int row0, int q_head, int q0, int kv_head, int nblocks) {
     using L = RingLayout<HD>;
-    asm volatile("setmaxnreg.dec.sync.aligned.u32 40;");  // 40 x 128 + 232 x 256 = the 168 x 384 held at launch
+    mst::setmaxnreg_dec<40>();  // 40 x 128 + 232 x 256 = the 168 x 384 held at launch
     if (threadIdx.x != 0) return;
     if (q_map) {
         mbar_expect_tx(q_full, L::q_bytes);
@@ -240,7 +199,7 @@ __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_
 __device__ __forceinline__ void init_barriers(uint64_t* bars, int n, int n_many, int many = 0) {
     if (threadIdx.x == 0) {
         for (int i = 0; i < n + n_many; i++) mbar_init(&bars[i], i < n ? 1 : many);
-        asm volatile("fence.mbarrier_init.release.cluster;" ::: "memory");
+        mst::fence_mbarrier_init();
     }
     __syncthreads();
 }
@@ -262,7 +221,7 @@ template <int HD>
 __global__ void __launch_bounds__(THREADS, 1) tma_ring_kernel(bf16* k_out, bf16* v_out, const __grid_constant__ CUtensorMap k_map,
                                                               const __grid_constant__ CUtensorMap v_map, int head, int nblocks) {
 #ifdef HOPPER_CODE
-    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem_raw = mst::dynamic_shared_memory();
     uint8_t* smem = align1024(smem_raw);
     uint64_t* bars = ring_setup<HD>(smem);
     uint64_t *full = bars + 1, *empty = bars + 1 + STAGES;
@@ -270,7 +229,7 @@ __global__ void __launch_bounds__(THREADS, 1) tma_ring_kernel(bf16* k_out, bf16*
     if (wg == 0) {
         produce<HD>(smem, bars, full, empty, nullptr, &k_map, &v_map, 0, 0, 0, head, nblocks);
     } else {
-        asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+        mst::setmaxnreg_inc<232>();
         int t = threadIdx.x - 128;  // 0 .. 255 over both consumers
         for (int j = 0; j < nblocks; j++) {
             int s = j % STAGES;
@@ -293,7 +252,7 @@ template <int HD>
 __global__ void __launch_bounds__(128, 1) qk_kernel(float* s_out, const __grid_constant__ CUtensorMap q_map,
                                                     const __grid_constant__ CUtensorMap k_map) {
 #ifdef HOPPER_CODE
-    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem_raw = mst::dynamic_shared_memory();
     uint8_t* q = align1024(smem_raw);
     uint8_t* k = q + BM_WG * HD * 2;
     __shared__ __align__(8) uint64_t bar;
@@ -317,7 +276,7 @@ __global__ void __launch_bounds__(128, 1) qk_kernel(float* s_out, const __grid_c
 template <int HD>
 __global__ void __launch_bounds__(128, 1) pv_kernel(float* o_out, const float* p_in, const __grid_constant__ CUtensorMap v_map) {
 #ifdef HOPPER_CODE
-    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem_raw = mst::dynamic_shared_memory();
     uint8_t* v = align1024(smem_raw);
     __shared__ __align__(8) uint64_t bar;
     init_barriers(&bar, 1, 0);
@@ -375,7 +334,7 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
                                                                     const __grid_constant__ CUtensorMap k_map,
                                                                     const __grid_constant__ CUtensorMap v_map, int T, int H, int KV) {
 #ifdef HOPPER_CODE
-    extern __shared__ uint8_t smem_raw[];
+    uint8_t* smem_raw = mst::dynamic_shared_memory();
     using L = RingLayout<HD>;
     uint8_t* smem = align1024(smem_raw);
     uint64_t* bars = ring_setup<HD>(smem);
@@ -388,7 +347,7 @@ __global__ void __launch_bounds__(THREADS, 1) attention_sm90_kernel(bf16* out, f
         produce<HD>(smem, q_full, full, empty, &q_map, &k_map, &v_map, b * T, h, q0, kvh, nblocks);
         return;
     }
-    asm volatile("setmaxnreg.inc.sync.aligned.u32 232;");
+    mst::setmaxnreg_inc<232>();
     int c = wg - 1, t = threadIdx.x % 128;
     int wg_row0 = q0 + c * BM_WG;
     const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);  // softmax in exp2: scores x scale x log2(e)
@@ -680,6 +639,9 @@ int main(int argc, char** argv) {
         return 0;
     }
     parse_args(argc, argv);
+#ifdef MST_CPU_DEVICE
+    g_bench = false;  // the CPU device would time the CPU: benchmarks are a GPU's to run
+#endif
     check_tma_ring<64>(5 * BN - 13);   // 5 blocks through 2 stages; the last one partly past T
     check_tma_ring<128>(3 * BN + 1);
     check_qk<64>();

@@ -331,7 +331,7 @@ void block_current_thread(const char* what) {
 }
 
 // a running fiber gives the schedule a chance to run another (after it released others at a barrier)
-static void yield_current_thread() {
+void yield_current_thread() {
     Worker* w = tls_worker;
     CudaThread& t = *w->current;
     t.status = RUNNABLE;
@@ -341,6 +341,19 @@ static void yield_current_thread() {
 
 static void land_all_async(CudaThread& t);
 
+// the asynchronous units (register_async_unit): hopper.cpp's TMA unit
+struct AsyncUnit {
+    bool (*progress)(Block&);
+    void (*block_end)(Block&);
+};
+static std::vector<AsyncUnit>& async_units() { static auto* v = new std::vector<AsyncUnit>; return *v; }
+void register_async_unit(bool (*progress)(Block&), void (*block_end)(Block&)) { async_units().push_back({progress, block_end}); }
+static bool async_progress(Block& b) {
+    for (const AsyncUnit& u : async_units())
+        if (u.progress && u.progress(b)) return true;
+    return false;
+}
+
 static void thread_exits(Block& b, CudaThread& t) {
     land_all_async(t);
     Warp& w = b.warp[t.warp];
@@ -349,6 +362,10 @@ static void thread_exits(Block& b, CudaThread& t) {
         if (b.barrier[id].arrived > 0)
             kernel_fatal(&t, "exits while %d threads wait at bar.sync %d (%s): a barrier every thread counts must be "
                          "reached by all of them", b.barrier[id].arrived, id, id == 0 ? "__syncthreads" : "named barrier");
+    const WarpgroupCollective& wg = b.warpgroup[t.warp / 4];
+    if (wg.arrived > 0)
+        kernel_fatal(&t, "exits while %d threads of its warpgroup wait at %s (a warpgroup instruction needs all 128)", wg.arrived,
+                     wg.kind_name);
     b.live--;
 }
 
@@ -386,6 +403,7 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
         wp.arrived = 0;
     }
     for (NamedBarrier& nb : b.barrier) { nb.expected = nb.arrived = 0; nb.warps = 0; }
+    for (WarpgroupCollective& wg : b.warpgroup) wg.arrived = 0;
     // dynamic shared memory: poisoned, and the read sets of the last block forgotten
     if (g.dynamic_smem) poison(w->dynamic_smem, g.dynamic_smem);
     w->read_sets.clear();
@@ -395,6 +413,7 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
         int i = pick(b);
         if (i < 0) {
             if (b.live == 0) break;
+            if (async_progress(b)) continue;  // an asynchronous unit completed work (and may have woken fibers)
             deadlock(b);
         }
         CudaThread& t = b.thread[i];
@@ -414,6 +433,8 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
             ran.stack = nullptr;
         }
     }
+    for (const AsyncUnit& u : async_units())
+        if (u.block_end) u.block_end(b);
     w->tracking = false;
     b.launch = nullptr;
 }
@@ -631,6 +652,35 @@ void warp_collective(int kind, const char* name, void (*complete)(Block&, int wa
     w.arrived = 0;
     w.vc[t.warp]++;  // the lanes have synchronized
     for (int l = 0; l < w.lanes; l++) make_runnable(b, t.warp * 32 + l);
+    yield_current_thread();
+}
+
+void warpgroup_collective(int kind, const char* name, void (*complete)(Block&, int warpgroup)) {
+    CudaThread& t = current_thread();
+    Block& b = tls_worker->block;
+    const int g = t.warp / 4;
+    if (b.threads < 128 * (g + 1))
+        kernel_fatal(&t, "%s: its warpgroup (threads %d-%d) is incomplete, the block has %d threads (a warpgroup is 4 whole warps)",
+                     name, 128 * g, 128 * g + 127, b.threads);
+    WarpgroupCollective& wg = b.warpgroup[g];
+    if (wg.arrived == 0) {
+        wg.kind = kind;
+        wg.kind_name = name;
+        for (int i = 128 * g; i < 128 * (g + 1); i++)
+            if (b.thread[i].status == DONE)
+                kernel_fatal(&t, "%s: thread %d of the warpgroup has exited (a warpgroup instruction needs all 128)", name, i);
+    } else if (wg.kind != kind) {
+        kernel_fatal(&t, "%s while other threads of its warpgroup wait at %s (warpgroup instructions must be .aligned: the "
+                     "same instruction by all 128 threads)", name, wg.kind_name);
+    }
+    if (++wg.arrived < 128) {
+        block_current_thread(name);
+        return;
+    }
+    complete(b, g);
+    wg.arrived = 0;
+    for (int w = 4 * g; w < 4 * (g + 1); w++) b.warp[w].vc[w]++;  // each warp's lanes have synchronized (.sync)
+    for (int i = 128 * g; i < 128 * (g + 1); i++) make_runnable(b, i);
     yield_current_thread();
 }
 

@@ -64,6 +64,13 @@ struct Warp {
     const char* kind_name = nullptr;
 };
 
+// a warpgroup collective (wgmma, setmaxnreg: 4 whole warps, 128 threads) in progress
+struct WarpgroupCollective {
+    int arrived = 0;
+    int kind = 0;
+    const char* kind_name = nullptr;
+};
+
 struct NamedBarrier {
     int expected = 0, arrived = 0;
     uint32_t warps = 0;                // warps of the threads arrived so far (bit per warp)
@@ -101,6 +108,7 @@ struct Block {
     std::vector<CudaThread> thread;
     Warp warp[MAX_WARPS];
     NamedBarrier barrier[MAX_NAMED_BARRIERS];
+    WarpgroupCollective warpgroup[MAX_WARPS / 4];
     uint64_t runnable[MAX_BLOCK_THREADS / 64];
     int last_picked = -1;
     uint64_t rng = 0;
@@ -131,9 +139,19 @@ Block& current_block();
 // the calling fiber blocks (status BLOCKED, waiting at `what`) until something makes it runnable
 void block_current_thread(const char* what);
 void make_runnable(Block& b, int thread);
+// the running fiber lets the schedule run another runnable one first (it stays runnable)
+void yield_current_thread();
 // a warp collective: each lane sets current_thread().collective, then calls this; the last lane to arrive
 // calls complete(block, warp) with all lanes' operands, and every lane returns after it
 void warp_collective(int kind, const char* name, void (*complete)(Block&, int warp));
+// a warpgroup collective (PTX ISA 9.7.15.1: 4 contiguous warps, threads 128 g .. 128 g + 127): all 128 threads
+// of the caller's warpgroup arrive with the same kind; the last calls complete(block, g), and all return after
+// it. It orders nothing between the four warps (each warp's own clock ticks, as at a warp collective).
+void warpgroup_collective(int kind, const char* name, void (*complete)(Block&, int warpgroup));
+// Asynchronous units outside the fibers (hopper.cpp: the TMA unit). progress: called when no fiber of the
+// block can run, before a deadlock is reported; it completes some pending asynchronous work and returns
+// whether it did (fibers it woke run next). block_end: called when every thread of the block has exited.
+void register_async_unit(bool (*progress)(Block&), void (*block_end)(Block&));
 // A shared-memory access by thread t (not necessarily the running fiber: collectives read for their
 // lanes): bounds, races, reads of bytes never written or not landed. async: a cp.async/TMA write, pending
 // until land_async.
