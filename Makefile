@@ -196,8 +196,8 @@ dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_co
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
 	$(CPU_LINK) $(CPU_BUILD)/$*.o
 
-# the kernel programs of dev/cuda on the CPU device (hopper_blocks once the CPU device runs sm_90a code)
-CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm matmul rmsnorm rope swiglu)
+# every kernel program of dev/cuda, on the CPU device
+CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
 cpu_dev: $(CPU_DEV_PROGRAMS)
 .PHONY: cpu_dev
 
