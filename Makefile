@@ -175,7 +175,7 @@ $(CPU_BUILD)/%.o: mst/cpu_device/%.cpp $(CPU_DEVICE_HEADERS)
 	@mkdir -p $(CPU_BUILD)
 	$(CXX) $(CPU_DEVICE_FLAGS) -O3 -c -o $@ $<
 # program.cu -> program_cpu: compiled as C++ against the CUDA headers, linked with the CPU device
-CPU_LINK = $(CXX) $(CPU_DEVICE_FLAGS) -o $@ $(CPU_RUNTIME_OBJECTS) -lpthread -ldl
+CPU_LINK = $(CXX) $(CPU_DEVICE_FLAGS) $(CPU_EXTRA_FLAGS) -o $@ $(CPU_RUNTIME_OBJECTS) -lpthread -ldl
 test_llama_cpu: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/test_llama.o $<
 	$(CPU_LINK) $(CPU_BUILD)/test_llama.o
@@ -191,9 +191,11 @@ $(CPU_BUILD)/asan/%.o: mst/cpu_device/%.cpp $(CPU_DEVICE_HEADERS)
 test_llama_cpu_asan: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS))
 	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -x c++ -include mst/cpu_device/cpu_device.h -Wno-unknown-pragmas -c -o $(CPU_BUILD)/asan/test_llama.o $<
 	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -o $@ $(CPU_BUILD)/asan/test_llama.o $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS)) -lpthread -ldl
+# large_shapes: index math at T = 1,048,576 under UBSan too (a signed overflow is reported where it happens)
+dev/cuda/bin/large_shapes_cpu: CPU_EXTRA_FLAGS = -fsanitize=undefined -fno-sanitize-recover=undefined
 dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	@mkdir -p dev/cuda/bin $(CPU_BUILD)
-	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
+	$(CXX) $(CPU_KERNEL_FLAGS) $(CPU_EXTRA_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
 	$(CPU_LINK) $(CPU_BUILD)/$*.o
 
 # every kernel program of dev/cuda, on the CPU device
@@ -203,7 +205,7 @@ cpu_dev: $(CPU_DEV_PROGRAMS)
 
 # ---- the whole suite: CPU tests and the CPU device always, the GPU build's tests where a GPU is present ----
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_tokenizer ./test_checkpoint ./test_llama_cpu
+TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_tokenizer ./test_checkpoint ./test_cpu_gemm ./test_llama_cpu
 ifeq ($(HAVE_GPU),1)
 TEST_PROGRAMS += ./test_llama
 endif

@@ -5,6 +5,8 @@
 // on the stream and run by the CPU device's engine (mst/cpu_device/), with the kernel's name for its error
 // lines. The kernel is a template argument, so a kernel template's commas need no macro tricks.
 #pragma once
+#include <cstdint>
+#include <vector>
 #include <cuda_runtime.h>
 
 namespace mst {
@@ -26,6 +28,25 @@ static constexpr bool on_cpu_device() {
     return true;
 #else
     return false;
+#endif
+}
+
+// The CPU device's sampled-block mode: each launch runs `blocks` of its blocks (the first, the last and a
+// seeded few; sampled_blocks(grid) lists them), for shapes too large for a CPU. A GPU runs every block.
+static inline void set_block_sampling(int blocks) {
+#ifdef MST_CPU_DEVICE
+    mst_cpu::set_block_sampling(blocks);
+#else
+    (void)blocks;
+#endif
+}
+static inline std::vector<uint32_t> sampled_blocks(dim3 grid) {
+#ifdef MST_CPU_DEVICE
+    return mst_cpu::sampled_blocks(grid);
+#else
+    std::vector<uint32_t> all((size_t)grid.x * grid.y * grid.z);
+    for (size_t i = 0; i < all.size(); i++) all[i] = (uint32_t)i;
+    return all;
 #endif
 }
 

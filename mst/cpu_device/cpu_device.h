@@ -25,6 +25,7 @@
 #include <tuple>
 #include <type_traits>
 #include <utility>
+#include <vector>
 #include <cuda_runtime.h>
 #include <cuda_bf16.h>
 // these declare threadIdx & co. for host code: included before the macros below replace those names
@@ -66,6 +67,12 @@ void* generic_address(uint32_t shared);           // and back
 // ---- launching (mst/launch.h's launch() calls this): the grid runs in stream order ----
 void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block, size_t dynamic_smem,
             cudaStream_t stream, std::function<void()> body);
+
+// ---- sampled-block mode (or MST_CPU_SAMPLE_BLOCKS=N): each launch runs only N of its blocks, the first, the
+// last and a seeded few (sampled_blocks(grid) says which, linear indices), for shapes too large to run
+// whole on a CPU; 0 runs every block ----
+void set_block_sampling(int blocks);
+std::vector<uint32_t> sampled_blocks(dim3 grid);
 
 // ---- the program's memory regions (mst/launch.h): guards between them, checked after every operation ----
 size_t region_guard_bytes();

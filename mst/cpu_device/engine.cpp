@@ -70,6 +70,7 @@ void poison(void* p, size_t bytes) {
 // configuration (environment, or set_schedule from a test)
 
 struct Config {
+    int sample_blocks = 0;  // > 0: sampled-block mode, this many blocks of each launch run
     Schedule schedule = SCHEDULE_RANDOM;
     uint64_t seed = 1;
     int workers = 0;
@@ -94,6 +95,7 @@ static Config& config() {
         if (const char* s = getenv("MST_CPU_THREADS")) c.workers = atoi(s);
         if (c.workers < 1) c.workers = 1;
         if (const char* s = getenv("MST_CPU_RACECHECK")) c.race_check = strcmp(s, "0") != 0;
+        if (const char* s = getenv("MST_CPU_SAMPLE_BLOCKS")) c.sample_blocks = std::max(0, atoi(s));
         return c;
     }();
     return c;
@@ -407,6 +409,7 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
     // dynamic shared memory: poisoned, and the read sets of the last block forgotten
     if (g.dynamic_smem) poison(w->dynamic_smem, g.dynamic_smem);
     w->read_sets.clear();
+    w->free_read_sets.clear();
     w->tracking = config().race_check;
 
     for (;;) {
@@ -561,6 +564,25 @@ static uint64_t g_launches = 0;
 void launch(const char* kernel_name, const void* kernel_id, dim3 grid, dim3 block, size_t dynamic_smem,
             cudaStream_t stream, std::function<void()> body);  // runtime.cpp: checks, then run_launch in stream order
 
+// Sampled-block mode (set_block_sampling): the first and last blocks and a seeded few others, in order
+std::vector<uint32_t> sampled_blocks(dim3 grid) {
+    size_t blocks = (size_t)grid.x * grid.y * grid.z, want = (size_t)config().sample_blocks;
+    std::vector<uint32_t> chosen;
+    if (want == 0 || want >= blocks) {
+        for (size_t i = 0; i < blocks; i++) chosen.push_back((uint32_t)i);
+        return chosen;
+    }
+    chosen = {0, (uint32_t)(blocks - 1)};
+    uint64_t state = config().seed ^ blocks ^ ((uint64_t)grid.y << 40);
+    while (chosen.size() < std::max<size_t>(want, 2)) {
+        uint32_t b = (uint32_t)(splitmix(&state) % blocks);
+        if (std::find(chosen.begin(), chosen.end(), b) == chosen.end()) chosen.push_back(b);
+    }
+    std::sort(chosen.begin(), chosen.end());
+    return chosen;
+}
+void set_block_sampling(int blocks) { config().sample_blocks = std::max(0, blocks); }
+
 void run_launch(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_smem, const std::function<void()>& body) {
     GridLaunch g;
     g.kernel = kernel_name;
@@ -570,8 +592,13 @@ void run_launch(const char* kernel_name, dim3 grid, dim3 block, size_t dynamic_s
     g.body = &body;
     g.launch_index = g_launches++;
     size_t blocks = (size_t)grid.x * grid.y * grid.z;
-    g.order.resize(blocks);
-    for (size_t i = 0; i < blocks; i++) g.order[i] = (uint32_t)i;
+    if (config().sample_blocks > 0) {
+        g.order = sampled_blocks(grid);
+        blocks = g.order.size();
+    } else {
+        g.order.resize(blocks);
+        for (size_t i = 0; i < blocks; i++) g.order[i] = (uint32_t)i;
+    }
     Schedule s = config().schedule;
     if (s == SCHEDULE_HIGHEST_FIRST_REVERSED) std::reverse(g.order.begin(), g.order.end());
     if (s == SCHEDULE_RANDOM) {
@@ -861,6 +888,7 @@ void shared_access(CudaThread& t, const void* p, size_t bytes, bool write, bool 
             } else if (g->reader != NO_THREAD && !ordered(b, g->reader, g->read_clock, t)) {
                 report_race(t, true, g->reader, false, region, off);
             }
+            if (g->reader == SHARED_READERS) w->free_read_sets.push_back(g->read_clock);
             g->writer = (uint16_t)t.linear;
             g->write_clock = clock;
             g->reader = NO_THREAD;
@@ -883,9 +911,15 @@ void shared_access(CudaThread& t, const void* p, size_t bytes, bool write, bool 
                     int pw = g->reader / 32;
                     rs.clock[pw] = g->read_clock;
                     rs.lane[pw] = g->reader % 32;
-                    w->read_sets.push_back(rs);
+                    if (w->free_read_sets.empty()) {
+                        w->read_sets.push_back(rs);
+                        g->read_clock = (uint32_t)(w->read_sets.size() - 1);
+                    } else {
+                        g->read_clock = w->free_read_sets.back();
+                        w->free_read_sets.pop_back();
+                        w->read_sets[g->read_clock] = rs;
+                    }
                     g->reader = SHARED_READERS;
-                    g->read_clock = (uint32_t)(w->read_sets.size() - 1);
                 }
                 ReadSet& rs = w->read_sets[g->read_clock];
                 if (rs.clock[t.warp] == clock && rs.lane[t.warp] != t.lane) rs.many_lanes[t.warp] = 1;

@@ -127,6 +127,7 @@ struct Worker {
     uintptr_t tls_lo = 0, tls_size = 0;
     std::vector<Granule> dynamic_shadow, static_shadow;
     std::vector<ReadSet> read_sets;
+    std::vector<uint32_t> free_read_sets;  // those of granules written since (reused: a block may run long)
     bool tracking = false;
     void* os_stack = nullptr;          // the worker's own stack (the scheduler's), for AddressSanitizer
     size_t os_stack_size = 0;
