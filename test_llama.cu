@@ -518,6 +518,47 @@ static void test_defaults_against_fp32() {
           "both runs' losses fall by more than 20%");
 }
 
+// The same training under every schedule of the CPU device (the order of fibers between synchronization
+// points and of blocks; a GPU's order is its own, so there: two runs) gives the same bits: 3 steps of
+// test-2layer with the defaults (fused AdamW, exact clipping, bf16 state) and 2 of its 3 layers offloaded
+// (the copy stream), a forward-only loss between steps; losses and the weights after the last update.
+static void test_schedules() {
+    ModelConfig c = two_layer_model();
+    c.n_layer = 3;
+    TrainingOptions o;
+    o.T = two_layer_T(256);
+    o.offload = 2;
+    printf("the same bits under every schedule (test-2layer with 3 layers, V=%d, T=%d, 2 offloaded, 3 steps):\n",
+           c.vocab_size, o.T);
+    std::vector<int> inputs(o.T), targets(o.T);
+    std::vector<float> losses[4];
+    std::vector<bf16> weights[4];
+    int runs = mst::set_schedule(0, 1) ? 4 : 2;
+    for (int run = 0; run < runs; run++) {
+        mst::set_schedule(run, 1 + run);
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 9);
+        model_init_random(&m);
+        for (int step = 0; step < 3; step++) {
+            random_batch(inputs.data(), targets.data(), 1, o.T, c.vocab_size, 9, step);
+            float norm;
+            losses[run].push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            losses[run].push_back(model_loss(&m, inputs.data(), targets.data()));
+        }
+        model_apply_pending_update(&m);
+        weights[run].resize(m.layout.total);
+        CUDA_CHECK(cudaMemcpy(weights[run].data(), m.params, weights[run].size() * 2, cudaMemcpyDeviceToHost));
+        model_free(&m);
+    }
+    mst::set_schedule(0, 1);
+    static const char* names[4] = {"random", "round-robin", "lowest-first", "highest-first-reversed"};
+    for (int run = 1; run < runs; run++) {
+        std::string what = runs == 4 ? std::string(names[run]) + " vs random" : "a second run";
+        bitwise_equal((what + ": losses").c_str(), losses[run].data(), losses[0].data(), losses[0].size() * 4);
+        bitwise_equal((what + ": weights").c_str(), weights[run].data(), weights[0].data(), weights[0].size() * 2);
+    }
+}
+
 // ./test_llama [NAME ...]: every test, or those whose names contain one of the NAMEs
 int main(int argc, char** argv) {
     struct Test { const char* name; std::function<void(const Golden&)> run; };
@@ -534,6 +575,7 @@ int main(int argc, char** argv) {
         {"gradient accumulation", test_accumulation},
         {"non-finite guard", test_non_finite_guard},
         {"50 steps: defaults vs -f 0 -a fp32 -w 1", [](const Golden&) { test_defaults_against_fp32(); }},
+        {"schedules", [](const Golden&) { test_schedules(); }},
     };
     auto selected = [&](const char* name) {
         if (argc < 2) return true;

@@ -31,6 +31,18 @@ static constexpr bool on_cpu_device() {
 #endif
 }
 
+// The CPU device's schedules (the order of fibers and blocks, mst/cpu_device/cpu_device.h): 0 random (seeded),
+// 1 round-robin, 2 lowest-first, 3 highest-first-reversed; returns whether the build has them (a GPU: no).
+static inline bool set_schedule(int schedule, uint64_t seed) {
+#ifdef MST_CPU_DEVICE
+    mst_cpu::set_schedule((mst_cpu::Schedule)schedule, seed);
+    return true;
+#else
+    (void)schedule; (void)seed;
+    return false;
+#endif
+}
+
 // The CPU device's sampled-block mode: each launch runs `blocks` of its blocks (the first, the last and a
 // seeded few; sampled_blocks(grid) lists them), for shapes too large for a CPU. A GPU runs every block.
 static inline void set_block_sampling(int blocks) {

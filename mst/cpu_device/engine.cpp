@@ -6,6 +6,8 @@
 #include <atomic>
 #include <condition_variable>
 #include <csignal>
+#include <cerrno>
+#include <climits>
 #include <cstdarg>
 #include <cstdio>
 #include <cstdlib>
@@ -81,21 +83,31 @@ struct Config {
     bool race_check = true;
 #endif
 };
+// an environment variable's whole number in [min, max], or one error line naming it
+static long long environment_number(const char* name, const char* text, long long min, long long max) {
+    char* end;
+    errno = 0;
+    long long x = strtoll(text, &end, 10);
+    if (!*text || *end || errno == ERANGE || x < min || x > max)
+        fatal("%s=%s: must be a whole number from %lld to %lld", name, text, min, max);
+    return x;
+}
+
 static Config& config() {
     static Config c = [] {
         Config c;
-        if (const char* s = getenv("MST_CPU_SEED")) c.seed = strtoull(s, nullptr, 10);
+        if (const char* s = getenv("MST_CPU_SEED")) c.seed = (uint64_t)environment_number("MST_CPU_SEED", s, 0, LLONG_MAX);
         if (const char* s = getenv("MST_CPU_SCHEDULE")) {
             bool found = false;
             for (int i = 0; i < SCHEDULE_COUNT; i++)
                 if (!strcmp(s, schedule_name((Schedule)i))) { c.schedule = (Schedule)i; found = true; }
             if (!found) fatal("MST_CPU_SCHEDULE=%s: must be random, round-robin, lowest-first or highest-first-reversed", s);
         }
-        c.workers = (int)std::thread::hardware_concurrency();
-        if (const char* s = getenv("MST_CPU_THREADS")) c.workers = atoi(s);
-        if (c.workers < 1) c.workers = 1;
-        if (const char* s = getenv("MST_CPU_RACECHECK")) c.race_check = strcmp(s, "0") != 0;
-        if (const char* s = getenv("MST_CPU_SAMPLE_BLOCKS")) c.sample_blocks = std::max(0, atoi(s));
+        c.workers = std::max(1, (int)std::thread::hardware_concurrency());
+        if (const char* s = getenv("MST_CPU_THREADS")) c.workers = (int)environment_number("MST_CPU_THREADS", s, 1, 1024);
+        if (const char* s = getenv("MST_CPU_RACECHECK")) c.race_check = environment_number("MST_CPU_RACECHECK", s, 0, 1) == 1;
+        if (const char* s = getenv("MST_CPU_SAMPLE_BLOCKS"))
+            c.sample_blocks = (int)environment_number("MST_CPU_SAMPLE_BLOCKS", s, 0, 1 << 30);
         return c;
     }();
     return c;
