@@ -200,7 +200,7 @@ dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_co
 
 # every kernel program of dev/cuda, on the CPU device
 CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
-cpu_dev: $(CPU_DEV_PROGRAMS)
+cpu_dev: $(CPU_DEV_PROGRAMS) dev/cuda/bin/fragments_cpu dev/cuda/bin/large_shapes_cpu
 .PHONY: cpu_dev
 
 # ---- the whole suite: CPU tests and the CPU device always, the GPU build's tests where a GPU is present ----
@@ -209,7 +209,8 @@ TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_token
 ifeq ($(HAVE_GPU),1)
 TEST_PROGRAMS += ./test_llama
 endif
-CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh"
+CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh" \
+                  "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu"
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
 	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 

@@ -90,6 +90,9 @@ fi
 # this step passes). A rerun of just these: GPU_CHECK_ONLY=hopper_blocks bash dev/gpu_check.sh
 step hopper_blocks 60 dev/cuda/bin/hopper_blocks
 
+# --- the warp fragments (ldmatrix, mma.sync) of this card against the numpy emulator the CPU device agrees with
+step fragments 30 /usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments
+
 # --- kernel validation and benchmarks (issue 4) ---
 for p in matmul attention rmsnorm crossentropy embedding rope swiglu adamw global_norm; do
     if [ -x dev/cuda/bin/$p ]; then

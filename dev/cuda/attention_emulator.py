@@ -213,16 +213,17 @@ def relerr(a, b):
     if np.isnan(a).any(): return float('nan')
     return np.linalg.norm(a - b) / np.linalg.norm(b)
 
-rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
-ok = True
-for (B, T, H, KV, HD) in [(1, 37, 2, 1, 64), (1, 70, 2, 2, 64), (1, 130, 2, 1, 64), (1, 20, 1, 1, 128), (2, 65, 2, 1, 128)]:
-    q = bf(rng.uniform(-2, 2, (B, T, H, HD))); k = bf(rng.uniform(-2, 2, (B, T, KV, HD)))
-    v = bf(rng.uniform(-1, 1, (B, T, KV, HD))); do = bf(rng.uniform(-1, 1, (B, T, H, HD)))
-    out, lse = fwd(q, k, v, HD)
-    ro, rl, rdq, rdk, rdv = ref(q, k, v, do)
-    dq, dk, dv = bwd(q, k, v, do, out, lse, HD)
-    errs = [relerr(out, ro), np.abs(lse - rl).max(), relerr(dq, rdq), relerr(dk, rdk), relerr(dv, rdv)]
-    good = all(e < 2e-2 for e in errs)
-    ok &= good
-    print("B=%d T=%d H=%d KV=%d HD=%d  out %.2e lse %.2e dq %.2e dk %.2e dv %.2e %s" % (B, T, H, KV, HD, *errs, "ok" if good else "BAD"), flush=True)
-print("ALL OK" if ok else "FAILURES")
+if __name__ == "__main__":  # (dev/cuda/fragments_check.py imports the emulated instructions)
+    rng = np.random.default_rng(int(sys.argv[1]) if len(sys.argv) > 1 else 0)
+    ok = True
+    for (B, T, H, KV, HD) in [(1, 37, 2, 1, 64), (1, 70, 2, 2, 64), (1, 130, 2, 1, 64), (1, 20, 1, 1, 128), (2, 65, 2, 1, 128)]:
+        q = bf(rng.uniform(-2, 2, (B, T, H, HD))); k = bf(rng.uniform(-2, 2, (B, T, KV, HD)))
+        v = bf(rng.uniform(-1, 1, (B, T, KV, HD))); do = bf(rng.uniform(-1, 1, (B, T, H, HD)))
+        out, lse = fwd(q, k, v, HD)
+        ro, rl, rdq, rdk, rdv = ref(q, k, v, do)
+        dq, dk, dv = bwd(q, k, v, do, out, lse, HD)
+        errs = [relerr(out, ro), np.abs(lse - rl).max(), relerr(dq, rdq), relerr(dk, rdk), relerr(dv, rdv)]
+        good = all(e < 2e-2 for e in errs)
+        ok &= good
+        print("B=%d T=%d H=%d KV=%d HD=%d  out %.2e lse %.2e dq %.2e dk %.2e dv %.2e %s" % (B, T, H, KV, HD, *errs, "ok" if good else "BAD"), flush=True)
+    print("ALL OK" if ok else "FAILURES")
