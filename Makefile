@@ -198,6 +198,19 @@ dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_co
 	$(CXX) $(CPU_KERNEL_FLAGS) $(CPU_EXTRA_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
 	$(CPU_LINK) $(CPU_BUILD)/$*.o
 
+# comm.h's NCCL backend on the CPU device, whose NCCL runs over MPI (mst/cpu_device/nccl.cpp), against its
+# MPI backend under mpirun -np 4 (where MPI and nccl.h are)
+$(CPU_BUILD)/nccl.o: mst/cpu_device/nccl.cpp mst/cpu_device/runtime.h
+	@mkdir -p $(CPU_BUILD)
+	$(CXX) $(CPU_DEVICE_FLAGS) $(MPI_CFLAGS) -O2 -c -o $@ $<
+test_comm_nccl_cpu: tests/test_comm_nccl_cpu.cu mst/comm.h tests/test_util.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_BUILD)/nccl.o
+	$(CXX) $(CPU_KERNEL_FLAGS) $(MULTI_GPU_FLAGS) -c -o $(CPU_BUILD)/test_comm_nccl.o $<
+	$(CPU_LINK) $(CPU_BUILD)/nccl.o $(CPU_BUILD)/test_comm_nccl.o $(MPI_LIBS)
+ifneq ($(and $(MPICXX),$(MPIRUN),$(MULTI_GPU_FLAGS)),)
+NCCL_CPU_TEST_BUILD = test_comm_nccl_cpu
+NCCL_CPU_TEST_RUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 MST_CPU_THREADS=1 mpirun --oversubscribe -np 4 ./test_comm_nccl_cpu"
+endif
+
 # every kernel program of dev/cuda, on the CPU device
 CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
 cpu_dev: $(CPU_DEV_PROGRAMS) dev/cuda/bin/fragments_cpu dev/cuda/bin/large_shapes_cpu
@@ -211,10 +224,10 @@ TEST_PROGRAMS += ./test_llama
 endif
 CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh" \
                   "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu"
-test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK)
-	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
+test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
+	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
 	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin $(CPU_BUILD)
-	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan
+	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan test_comm_nccl_cpu
