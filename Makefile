@@ -211,6 +211,11 @@ NCCL_CPU_TEST_BUILD = test_comm_nccl_cpu
 NCCL_CPU_TEST_RUN = "OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 MST_CPU_THREADS=1 mpirun --oversubscribe -np 4 ./test_comm_nccl_cpu"
 endif
 
+# the CPU device's sm_90a address math, printed for dev/cuda/hopper_addresses_check.py (against hopper_emulator.py)
+hopper_addresses: tests/hopper_addresses.cpp $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
+	$(CXX) $(CPU_DEVICE_FLAGS) -c -o $(CPU_BUILD)/hopper_addresses.o $<
+	$(CPU_LINK) $(CPU_BUILD)/hopper_addresses.o
+
 # every kernel program of dev/cuda, on the CPU device
 CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
 cpu_dev: $(CPU_DEV_PROGRAMS) dev/cuda/bin/fragments_cpu dev/cuda/bin/large_shapes_cpu
@@ -223,11 +228,12 @@ ifeq ($(HAVE_GPU),1)
 TEST_PROGRAMS += ./test_llama
 endif
 CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh" \
-                  "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu"
-test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
+                  "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu" \
+                  "/usr/bin/python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses"
+test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev hopper_addresses $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
 	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
 
 clean:
 	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
 	rm -rf dev/cuda/bin $(CPU_BUILD)
-	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan test_comm_nccl_cpu
+	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan test_comm_nccl_cpu hopper_addresses

@@ -165,4 +165,9 @@ bool is_shared(const void* p, size_t bytes);
 // of range, never a valid token or an ignored target)
 void poison(void* p, size_t bytes);
 
+// hopper.cpp's address math: element (r, k) of a wgmma operand through a descriptor's start, LBO, SBO and
+// swizzle (bytes: 128, 64, 32, 0 none), K- or MN-major; a TMA box's 16-byte chunk at `address` once swizzled
+uint32_t wgmma_operand_address(uint32_t start, uint32_t lbo, uint32_t sbo, int swizzle_bytes, bool mn_major, int r, int k);
+uint32_t tma_swizzled_address(uint32_t address, int swizzle_bytes);
+
 }  // namespace mst_cpu

@@ -787,6 +787,12 @@ void setmaxnreg(bool increase, int registers) {
     warpgroup_collective(KIND_SETMAXNREG + 2 * registers + (increase ? 1 : 0), names.text[increase][registers / 8].c_str(), complete_setmaxnreg);
 }
 
+// the address math above, for tests/hopper_addresses.cpp's cross-check against dev/cuda/hopper_emulator.py
+uint32_t wgmma_operand_address(uint32_t start, uint32_t lbo, uint32_t sbo, int swizzle_bytes, bool mn_major, int r, int k) {
+    return operand_address(start, lbo, sbo, swizzle_bytes, mn_major, r, k);
+}
+uint32_t tma_swizzled_address(uint32_t address, int swizzle_bytes) { return swizzle_address(address, swizzle_bytes); }
+
 }  // namespace mst_cpu
 
 // ----------------------------------------------------------------------------
