@@ -184,23 +184,9 @@ int choose_isa() {
     mst_cpu::fatal("MST_CPU_GEMM_ISA=%s: not one of generic, avx2, avx512", e);
 }
 
-// ----------------------------------------------------------------------------------------------------------
-// bf16 <-> fp32
-
-inline float bf16_to_float(uint16_t h) {
-    uint32_t u = (uint32_t)h << 16;
-    float f;
-    memcpy(&f, &u, 4);
-    return f;
-}
-// round to nearest even; NaN -> 0x7fff (as cuda_bf16.h's __float2bfloat16)
-inline uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
-    u += 0x7fffu + ((u >> 16) & 1u);
-    return (uint16_t)(u >> 16);
-}
+// bf16 <-> fp32: runtime.h's
+using mst_cpu::bf16_to_float;
+using mst_cpu::float_to_bf16;
 
 // ----------------------------------------------------------------------------------------------------------
 // the matmul, as captured when cublasLtMatmul is called

@@ -34,13 +34,8 @@ void check(int result, const char* call) {
     if (result != MPI_SUCCESS) mst_cpu::fatal("%s (NCCL over MPI on the CPU device): MPI error %d", call, result);
 }
 
-float bf16_to_float(uint16_t b) { uint32_t u = (uint32_t)b << 16; float f; memcpy(&f, &u, 4); return f; }
-uint16_t float_to_bf16(float f) {
-    uint32_t u;
-    memcpy(&u, &f, 4);
-    if ((u & 0x7f800000u) == 0x7f800000u) return (uint16_t)((u >> 16) | ((u & 0xffff) ? 0x40 : 0));
-    return (uint16_t)((u + 0x7fffu + ((u >> 16) & 1)) >> 16);
-}
+using mst_cpu::bf16_to_float;
+using mst_cpu::float_to_bf16;
 
 // out[i] = sum over ranks r (in order) of blocks[r * stride + offset + i]
 void sum_blocks(void* out, const unsigned char* blocks, int ranks, size_t stride, size_t offset, size_t count, ncclDataType_t t) {

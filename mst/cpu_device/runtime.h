@@ -3,6 +3,7 @@
 #pragma once
 #include <cstddef>
 #include <cstdint>
+#include <cstring>
 #include <functional>
 #include <cuda_runtime.h>
 
@@ -22,5 +23,21 @@ bool is_device_memory(const void* p, size_t bytes);
 // work such as the matmuls shares the cores with kernels, with no second thread pool spinning beside it)
 void parallel_for(int64_t count, int64_t grain, const std::function<void(int64_t begin, int64_t end)>& body);
 int worker_count();  // the workers parallel_for uses (MST_CPU_THREADS, default the machine's cores)
+
+// bf16 <-> fp32 on the host side of the CPU device (the matmuls, NCCL's sums)
+inline float bf16_to_float(uint16_t h) {
+    uint32_t u = (uint32_t)h << 16;
+    float f;
+    memcpy(&f, &u, 4);
+    return f;
+}
+// round to nearest even; NaN -> 0x7fff (as cuda_bf16.h's __float2bfloat16)
+inline uint16_t float_to_bf16(float f) {
+    uint32_t u;
+    memcpy(&u, &f, 4);
+    if ((u & 0x7fffffffu) > 0x7f800000u) return 0x7fff;
+    u += 0x7fffu + ((u >> 16) & 1u);
+    return (uint16_t)(u >> 16);
+}
 
 }  // namespace mst_cpu
