@@ -51,6 +51,7 @@
 #include "mst_kernels.cuh"
 #include "mst/llama_config.h"
 #include "mst/memory_plan.h"
+#include "mst/step_model.h"
 #include "mst/token_buckets.h"
 #include "mst/lr_schedule.h"
 #include "mst/training.h"
@@ -1279,6 +1280,7 @@ static bool print_plan_on_paper(const CommandLine& cl) {
         MemoryPlan plan = plan_memory(cl.config, options);
         MemoryPlan standard = plan_memory(cl.config, standard_options(cl.options));
         print_memory_plan(plan, standard);
+        print_step_prediction(plan, cl.micro_batches);
         starts = plan_fits(plan, budget);
         if (starts) {
             printf("MST plan: fits %s (%.1f GiB planned + %.1f GiB CUDA context, %.1f GiB pinned)%s\n",
@@ -1307,11 +1309,11 @@ static bool print_plan_on_paper(const CommandLine& cl) {
 // ----------------------------------------------------------------------------
 // training loop
 
-// the card's dense bf16 peak for MFU, from its name or compute capability; 0 if unknown
+// the card's dense bf16 peak for MFU: from the known cards' table, else by compute capability; 0 if unknown
 static double peak_bf16_flops(const cudaDeviceProp& prop) {
-    if (strstr(prop.name, "H100") && strstr(prop.name, "PCIe")) return 756e12;
-    if (strstr(prop.name, "H100") || strstr(prop.name, "H200") || prop.major == 9) return 989e12;
-    if (strstr(prop.name, "A100") || (prop.major == 8 && prop.minor == 0)) return 312e12;
+    if (const CardRates* card = card_rates_for(prop.name)) return card->bf16_flops;
+    if (prop.major == 9) return 989e12;
+    if (prop.major == 8 && prop.minor == 0) return 312e12;
     return 0.0;
 }
 
@@ -1506,6 +1508,10 @@ static int train(const CommandLine& cl) {
                gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
     double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step;
     double peak = peak_bf16_flops(prop);
+    // the step model's prediction for this card (mst/step_model.h), printed beside each measured step; none for
+    // the CPU device's virtual card (its time is not a GPU's)
+    const CardRates* card = mst::on_cpu_device() ? nullptr : card_rates_for(prop.name);
+    double predicted_ms = card ? 1e3 * predict_step(plan, *card, cl.micro_batches).total_s : 0.0;
     NonFiniteGuard guard;
     guard.limit = cl.nonfinite_limit;
     std::vector<int> step_inputs(tokens_per_step), step_targets(tokens_per_step);
@@ -1534,9 +1540,11 @@ static int train(const CommandLine& cl) {
         if (step > start_step) later_steps_seconds += seconds;
         double per_step = step > start_step ? later_steps_seconds / (step - start_step) : seconds;
         double elapsed = std::chrono::duration<double>(std::chrono::steady_clock::now() - run_start).count();
-        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | clip %.3f | %.0f ms | %.0f tok/s | MFU %s | GPU mem %.2f GiB"
-               " | %s elapsed, ~%s left%s\n", r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, r.tokens_per_second,
-               mfu, r.gpu_mem_gib, duration_text(elapsed).c_str(), duration_text(per_step * (cl.steps - step - 1)).c_str(),
+        char predicted[32] = "";
+        if (predicted_ms > 0) snprintf(predicted, sizeof predicted, " (predicted %.0f)", predicted_ms);
+        printf("step %4d/%d | loss %.4f | lr %.2e | norm %.3f | clip %.3f | %.0f ms%s | %.0f tok/s | MFU %s | GPU mem %.2f GiB"
+               " | %s elapsed, ~%s left%s\n", r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, predicted,
+               r.tokens_per_second, mfu, r.gpu_mem_gib, duration_text(elapsed).c_str(), duration_text(per_step * (cl.steps - step - 1)).c_str(),
                skipped ? " | SKIPPED: non-finite loss or gradient norm, no update" : "");
         log_step(log, r);
         if (step == start_step)

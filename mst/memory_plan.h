@@ -52,11 +52,6 @@ struct MemoryBudget {
     double host_gib = 120.0;
 };
 
-// Assumed rates for the dry run's time estimates (not measured here): PCIe Gen5 x16 host <-> device,
-// each direction; and what the trainer's matmuls and attention sustain on an H100/H200 (~40% of peak).
-static const double ASSUMED_PCIE_BYTES_PER_S = 50e9;
-static const double ASSUMED_FLOPS_PER_S = 400e12;
-
 enum Region {
     // persistent: the model and its optimizer
     REGION_PARAMETERS,        // P x 2
@@ -266,16 +261,6 @@ static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOpti
     return o;
 }
 
-// Estimated seconds of one training step: compute (the model's FLOPs, plus a third for recomputation)
-// and each direction's PCIe copies, at the ASSUMED rates above.
-struct StepEstimate { double compute_s, copy_to_host_s, copy_to_device_s; };
-static inline StepEstimate estimate_step(const MemoryPlan& plan) {
-    double flops = training_flops_per_token(plan.config, plan.options.T) * plan.options.B * plan.options.T;
-    if (plan.options.recompute) flops *= 4.0 / 3.0;
-    return {flops / ASSUMED_FLOPS_PER_S, plan.pcie_to_host / ASSUMED_PCIE_BYTES_PER_S,
-            plan.pcie_to_device / ASSUMED_PCIE_BYTES_PER_S};
-}
-
 // Checks options against the model; returns "" or the problem (naming the flag).
 static inline std::string training_options_problem(const ModelConfig& c, const TrainingOptions& o) {
     if (o.B <= 0) return "-B must be positive (got " + std::to_string(o.B) + ")";
@@ -299,8 +284,7 @@ static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const
     return lo;
 }
 
-// The plan as a table, device and host columns beside the standard plan's bytes, then the PCIe traffic
-// and time estimates.
+// The plan as a table, device and host columns beside the standard plan's bytes, then the PCIe traffic.
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
@@ -320,9 +304,6 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
     printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
            gib(standard.total));
     if (plan.aliased) printf("%s\n", ALIASES_TEXT);
-    StepEstimate e = estimate_step(plan);
-    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back; copies ~%.2f s each way at an assumed %.0f GB/s, "
-           "hidden behind ~%.1f s of compute at an assumed %.0f TFLOP/s\n", gib(plan.pcie_to_host),
-           gib(plan.pcie_to_device), std::max(e.copy_to_host_s, e.copy_to_device_s), ASSUMED_PCIE_BYTES_PER_S / 1e9,
-           e.compute_s, ASSUMED_FLOPS_PER_S / 1e12);
+    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back (held gradients on the compute stream, in series; "
+           "checkpoints on the copy stream)\n", gib(plan.pcie_to_host), gib(plan.pcie_to_device));
 }
