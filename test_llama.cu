@@ -125,7 +125,7 @@ static void test_golden_gradients(const Golden& g) {
         close_to(name.c_str(), grads.data() + t.offset, g.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
     }
     // logits: the forward again, then the whole LM head at once (one mini-sequence holds all N rows)
-    model_forward(&m);
+    model_forward(&m, false);
     matmul_forward(m.logits, m.final_norm, m.params + m.layout.lm_head, m.N, m.config.d_model,
                    m.config.vocab_size, false, m.stream);
     std::vector<bf16> raw((size_t)m.N * m.config.vocab_size);

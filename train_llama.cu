@@ -187,7 +187,7 @@ static void carve_arena(Model* m) {
     m->adam_v = region(REGION_ADAM_V);
     m->grads = (float*)region(REGION_GRADIENTS);
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
-    m->host_checkpoints = m->offload.h > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
+    m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? (float*)(m->host_arena + p.offset[REGION_HOST_GRADIENTS]) : nullptr;
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
@@ -413,9 +413,9 @@ static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGP
 }
 
 // Layer l from its input to the MLP's input (mlp_norm); with with_mlp, also the MLP over mini-sequences
-// into the layer's output, layer_input(l + 1). Backward's recomputation stops before the MLP: the MLP
-// backward recomputes its own mini-sequences.
-static void layer_forward(Model* m, int l, bool with_mlp) {
+// into the layer's output, layer_input(l + 1), which goes to the host (offload) when backward follows.
+// Backward's recomputation stops before the MLP: the MLP backward recomputes its own mini-sequences.
+static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows = false) {
     const ModelConfig& c = m->config;
     const LayerOffsets& o = m->layout.layer;
     int N = m->N, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim, hd = c.head_dim();
@@ -447,21 +447,22 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
             matmul_forward(out + (size_t)start * C, a.act, w + o.down, n, F, C, true, s);
             nvtxRangePop();
         }
-        offload_store(m, l + 1);
+        if (backward_follows) offload_store(m, l + 1);
     }
     nvtxRangePop();
 }
 
-// embedding, the layers, the final norm (the LM head's input)
-static void model_forward(Model* m) {
+// embedding, the layers, the final norm (the LM head's input); offloaded inputs go to the host only when
+// backward follows (not for validation, samples or test losses)
+static void model_forward(Model* m, bool backward_follows) {
     int C = m->config.d_model;
     if (m->offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
     }
     embedding_forward(layer_input(m, 0), m->inputs, m->params + m->layout.embedding, m->N, C, m->stream);
-    offload_store(m, 0);
-    for (int l = 0; l < m->config.n_layer; l++) layer_forward(m, l, true);
+    if (backward_follows) offload_store(m, 0);
+    for (int l = 0; l < m->config.n_layer; l++) layer_forward(m, l, true, backward_follows);
     rmsnorm_forward(m->final_norm, m->final_rstd, layer_input(m, m->config.n_layer), m->params + m->layout.final_norm,
                     m->N, C, m->config.norm_eps, m->stream);
 }
@@ -520,7 +521,7 @@ static void model_apply_pending_update(Model* m);
 static float model_loss(Model* m, const int* inputs, const int* targets) {
     model_apply_pending_update(m);
     int counted = upload_tokens(m, inputs, targets);
-    model_forward(m);
+    model_forward(m, false);
     lmhead_forward_backward(m, 1.f, nullptr);
     return counted > 0 ? (float)(summed_loss(m) / counted) : 0.f;
 }
@@ -676,7 +677,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     for (int micro = 0; micro < micro_batches; micro++) {
         bool first = micro == 0, last = micro == micro_batches - 1;
         upload_tokens(m, inputs + micro * N, targets + micro * N);
-        model_forward(m);
+        model_forward(m, true);
         // LM head + loss; the tied LM head's gradient is the embedding's, complete after the embedding backward
         float* lm_head_grad = begin_group(m, p.lm_head, VC, first);
         lmhead_forward_backward(m, grad_scale, lm_head_grad);
@@ -909,7 +910,8 @@ static void print_usage() {
 "  -m N            MLP mini-sequences: 0 automatic (default), 1 standard\n"
 "  -M N            LM-head mini-sequences: 0 automatic (default), 1 standard\n"
 "  -r 0|1          recompute each layer in backward (default 1)\n"
-"  -f 0|1          optimizer step fused into backward (default 1)\n"
+"  -f 0|1          1: each group's update fused into backward, its gradient held on the host for the exact\n"
+"                  clip; 0: every gradient on the card, the update after backward (default: 0 when it fits)\n"
 "  -a fp32|bf16    AdamW state precision (default bf16; also --state)\n"
 "  -w 0|1          fp32 master weights (default 0)\n"
 "  -n N            training steps (default 10)\n"
@@ -1100,7 +1102,7 @@ static RunIdentity run_identity(const CommandLine& cl) {
             {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.T)},
             {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern},
             {"optimizer_state", o.bf16_optimizer_state ? "bf16" : "fp32"}, {"master_weights", o.master_weights ? "1" : "0"},
-            {"fused_optimizer", o.fused_optimizer ? "1" : "0"}, {"seed", std::to_string(cl.seed)},
+            {"fused_optimizer", o.fused_optimizer < 0 ? "automatic" : std::to_string(o.fused_optimizer)}, {"seed", std::to_string(cl.seed)},
             {"lr", number(cl.optimizer.lr)}, {"warmup", std::to_string(cl.warmup_steps)},
             {"final_lr_fraction", number(cl.final_lr_fraction)}, {"weight_decay", number(cl.optimizer.weight_decay)},
             {"clip", number(cl.optimizer.grad_clip)}, {"steps", std::to_string(cl.steps)}};
@@ -1240,7 +1242,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
-        MemoryPlan plan = plan_memory(c, resolve_offload(c, options, budget));
+        MemoryPlan plan = plan_memory(c, resolve_automatic(c, options, budget));
         char text[160];
         snprintf(text, sizeof text, "; %s: %s (%.1f GiB, %.1f GiB host)", flags.c_str(),
                  plan_fits(plan, budget) ? "fits" : "does not fit", gib(plan.total), gib(plan.host_total));
@@ -1252,7 +1254,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
 // "the plan needs X GiB ... short by Z GiB; nearest settings that fit: ..." for options that do not fit
 // (the options as given: automatic chunk counts and offload stay automatic in the alternatives)
 static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, const MemoryBudget& budget) {
-    MemoryPlan plan = plan_memory(c, resolve_offload(c, o, budget));
+    MemoryPlan plan = plan_memory(c, resolve_automatic(c, o, budget));
     char text[320];
     snprintf(text, sizeof text, "the plan needs %.1f GiB + %.1f GiB for the CUDA context and %.1f GiB of pinned host memory, "
              "but has %s: short by %.1f GiB on the card, %.1f GiB on the host; nearest settings that fit: ",
@@ -1262,12 +1264,20 @@ static std::string shortfall(const ModelConfig& c, const TrainingOptions& o, con
     return text + settings_that_fit(c, o, budget);
 }
 
-// " (--offload turned on for layers 0-9: the plan needs it)" when the automatic choice offloaded layers
+// What the automatic choices chose: " (-f 1: the gradients do not fit on the card; --offload turned on for
+// layers 0-9: the plan needs it)"; "" when nothing was automatic or nothing needed saying
 static std::string turned_on(const ModelConfig& c, const TrainingOptions& given, const TrainingOptions& resolved) {
+    std::vector<std::string> said;
+    if (given.fused_optimizer < 0)
+        said.push_back(resolved.fused_optimizer ? "-f 1: the gradients do not fit on the card, held on the host"
+                                                : "-f 0: every gradient on the card, no host copies");
     int h = std::min(resolved.offload, c.n_layer);
-    if (given.offload >= 0 || h <= 0) return "";
-    return " (--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
-                                          "layers 0-" + std::to_string(h - 1)) + ": the plan needs it)";
+    if (given.offload < 0 && h > 0)
+        said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
+                                                      "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
+    std::string text;
+    for (const std::string& part : said) text += (text.empty() ? " (" : "; ") + part;
+    return text.empty() ? "" : text + ")";
 }
 
 // --dry-run and --max-T: the plan on paper
@@ -1276,7 +1286,7 @@ static bool print_plan_on_paper(const CommandLine& cl) {
     MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib > 0 ? cl.gpu_mem_gib : 80.0);
     bool starts = true;
     if (cl.dry_run) {
-        TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
+        TrainingOptions options = resolve_automatic(cl.config, cl.options, budget);
         MemoryPlan plan = plan_memory(cl.config, options);
         MemoryPlan standard = plan_memory(cl.config, standard_options(cl.options));
         print_memory_plan(plan, standard);
@@ -1299,7 +1309,7 @@ static bool print_plan_on_paper(const CommandLine& cl) {
         at_longest.T = std::max(1, longest);
         printf("longest T on %s (B=%d): %d with these options%s, %d standard (-m 1 -M 1 -r 0 --offload 0)\n",
                budget_text(budget).c_str(), cl.options.B, longest,
-               turned_on(cl.config, cl.options, resolve_offload(cl.config, at_longest, budget)).c_str(),
+               turned_on(cl.config, cl.options, resolve_automatic(cl.config, at_longest, budget)).c_str(),
                max_T_that_fits(cl.config, standard_options(cl.options), budget));
         starts &= longest > 0;
     }
@@ -1461,7 +1471,7 @@ static int train(const CommandLine& cl) {
     double card_gib = gib(total_bytes);
     if (cl.gpu_mem_gib > 0) card_gib = std::min(card_gib, cl.gpu_mem_gib);
     MemoryBudget budget = memory_budget(cl, card_gib);
-    TrainingOptions options = resolve_offload(cl.config, cl.options, budget);
+    TrainingOptions options = resolve_automatic(cl.config, cl.options, budget);
     MemoryPlan plan = plan_memory(cl.config, options);
     if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
     FILE* log = nullptr;  // opened once the run is sure to start; a resumed run appends to its log
@@ -1592,7 +1602,7 @@ static int run(int argc, char** argv) {
     // a card smaller than the one present: refuse before touching the GPU
     if (cl.gpu_mem_gib > 0) {
         MemoryBudget budget = memory_budget(cl, cl.gpu_mem_gib);
-        if (!plan_fits(plan_memory(cl.config, resolve_offload(cl.config, cl.options, budget)), budget))
+        if (!plan_fits(plan_memory(cl.config, resolve_automatic(cl.config, cl.options, budget)), budget))
             usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
     }
     return train(cl);

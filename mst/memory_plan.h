@@ -36,7 +36,10 @@ struct TrainingOptions {
     bool recompute = true;       // -r: keep only each layer's input, recompute the layer in backward
     bool bf16_optimizer_state = true;  // AdamW m and v in bf16 (stochastic rounding) instead of fp32
     bool master_weights = false; // fp32 master copy of the weights
-    bool fused_optimizer = true; // update each layer as soon as its gradients are complete
+    int fused_optimizer = -1;    // -f: 1 update each group once backward has completed it, its gradient held in
+                                 // pinned host memory until the exact clip is known (training.h); 0 every
+                                 // gradient on the card, one update after backward, no host traffic; -1
+                                 // automatic: 0 when that plan fits, else 1 (resolve_automatic(), before planning)
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
@@ -62,7 +65,8 @@ enum Region {
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
-    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: h x N x C x 2, layers 0 .. h-1's inputs
+    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: k x N x C x 2, inputs 0 .. k-1 (k = S - 2:
+                              // OffloadSchedule::stored(); the last two staged ones never leave the card)
     REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 4, every gradient group held from backward
                               // until its exactly clipped update (mst/training.h)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
@@ -134,17 +138,21 @@ struct OffloadSchedule {
     OffloadSchedule(int offloaded = 0, int layers = 0) : h(offloaded), L(layers), S(staged_layers(offloaded, layers)) {}
     // layer input l's buffer in the layer-inputs region: staged ones in l % 2, the others 2, 3, ...
     int buffer(int l) const { return h <= 0 ? l : l < S ? l % 2 : 2 + (l - S); }
-    bool stores(int l) const { return l < h; }                  // forward copies input l to the host
-    bool output_waits(int l) const { return l + 1 < S; }        // layer l's output overwrites a staged input
-    bool backward_waits(int l) const { return l < h - 1; }      // layer l's input was fetched back
-    bool fetches_previous(int l) const { return l >= 1 && l < h; }  // layer l's backward fetches input l - 1
+    // Forward copies input l to the host only when a later input overwrites its staging buffer (input l + 2,
+    // staged): inputs S - 2 and S - 1 are still staged when backward reaches them, so no copy has a reader.
+    bool stores(int l) const { return l < h && l + 2 < S; }
+    int stored() const { return h > 0 ? std::max(0, S - 2) : 0; }  // inputs 0 .. stored() - 1 go to the host
+    bool output_waits(int l) const { return l >= 1 && stores(l - 1); }  // layer l's output overwrites input l - 1
+    bool backward_waits(int l) const { return stores(l); }            // layer l's input was fetched back
+    bool fetches_previous(int l) const { return l >= 1 && stores(l - 1); }  // layer l's backward fetches input l - 1
 };
 
-// "on the device", "in pinned host memory (all 32 layers)", "layers 0-9 in pinned host memory, the rest on the device"
+// "on the device", "inputs 0-7 in pinned host memory, the others on the device" (h = 10 offloaded layers: the
+// last two staged inputs never leave the card)
 static inline std::string offload_text(int h, int L) {
-    if (h <= 0) return "on the device";
-    if (h >= L) return "in pinned host memory (all " + std::to_string(L) + " layers)";
-    return "layers 0-" + std::to_string(h - 1) + " in pinned host memory, the rest on the device";
+    int k = OffloadSchedule(h, L).stored();
+    if (k <= 0) return "on the device";
+    return "inputs 0-" + std::to_string(k - 1) + " in pinned host memory, the others on the device";
 }
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -161,6 +169,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t V = c.vocab_size, L = c.n_layer, H = c.n_head, hd = c.head_dim();
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
+    if (o.fused_optimizer < 0) o.fused_optimizer = 1;  // unresolved automatic: planned fused
 
     o.mlp_chunks = mlp_mini_sequences(c, (long)N, o.mlp_chunks);
     o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
@@ -187,17 +196,18 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
     // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
-    // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. h-1 to the host,
-    // backward fetches h-2 .. 0 back (h-1's is still staged)
+    // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
+    // backward fetches them back (k = S - 2: the last two staged inputs are still there)
     size_t h = std::min((size_t)std::max(o.offload, 0), L);
     o.offload = (int)h;
     size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
+    size_t k = OffloadSchedule((int)h, (int)L).stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
-    set(REGION_HOST_CHECKPOINTS, h * N * C * 2, h > 0 ? s(h) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
+    set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
     set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * 4 : 0, o.fused_optimizer ? s(P) + " x 4" : "none");
-    // checkpoints: h inputs out, h - 1 back (the last is still staged); held gradients: P x 4 out and back
-    plan.pcie_to_host = h * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
-    plan.pcie_to_device = (h > 0 ? (h - 1) * N * C * 2 : 0) + plan.bytes[REGION_HOST_GRADIENTS];
+    // checkpoints: k inputs out and back; held gradients: P x 4 out and back
+    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
+    plan.pcie_to_device = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
     set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
@@ -271,15 +281,30 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     return model_config_problem(c);
 }
 
-// The longest T (with options' B, chunk rules and offload, automatic offload resolved at each T) whose
-// plan fits the budget; 0 if none does. Fitting is monotone in T with offload on and with it off, so
-// also with either.
+// The plan's automatic choices, before planning: the optimizer path (-f, when automatic: every gradient on the
+// card, so no host traffic, when that plan fits with the automatic offload; else fused, the gradients held on
+// the host), then the offload. Offloaded checkpoints are copied on the copy stream beside the compute, the held
+// gradients on the compute stream (step_model.h), so the gradients on the card win even with more offload.
+static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.fused_optimizer < 0) {
+        TrainingOptions on_card = o;
+        on_card.fused_optimizer = 0;
+        on_card = resolve_offload(c, on_card, budget);
+        if (plan_fits(plan_memory(c, on_card), budget)) return on_card;
+        o.fused_optimizer = 1;
+    }
+    return resolve_offload(c, o, budget);
+}
+
+// The longest T (with options' B, chunk rules, optimizer path and offload, the automatic ones resolved at each
+// T) whose plan fits the budget; 0 if none does. Fitting is monotone in T with each choice fixed, so also with
+// the first that fits.
 static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     int lo = 0, hi = 1 << 24;  // 16M tokens: beyond any card here
     while (lo < hi) {
         int mid = lo + (hi - lo + 1) / 2;
         o.T = mid;
-        if (plan_fits(plan_memory(c, resolve_offload(c, o, budget)), budget)) lo = mid; else hi = mid - 1;
+        if (plan_fits(plan_memory(c, resolve_automatic(c, o, budget)), budget)) lo = mid; else hi = mid - 1;
     }
     return lo;
 }
@@ -291,7 +316,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
-           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward" : "after backward",
+           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
            offload_text(o.offload, plan.config.n_layer).c_str());
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");

@@ -139,8 +139,9 @@ static void test_max_T() {
 }
 
 // --offload: the checkpoints move to pinned host memory, two staging buffers stay on the device.
-// llama3-8b at T = 524288: L x T x C x 2 = 32 x 524288 x 4096 x 2 = 128 GiB on the host, and PCIe carries
-// L inputs to the host and L - 1 back per step.
+// llama3-8b at T = 524288: inputs 0 .. L-2 go to the host, (L - 1) x T x C x 2 = 31 x 524288 x 4096 x 2 =
+// 124 GiB, and come back, once each per step; input L - 1 and the last output stay staged (no copy without a
+// reader).
 static void test_offload() {
     ModelConfig c = config_named("llama3-8b");
     const size_t T = 524288, C = 4096, L = 32;
@@ -154,13 +155,13 @@ static void test_offload() {
     const size_t G = 8030261248ull * 4;
     check(offloaded.bytes[REGION_HOST_GRADIENTS] == G && kept.bytes[REGION_HOST_GRADIENTS] == G,
           "fused optimizer: P x 4 held gradients on the host");
-    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == L * T * C * 2 && offloaded.host_total == L * T * C * 2 + G &&
-          L * T * C * 2 == 128ull << 30, "offload: L x T x C x 2 = 128 GiB pinned on the host, plus the gradients");
+    check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == (L - 1) * T * C * 2 && offloaded.host_total == (L - 1) * T * C * 2 + G &&
+          (L - 1) * T * C * 2 == 124ull << 30, "offload: (L - 1) x T x C x 2 = 124 GiB pinned on the host, plus the gradients");
     check(kept.host_total == G && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: only the gradients on the host");
     check(kept.total - offloaded.total == (L + 1 - 2) * T * C * 2, "offload: the device saves (L + 1 - 2) x T x C x 2");
-    check(offloaded.pcie_to_host == L * T * C * 2 + G && offloaded.pcie_to_device == (L - 1) * T * C * 2 + G &&
+    check(offloaded.pcie_to_host == (L - 1) * T * C * 2 + G && offloaded.pcie_to_device == (L - 1) * T * C * 2 + G &&
           kept.pcie_to_host == G && kept.pcie_to_device == G,
-          "offload: PCIe per step L inputs out, L - 1 back; the gradients out and back");
+          "offload: PCIe per step L - 1 inputs out and back; the gradients out and back");
     int on_host = 0;
     for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
     check(on_host == 2 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS),
@@ -170,17 +171,18 @@ static void test_offload() {
     // (L out, L - 1 back) hidden behind the compute
     StepPrediction predicted = predict_step(offloaded, *card_rates_for("NVIDIA H200"));
     check(fabs(predicted.seconds[PHASE_HOST_COPIES] - 2.0 * G / 50e9) < 1e-9 &&
-          predicted.work[PHASE_HOST_COPIES] == (double)(L + L - 1) * T * C * 2 + 2.0 * G,
-          "offload: predicted copies: 2 G in series, L + L - 1 checkpoints hidden");
+          predicted.work[PHASE_HOST_COPIES] == 2.0 * (L - 1) * T * C * 2 + 2.0 * G,
+          "offload: predicted copies: 2 G in series, 2 (L - 1) checkpoints hidden");
 
     check(offloaded.options.offload == (int)L, "offload: --offload 1 is all L layers");
 
-    // 10 of 32 layers offloaded: inputs 0-9 staged through 2 buffers, inputs 10 .. 32 (23) on the device
+    // 10 of 32 layers offloaded: inputs 0-9 staged through 2 buffers (0-7 go to the host, 8 and 9 stay),
+    // inputs 10 .. 32 (23) on the device
     o.offload = 10;
     MemoryPlan partial = plan_memory(c, o);
-    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 10 * T * C * 2 + G &&
-          partial.pcie_to_host == 10 * T * C * 2 + G && partial.pcie_to_device == 9 * T * C * 2 + G,
-          "offload 10 layers: 2 staging + 23 device inputs, 10 on the host, 10 out and 9 back per step");
+    check(partial.bytes[REGION_LAYER_INPUTS] == (2 + 23) * T * C * 2 && partial.host_total == 8 * T * C * 2 + G &&
+          partial.pcie_to_host == 8 * T * C * 2 + G && partial.pcie_to_device == 8 * T * C * 2 + G,
+          "offload 10 layers: 2 staging + 23 device inputs, 8 on the host, 8 out and back per step");
 
     // automatic (-1): none where the device alone fits, else the fewest layers that fit
     o.offload = -1;
@@ -196,14 +198,14 @@ static void test_offload() {
 }
 
 // --max-T respects both budgets: on a huge card with offload forced on, the host bounds T at
-// 120 GiB / (L x C x 2) = 128849018880 / 262144 = 491520 tokens exactly; with no host memory to speak of,
+// 120 GiB / ((L - 1) x C x 2) = 128849018880 / 253952 = 507375 tokens; with no host memory to speak of,
 // automatic offload cannot help and the device-only T stands; with both, T goes beyond the device-only T.
 static void test_max_T_both_budgets() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
     o.fused_optimizer = false;  // -f 0: no held gradients, so the checkpoints alone use the host
     o.offload = OFFLOAD_ALL;
-    check(max_T_that_fits(c, o, {1000.0, 120.0}) == 491520, "max-T: 120 GiB of host bounds offloaded 8b at 491520");
+    check(max_T_that_fits(c, o, {1000.0, 120.0}) == 507375, "max-T: 120 GiB of host bounds offloaded 8b at 507375");
     o.offload = -1;
     TrainingOptions device_options;
     device_options.fused_optimizer = false;
@@ -222,9 +224,9 @@ static void test_max_T_both_budgets() {
         any_fits_after |= plan_fits(plan_memory(c, a), CARD_80);
     }
     check(both > device_only && !any_fits_after, "max-T: automatic offload goes further, and T + 1 fits with no layer count");
-    // an H200: the device has room to keep some inputs, so a partial offload goes past the host's 491520
+    // an H200: the device has room to keep some inputs, so a partial offload goes past the host's 507375
     int h200 = max_T_that_fits(c, o, {139.0, 120.0});
-    check(h200 > 491520, "max-T: 139 GiB + 120 GiB host passes 491520 by keeping some inputs on the device");
+    check(h200 > 507375, "max-T: 139 GiB + 120 GiB host passes 507375 by keeping some inputs on the device");
     printf("llama3-8b max T: %d on 80 GiB alone, %d with 120 GiB of pinned host memory, %d on 139 GiB with it\n",
            device_only, both, h200);
 }
@@ -247,6 +249,7 @@ static void test_offload_schedule() {
             int buffers = h > 0 ? 2 + (L + 1 - o.S) : L + 1;
             std::vector<int> holds(buffers, -1), host(L, -1);
             std::vector<bool> copy_out(buffers, false), copy_in(buffers, false);  // copies in flight
+            std::vector<int> stored_in_pass(L + 1, 0), fetched_in_pass(L + 1, 0);
             auto write = [&](int b, int layer) {
                 if (b < 0 || b >= buffers) return fail(L, h, "buffer outside the region");
                 if (copy_out[b] || copy_in[b]) fail(L, h, "a buffer written while a copy of it runs");
@@ -254,19 +257,21 @@ static void test_offload_schedule() {
             };
             auto store = [&](int l) {  // forward's copy of input l to the host
                 if (!o.stores(l)) return;
+                if (l >= o.stored()) fail(L, h, "a store outside the host region");
+                stored_in_pass[l]++;
                 if (holds[o.buffer(l)] != l) fail(L, h, "the host copy is of the wrong input");
                 host[l] = holds[o.buffer(l)];
                 copy_out[o.buffer(l)] = true;
             };
-            auto forward = [&]() {
+            auto forward = [&](bool backward_follows) {
                 std::fill(copy_out.begin(), copy_out.end(), false);  // model_forward waits on both stored events
                 write(o.buffer(0), 0);
-                store(0);
+                if (backward_follows) store(0);
                 for (int l = 0; l < L; l++) {
                     if (holds[o.buffer(l)] != l) fail(L, h, "forward reads the wrong input");
                     if (o.output_waits(l)) copy_out[o.buffer(l + 1)] = false;  // waits on stored[(l + 1) % 2]
                     write(o.buffer(l + 1), l + 1);
-                    store(l + 1);
+                    if (backward_follows) store(l + 1);
                 }
                 if (holds[o.buffer(L)] != L) fail(L, h, "the final norm reads the wrong output");
             };
@@ -283,13 +288,17 @@ static void test_offload_schedule() {
                         if (host[l - 1] != l - 1) fail(L, h, "the host holds the wrong input");
                         holds[target] = host[l - 1];
                         copy_in[target] = true;
+                        fetched_in_pass[l - 1]++;
                     }
                 }
                 std::fill(copy_in.begin(), copy_in.end(), false);
             };
-            forward(); backward();
-            forward();  // validation: forward only
-            forward(); backward();
+            forward(true); backward();
+            forward(false);  // validation: forward only, stores nothing
+            forward(true); backward();
+            for (int l = 0; l <= L; l++)  // no copy without a reader: every input stored is fetched, once a step
+                if (stored_in_pass[l] != fetched_in_pass[l] || stored_in_pass[l] != (l < o.stored() ? 2 : 0))
+                    fail(L, h, "an input stored but not fetched, or stored by the forward-only pass");
             if (L == 2) {  // test-tiny has 2 layers: the plan's region holds these buffers (T = 100, C = 128)
                 TrainingOptions t;
                 t.T = 100;
@@ -300,7 +309,40 @@ static void test_offload_schedule() {
         }
     }
     if (!ok) printf("offload schedule: %s\n", first_problem.c_str());
-    check(ok, "offload schedule: every buffer holds what each step reads, no write under a running copy");
+    check(ok, "offload schedule: every buffer holds what each step reads, no write under a running copy, every "
+              "stored input fetched, nothing stored that backward finds staged or that no backward follows");
+}
+
+// -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
+// explicit -f stays; --max-T takes whichever fits the longer T
+static void test_automatic_optimizer_path() {
+    const MemoryBudget card_139 = {139.0, 120.0};
+    TrainingOptions o;
+    o.T = 8192;
+    TrainingOptions small = resolve_automatic(config_named("llama3.2-1b"), o, CARD_80);
+    MemoryPlan plan = plan_memory(config_named("llama3.2-1b"), small);
+    check(small.fused_optimizer == 0 && plan.host_total == 0 && plan.pcie_to_host == 0 && plan.pcie_to_device == 0 &&
+          plan.bytes[REGION_GRADIENTS] == parameter_layout(config_named("llama3.2-1b")).total * 4,
+          "automatic -f: llama3.2-1b at 8192 keeps P x 4 gradients on the card, nothing on the host or over PCIe");
+    ModelConfig c = config_named("llama3-8b");
+    o.T = 60000;
+    TrainingOptions on_80 = resolve_automatic(c, o, CARD_80), on_139 = resolve_automatic(c, o, card_139);
+    check(on_80.fused_optimizer == 1 && on_80.offload == 0 && plan_fits(plan_memory(c, on_80), CARD_80),
+          "automatic -f: llama3-8b at 60000 on 80 GiB holds the gradients on the host (P x 4 does not fit)");
+    check(on_139.fused_optimizer == 0 && plan_fits(plan_memory(c, on_139), card_139),
+          "automatic -f: llama3-8b at 60000 on 139 GiB keeps them on the card");
+    TrainingOptions given = o;
+    given.fused_optimizer = 1;
+    check(resolve_automatic(c, given, card_139).fused_optimizer == 1, "explicit -f 1 stays where -f 0 fits");
+    given.fused_optimizer = 0;
+    check(resolve_automatic(c, given, CARD_80).fused_optimizer == 0, "explicit -f 0 stays where it does not fit");
+    for (const MemoryBudget& budget : {CARD_80, card_139}) {
+        TrainingOptions fused = o, on_card = o;
+        fused.fused_optimizer = 1;
+        on_card.fused_optimizer = 0;
+        check(max_T_that_fits(c, o, budget) == std::max(max_T_that_fits(c, fused, budget), max_T_that_fits(c, on_card, budget)),
+              "automatic -f: --max-T is the longer of the two paths'");
+    }
 }
 
 static void test_problems() {
@@ -376,6 +418,7 @@ int main() {
     test_max_T_both_budgets();
     test_offload_schedule();
     test_problems();
+    test_automatic_optimizer_path();
     test_step_model();
     return test_summary();
 }
