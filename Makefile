@@ -21,7 +21,7 @@ PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2
 # the first default shard: present once `make data` (or a first `make train_llama`) has run
 DEFAULT_SHARDS = dev/data/shards/train_000000.bin
 
-COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h
+COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phases.h mst/profiler.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
 
@@ -46,7 +46,7 @@ test_reference: tests/test_reference.cpp tests/golden.h mst/safetensors.h mst/lr
 test_training: tests/test_training.cpp dataloader.h tests/golden.h mst/safetensors.h mst/training.h $(COMMON_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
-test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/step_model.h mst/token_buckets.h mst/llama_config.h tests/test_util.h
+test_memory_plan: tests/test_memory_plan.cpp mst/memory_plan.h mst/step_model.h mst/phases.h mst/token_buckets.h mst/llama_config.h tests/test_util.h
 	$(CXX) $(CXXFLAGS) -o $@ $<
 
 # ---- the CPU device's cuBLASLt (mst/cpu_device/cublaslt.cpp) against a double-precision reference ----

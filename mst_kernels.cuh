@@ -128,6 +128,8 @@ static inline void mst_cublas_check(cublasStatus_t status, const char* file, int
 }
 #define CUBLAS_CHECK(call) mst_cublas_check((call), __FILE__, __LINE__)
 
+#include "mst/profiler.h"  // every launch helper below marks its phase (--profile, NVTX)
+
 static inline int mst_ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
 
 namespace mst {
@@ -255,16 +257,19 @@ static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, con
 // out[N,OC] = inp[N,IC] W[OC,IC]^T   (column-major: out^T(OC x N) = W^T... op(A)=T on W (IC x OC))
 static inline void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC,
                                   bool accumulate, cudaStream_t stream) {
+    profile_phase(PHASE_MATMULS, stream);
     matmul_lt(out, CUDA_R_16BF, weight, inp, true, false, OC, N, IC, IC, IC, OC, accumulate ? 1.f : 0.f, stream);
 }
 // dinp[N,IC] (+)= dout[N,OC] W[OC,IC]
 static inline void matmul_backward_input(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
                                          bool accumulate, cudaStream_t stream) {
+    profile_phase(PHASE_MATMULS, stream);
     matmul_lt(dinp, CUDA_R_16BF, weight, dout, false, false, IC, N, OC, IC, OC, IC, accumulate ? 1.f : 0.f, stream);
 }
 // dweight[OC,IC] (fp32) += dout[N,OC]^T inp[N,IC]
 static inline void matmul_backward_weight(float* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC,
                                           cudaStream_t stream) {
+    profile_phase(PHASE_MATMULS, stream);
     matmul_lt(dweight, CUDA_R_32F, inp, dout, false, true, IC, OC, N, IC, OC, IC, 1.f, stream);
 }
 
@@ -284,6 +289,7 @@ static __global__ void embedding_forward_kernel(bf16* out, const int* tokens, co
     }
 }
 static inline void embedding_forward(bf16* out, const int* tokens, const bf16* wte, int N, int C, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if (N <= 0) return;
     bool vec = (C % 8 == 0) && mst::aligned16(out) && mst::aligned16(wte);
     if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_forward: pointers must be 16-byte aligned\n"); exit(1); }
@@ -330,6 +336,7 @@ static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, 
 // buckets: the device copy of token_buckets.h's table for these N tokens, holding bucket_count buckets
 static inline void embedding_backward(float* dwte, const bf16* dout, const int* buckets, int bucket_count, int N, int C,
                                       cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if (bucket_count <= 0) return;
     bool vec = (C % 8 == 0) && mst::aligned16(dwte) && mst::aligned16(dout);
     if (!vec && C % 8 == 0) { fprintf(stderr, "embedding_backward: pointers must be 16-byte aligned\n"); exit(1); }
@@ -406,11 +413,13 @@ static inline void rmsnorm_launch(bf16* out, float* rstd, bf16* residual_out, co
 }
 static inline void rmsnorm_forward(bf16* out, float* rstd, const bf16* inp, const bf16* weight, int N, int C, float eps,
                                    cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     rmsnorm_launch(out, rstd, nullptr, inp, nullptr, weight, N, C, eps, stream);
 }
 static inline void rmsnorm_residual_forward(bf16* residual_out, bf16* out, float* rstd, const bf16* residual_in,
                                             const bf16* delta, const bf16* weight, int N, int C, float eps,
                                             cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     rmsnorm_launch(out, rstd, residual_out, residual_in, delta, weight, N, C, eps, stream);
 }
 
@@ -490,6 +499,7 @@ static __global__ void rmsnorm_backward_dweight_reduce_kernel(float* dweight, co
 
 static inline void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, const bf16* dout, const bf16* inp,
                                     const bf16* weight, const float* rstd, int N, int C, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if (N <= 0) return;
     bool vec = C % 8 == 0 && mst::aligned16(dinp) && mst::aligned16(dout) && mst::aligned16(inp) && mst::aligned16(weight);
     int rows_per_block = 4;
@@ -527,6 +537,7 @@ static __global__ void rope_kernel(bf16* x, const float* cos_table, const float*
 }
 static inline void rope_forward(bf16* x, const float* cos_table, const float* sin_table, int B, int T, int heads, int hd,
                                 bool inverse, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     size_t total = (size_t)B * T * heads * (hd / 2);
     if (total == 0) return;
     int threads = 256;
@@ -604,6 +615,7 @@ static inline int mst_elementwise_blocks(size_t work, int threads) {
     return (int)(blocks < 1 ? 1 : blocks);
 }
 static inline void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_gu, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if ((size_t)N * F == 0) return;
     bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(out) && mst::aligned16(gate) && mst::aligned16(up);
     int threads = 256;
@@ -613,6 +625,7 @@ static inline void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, i
 }
 static inline void swiglu_backward(bf16* dgate, bf16* dup, const bf16* dout, const bf16* gate, const bf16* up, int N, int F,
                                    int ld_gu, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if ((size_t)N * F == 0) return;
     bool vec = F % 8 == 0 && ld_gu % 8 == 0 && mst::aligned16(dgate) && mst::aligned16(dup) && mst::aligned16(dout) &&
                mst::aligned16(gate) && mst::aligned16(up);
@@ -719,6 +732,7 @@ __global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(bf16* logits, 
 }
 static inline void crossentropy_forward_backward(bf16* logits, float* losses, const int* targets, int N, int V,
                                                  float grad_scale, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
     if (N <= 0) return;
     bool vec = V % 8 == 0 && mst::aligned16(logits);
     if (vec) mst::launch<crossentropy_kernel<true>>(N, CE_THREADS, 0, stream, logits, losses, targets, V, grad_scale);
@@ -775,6 +789,7 @@ template <typename S>
 static inline void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t, float lr,
                                 float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                                 const float* grad_scale_device, unsigned int seed, cudaStream_t stream) {
+    profile_phase(PHASE_OPTIMIZER, stream);
     if (count == 0) return;
     float bias_correction1 = 1.f - powf(beta1, (float)t);
     float bias_correction2 = 1.f - powf(beta2, (float)t);
@@ -826,12 +841,14 @@ static __global__ void global_norm_finish_kernel(float* norm_out, float* clip_sc
     }
 }
 static inline void global_norm_squared_partial(void* scratch, int slot, const float* grad, size_t count, cudaStream_t stream) {
+    profile_phase(PHASE_OPTIMIZER, stream);
     double* partial = (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS;
     mst::launch<global_norm_partial_kernel>(GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream, partial, grad, count);
     CUDA_CHECK(cudaGetLastError());
 }
 static inline void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,
                                       float max_norm, cudaStream_t stream) {
+    profile_phase(PHASE_OPTIMIZER, stream);
     mst::launch<global_norm_finish_kernel>(1, 1024, 0, stream, norm_out, clip_scale_out, (const double*)scratch,
                                                       num_slots * GLOBAL_NORM_BLOCKS, max_norm);
     CUDA_CHECK(cudaGetLastError());
@@ -1386,6 +1403,7 @@ static inline int& attention_forward_version() { static int version = 2; return 
 
 static inline void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
                                      int H, int KV, int hd, cudaStream_t stream) {
+    profile_phase(PHASE_ATTENTION_FORWARD, stream);
     const void* ptrs[] = {out, q, k, v};
     attention_check_args("attention_forward", B, T, H, KV, hd, ptrs, 4);
     bool async = attention_forward_version() == 2;
@@ -1425,6 +1443,7 @@ static inline int& attention_backward_version() { static int version = 2; return
 static inline void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16* dout, const bf16* q,
                                       const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
                                       int KV, int hd, cudaStream_t stream) {
+    profile_phase(PHASE_ATTENTION_BACKWARD, stream);
     const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
     attention_check_args("attention_backward", B, T, H, KV, hd, ptrs, 8);
     float* D = (float*)scratch;

@@ -383,24 +383,33 @@ static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints
 static void offload_store(Model* m, int l) {
     if (!m->offload.stores(l)) return;
     copy_stream_waits_for_compute(m);
+    profile_copy_mark(m->copy_stream);
     CUDA_CHECK(cudaMemcpyAsync(host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
                                cudaMemcpyDeviceToHost, m->copy_stream));
+    profile_copy_mark(m->copy_stream);
     CUDA_CHECK(cudaEventRecord(m->stored[l % 2], m->copy_stream));
 }
 
 // before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
 static void offload_before_output(Model* m, int l) {
-    if (m->offload.output_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
+    if (!m->offload.output_waits(l)) return;
+    profile_phase(PHASE_HOST_COPIES, m->stream);  // what the compute stream waits here is a copy not hidden
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
 }
 
 // layer l's backward begins: it waits for its own input (fetched, for l < h - 1), then fetches input l - 1
 // (offloaded, l < h) into buffer (l - 1) % 2
 static void offload_before_backward(Model* m, int l) {
-    if (m->offload.backward_waits(l)) CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+    if (m->offload.backward_waits(l)) {
+        profile_phase(PHASE_HOST_COPIES, m->stream);
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+    }
     if (!m->offload.fetches_previous(l)) return;
     copy_stream_waits_for_compute(m);
+    profile_copy_mark(m->copy_stream);
     CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
                                cudaMemcpyHostToDevice, m->copy_stream));
+    profile_copy_mark(m->copy_stream);
     CUDA_CHECK(cudaEventRecord(m->fetched[(l - 1) % 2], m->copy_stream));
 }
 
@@ -432,12 +441,14 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
     attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
+    profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
     matmul_forward(a.attention_residual, a.attention_out, w + o.o, N, Q, C, true, s);
     rmsnorm_forward(a.mlp_norm, a.mlp_rstd, a.attention_residual, w + o.post_attention_norm, N, C, c.norm_eps, s);
     if (with_mlp) {
         bf16* out = layer_input(m, l + 1);
         offload_before_output(m, l);
+        profile_phase(PHASE_MEMORY_BOUND, s);
         CUDA_CHECK(cudaMemcpyAsync(out, a.attention_residual, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
         int mlp_chunk_tokens = m->plan.mlp_chunk_tokens;
         for (int start = 0; start < N; start += mlp_chunk_tokens) {
@@ -457,6 +468,7 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
 static void model_forward(Model* m, bool backward_follows) {
     int C = m->config.d_model;
     if (m->offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
+        profile_phase(PHASE_HOST_COPIES, m->stream);
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
     }
@@ -491,6 +503,7 @@ static void lmhead_forward_backward(Model* m, float grad_scale, float* lm_head_g
 // the sum of the per-token losses (target -1 is not counted; its loss is 0); synchronizes the stream
 static double summed_loss(Model* m) {
     std::vector<float> losses(m->N);
+    profile_phase(PHASE_HOST_COPIES, m->stream);
     CUDA_CHECK(cudaMemcpyAsync(losses.data(), m->losses, (size_t)m->N * 4, cudaMemcpyDeviceToHost, m->stream));
     CUDA_CHECK(cudaStreamSynchronize(m->stream));
     double sum = 0.0;
@@ -507,6 +520,7 @@ static int counted_targets(const int* targets, size_t count) {
 static int upload_tokens(Model* m, const int* inputs, const int* targets) {
     if (!bucket_tokens(&m->buckets, inputs, m->N, m->config.vocab_size))
         error_exit("an input token is outside [0, " + std::to_string(m->config.vocab_size) + ")");
+    profile_phase(PHASE_HOST_COPIES, m->stream);
     CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->token_buckets, m->buckets.table.data(), m->buckets.table.size() * 4,
@@ -571,6 +585,7 @@ static float* group_gradient(const Model* m, size_t offset) {
 static float* begin_group(Model* m, size_t offset, size_t count, bool first_micro_batch) {
     float* grad = group_gradient(m, offset);
     if (!m->plan.options.fused_optimizer) return grad;
+    profile_phase(first_micro_batch ? PHASE_MEMORY_BOUND : PHASE_HOST_COPIES, m->stream);
     if (first_micro_batch) CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
     else CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + offset, count * 4, cudaMemcpyHostToDevice, m->stream));
     return grad;
@@ -583,6 +598,7 @@ static void end_group(Model* m, size_t offset, size_t count, bool last_micro_bat
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
     if (last_micro_batch) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
+    profile_phase(PHASE_HOST_COPIES, m->stream);
     CUDA_CHECK(cudaMemcpyAsync(m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost, m->stream));
 }
 
@@ -595,6 +611,7 @@ static void model_apply_pending_update(Model* m) {
     std::vector<GradientGroup> groups = gradient_groups(m->config);
     for (auto g = groups.rbegin(); g != groups.rend(); ++g) {
         float* grad = group_gradient(m, g->offset);
+        profile_phase(PHASE_HOST_COPIES, m->stream);
         CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + g->offset, g->count * 4, cudaMemcpyHostToDevice, m->stream));
         adamw_group(m, g->offset, g->count, grad, m->pending_lr);
     }
@@ -668,9 +685,11 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     const ParameterLayout& p = m->layout;
     bool fused = m->plan.options.fused_optimizer;
     size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
+    profile_step_begin();
     model_apply_pending_update(m);  // the last step's update: this forward reads the weights
     int counted = counted_targets(targets, N * micro_batches);
     float grad_scale = counted > 0 ? 1.f / counted : 0.f;
+    profile_phase(PHASE_MEMORY_BOUND, m->stream);
     if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, p.total * 4, m->stream));
     m->grad_norm_slots = 0;
     double loss_sum = 0.0;
@@ -683,6 +702,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
         lmhead_forward_backward(m, grad_scale, lm_head_grad);
         if (!c.tied_embeddings) end_group(m, p.lm_head, VC, last);
         // final norm: dresidual = its input's gradient
+        profile_phase(PHASE_MEMORY_BOUND, m->stream);
         CUDA_CHECK(cudaMemsetAsync(m->dresidual, 0, N * c.d_model * 2, m->stream));
         float* final_norm_grad = begin_group(m, p.final_norm, c.d_model, first);
         rmsnorm_backward(m->dresidual, final_norm_grad, m->norm_scratch, m->dnorm, layer_input(m, c.n_layer),
@@ -717,6 +737,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
         }
     }
     if (apply_update) m->steps_done++;
+    profile_step_end();
     return loss;
 }
 
@@ -883,6 +904,7 @@ struct CommandLine {
     int nonfinite_limit = 5;          // --nonfinite-limit: stop after this many non-finite steps in a row
     const char* log_path = nullptr;   // -L: one JSON object per line per step
     bool dry_run = false, print_max_T = false;
+    bool profile = false;             // --profile 1: each phase's time per step (profiler.h), a table at the end
     double gpu_mem_gib = 0.0;         // 0: not given
     double host_mem_gib = 0.0;        // --host-mem: pinned host memory the plan may use; 0: not given
     const char* hf_dir = nullptr;     // -e DIR: a Hugging Face directory's weights (its config.json is config)
@@ -938,6 +960,7 @@ static void print_usage() {
 "  --host-mem GIB  pinned host memory the plan may use (default: the machine's less a quarter; 120 in a dry run)\n"
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
 "  --dry-run       print the memory plan beside the standard plan and whether it fits; no GPU used\n"
+"  --profile 0|1   time each phase of every step (CUDA events); a table at the end, phases in -L (default 0)\n"
 "  --max-T         print the longest T that fits --gpu-mem and --host-mem, with these options and the standard ones\n"
 "  -h, --help      this text\n",
         DEFAULT_TRAIN_SHARDS, DEFAULT_VAL_SHARDS, model_config_names().c_str());
@@ -1002,7 +1025,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
-            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite"};
+            "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
+            "--profile"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1041,6 +1065,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_number(f, value, true);
         else if (flag == "--host-mem") cl.host_mem_gib = parse_number(f, value, true);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
+        else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "-o") cl.checkpoint_dir = value;
         else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
@@ -1431,6 +1456,7 @@ struct StepRecord {
     float loss, lr, grad_norm, clip_scale;
     bool skipped;
     double ms, tokens_per_second, mfu_percent, gpu_mem_gib, host_mem_gib;  // mfu_percent < 0: unknown
+    const double* phase_ms;  // --profile: the step's milliseconds per phase (profiler.h), else null
 };
 
 static void log_step(FILE* log, const StepRecord& r) {
@@ -1440,11 +1466,15 @@ static void log_step(FILE* log, const StepRecord& r) {
         snprintf(text, sizeof text, "%.7g", x);
         return std::isfinite(x) ? std::string(text) : std::string("null");
     };
+    std::string phases;  // , "phases_ms": {"matmuls": 12.5, ...}
+    for (int phase = 0; r.phase_ms && phase < NUM_PHASES; phase++)
+        phases += std::string(phase ? ", \"" : ", \"phases_ms\": {\"") + PHASE_NAMES[phase] + "\": " + number(r.phase_ms[phase]) +
+                  (phase == NUM_PHASES - 1 ? "}" : "");
     fprintf(log, "{\"step\": %d, \"loss\": %s, \"lr\": %.6e, \"grad_norm\": %s, \"clip_scale\": %s, \"skipped\": %s, "
-            "\"ms\": %.1f, \"tok_per_s\": %.1f, \"mfu\": %s, \"gpu_mem_gib\": %.3f, \"host_mem_gib\": %.3f}\n",
+            "\"ms\": %.1f, \"tok_per_s\": %.1f, \"mfu\": %s, \"gpu_mem_gib\": %.3f, \"host_mem_gib\": %.3f%s}\n",
             r.step, number(r.loss).c_str(), r.lr, number(r.grad_norm).c_str(), number(r.clip_scale).c_str(),
             r.skipped ? "true" : "false", r.ms, r.tokens_per_second, r.mfu_percent < 0 ? "null" : number(r.mfu_percent).c_str(),
-            r.gpu_mem_gib, r.host_mem_gib);
+            r.gpu_mem_gib, r.host_mem_gib, phases.c_str());
     fflush(log);
 }
 
@@ -1489,6 +1519,7 @@ static int train(const CommandLine& cl) {
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
     Model model;
     model_create(&model, cl.config, options, cl.optimizer, cl.seed);
+    profile_attach(model.stream, cl.profile);
     int start_step = 0;
     uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0
     if (cl.resume) {
@@ -1544,7 +1575,7 @@ static int train(const CommandLine& cl) {
         CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
         StepRecord r = {step + 1, loss, lr, grad_norm, clip_scale(grad_norm, cl.optimizer.grad_clip), skipped,
                         seconds * 1e3, tokens_per_step / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
-                        gib(total_bytes - free_bytes), host_memory_gib()};
+                        gib(total_bytes - free_bytes), host_memory_gib(), cl.profile ? profiler.last_ms : nullptr};
         char mfu[32] = "-";
         if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu_percent);
         if (step > start_step) later_steps_seconds += seconds;
@@ -1579,6 +1610,7 @@ static int train(const CommandLine& cl) {
             save_checkpoint(&model, cl, train_batches, sample_rng);
         fflush(stdout);
     }
+    print_profile(plan, card, cl.micro_batches);
     if (cl.val_interval > 0) report_validation(&model, &val_batches, cl, log, cl.steps);
     model_apply_pending_update(&model);  // the end: the last step's update
     if (cl.sample_tokens > 0) print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, cl.steps);

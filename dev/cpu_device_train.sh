@@ -7,7 +7,8 @@
 #   - resuming from the step-6 checkpoint in a fresh directory gives steps 7-12 the same losses (bitwise, as
 #     printed in the -L logs) and the same greedy sample;
 #   - the export reads back through ./mst_hf (the CPU reference), whose greedy continuation of
-#     <|begin_of_text|> is the trainer's sample.
+#     <|begin_of_text|> is the trainer's sample;
+#   - --profile 1 times every phase (CUDA events on the CPU device's streams) and prints its table.
 # Needs ./train_llama_cpu, ./mst_hf, ./tokenize and the shards (make train_llama_cpu mst_hf).
 # One line per check, then "N passed, N failed".
 set -u
@@ -46,5 +47,27 @@ check "the export reads back through mst_hf" $? "$(head -c 150 "$DIR/hf.err")"
 text=$(echo "$ids" | ./tokenize decode 2>/dev/null)
 [ -n "$ids" ] && [ "$text" = "$(sample "$DIR/a.log")" ]
 check "mst_hf's greedy continuation of the export is the trainer's sample" $? "ids $ids"
+
+# --profile 1 (mst/profiler.h): every phase marked (held gradients and offloaded checkpoints give host copies
+# and copy-stream time), the phases account for each step's time, the table at the end; no phases without it
+./train_llama_cpu --config 128256,64,2,1,1,160 -f 1 --offload 1 -B 1 -T 64 -n 3 -u 1 --seed 5 --profile 1 \
+    -L "$DIR/p.jsonl" > "$DIR/p.log" 2>&1
+check "--profile 1: a 3-step run" $? "$(tail -n 1 "$DIR/p.log" | cut -c1-150)"
+python3 - "$DIR/p.jsonl" <<'PY'
+import json, sys
+steps = [json.loads(line) for line in open(sys.argv[1]) if '"loss"' in line]
+names = ["matmuls", "attention forward", "attention backward", "memory-bound kernels", "optimizer", "host copies"]
+ok = len(steps) == 3
+for s in steps:
+    phases = s.get("phases_ms", {})
+    ok &= list(phases) == names and all(phases[n] > 0 for n in names)
+    ok &= 0.5 * s["ms"] <= sum(phases.values()) <= 1.01 * s["ms"]  # the events lie inside the step's timing
+    print("step %d: %.1f ms, phases %s" % (s["step"], s["ms"], ", ".join("%s %.1f" % (n, phases.get(n, -1)) for n in names)))
+sys.exit(0 if ok else 1)
+PY
+check "--profile 1: six phases in -L, each > 0, adding up to the step's time" $?
+grep -q "^| optimizer  .*|$" "$DIR/p.log" && grep -q "^| step  " "$DIR/p.log" && grep -q "^copy stream: [0-9.]* ms per step" "$DIR/p.log" &&
+    ! grep -q phases_ms "$DIR/a.jsonl"
+check "--profile 1: the table at the end; no phases in a log without --profile" $?
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -13,6 +13,7 @@
 
 #include "mst/llama_config.h"
 #include "mst/memory_plan.h"
+#include "mst/phases.h"
 
 // A card's peak rates (vendor figures: dense bf16 tensor FLOP/s, HBM bytes/s, PCIe bytes/s each direction).
 struct CardRates {
@@ -63,11 +64,6 @@ static inline BoundKernel adamw_kernel_rate(const TrainingOptions& o) {
     if (o.master_weights) return {o.bf16_optimizer_state ? 24.0 : 32.0, 0.80};
     return o.bf16_optimizer_state ? BoundKernel{16, 0.51} : BoundKernel{24, 0.77};
 }
-
-enum Phase { PHASE_MATMULS, PHASE_ATTENTION_FORWARD, PHASE_ATTENTION_BACKWARD, PHASE_MEMORY_BOUND,
-             PHASE_OPTIMIZER, PHASE_HOST_COPIES, NUM_PHASES };
-static const char* const PHASE_NAMES[NUM_PHASES] = {"matmuls", "attention forward", "attention backward",
-                                                    "memory-bound kernels", "optimizer", "host copies"};
 
 struct StepPrediction {
     double seconds[NUM_PHASES];
