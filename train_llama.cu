@@ -128,7 +128,11 @@ struct Model {
     void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state)
     float* grads;                  // fused: one gradient group at a time; else all P
     float* host_grads;             // fused: pinned host P x 4, each group's gradient held for the exact clip
+    std::vector<GradientGroup> groups;  // gradient_groups(): the order backward completes them
+    GradientSlots gradient_slots;  // fused: the two slots' sizes (training.h)
+    cudaEvent_t gradient_out[3], gradient_in[3];  // fused: a slot's copy to / from the host has finished
     bool update_pending;           // fused: the last step's update, applied before the weights are next read
+    int groups_applied;            // of it, in forward order (apply_pending_groups)
     float pending_lr;              // its learning rate
     // forward
     bf16* layer_inputs;            // (L + 1) x N x C: each layer's input, then the last layer's output
@@ -281,6 +285,9 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->steps_done = 0;
     m->updates_applied = 0;
     m->update_pending = false;
+    m->groups_applied = 0;
+    m->groups = gradient_groups(config);
+    m->gradient_slots = fused_gradient_slots(config);
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
@@ -289,6 +296,10 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
+    for (int slot = 0; slot < 3; slot++) {
+        CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_out[slot], cudaEventDisableTiming));
+        CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_in[slot], cudaEventDisableTiming));
+    }
     declare_arena_regions(m);
     carve_arena(m);
     std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
@@ -311,6 +322,10 @@ static void model_free(Model* m) {
     }
     for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point})
         CUDA_CHECK(cudaEventDestroy(e));
+    for (int slot = 0; slot < 3; slot++) {
+        CUDA_CHECK(cudaEventDestroy(m->gradient_out[slot]));
+        CUDA_CHECK(cudaEventDestroy(m->gradient_in[slot]));
+    }
     CUDA_CHECK(cudaStreamDestroy(m->copy_stream));
     CUBLAS_CHECK(cublasLtDestroy(m->cublaslt));
     CUDA_CHECK(cudaStreamDestroy(m->stream));
@@ -463,8 +478,12 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     nvtxRangePop();
 }
 
-// embedding, the layers, the final norm (the LM head's input); offloaded inputs go to the host only when
-// backward follows (not for validation, samples or test losses)
+static void apply_pending_groups(Model* m, int through);
+
+// embedding, the layers, the final norm (the LM head's input). When backward follows, the pending update is
+// applied group by group just before forward reads the group (its index in forward order: the embedding 0,
+// layer l 1 + l, then the final norm and the LM head), and offloaded inputs go to the host; any other pass
+// (validation, samples, test losses) has applied the update first and stores nothing.
 static void model_forward(Model* m, bool backward_follows) {
     int C = m->config.d_model;
     if (m->offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
@@ -472,9 +491,14 @@ static void model_forward(Model* m, bool backward_follows) {
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
     }
+    if (backward_follows) apply_pending_groups(m, 0);
     embedding_forward(layer_input(m, 0), m->inputs, m->params + m->layout.embedding, m->N, C, m->stream);
     if (backward_follows) offload_store(m, 0);
-    for (int l = 0; l < m->config.n_layer; l++) layer_forward(m, l, true, backward_follows);
+    for (int l = 0; l < m->config.n_layer; l++) {
+        if (backward_follows) apply_pending_groups(m, 1 + l);
+        layer_forward(m, l, true, backward_follows);
+    }
+    if (backward_follows) apply_pending_groups(m, INT_MAX);
     rmsnorm_forward(m->final_norm, m->final_rstd, layer_input(m, m->config.n_layer), m->params + m->layout.final_norm,
                     m->N, C, m->config.norm_eps, m->stream);
 }
@@ -569,55 +593,101 @@ static void adamw_group(Model* m, size_t offset, size_t count, const float* grad
 }
 
 // Gradient groups: the LM head, the final norm, each layer, the embedding (the LM head's when tied).
-// Fused, one group's gradient lives at a time at the start of the gradient region, except the tied
-// embedding's, which lives from the LM head's backward to the embedding's in the first V x C, with the
-// other groups after it. Not fused, every gradient lives at its parameter's place.
+// Fused, the groups alternate between two slots of the gradient region (backward's i-th group in slot i % 2),
+// so a group's copy to the host on the copy stream overlaps the next group's backward, and in the update a
+// group's fetch overlaps the one before's AdamW and forward. The tied embedding's gradient lives whole from
+// the LM head's backward to the embedding's, before the two slots (its own slot, 2, for the events). Not
+// fused, every gradient lives at its parameter's place.
+static const int TIED_EMBEDDING_SLOT = 2;
+static int group_slot(const Model* m, size_t offset) {
+    if (m->config.tied_embeddings && offset == m->layout.embedding) return TIED_EMBEDDING_SLOT;
+    for (size_t i = 0; i < m->groups.size(); i++)
+        if (m->groups[i].offset == offset) return (int)(i % 2);
+    fprintf(stderr, "internal error: no gradient group at offset %zu\n", offset);
+    exit(1);
+}
 static float* group_gradient(const Model* m, size_t offset) {
     if (!m->plan.options.fused_optimizer) return m->grads + offset;
-    bool embedding_matrix = offset == m->layout.embedding || offset == m->layout.lm_head;
-    bool after_tied_embedding = m->config.tied_embeddings && !embedding_matrix;
-    return m->grads + (after_tied_embedding ? (size_t)m->config.vocab_size * m->config.d_model : 0);
+    const ModelConfig& c = m->config;
+    size_t VC = (size_t)c.vocab_size * c.d_model;
+    int slot = group_slot(m, offset);
+    if (slot == TIED_EMBEDDING_SLOT) return m->grads;
+    return m->grads + (c.tied_embeddings ? VC : 0) + (slot == 1 ? m->gradient_slots.elements[0] : 0);
 }
 
-// A group's backward begins. Fused: its gradient buffer is zeroed in the first micro-batch, and in a
-// later one holds the sum so far, streamed back from its host copy. Not fused: backward zeroed them all
-// before the first micro-batch.
+// the copy stream fetches a group's held gradient into its slot; gradient_in[slot] marks its arrival
+static void fetch_group_gradient(Model* m, size_t offset, size_t count) {
+    int slot = group_slot(m, offset);
+    copy_stream_waits_for_compute(m);  // the slot's last reader (the AdamW two groups back) has run
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaMemcpyAsync(group_gradient(m, offset), m->host_grads + offset, count * 4, cudaMemcpyHostToDevice,
+                               m->copy_stream));
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaEventRecord(m->gradient_in[slot], m->copy_stream));
+}
+
+// A group's backward begins. Fused: once its slot's last copy to the host has left, its gradient buffer is
+// zeroed in the first micro-batch, and in a later one holds the sum so far, fetched back from its host copy.
+// Not fused: backward zeroed them all before the first micro-batch.
 static float* begin_group(Model* m, size_t offset, size_t count, bool first_micro_batch) {
     float* grad = group_gradient(m, offset);
     if (!m->plan.options.fused_optimizer) return grad;
-    profile_phase(first_micro_batch ? PHASE_MEMORY_BOUND : PHASE_HOST_COPIES, m->stream);
-    if (first_micro_batch) CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
-    else CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + offset, count * 4, cudaMemcpyHostToDevice, m->stream));
+    int slot = group_slot(m, offset);
+    profile_phase(PHASE_HOST_COPIES, m->stream);  // waiting here is a copy not hidden
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_out[slot], 0));
+    if (first_micro_batch) {
+        profile_phase(PHASE_MEMORY_BOUND, m->stream);
+        CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
+    } else {
+        fetch_group_gradient(m, offset, count);
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_in[slot], 0));
+    }
     return grad;
 }
 
-// A group's gradient is complete for this micro-batch. Fused: it goes to its host copy (count x 4
-// bytes over PCIe, ordered on the stream before the buffer's next use), and after the last micro-batch
-// its share of the global norm is taken. Not fused: nothing until backward has finished.
+// A group's gradient is complete for this micro-batch. Fused: after the last micro-batch its share of the
+// global norm is taken; then the copy stream sends it to its host copy (count x 4 bytes over PCIe) while
+// backward goes on; gradient_out[slot] marks it gone. Not fused: nothing until backward has finished.
 static void end_group(Model* m, size_t offset, size_t count, bool last_micro_batch) {
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
     if (last_micro_batch) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
-    profile_phase(PHASE_HOST_COPIES, m->stream);
-    CUDA_CHECK(cudaMemcpyAsync(m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost, m->stream));
+    copy_stream_waits_for_compute(m);
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaMemcpyAsync(m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost, m->copy_stream));
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaEventRecord(m->gradient_out[group_slot(m, offset)], m->copy_stream));
 }
 
-// Fused: the last step's update, if pending, group by group in the order forward reads them, each
-// group's gradient streamed back from the host and scaled by that step's clip scale (m->clip_scale,
-// still on the device). Called before anything reads the weights: the next step, validation, samples,
-// checkpoints, exports, host copies.
-static void model_apply_pending_update(Model* m) {
+// Fused: the last step's update, if pending, is applied group by group in the order forward reads them
+// (m->groups reversed: embedding, layers 0 .. L-1, final norm, LM head), each group's gradient fetched from
+// the host and scaled by that step's clip scale (m->clip_scale, still on the device). A training forward
+// applies each group just before it reads it (through = its index in that order), so the fetch of the next
+// group overlaps this one's AdamW and forward; anything else that reads the weights (validation, samples,
+// checkpoints, exports, the end) applies the rest first (model_apply_pending_update).
+static void apply_pending_groups(Model* m, int through) {
     if (!m->update_pending) return;
-    std::vector<GradientGroup> groups = gradient_groups(m->config);
-    for (auto g = groups.rbegin(); g != groups.rend(); ++g) {
-        float* grad = group_gradient(m, g->offset);
+    int n = (int)m->groups.size();
+    auto forward_group = [&](int j) { return m->groups[n - 1 - j]; };
+    for (; m->groups_applied <= std::min(through, n - 1); m->groups_applied++) {
+        int j = m->groups_applied;
+        if (j == 0) fetch_group_gradient(m, forward_group(0).offset, forward_group(0).count);
+        if (j + 1 < n) fetch_group_gradient(m, forward_group(j + 1).offset, forward_group(j + 1).count);
+        GradientGroup g = forward_group(j);
         profile_phase(PHASE_HOST_COPIES, m->stream);
-        CUDA_CHECK(cudaMemcpyAsync(grad, m->host_grads + g->offset, g->count * 4, cudaMemcpyHostToDevice, m->stream));
-        adamw_group(m, g->offset, g->count, grad, m->pending_lr);
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_in[group_slot(m, g.offset)], 0));
+        adamw_group(m, g.offset, g.count, group_gradient(m, g.offset), m->pending_lr);
     }
-    CUDA_CHECK(cudaStreamSynchronize(m->stream));
+    if (m->groups_applied < n) return;
     m->updates_applied++;
     m->update_pending = false;
+    m->groups_applied = 0;
+}
+
+static void model_apply_pending_update(Model* m) {
+    if (!m->update_pending) return;
+    apply_pending_groups(m, (int)m->groups.size() - 1);
+    CUDA_CHECK(cudaStreamSynchronize(m->stream));
 }
 
 // ----------------------------------------------------------------------------
@@ -685,8 +755,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     const ParameterLayout& p = m->layout;
     bool fused = m->plan.options.fused_optimizer;
     size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
-    profile_step_begin();
-    model_apply_pending_update(m);  // the last step's update: this forward reads the weights
+    profile_step_begin();  // the last step's update, if pending, is applied by the first forward, group by group
     int counted = counted_targets(targets, N * micro_batches);
     float grad_scale = counted > 0 ? 1.f / counted : 0.f;
     profile_phase(PHASE_MEMORY_BOUND, m->stream);
@@ -737,6 +806,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
         }
     }
     if (apply_update) m->steps_done++;
+    if (!apply_update) CUDA_CHECK(cudaStreamSynchronize(m->copy_stream));  // the held gradients are on the host
     profile_step_end();
     return loss;
 }

@@ -68,8 +68,8 @@ expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
 expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 31 x 200000 x 4096 x 2 +\| +0.000 \| +47.302 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 77.2 GiB to the host, 77.2 GiB back \(held gradients on the compute stream" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-23: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 77.2 GiB to the host, 77.2 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
+expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-24: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
 expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 67.2 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)

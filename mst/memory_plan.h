@@ -19,6 +19,7 @@
 
 #include "mst/llama_config.h"
 #include "mst/token_buckets.h"
+#include "mst/training.h"
 
 // cuBLASLt's workspace, taken from the arena (mst_kernels.cuh hands it to cuBLASLt once)
 static const size_t CUBLASLT_WORKSPACE_BYTES = 32ull << 20;
@@ -61,7 +62,8 @@ enum Region {
     REGION_MASTER_WEIGHTS,    // P x 4, or nothing
     REGION_ADAM_M,            // P x (2 or 4)
     REGION_ADAM_V,            // P x (2 or 4)
-    REGION_GRADIENTS,         // fused: one tensor group at a time; else P x 4
+    REGION_GRADIENTS,         // fused: two slots that gradient groups alternate in (training.h), and the tied
+                              // embedding's V x C; else P x 4
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
@@ -180,12 +182,12 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // without recomputation every layer keeps its own activations for backward
     size_t layers_live = o.recompute ? 1 : L;
     size_t state_bytes = o.bf16_optimizer_state ? 2 : 4;
-    // fused: gradients exist for one group at a time: the LM head (V x C), then each layer in turn,
-    // then the embedding (V x C). Tied embeddings share one V x C gradient from the LM head's backward
-    // to the embedding's, so it is kept whole beside one layer's.
+    // fused: gradients exist for two groups at a time, in two slots (one computed while the other is copied
+    // to the host): the LM head (V x C), the final norm, each layer in turn, the embedding (V x C). Tied
+    // embeddings share one V x C gradient from the LM head's backward to the embedding's, kept whole beside.
+    GradientSlots slots = fused_gradient_slots(c);
     size_t gradient_elements = !o.fused_optimizer ? P
-                             : c.tied_embeddings ? V * C + std::max(layout.layer.count, C)
-                             : std::max(V * C, layout.layer.count);
+                             : (c.tied_embeddings ? V * C : 0) + slots.elements[0] + slots.elements[1];
 
     auto set = [&](Region r, size_t bytes, std::string shape) { plan.bytes[r] = bytes; plan.shape[r] = shape; };
     auto s = [](size_t x) { return std::to_string(x); };
@@ -329,6 +331,6 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
     printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
            gib(standard.total));
     if (plan.aliased) printf("%s\n", ALIASES_TEXT);
-    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back (held gradients on the compute stream, in series; "
-           "checkpoints on the copy stream)\n", gib(plan.pcie_to_host), gib(plan.pcie_to_device));
+    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back, on the copy stream beside the compute\n",
+           gib(plan.pcie_to_host), gib(plan.pcie_to_device));
 }

@@ -1,9 +1,9 @@
 // step_model.h: the predicted time of one training step, phase by phase, from the plan's FLOPs and bytes, a
 // card's peak rates and the fractions of those rates our kernels last measured (dev/cuda/README.md).
 //
-// Every phase runs on the compute stream today, so the step's time is the sum of the phases, the held gradients'
-// host copies included; only the layer checkpoints' copies run on the copy stream, hidden behind the compute
-// up to its length. The phase with the largest share bounds the step. `--dry-run` prints the prediction for the cards below; on a GPU the step line
+// The kernels run on the compute stream, one after another, so the step's time is the sum of their phases;
+// the host copies (held gradients, layer checkpoints) run on the copy stream beside them and add only what
+// the compute cannot hide. The phase with the largest share bounds the step. `--dry-run` prints the prediction for the cards below; on a GPU the step line
 // prints predicted beside measured, so every run checks the model.
 #pragma once
 #include <algorithm>
@@ -124,15 +124,12 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     p.work[PHASE_OPTIMIZER] = P * (GLOBAL_NORM.bytes_per_element + adamw.bytes_per_element);
     p.seconds[PHASE_OPTIMIZER] = P * GLOBAL_NORM.bytes_per_element / (copy_rate * GLOBAL_NORM.of_ceiling) +
                                  P * adamw.bytes_per_element / (copy_rate * adamw.of_ceiling);
-    // host copies at the card's PCIe rate: the held gradients (P x 4 out and back per micro-batch, training.h)
-    // go on the compute stream, in series; the layer checkpoints on the copy stream, hidden up to the compute
-    // time they overlap
-    double gradient_bytes = 2.0 * plan.bytes[REGION_HOST_GRADIENTS] * micro_batches;
-    double checkpoint_bytes = (double)(plan.pcie_to_host + plan.pcie_to_device) * micro_batches - gradient_bytes;
+    // host copies at the card's PCIe rate, each micro-batch's (the held gradients' P x 4 out and back,
+    // training.h; the checkpoints'): on the copy stream, so only what exceeds the compute shows
     double compute_s = 0;
     for (int phase = 0; phase < PHASE_HOST_COPIES; phase++) compute_s += p.seconds[phase];
-    p.work[PHASE_HOST_COPIES] = gradient_bytes + checkpoint_bytes;
-    p.seconds[PHASE_HOST_COPIES] = gradient_bytes / card.pcie_bytes + std::max(0.0, checkpoint_bytes / card.pcie_bytes - compute_s);
+    p.work[PHASE_HOST_COPIES] = (double)(plan.pcie_to_host + plan.pcie_to_device) * micro_batches;
+    p.seconds[PHASE_HOST_COPIES] = std::max(0.0, p.work[PHASE_HOST_COPIES] / card.pcie_bytes - compute_s);
 
     for (int phase = 0; phase < NUM_PHASES; phase++) {
         p.total_s += p.seconds[phase];
@@ -148,7 +145,7 @@ static inline void print_step_prediction(const MemoryPlan& plan, int micro_batch
     const int n = sizeof DRY_RUN_CARDS / sizeof DRY_RUN_CARDS[0];
     StepPrediction p[n];
     for (int i = 0; i < n; i++) p[i] = predict_step(plan, KNOWN_CARDS[DRY_RUN_CARDS[i]], micro_batches);
-    printf("predicted step (phases in series, checkpoint copies hidden; rates: the cards' peaks x our kernels' fractions measured on an "
+    printf("predicted step (kernels in series, host copies beside them; rates: the cards' peaks x our kernels' fractions measured on an "
            "H200, dev/cuda/README.md):\n| %-20s |", "phase");
     for (int i = 0; i < n; i++) printf(" %9s ms |", KNOWN_CARDS[DRY_RUN_CARDS[i]].name);
     printf("\n|----------------------|");

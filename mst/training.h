@@ -9,6 +9,7 @@
 // applied group by group before the group's weights are next read (step s+1's forward, validation,
 // sampling, a checkpoint, an export, the end). The result is the unfused clip_grad_norm_ + AdamW.
 #pragma once
+#include <algorithm>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -31,6 +32,19 @@ static inline std::vector<GradientGroup> gradient_groups(const ModelConfig& c) {
     for (int l = c.n_layer - 1; l >= 0; l--) groups.push_back({p.layer_start(l), p.layer.count});
     groups.push_back({p.embedding, VC});
     return groups;
+}
+
+// The fused optimizer's gradient region: the groups alternate between two slots (backward's i-th group in
+// slot i % 2), each as large as its largest group; the tied embedding's V x C lives apart, before them.
+// Returns the slots' element counts.
+struct GradientSlots { size_t elements[2]; };
+static inline GradientSlots fused_gradient_slots(const ModelConfig& c) {
+    std::vector<GradientGroup> groups = gradient_groups(c);
+    GradientSlots slots = {{0, 0}};
+    size_t tied_embedding = c.tied_embeddings ? parameter_layout(c).embedding : (size_t)-1;
+    for (size_t i = 0; i < groups.size(); i++)
+        if (groups[i].offset != tied_embedding) slots.elements[i % 2] = std::max(slots.elements[i % 2], groups[i].count);
+    return slots;
 }
 
 // clip_grad_norm_'s factor as the GPU's global_norm_finish computes it: max_norm / (norm + 1e-6) when
