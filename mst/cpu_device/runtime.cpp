@@ -4,8 +4,9 @@
 //
 // Streams: each stream's operations run in order. A kernel, a memset or a host-side step runs as soon as
 // it reaches the front of its stream. An asynchronous copy begins there (its destination poisoned) and
-// lands as late as its stream's order allows: when something is queued behind it on its stream, or
-// something waits for it (an event, a synchronize). So an operation on another stream that reads the
+// lands as late as its stream's order allows: when a kernel, memset or host step is queued behind it on its
+// stream (that must run, so the copy must have finished), or something waits for it (an event, a
+// synchronize). Copies, waits and event recordings queued behind it keep it in flight. So an operation on another stream that reads the
 // destination without waiting for the copy's event reads poison, and one that overwrites the source
 // before the copy's event changes what lands: both break results that the tests compare.
 #include <algorithm>
@@ -291,13 +292,13 @@ static bool step_front(cudaStream_t s, bool land) {
     return true;
 }
 
-// runs s's front operations; a copy at the front lands only if something is queued behind it (other than
-// event recordings, which wait with it) or `finish` asks for everything
+// runs s's front operations; a copy at the front lands only if work is queued behind it (a kernel, memset or
+// host step, which runs as soon as it is reached) or `finish` asks for everything
 static void progress(cudaStream_t s, bool finish) {
     while (!s->queue.empty()) {
         bool land = finish;
         if (!land && s->queue.front().kind == Operation::COPY)
-            for (size_t i = 1; i < s->queue.size() && !land; i++) land = s->queue[i].kind != Operation::RECORD;
+            for (size_t i = 1; i < s->queue.size() && !land; i++) land = s->queue[i].kind == Operation::WORK;
         if (!step_front(s, land || s->queue.front().kind != Operation::COPY)) return;
     }
 }
