@@ -260,7 +260,7 @@ fi
 maker=${TRAIN_LLAMA_CPU:-./train_llama_cpu}
 resume=(--dry-run -e test-tiny -T 64 -n 2 --random-tokens -y 1)
 if [ ! -x "$maker" ]; then
-    skipped=$((skipped + 7)); echo "SKIP: -y 1 checkpoint checks ($maker not built: make train_llama_cpu)"
+    skipped=$((skipped + 8)); echo "SKIP: -y 1 checkpoint checks ($maker not built: make train_llama_cpu)"
 elif ! "$maker" -e test-tiny -T 64 -n 2 --random-tokens -o "$scratch/run" > "$scratch/run.log" 2>&1; then
     failed=$((failed + 1)); echo "FAIL: $maker wrote no checkpoint:"; tail -n 5 "$scratch/run.log"
 else
@@ -292,6 +292,7 @@ open(sys.argv[2], 'wb').write(struct.pack('<Q', len(new)) + new + b[8 + n:])
     expect_error "-y 1: a step beyond -n under a valid checksum" "its step 7 is beyond this run's -n 2" "${resume[@]}" -o "$(checkpoint_variant beyond "m['step'] = '7'")"
     expect_error "-y 1: a non-numeric AdamW count" "bad adamw_updates '2x'" "${resume[@]}" -o "$(checkpoint_variant updates "m['adamw_updates'] = '2x'")"
     expect_error "-y 1: more AdamW updates than steps" "bad adamw_updates '3'" "${resume[@]}" -o "$(checkpoint_variant more_updates "m['adamw_updates'] = '3'")"
+    expect_error "-y 1, a real run: a step beyond -n refused before any GPU use" "its step 7 is beyond this run's -n 2" "${resume[@]:1}" -o "$scratch/beyond"
 fi
 
 # the tools: one error line, exit status 1, no abort
