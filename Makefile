@@ -127,7 +127,7 @@ mst_hf_asan: tools/mst_hf.cpp $(HF_HEADERS)
 	$(CXX) $(CXXFLAGS) $(SANITIZE_FLAGS) -o $@ $<
 
 # the readers of safetensors, config.json, tokenizer.model, shards and checkpoints on seeded mutations,
-# under the sanitizers (~15 s to build and ~10 s to run on 2 cores); in make test
+# under the sanitizers (about 20 s of CPU to build and 17 s to run); in make test
 fuzz_inputs: tests/fuzz_inputs.cpp $(HF_HEADERS) mst/numbers.h tests/test_util.h
 	$(CXX) $(CXXFLAGS) $(SANITIZE_FLAGS) -o $@ $<
 
