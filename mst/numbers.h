@@ -5,7 +5,7 @@
 // would become 0).
 //
 //   int64_t steps;  if (!parse_int64(text, 1, INT_MAX, &steps)) ...         // false: not such a number
-//   int T = flag_int("-T", value, 1, MAX_T, "a positive integer");          // or one error line, exit 1
+//   int T = flag_int("-T", value, 1, INT_MAX, "a positive integer");        // or one error line, exit 1
 //   float lr = flag_float("-l", value, 0.f, FLT_MAX, "a non-negative number");
 #pragma once
 #include <cerrno>
