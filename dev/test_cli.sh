@@ -260,7 +260,7 @@ fi
 maker=${TRAIN_LLAMA_CPU:-./train_llama_cpu}
 resume=(--dry-run -e test-tiny -T 64 -n 2 --random-tokens -y 1)
 if [ ! -x "$maker" ]; then
-    skipped=$((skipped + 8)); echo "SKIP: -y 1 checkpoint checks ($maker not built: make train_llama_cpu)"
+    skipped=$((skipped + 11)); echo "SKIP: -y 1 checkpoint checks ($maker not built: make train_llama_cpu)"
 elif ! "$maker" -e test-tiny -T 64 -n 2 --random-tokens -o "$scratch/run" > "$scratch/run.log" 2>&1; then
     failed=$((failed + 1)); echo "FAIL: $maker wrote no checkpoint:"; tail -n 5 "$scratch/run.log"
 else
@@ -292,6 +292,17 @@ open(sys.argv[2], 'wb').write(struct.pack('<Q', len(new)) + new + b[8 + n:])
     expect_error "-y 1: a step beyond -n under a valid checksum" "its step 7 is beyond this run's -n 2" "${resume[@]}" -o "$(checkpoint_variant beyond "m['step'] = '7'")"
     expect_error "-y 1: a non-numeric AdamW count" "bad adamw_updates '2x'" "${resume[@]}" -o "$(checkpoint_variant updates "m['adamw_updates'] = '2x'")"
     expect_error "-y 1: more AdamW updates than steps" "bad adamw_updates '3'" "${resume[@]}" -o "$(checkpoint_variant more_updates "m['adamw_updates'] = '3'")"
+    # the data loader's position, from shards: 96 tokens make 2 batches of T = 32 in an epoch
+    shards=(-e test-tiny -T 32 -n 2 -i "$scratch/tiny_*.bin")
+    if "$maker" "${shards[@]}" -o "$scratch/shard_run" > "$scratch/shard_run.log" 2>&1; then
+        good="$scratch/shard_run/step_00000002.safetensors"
+        loader_field() { echo "d = bytearray.fromhex(m['dataloader']); d[$1:$(($1 + 8))] = struct.pack('<q', $2); m['dataloader'] = d.hex()"; }
+        expect_output "-y 1 from shards: the intact checkpoint passes the dry run" "^MST plan: fits" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant shard_same "pass")"
+        expect_error "-y 1 from shards: a batch beyond the epoch's" "batch 99 (of 2 per epoch here)" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant batch "$(loader_field 8 99)")"
+        expect_error "-y 1 from shards: a negative epoch" "impossible dataloader state" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant epoch "$(loader_field 0 -3)")"
+    else
+        failed=$((failed + 1)); echo "FAIL: $maker wrote no checkpoint from shards:"; tail -n 5 "$scratch/shard_run.log"
+    fi
     expect_error "-y 1, a real run: a step beyond -n refused before any GPU use" "its step 7 is beyond this run's -n 2" "${resume[@]:1}" -o "$scratch/beyond"
 fi
 
