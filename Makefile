@@ -81,9 +81,12 @@ TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h
 tokenize: $(TOKENIZE_DEPS)
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
-# the same under AddressSanitizer: test_tokenizer runs its bad-input tests against both
+# AddressSanitizer + UBSan (issue 21): a report ends the program (no recovery), so a test sees it fail
+SANITIZE_FLAGS = -O1 -g -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer
+
+# the same under the sanitizers: test_tokenizer runs its bad-input tests against both
 tokenize_asan: $(TOKENIZE_DEPS)
-	$(CXX) $(CXXFLAGS) -O1 -g -fsanitize=address -fno-omit-frame-pointer -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
+	$(CXX) $(CXXFLAGS) $(SANITIZE_FLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
 test_tokenizer: tests/test_tokenizer.cpp tokenizer.h dataloader.h tests/test_util.h tokenize tokenize_asan tokenizer.model
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
@@ -120,6 +123,13 @@ test_checkpoint: tests/test_checkpoint.cpp $(HF_HEADERS)
 # Hugging Face directories through the CPU reference (dev/hf_check.py)
 mst_hf: tools/mst_hf.cpp $(HF_HEADERS)
 	$(CXX) $(CXXFLAGS) -o $@ $<
+mst_hf_asan: tools/mst_hf.cpp $(HF_HEADERS)
+	$(CXX) $(CXXFLAGS) $(SANITIZE_FLAGS) -o $@ $<
+
+# the readers of safetensors, config.json, tokenizer.model, shards and checkpoints on seeded mutations,
+# under the sanitizers (about 20 s of CPU to build and 17 s to run); in make test
+fuzz_inputs: tests/fuzz_inputs.cpp $(HF_HEADERS) mst/numbers.h tests/test_util.h
+	$(CXX) $(CXXFLAGS) $(SANITIZE_FLAGS) -o $@ $<
 
 # ---- several GPUs (issue 12): MPI (Debian libopenmpi-dev) and NCCL (the CUDA toolkit's), when found ----
 # MPI_CFLAGS/MPI_LIBS from pkg-config ompi, else from mpicxx --showme. MULTI_GPU_FLAGS/LIBS are empty
@@ -184,13 +194,22 @@ train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	$(CPU_LINK) $(CPU_BUILD)/train_llama.o
 # the same under AddressSanitizer + UBSan (no race tracker: ThreadSanitizer's instrumentation and ASan's
 # exclude each other): overruns of allocations and of the memory plan's regions, use after free, UB
-CPU_ASAN_FLAGS = -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer -O1
+CPU_ASAN_FLAGS = $(SANITIZE_FLAGS)
 $(CPU_BUILD)/asan/%.o: mst/cpu_device/%.cpp $(CPU_DEVICE_HEADERS)
 	@mkdir -p $(CPU_BUILD)/asan
 	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -c -o $@ $<
 test_llama_cpu_asan: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS))
 	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -x c++ -include mst/cpu_device/cpu_device.h -Wno-unknown-pragmas -c -o $(CPU_BUILD)/asan/test_llama.o $<
 	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -o $@ $(CPU_BUILD)/asan/test_llama.o $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS)) -lpthread -ldl
+# the trainer's host code (command line, preflight, checkpoints, data) under the sanitizers, on the CPU
+# device built the same way: dev/test_cli.sh runs against it in `make test_sanitized` (.ci/run)
+train_llama_cpu_asan: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS)) | $(DEFAULT_SHARDS)
+	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -x c++ -include mst/cpu_device/cpu_device.h -Wno-unknown-pragmas -c -o $(CPU_BUILD)/asan/train_llama.o $<
+	$(CXX) $(CPU_DEVICE_FLAGS) $(CPU_ASAN_FLAGS) -o $@ $(CPU_BUILD)/asan/train_llama.o $(patsubst $(CPU_BUILD)/%,$(CPU_BUILD)/asan/%,$(CPU_RUNTIME_OBJECTS)) -lpthread -ldl
+# dev/test_cli.sh with every program it runs built under the sanitizers (minutes: not in make test)
+.PHONY: test_sanitized
+test_sanitized: train_llama_cpu_asan tokenize_asan mst_hf_asan
+	TRAIN_LLAMA=./train_llama_cpu_asan TOKENIZE=./tokenize_asan MST_HF=./mst_hf_asan bash dev/test_cli.sh
 # large_shapes: index math at T = 1,048,576 under UBSan too (a signed overflow is reported where it happens)
 dev/cuda/bin/large_shapes_cpu: CPU_EXTRA_FLAGS = -fsanitize=undefined -fno-sanitize-recover=undefined
 dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
@@ -223,7 +242,7 @@ cpu_dev: $(CPU_DEV_PROGRAMS) dev/cuda/bin/fragments_cpu dev/cuda/bin/large_shape
 
 # ---- the whole suite: CPU tests and the CPU device always, the GPU build's tests where a GPU is present ----
 HAVE_GPU := $(shell nvidia-smi -L >/dev/null 2>&1 && echo 1)
-TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_tokenizer ./test_checkpoint ./test_cpu_gemm ./test_llama_cpu
+TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_tokenizer ./test_checkpoint ./test_cpu_gemm ./test_llama_cpu ./fuzz_inputs
 ifeq ($(HAVE_GPU),1)
 TEST_PROGRAMS += ./test_llama
 endif
@@ -231,9 +250,9 @@ CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev
                   "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu" \
                   "/usr/bin/python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses"
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev hopper_addresses $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
-	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py"
+	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py" "/usr/bin/python3 dev/readme_examples.py"
 
 clean:
-	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf test_parallel
+	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf mst_hf_asan fuzz_inputs test_parallel
 	rm -rf dev/cuda/bin $(CPU_BUILD)
-	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan test_comm_nccl_cpu hopper_addresses
+	rm -f test_llama_cpu train_llama_cpu test_llama_cpu_asan train_llama_cpu_asan test_comm_nccl_cpu hopper_addresses

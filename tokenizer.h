@@ -34,6 +34,7 @@
 #include <vector>
 
 #include "mst/error_line.h"
+#include "mst/numbers.h"
 #ifdef MST_WITH_PCRE2
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -173,9 +174,8 @@ static inline void tokenizer_init(Tokenizer* t, const char* path) {
         if (count == LLAMA3_NUM_BASE_TOKENS)
             file_error(path, "more than %d tokens: not a Llama 3 vocabulary", LLAMA3_NUM_BASE_TOKENS);
         std::string rank_text(space + 1, text + length);
-        char* rank_end = nullptr;
-        long rank = strtol(rank_text.c_str(), &rank_end, 10);
-        if (rank_text.empty() || *rank_end != '\0' || rank != count)
+        int64_t rank;
+        if (!parse_int64(rank_text.c_str(), count, count, &rank))
             file_error(path, "line %d: rank '%s' (expected %d)", line, rank_text.c_str(), count);
         std::string& token = t->token_bytes[count];
         if (!base64_decode(text, space - text, &token))

@@ -55,6 +55,7 @@
 #include "mst/token_buckets.h"
 #include "mst/lr_schedule.h"
 #include "mst/training.h"
+#include "mst/numbers.h"
 #include "dataloader.h"
 #include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
 #include "mst/generate.h"
@@ -910,6 +911,29 @@ static std::string model_save_checkpoint(Model* m, const std::string& dir, Check
     return checkpoint_path(dir, info.step);
 }
 
+// The arrays of a checkpoint of this model with these options: the bf16 parameters, AdamW m and v, the
+// clip scale, the master weights where kept
+struct CheckpointArray { const char* name; const char* dtype; size_t count; };
+static std::vector<CheckpointArray> checkpoint_arrays(const ModelConfig& c, const TrainingOptions& o) {
+    size_t P = parameter_layout(c).total;
+    const char* state = o.bf16_optimizer_state ? "BF16" : "F32";
+    std::vector<CheckpointArray> arrays = {{"params", "BF16", P}, {"adam_m", state, P}, {"adam_v", state, P},
+                                           {"clip_scale", "F32", 1}};
+    if (o.master_weights) arrays.push_back({"master", "F32", P});
+    return arrays;
+}
+
+// AdamW's step count in a checkpoint: at most its step (fewer after skipped steps); a checkpoint from
+// before the non-finite guard has none: every step updated
+static int checkpoint_adamw_updates(CheckpointInfo& info, const std::string& path) {
+    const std::string& text = info.options["adamw_updates"];
+    int64_t updates = info.step;
+    if (!text.empty() && !parse_int64(text.c_str(), 0, info.step, &updates))
+        file_error(path.c_str(), "bad adamw_updates '%s' in the metadata (expected 0 to its step, %lld)", text.c_str(),
+                   (long long)info.step);
+    return (int)updates;
+}
+
 // Reads a checkpoint into a model created with the same config and options (one error line if they
 // differ) and returns its info (data loader, RNG, options); the model continues from its step.
 static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
@@ -927,24 +951,15 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
                    "(-a, -w and --seed must match)", info.options["optimizer_state"].c_str(),
                    info.options["master_weights"].c_str(), info.options["seed"].c_str(), state.c_str(), master.c_str(),
                    seed.c_str());
-    size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(state);
-    std::vector<unsigned char> params(P * 2), adam_m(state_bytes), adam_v(state_bytes), clip(4),
-                               master_weights(m->master ? P * 4 : 0);
-    if (!checkpoint_read_array(reader, "params", "BF16", P, params.data(), &error) ||
-        !checkpoint_read_array(reader, "adam_m", state, P, adam_m.data(), &error) ||
-        !checkpoint_read_array(reader, "adam_v", state, P, adam_v.data(), &error) ||
-        !checkpoint_read_array(reader, "clip_scale", "F32", 1, clip.data(), &error) ||
-        (m->master && !checkpoint_read_array(reader, "master", "F32", P, master_weights.data(), &error)))
-        safetensors_exit_on_error(error);
-    CUDA_CHECK(cudaMemcpy(m->params, params.data(), params.size(), cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(m->adam_m, adam_m.data(), state_bytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(m->adam_v, adam_v.data(), state_bytes, cudaMemcpyHostToDevice));
-    CUDA_CHECK(cudaMemcpy(m->clip_scale, clip.data(), 4, cudaMemcpyHostToDevice));
-    if (m->master) CUDA_CHECK(cudaMemcpy(m->master, master_weights.data(), P * 4, cudaMemcpyHostToDevice));
+    std::map<std::string, void*> device = {{"params", m->params}, {"adam_m", m->adam_m}, {"adam_v", m->adam_v},
+                                           {"clip_scale", m->clip_scale}, {"master", m->master}};
+    for (const CheckpointArray& a : checkpoint_arrays(m->config, m->plan.options)) {
+        std::vector<unsigned char> host(a.count * safetensors_dtype_size(a.dtype));
+        if (!checkpoint_read_array(reader, a.name, a.dtype, a.count, host.data(), &error)) safetensors_exit_on_error(error);
+        CUDA_CHECK(cudaMemcpy(device[a.name], host.data(), host.size(), cudaMemcpyHostToDevice));
+    }
     m->steps_done = (int)info.step;
-    // AdamW's step count; a checkpoint from before the non-finite guard has none: every step updated
-    std::string updates = info.options["adamw_updates"];
-    m->updates_applied = updates.empty() ? m->steps_done : atoi(updates.c_str());
+    m->updates_applied = checkpoint_adamw_updates(info, path);
     m->update_pending = false;
     return info;
 }
@@ -969,7 +984,7 @@ struct CommandLine {
     int val_interval = 0;             // 0: no validation
     int val_batches = 4;
     uint64_t seed = 1337;
-    long long tokens_per_update = 0;  // -d: 0 = one batch of B x T
+    int64_t tokens_per_update = 0;    // -d: 0 = one batch of B x T
     int micro_batches = 1;            // tokens_per_update / (B x T)
     int nonfinite_limit = 5;          // --nonfinite-limit: stop after this many non-finite steps in a row
     const char* log_path = nullptr;   // -L: one JSON object per line per step
@@ -1021,6 +1036,7 @@ static void print_usage() {
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
 "  -k N            checkpoint every N steps, 0 = only at the end (default 0)\n"
 "  -y 0|1          resume from the latest checkpoint in -o DIR (default 0)\n"
+"  --overwrite 0|1 1: start in an -o DIR that holds another run's checkpoints, replacing them (default 0)\n"
 "  --export DIR    at the end, write DIR/config.json and DIR/model.safetensors (bf16) for transformers\n"
 "  -g N            sample N tokens from <|begin_of_text|>, 0 = never (default 0)\n"
 "  -s N            sample every N steps and at the end, 0 = only at the end (default 20)\n"
@@ -1043,28 +1059,11 @@ static void print_usage() {
     error_line_exit(nullptr, format, args);
 }
 
-// an integer >= min; what says which, e.g. "a positive integer"
-static long long parse_integer(const char* flag, const char* value, long long min, long long max, const char* what) {
-    char* end;
-    errno = 0;
-    long long x = strtoll(value, &end, 10);
-    if (end == value || *end != '\0' || errno == ERANGE || x < min || x > max)
-        usage_error("%s: must be %s (got \"%s\")", flag, what, value);
-    return x;
-}
-static int parse_int(const char* flag, const char* value, int min, const char* what) {
-    return (int)parse_integer(flag, value, min, INT_MAX, what);
-}
-static bool parse_bool(const char* flag, const char* value) {
-    return parse_integer(flag, value, 0, 1, "0 or 1") == 1;
-}
-static double parse_number(const char* flag, const char* value, bool positive) {
-    char* end;
-    errno = 0;
-    double x = strtod(value, &end);
-    if (end == value || *end != '\0' || errno == ERANGE || !std::isfinite(x) || x < 0.0 || (positive && x == 0.0))
-        usage_error("%s: must be a %s number (got \"%s\")", flag, positive ? "positive" : "non-negative", value);
-    return x;
+static bool parse_bool(const char* flag, const char* value) { return flag_int(flag, value, 0, 1, "0 or 1") == 1; }
+// GiB of a card or of host memory: positive, and far below what a size_t of bytes holds
+static const double MAX_MEMORY_GIB = 1 << 20;
+static double parse_gib(const char* flag, const char* value) {
+    return flag_double(flag, value, DBL_TRUE_MIN, MAX_MEMORY_GIB, "a positive number of GiB up to 1048576");
 }
 
 static bool is_directory(const char* path) {
@@ -1075,9 +1074,14 @@ static bool is_directory(const char* path) {
 // --config V,C,L,H,KV,F: Llama 3's RoPE theta and norm epsilon, untied, no RoPE scaling
 static ModelConfig parse_custom_config(const char* value) {
     int v[6];
-    char extra;
-    if (sscanf(value, "%d,%d,%d,%d,%d,%d%c", &v[0], &v[1], &v[2], &v[3], &v[4], &v[5], &extra) != 6)
-        usage_error("--config: must be six integers V,C,L,H,KV,F (got \"%s\")", value);
+    std::string text = value;
+    size_t at = 0;
+    for (int i = 0; i < 6; i++) {
+        size_t comma = i < 5 ? text.find(',', at) : text.size();
+        if (comma == std::string::npos || !parse_int(text.substr(at, comma - at).c_str(), 1, INT_MAX, &v[i]))
+            usage_error("--config: must be six positive integers V,C,L,H,KV,F (got \"%s\")", value);
+        at = comma + 1;
+    }
     ModelConfig c = {"custom", v[0], v[1], v[2], v[3], v[4], v[5], 500000.f, 1e-5f, false, 0.f, 0.f, 0.f, 0, false};
     std::string problem = model_config_problem(c);
     if (!problem.empty()) usage_error("--config: %s (got \"%s\")", problem.c_str(), value);
@@ -1108,10 +1112,10 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-j") cl.val_pattern = value;
         else if (flag == "-e") cl.model_name = value;
         else if (flag == "--config") { cl.config = parse_custom_config(value); cl.custom_config = true; }
-        else if (flag == "-B") o.B = parse_int(f, value, 1, "a positive integer");
-        else if (flag == "-T") o.T = parse_int(f, value, 1, "a positive integer");
-        else if (flag == "-m") o.mlp_chunks = parse_int(f, value, 0, "0 (automatic) or a positive integer");
-        else if (flag == "-M") o.lmhead_chunks = parse_int(f, value, 0, "0 (automatic) or a positive integer");
+        else if (flag == "-B") o.B = flag_int(f, value, 1, INT_MAX, "a positive integer");
+        else if (flag == "-T") o.T = flag_int(f, value, 1, INT_MAX, "a positive integer");
+        else if (flag == "-m") o.mlp_chunks = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive integer");
+        else if (flag == "-M") o.lmhead_chunks = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive integer");
         else if (flag == "-r") o.recompute = parse_bool(f, value);
         else if (flag == "-f") o.fused_optimizer = parse_bool(f, value);
         else if (flag == "-w") o.master_weights = parse_bool(f, value);
@@ -1120,37 +1124,31 @@ static CommandLine parse_command_line(int argc, char** argv) {
                 usage_error("%s: must be fp32 or bf16 (got \"%s\")", f, value);
             o.bf16_optimizer_state = strcmp(value, "bf16") == 0;
         }
-        else if (flag == "-n") cl.steps = parse_int(f, value, 1, "a positive integer");
-        else if (flag == "-l") cl.optimizer.lr = (float)parse_number(f, value, false);
-        else if (flag == "-u") cl.warmup_steps = parse_int(f, value, 0, "a non-negative integer");
-        else if (flag == "-F") {
-            cl.final_lr_fraction = (float)parse_number(f, value, false);
-            if (cl.final_lr_fraction > 1.f) usage_error("%s: must be a fraction in [0, 1] (got \"%s\")", f, value);
-        }
-        else if (flag == "-c") cl.optimizer.weight_decay = (float)parse_number(f, value, false);
-        else if (flag == "--clip") cl.optimizer.grad_clip = (float)parse_number(f, value, false);
-        else if (flag == "-v") cl.val_interval = parse_int(f, value, 0, "a non-negative integer");
-        else if (flag == "--val-batches") cl.val_batches = parse_int(f, value, 1, "a positive integer");
-        else if (flag == "--seed") cl.seed = (uint64_t)parse_integer(f, value, 0, LLONG_MAX, "a non-negative integer");
-        else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_number(f, value, true);
-        else if (flag == "--host-mem") cl.host_mem_gib = parse_number(f, value, true);
+        else if (flag == "-n") cl.steps = flag_int(f, value, 1, INT_MAX, "a positive integer");
+        else if (flag == "-l") cl.optimizer.lr = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
+        else if (flag == "-u") cl.warmup_steps = flag_int(f, value, 0, INT_MAX, "a non-negative integer");
+        else if (flag == "-F") cl.final_lr_fraction = flag_float(f, value, 0.f, 1.f, "a fraction in [0, 1]");
+        else if (flag == "-c") cl.optimizer.weight_decay = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
+        else if (flag == "--clip") cl.optimizer.grad_clip = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
+        else if (flag == "-v") cl.val_interval = flag_int(f, value, 0, INT_MAX, "a non-negative integer");
+        else if (flag == "--val-batches") cl.val_batches = flag_int(f, value, 1, INT_MAX, "a positive integer");
+        else if (flag == "--seed") cl.seed = (uint64_t)flag_int64(f, value, 0, INT64_MAX, "a non-negative integer");
+        else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_gib(f, value);
+        else if (flag == "--host-mem") cl.host_mem_gib = parse_gib(f, value);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "-o") cl.checkpoint_dir = value;
-        else if (flag == "-k") cl.checkpoint_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
+        else if (flag == "-k") cl.checkpoint_every = flag_int(f, value, 0, INT_MAX, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
         else if (flag == "--overwrite") cl.overwrite = parse_bool(f, value);
         else if (flag == "--export") cl.export_dir = value;
-        else if (flag == "-g") cl.sample_tokens = parse_int(f, value, 0, "a non-negative integer");
-        else if (flag == "-s") cl.sample_every = parse_int(f, value, 0, "0 (only at the end) or a positive integer");
-        else if (flag == "--temperature") cl.temperature = (float)parse_number(f, value, false);
-        else if (flag == "-d") cl.tokens_per_update = parse_integer(f, value, 1, LLONG_MAX, "a positive integer");
-        else if (flag == "--nonfinite-limit") cl.nonfinite_limit = parse_int(f, value, 1, "a positive integer");
+        else if (flag == "-g") cl.sample_tokens = flag_int(f, value, 0, INT_MAX, "a non-negative integer");
+        else if (flag == "-s") cl.sample_every = flag_int(f, value, 0, INT_MAX, "0 (only at the end) or a positive integer");
+        else if (flag == "--temperature") cl.temperature = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
+        else if (flag == "-d") cl.tokens_per_update = flag_int64(f, value, 1, INT64_MAX, "a positive integer");
+        else if (flag == "--nonfinite-limit") cl.nonfinite_limit = flag_int(f, value, 1, INT_MAX, "a positive integer");
         else if (flag == "-L") cl.log_path = value;
-        else if (flag == "--top-p") {
-            cl.top_p = (float)parse_number(f, value, true);
-            if (cl.top_p > 1.f) usage_error("%s: must be a probability in (0, 1] (got \"%s\")", f, value);
-        }
+        else if (flag == "--top-p") cl.top_p = flag_float(f, value, FLT_TRUE_MIN, 1.f, "a probability in (0, 1]");
     }
     auto given = [&](const char* flag) { return std::any_of(argv + 1, argv + argc, [&](const char* a) { return strcmp(a, flag) == 0; }); };
     if (cl.custom_config) {
@@ -1228,11 +1226,32 @@ static std::string directory_of(const std::string& path) {
 }
 
 // Shards: every header of the pattern's files, their sizes and enough windows (dataloader_init refuses
-// with one line), without reading their tokens.
-static void check_shards(const CommandLine& cl, const char* pattern) {
+// with one line), without reading their tokens; where given, a checkpoint's position in them.
+static void check_shards(const CommandLine& cl, const char* pattern, bool shuffle, const DataLoaderState* resume = nullptr) {
     DataLoader loader;
-    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, 0, 1, false, cl.seed, cl.config.vocab_size);
+    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
+    if (resume) dataloader_resume(&loader, resume);
     dataloader_free(&loader);
+}
+
+// -y 1: the checkpoint the run would resume, read whole before the GPU is touched: its metadata's
+// model, run and field ranges, its data loader's position in the shards, every array's checksum
+static void check_resume_checkpoint(const CommandLine& cl, const std::string& path) {
+    SafetensorsReader reader;
+    CheckpointInfo info;
+    std::string error;
+    if (!checkpoint_open(path, &reader, &info, &error)) safetensors_exit_on_error(error);
+    if (hf_config_json(info.config, "F32") != hf_config_json(cl.config, "F32"))
+        file_error(path.c_str(), "its model (%s) is not this run's (%s)", info.config.name, cl.config.name);
+    std::string differences = run_identity_differences(info, run_identity(cl));
+    if (!differences.empty())
+        file_error(path.c_str(), "written by another run (-y 1 continues the same run): %s", differences.c_str());
+    if (info.step > cl.steps)
+        file_error(path.c_str(), "its step %lld is beyond this run's -n %d", (long long)info.step, cl.steps);
+    checkpoint_adamw_updates(info, path);
+    if (!cl.random_tokens) check_shards(cl, cl.train_pattern, true, &info.loader);
+    for (const CheckpointArray& a : checkpoint_arrays(cl.config, cl.options))
+        if (!checkpoint_read_array(reader, a.name, a.dtype, a.count, nullptr, &error)) safetensors_exit_on_error(error);
 }
 
 static void preflight(const CommandLine& cl) {
@@ -1240,8 +1259,8 @@ static void preflight(const CommandLine& cl) {
     if (cl.hf_dir && !cl.resume && !hf_read_weights(cl.hf_dir, cl.config, nullptr, &error))
         usage_error("-e: %s", error.c_str());
     if (!cl.random_tokens) {
-        check_shards(cl, cl.train_pattern);
-        if (cl.val_interval > 0) check_shards(cl, cl.val_pattern);
+        check_shards(cl, cl.train_pattern, true);
+        if (cl.val_interval > 0) check_shards(cl, cl.val_pattern, false);
     }
     if (cl.checkpoint_dir) {
         ensure_writable_directory("-o", cl.checkpoint_dir);
@@ -1249,14 +1268,7 @@ static void preflight(const CommandLine& cl) {
         checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
         if (cl.resume) {
             if (complete.empty()) usage_error("-y 1: no checkpoint in %s", cl.checkpoint_dir);
-            SafetensorsReader reader;  // the header and metadata only; the arrays are read after start-up
-            CheckpointInfo info;
-            if (!checkpoint_open(complete.back(), &reader, &info, &error)) safetensors_exit_on_error(error);
-            if (hf_config_json(info.config, "F32") != hf_config_json(cl.config, "F32"))
-                file_error(complete.back().c_str(), "its model (%s) is not this run's (%s)", info.config.name, cl.config.name);
-            std::string differences = run_identity_differences(info, run_identity(cl));
-            if (!differences.empty())
-                file_error(complete.back().c_str(), "written by another run (-y 1 continues the same run): %s", differences.c_str());
+            check_resume_checkpoint(cl, complete.back());
         } else if (!complete.empty() && !cl.overwrite) {
             usage_error("-o: %s already holds checkpoints (latest %s); continue that run with -y 1, or replace them "
                         "with --overwrite 1", cl.checkpoint_dir, complete.back().c_str());
@@ -1561,11 +1573,26 @@ static void report_validation(Model* m, Batches* val, const CommandLine& cl, FIL
     log_validation(log, step, loss);
 }
 
+// Why there is no usable GPU, in words. The runtime says cudaErrorInsufficientDriver both for a driver
+// too old and for none at all (no libcuda.so.1); cudaDriverGetVersion tells them apart: 0 without one.
+static std::string no_gpu_cause(cudaError_t error) {
+    int driver = 0, runtime = 0;
+    cudaDriverGetVersion(&driver);
+    cudaRuntimeGetVersion(&runtime);
+    auto version = [](int v) { return std::to_string(v / 1000) + "." + std::to_string(v % 1000 / 10); };
+    if (driver == 0) return "no NVIDIA driver: libcuda.so.1 is not installed or not on the library path";
+    if (error == cudaErrorInsufficientDriver)
+        return "the NVIDIA driver supports CUDA up to " + version(driver) + ", older than this build's CUDA " +
+               version(runtime) + " runtime: update the driver";
+    if (error == cudaErrorNoDevice) return "the NVIDIA driver (CUDA " + version(driver) + ") sees no GPU";
+    return cudaGetErrorString(error);
+}
+
 static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)
-        usage_error("no usable GPU (%s); --dry-run and --max-T work without one", cudaGetErrorString(no_gpu));
+        usage_error("no usable GPU (%s); --dry-run and --max-T work without one", no_gpu_cause(no_gpu).c_str());
     size_t free_bytes, total_bytes;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     double card_gib = gib(total_bytes);

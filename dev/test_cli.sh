@@ -1,9 +1,11 @@
 #!/usr/bin/env bash
 # Command-line tests of ./train_llama that need no GPU: bad flags and impossible configs give exactly
 # one line, "error: ..." naming the flag, and a nonzero exit; --dry-run and --max-T work without a GPU.
+# TRAIN_LLAMA, TOKENIZE and MST_HF name other builds of the programs (make test_sanitized: the sanitizer builds).
 set -u
 cd "$(dirname "$0")/.."
 passed=0; failed=0; skipped=0
+train_llama=${TRAIN_LLAMA:-./train_llama} tokenize=${TOKENIZE:-./tokenize} mst_hf=${MST_HF:-./mst_hf}
 
 # expect_tool_error NAME WORD COMMAND...: one output line, starting "error:", containing WORD, exit status 1
 expect_tool_error() {
@@ -19,14 +21,14 @@ expect_tool_error() {
     fi
 }
 # expect_error NAME WORD ARGS...: the same for ./train_llama ARGS
-expect_error() { local name=$1 word=$2; shift 2; expect_tool_error "$name" "$word" ./train_llama "$@"; }
+expect_error() { local name=$1 word=$2; shift 2; expect_tool_error "$name" "$word" "$train_llama" "$@"; }
 
 # expect_match SUCCEEDS NAME PATTERN ARGS...: a line matching the extended regex PATTERN, and exit 0 when
 # SUCCEEDS is 1, nonzero when it is 0
 expect_match() {
     local succeeds=$1 name=$2 pattern=$3; shift 3
     local output rc
-    output=$(./train_llama "$@" 2>&1); rc=$?
+    output=$("$train_llama" "$@" 2>&1); rc=$?
     if [ $((rc == 0)) -eq "$succeeds" ] && printf '%s\n' "$output" | grep -Eq "$pattern"; then
         passed=$((passed + 1))
     else
@@ -94,7 +96,7 @@ expect_output "dry run shows the held gradients' pinned host memory" "^\| held g
 
 # preflight (issue 13): everything checkable without a GPU is checked before it, and by --dry-run
 hf="$scratch/hf"
-./mst_hf convert golden/test-tiny.safetensors "$hf" BF16 test-tiny
+"$mst_hf" convert golden/test-tiny.safetensors "$hf" BF16 test-tiny
 expect_output "dry run of a Hugging Face directory (config.json and the weights' headers)" "^MST plan: fits a card" --dry-run -e "$hf" -T 64
 # hf_variant NAME PYTHON: a copy of the directory with config.json edited by PYTHON (on the dict c)
 hf_variant() {
@@ -135,7 +137,7 @@ expect_error "a layer count beyond what mst indexes" "beyond what mst supports" 
 expect_refusal "a dry run that does not fit exits nonzero" "^MST plan: does not fit" --dry-run --random-tokens -e llama3-8b -T 10000000 --gpu-mem 80 --host-mem 120
 expect_error "an error line never echoes control bytes" '\x1b' --dry-run -e "$(printf 'bad\033[31mname')"
 long=$(head -c 100000 /dev/zero | tr '\0' 'a')
-output=$(./train_llama --dry-run -e "$long" 2>&1)
+output=$("$train_llama" --dry-run -e "$long" 2>&1)
 [ "${#output}" -lt 500 ] && passed=$((passed + 1)) || { failed=$((failed + 1)); echo "FAIL: a 100 kB argument echoed at length ${#output}"; }
 # a fresh clone's `make train_llama` prepares the default shards when they are missing
 if make -n train_llama DEFAULT_SHARDS="$scratch/missing_000000.bin" 2>&1 | grep -q "dev/data/make_shards.sh"; then
@@ -191,21 +193,130 @@ shards_after "make_shards.sh: checked shards replace the old ones, and no tempor
 # through every check to the GPU's absence; with a GPU it would train llama3-8b, which is not this test's job
 if nvidia-smi -L > /dev/null 2>&1; then
     skipped=$((skipped + 1)); echo "SKIP: ./train_llama -T 60000 reaches the GPU (a GPU is present)"
+elif [[ "$train_llama" == *_cpu* ]]; then
+    skipped=$((skipped + 2)); echo "SKIP: $train_llama -T 60000 and the no-GPU line (the CPU device is a GPU to it)"
 else
     expect_error "./train_llama -T 60000 passes preflight and stops at the missing GPU" "no usable GPU" -T 60000
+    # the line names the cause (issue 21): the runtime's own words say "driver insufficient" for no driver
+    if ldconfig -p 2>/dev/null | grep -q 'libcuda\.so\.1 '; then
+        expect_error "no GPU: the cause named (a driver is installed)" "NVIDIA driver" -e test-tiny -T 64
+    else
+        expect_error "no GPU: no driver installed is said so" "no NVIDIA driver: libcuda.so.1 is not installed" -e test-tiny -T 64
+    fi
+fi
+
+# numbers parsed into the type that stores them, range checked there (issue 21): no wrap, no overflow to
+# inf or underflow to 0 in a float, no '+', spaces or hex
+expect_error "-l beyond a float" '-l: must be a non-negative number (got "1e39")' --dry-run -l 1e39
+expect_error "--top-p that a float rounds to 0" "--top-p: must be a probability" --dry-run --top-p 1e-46
+expect_error "-l nan" "-l:" --dry-run -l nan
+expect_error "--temperature in hex" "--temperature:" --dry-run --temperature 0x1p3
+expect_error "--config wrapping an int (4294967800 is not 504)" "--config: must be six positive integers" --dry-run --config 4294967800,128,2,2,1,232
+expect_error "--config with a seventh value" "--config:" --dry-run --config 504,128,2,2,1,232,5
+expect_error "-T with a leading +" '-T: must be a positive integer (got "+64")' --dry-run -T +64
+expect_error "-T with a leading space" "-T:" --dry-run -T " 64"
+expect_error "-m beyond an int" "-m:" --dry-run -m 2147483648
+expect_error "-d: more micro-batches than an int counts" "more than 2147483647 micro-batches" --dry-run -e test-tiny -T 64 -d 9223372036854775744
+expect_error "--gpu-mem beyond what bytes hold" "--gpu-mem:" --dry-run --gpu-mem 1e300
+expect_error "--seed beyond 63 bits" "--seed:" --dry-run --seed 18446744073709551616
+expect_error "config: a float field beyond a float" "high_freq_factor" --dry-run -e "$(hf_variant high_freq "c['rope_scaling']={'rope_type':'llama3','factor':8,'low_freq_factor':1,'high_freq_factor':1e39,'original_max_position_embeddings':64}")" -T 64
+expect_error "config: rms_norm_eps that a float rounds to 0" "rms_norm_eps" --dry-run -e "$(hf_variant eps_tiny "c['rms_norm_eps']=1e-50")" -T 64
+expect_tool_error "tokenize: -T with a leading +" "-T" "$tokenize" check -T +16 "$scratch/x"
+expect_tool_error "tokenize decode: an id with a leading +" "'+5' is not a token id" sh -c "echo '1 +5' | $tokenize decode"
+expect_tool_error "mst_hf generate: N with a leading +" "N '+3'" "$mst_hf" generate "$hf" +3 1
+expect_tool_error "mst_hf logits: a token in hex" "token '0x10'" "$mst_hf" logits "$hf" "$scratch/logits.bin" 0x10
+
+# --help lists every flag README's flag tables document (issue 21)
+readme_flags=$(grep -E '^\| `-' README.md | sed 's/\\|/ /g' | cut -d'|' -f2 | grep -oE -- '(^|[ `(])--?[a-zA-Z][-a-zA-Z]*' | grep -oE -- '--?[a-zA-Z][-a-zA-Z]*' | sort -u)
+help=$("$train_llama" --help)
+missing=$(for flag in $readme_flags; do printf '%s\n' "$help" | grep -qE -- "(^|[ ,])$flag([ ,;)]|$)" || printf ' %s' "$flag"; done)
+[ "$(printf '%s\n' "$readme_flags" | grep -c '')" -ge 35 ] && [ -z "$missing" ] && passed=$((passed + 1)) ||
+    { failed=$((failed + 1)); echo "FAIL: --help lacks README's flags:$missing"; }
+
+# sequences across shards (issue 21): shards shorter than T make one corpus; a corpus shorter than T + 1
+# is named with its size and --random-tokens
+# tiny_shards PREFIX N...: shards of N tokens each (ids below 504, test-tiny's vocabulary)
+tiny_shards() {
+    python3 -c "
+import struct, sys
+for i, n in enumerate(map(int, sys.argv[2:])):
+    open('%s_%06d.bin' % (sys.argv[1], i), 'wb').write(struct.pack('<256i', 20240801, 7, n, *[0] * 253) + struct.pack('<%dI' % n, *[(7 * t) % 504 for t in range(n)]))
+" "$@"
+}
+tiny_shards "$scratch/tiny" 30 0 41 25
+expect_output "shards shorter than T: one window spans them all" "^MST plan: fits" --dry-run -e test-tiny -T 64 -i "$scratch/tiny_*.bin"
+expect_output "shards shorter than T: -B 2 from 96 tokens" "^MST plan: fits" --dry-run -e test-tiny -T 40 -B 2 -i "$scratch/tiny_*.bin"
+expect_error "a corpus shorter than T + 1: its size" "the corpus holds 96 tokens in 4 shard(s): 0 windows of T + 1 = 129 tokens" --dry-run -e test-tiny -T 128 -i "$scratch/tiny_*.bin"
+expect_error "a corpus shorter than T + 1: --random-tokens suggested" "--random-tokens" --dry-run -e test-tiny -T 1000 -i "$scratch/tiny_*.bin"
+expect_tool_error "tokenize check: too few windows for B x ranks" "fewer than B x ranks" "$tokenize" check -T 96 -v 504 "$scratch/tiny_*.bin"
+if output=$("$tokenize" check -T 64 -v 504 "$scratch/tiny_*.bin" 2>&1) && [[ "$output" == *"1 windows of T + 1 = 65"* ]]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: tokenize check reads a window across 4 shards: $output"
+fi
+
+# the checkpoint a dry run with -y 1 would resume is read whole: checksums and field ranges (issue 21).
+# A checkpoint from the CPU device's trainer (2 steps of test-tiny), then copies with one thing wrong.
+maker=${TRAIN_LLAMA_CPU:-./train_llama_cpu}
+resume=(--dry-run -e test-tiny -T 64 -n 2 --random-tokens -y 1)
+if [ ! -x "$maker" ]; then
+    skipped=$((skipped + 11)); echo "SKIP: -y 1 checkpoint checks ($maker not built: make train_llama_cpu)"
+elif ! "$maker" -e test-tiny -T 64 -n 2 --random-tokens -o "$scratch/run" > "$scratch/run.log" 2>&1; then
+    failed=$((failed + 1)); echo "FAIL: $maker wrote no checkpoint:"; tail -n 5 "$scratch/run.log"
+else
+    good="$scratch/run/step_00000002.safetensors"
+    # checkpoint_variant NAME PYTHON: a directory holding the checkpoint with its bytes b (a bytearray) or
+    # its metadata m (a dict; its checksum then recomputed, as checkpoint.h computes it) edited by PYTHON
+    checkpoint_variant() {
+        mkdir -p "$scratch/$1"
+        python3 -c "
+import json, struct, sys
+b = bytearray(open(sys.argv[1], 'rb').read())
+n = struct.unpack('<Q', b[:8])[0]
+header = json.loads(b[8:8 + n])
+m = header['__metadata__']
+$2
+text = ''.join('%s=%s\n' % kv for kv in sorted(m.items()) if kv[0] != 'checksum.metadata').encode()
+h = 0xcbf29ce484222325
+for c in text: h = ((h ^ c) * 0x100000001b3) % (1 << 64)
+m['checksum.metadata'] = str(h)
+new = json.dumps(header, separators=(',', ':')).encode()
+open(sys.argv[2], 'wb').write(struct.pack('<Q', len(new)) + new + b[8 + n:])
+" "$good" "$scratch/$1/step_00000002.safetensors"
+        echo "$scratch/$1"
+    }
+    expect_output "-y 1: the intact checkpoint passes the dry run" "^MST plan: fits" "${resume[@]}" -o "$(checkpoint_variant same "pass")"
+    expect_error "-y 1: a flipped byte in an array's data, before any GPU use" "does not match its checksum" "${resume[@]}" -o "$(checkpoint_variant flipped "b[-100] ^= 1")"
+    expect_error "-y 1: a cut checkpoint" "step_00000002.safetensors" "${resume[@]}" -o "$(checkpoint_variant cut "b[:] = b[:-4]")"
+    expect_error "-y 1: a negative step under a valid checksum" "bad step '-1'" "${resume[@]}" -o "$(checkpoint_variant negative "m['step'] = '-1'")"
+    expect_error "-y 1: a step beyond -n under a valid checksum" "its step 7 is beyond this run's -n 2" "${resume[@]}" -o "$(checkpoint_variant beyond "m['step'] = '7'")"
+    expect_error "-y 1: a non-numeric AdamW count" "bad adamw_updates '2x'" "${resume[@]}" -o "$(checkpoint_variant updates "m['adamw_updates'] = '2x'")"
+    expect_error "-y 1: more AdamW updates than steps" "bad adamw_updates '3'" "${resume[@]}" -o "$(checkpoint_variant more_updates "m['adamw_updates'] = '3'")"
+    # the data loader's position, from shards: 96 tokens make 2 batches of T = 32 in an epoch
+    shards=(-e test-tiny -T 32 -n 2 -i "$scratch/tiny_*.bin")
+    if "$maker" "${shards[@]}" -o "$scratch/shard_run" > "$scratch/shard_run.log" 2>&1; then
+        good="$scratch/shard_run/step_00000002.safetensors"
+        loader_field() { echo "d = bytearray.fromhex(m['dataloader']); d[$1:$(($1 + 8))] = struct.pack('<q', $2); m['dataloader'] = d.hex()"; }
+        expect_output "-y 1 from shards: the intact checkpoint passes the dry run" "^MST plan: fits" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant shard_same "pass")"
+        expect_error "-y 1 from shards: a batch beyond the epoch's" "batch 99 (of 2 per epoch here)" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant batch "$(loader_field 8 99)")"
+        expect_error "-y 1 from shards: a negative epoch" "impossible dataloader state" --dry-run "${shards[@]}" -y 1 -o "$(checkpoint_variant epoch "$(loader_field 0 -3)")"
+    else
+        failed=$((failed + 1)); echo "FAIL: $maker wrote no checkpoint from shards:"; tail -n 5 "$scratch/shard_run.log"
+    fi
+    expect_error "-y 1, a real run: a step beyond -n refused before any GPU use" "its step 7 is beyond this run's -n 2" "${resume[@]:1}" -o "$scratch/beyond"
 fi
 
 # the tools: one error line, exit status 1, no abort
-expect_tool_error "mst_hf: no arguments" "usage" ./mst_hf
-expect_tool_error "mst_hf generate: negative N" "N '-5'" ./mst_hf generate "$hf" -5 1
-expect_tool_error "mst_hf generate: absurd N" "N '99999999999999'" ./mst_hf generate "$hf" 99999999999999 1
-expect_tool_error "mst_hf logits: an empty token" "token ''" ./mst_hf logits "$hf" "$scratch/logits.bin" ""
-expect_tool_error "mst_hf logits: a token id out of range" "not an id" ./mst_hf logits "$hf" "$scratch/logits.bin" 1 -3
-expect_tool_error "tokenize: no command" "no command" ./tokenize
-expect_tool_error "tokenize: negative -n" "-n" ./tokenize shard -n -5 "$scratch/x" /etc/hostname
-expect_tool_error "tokenize: absurd -n" "-n" ./tokenize shard -n 99999999999999 "$scratch/x" /etc/hostname
-expect_tool_error "tokenize: non-numeric -T" "-T" ./tokenize check -T many "$scratch/x"
-expect_tool_error "tokenize: a control byte in the command" '\x07' ./tokenize "$(printf 'en\acode')"
+expect_tool_error "mst_hf: no arguments" "usage" "$mst_hf"
+expect_tool_error "mst_hf generate: negative N" "N '-5'" "$mst_hf" generate "$hf" -5 1
+expect_tool_error "mst_hf generate: absurd N" "N '99999999999999'" "$mst_hf" generate "$hf" 99999999999999 1
+expect_tool_error "mst_hf logits: an empty token" "token ''" "$mst_hf" logits "$hf" "$scratch/logits.bin" ""
+expect_tool_error "mst_hf logits: a token id out of range" "not an id" "$mst_hf" logits "$hf" "$scratch/logits.bin" 1 -3
+expect_tool_error "tokenize: no command" "no command" "$tokenize"
+expect_tool_error "tokenize: negative -n" "-n" "$tokenize" shard -n -5 "$scratch/x" /etc/hostname
+expect_tool_error "tokenize: absurd -n" "-n" "$tokenize" shard -n 99999999999999 "$scratch/x" /etc/hostname
+expect_tool_error "tokenize: non-numeric -T" "-T" "$tokenize" check -T many "$scratch/x"
+expect_tool_error "tokenize: a control byte in the command" '\x07' "$tokenize" "$(printf 'en\acode')"
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -27,8 +27,9 @@
 #include "dataloader.h"
 #include "mst/hf_io.h"
 #include "mst/llama_reference.h"
+#include "mst/numbers.h"
 
-static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-2";  // 2: a checksum over the metadata, the run identity
+static const char* const CHECKPOINT_FORMAT = "mst-checkpoint-3";  // 2: a checksum over the metadata, the run identity; 3: windows across shards
 
 struct CheckpointInfo {
     ModelConfig config{};
@@ -38,9 +39,9 @@ struct CheckpointInfo {
     std::map<std::string, std::string> options;  // free-form (e.g. the command line), kept as is
 };
 
-// FNV-1a, 64-bit: detects a flipped or zeroed byte in an array
-static inline uint64_t fnv1a64(const unsigned char* bytes, size_t n) {
-    uint64_t hash = 0xcbf29ce484222325ull;
+// FNV-1a, 64-bit: detects a flipped or zeroed byte in an array; `hash` continues one over earlier pieces
+static const uint64_t FNV1A64_START = 0xcbf29ce484222325ull;
+static inline uint64_t fnv1a64(const unsigned char* bytes, size_t n, uint64_t hash = FNV1A64_START) {
     for (size_t i = 0; i < n; i++) hash = (hash ^ bytes[i]) * 0x100000001b3ull;
     return hash;
 }
@@ -179,29 +180,43 @@ static inline bool checkpoint_open(const std::string& path, SafetensorsReader* r
     if (meta["checksum.metadata"] != metadata_checksum(meta))
         return fail("its metadata does not match its checksum (edited or corrupt)");
     if (!hf_config_from_json(meta["config"], path + " (metadata config)", meta["name"], &info->config, error)) return false;
-    char* stop;
-    info->step = strtoll(meta["step"].c_str(), &stop, 10);
-    if (meta["step"].empty() || *stop) return fail("bad step '" + meta["step"] + "' in the metadata");
-    info->rng_state = strtoull(meta["rng_state"].c_str(), &stop, 10);
-    if (meta["rng_state"].empty() || *stop) return fail("bad rng_state '" + meta["rng_state"] + "' in the metadata");
+    if (!parse_int64(meta["step"].c_str(), 0, INT_MAX, &info->step))
+        return fail("bad step '" + meta["step"] + "' in the metadata (expected 0 to " + std::to_string(INT_MAX) + ")");
+    if (!parse_uint64(meta["rng_state"].c_str(), &info->rng_state))
+        return fail("bad rng_state '" + meta["rng_state"] + "' in the metadata");
     if (!bytes_of_hex(meta["dataloader"], &info->loader, sizeof info->loader))
         return fail("bad dataloader state in the metadata (expected " + std::to_string(2 * sizeof info->loader) + " hex digits)");
+    const DataLoaderState& l = info->loader;
+    // all zero: no data loader (random tokens); dataloader_resume checks the rest against the shards
+    if (l.epoch < 0 || l.batch_position < 0 || l.B < 0 || l.T < 0 || l.rank < 0 || l.num_ranks < 0 ||
+        (l.num_ranks > 0 && l.rank >= l.num_ranks) || (l.shuffle != 0 && l.shuffle != 1))
+        return fail("impossible dataloader state in the metadata (epoch " + std::to_string(l.epoch) + ", batch " +
+                    std::to_string(l.batch_position) + ", B " + std::to_string(l.B) + ", T " + std::to_string(l.T) +
+                    ", rank " + std::to_string(l.rank) + " of " + std::to_string(l.num_ranks) + ")");
     info->options = meta;
     return true;
 }
 
-// Reads array `name` of `count` elements of `dtype` into out, checked against its checksum.
+// Checks array `name` of `count` elements of `dtype` against its checksum and reads it into out, or
+// only checks it when out is null (read 64 MiB at a time: a dry run verifies a checkpoint it cannot hold).
 static inline bool checkpoint_read_array(SafetensorsReader& reader, const std::string& name, const std::string& dtype,
                                          size_t count, void* out, std::string* error) {
-    const SafetensorsTensor* t = nullptr;
-    std::vector<unsigned char> bytes;
-    if (!reader.read_bytes(name, {(int64_t)count}, &t, &bytes, error)) return false;
+    const SafetensorsTensor* t = reader.check(name, {(int64_t)count}, error);
+    if (!t) return false;
     if (t->dtype != dtype) { *error = reader.path + ": array '" + name + "' is " + t->dtype + ", expected " + dtype; return false; }
-    if (reader.metadata["checksum." + name] != std::to_string(fnv1a64(bytes.data(), bytes.size()))) {
+    const size_t PIECE = 64ull << 20;
+    uint64_t bytes = t->end - t->begin, hash = FNV1A64_START;
+    std::vector<unsigned char> piece(out ? 0 : std::min<uint64_t>(bytes, PIECE));
+    for (uint64_t at = 0; at < bytes; at += PIECE) {
+        size_t n = (size_t)std::min<uint64_t>(PIECE, bytes - at);
+        unsigned char* into = out ? (unsigned char*)out + at : piece.data();
+        if (!reader.read_piece(*t, at, n, into, error)) return false;
+        hash = fnv1a64(into, n, hash);
+    }
+    if (reader.metadata["checksum." + name] != std::to_string(hash)) {
         *error = reader.path + ": array '" + name + "' does not match its checksum (the file is corrupt)";
         return false;
     }
-    memcpy(out, bytes.data(), bytes.size());
     return true;
 }
 

@@ -77,6 +77,17 @@ struct JsonFields {
         }
         return (int)x;
     }
+    // a number stored as float: finite as a float, and zero only when written as zero (1e39 or 1e-50
+    // would silently become inf or 0)
+    float real(const char* key, double fallback, bool required = false) {
+        double x = number(key, fallback, required);
+        float f = (float)x;
+        if (!std::isfinite(f) || (f == 0.f && x != 0.0)) {
+            note(std::string("\"") + key + "\" is not a number a float holds (" + std::to_string(x) + ")");
+            return (float)fallback;
+        }
+        return f;
+    }
     std::string text(const char* key, const std::string& fallback) {
         const JsonValue* v = find(key);
         return v && v->kind == JsonValue::STRING ? v->text : fallback;
@@ -106,7 +117,7 @@ static inline bool hf_config_from_json(const std::string& json, const std::strin
     c.n_head = f.integer("num_attention_heads", 0, true);
     c.n_kv_head = f.integer("num_key_value_heads", c.n_head);
     c.ffn_dim = f.integer("intermediate_size", 0, true);
-    c.norm_eps = (float)f.number("rms_norm_eps", 1e-6);  // transformers' defaults
+    c.norm_eps = f.real("rms_norm_eps", 1e-6);  // transformers' defaults
     c.tied_embeddings = f.flag("tie_word_embeddings", false);
     if (f.text("hidden_act", "silu") != "silu") f.note("hidden_act \"" + f.text("hidden_act", "") + "\" is not \"silu\"");
     if (f.flag("attention_bias", false) || f.flag("mlp_bias", false)) f.note("biases (attention_bias, mlp_bias) are not supported");
@@ -117,13 +128,13 @@ static inline bool hf_config_from_json(const std::string& json, const std::strin
     // RoPE: classic rope_theta + rope_scaling, or transformers 5's rope_parameters holding both
     JsonFields rope{f.find("rope_scaling") ? f.find("rope_scaling") : f.find("rope_parameters"), ""};
     if (rope.object && rope.object->kind != JsonValue::OBJECT) f.note("rope_scaling / rope_parameters is not an object");
-    c.rope_theta = (float)f.number("rope_theta", rope.number("rope_theta", 10000.0));
+    c.rope_theta = f.real("rope_theta", rope.real("rope_theta", 10000.0));
     std::string rope_type = rope.text("rope_type", rope.text("type", "default"));
     if (rope_type == "llama3") {
-        c.rope_scaling_factor = (float)rope.number("factor", 0, true);
+        c.rope_scaling_factor = rope.real("factor", 0, true);
         if (!(c.rope_scaling_factor > 0.f)) rope.note("\"factor\" must be positive");  // 0 would mean no scaling
-        c.rope_low_freq_factor = (float)rope.number("low_freq_factor", 0, true);
-        c.rope_high_freq_factor = (float)rope.number("high_freq_factor", 0, true);
+        c.rope_low_freq_factor = rope.real("low_freq_factor", 0, true);
+        c.rope_high_freq_factor = rope.real("high_freq_factor", 0, true);
         c.rope_original_max_position = rope.integer("original_max_position_embeddings", 0, true);
     } else if (rope_type != "default") {
         rope.note("rope_type \"" + rope_type + "\" is not supported (only \"llama3\")");

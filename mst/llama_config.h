@@ -100,8 +100,8 @@ static inline std::string model_config_names() {
 // chunks < 1 taken as 1, both work). Loop: for (start = 0; start < n; start += length). The CPU
 // reference and the memory plan (hence the GPU trainer) split the sequence by this one rule.
 static inline int mini_sequence_length(int n, int chunks) {
-    if (chunks < 1) chunks = 1;
-    return n > 0 ? std::max(1, (n + chunks - 1) / chunks) : 1;
+    long long count = std::max(chunks, 1);  // 64-bit: n + chunks - 1 exceeds an int for chunks near 2^31
+    return n > 0 ? (int)std::max(1LL, (n + count - 1) / count) : 1;
 }
 
 // The automatic rule (-m 0, -M 0; ReferenceOptions' 0): tokens per mini-sequence, not a count, so the

@@ -12,6 +12,7 @@
 // LM-head mini-sequence. Activations and their gradients are bf16 (2 bytes), parameter gradients fp32.
 #pragma once
 #include <algorithm>
+#include <climits>
 #include <cstddef>
 #include <cstdio>
 #include <string>
@@ -279,7 +280,7 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     if (o.T <= 0) return "-T must be positive (got " + std::to_string(o.T) + ")";
     if (o.mlp_chunks < 0) return "-m must be 0 (automatic) or a positive count (got " + std::to_string(o.mlp_chunks) + ")";
     if (o.lmhead_chunks < 0) return "-M must be 0 (automatic) or a positive count (got " + std::to_string(o.lmhead_chunks) + ")";
-    if ((long)o.B * o.T > (1L << 31) / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
+    if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
 

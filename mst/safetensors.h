@@ -325,6 +325,14 @@ struct SafetensorsReader {
         return true;
     }
 
+    // n bytes of a tensor's data from byte `offset` of it (large tensors read piece by piece)
+    bool read_piece(const SafetensorsTensor& t, uint64_t offset, size_t n, unsigned char* out, std::string* error) {
+        if (offset + n > t.end - t.begin || fseeko(file, (off_t)(data_start + t.begin + offset), SEEK_SET) != 0 ||
+            fread(out, 1, n, file) != n)
+            return fail(error, "cannot read the data of tensor '" + t.name + "'");
+        return true;
+    }
+
 private:
     FILE* file = nullptr;
     uint64_t data_start = 0;

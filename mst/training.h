@@ -10,6 +10,7 @@
 // sampling, a checkpoint, an export, the end). The result is the unfused clip_grad_norm_ + AdamW.
 #pragma once
 #include <algorithm>
+#include <climits>
 #include <cmath>
 #include <string>
 #include <vector>
@@ -59,6 +60,11 @@ static inline int accumulation_micro_batches(long long tokens_per_update, int B,
     if (tokens_per_update <= 0 || tokens_per_update % batch != 0) {
         *problem = "-d: tokens per update must be a positive multiple of B x T = " + std::to_string(batch) +
                    " (got " + std::to_string(tokens_per_update) + ")";
+        return 0;
+    }
+    if (tokens_per_update / batch > INT_MAX) {
+        *problem = "-d: " + std::to_string(tokens_per_update) + " tokens per update is more than " +
+                   std::to_string(INT_MAX) + " micro-batches of B x T = " + std::to_string(batch);
         return 0;
     }
     return (int)(tokens_per_update / batch);

@@ -220,7 +220,7 @@ static void test_resume() {
     for (int s = 0; s < STOP; s++) resumed_losses.push_back(train_step(first, &rng, B, T));
     CheckpointInfo info;
     info.rng_state = rng;
-    info.loader = {7, 2, 11, 1234, B, T, 0, 1, 1};
+    info.loader = {7, 11, 1234, B, T, 0, 1, 1};
     info.options["command"] = "train_llama -o checkpoints";
     bool ok = checkpoint_write_reference(dir, first, info, &error);
     write_bytes(dir + "/.step_00000009.safetensors.tmp", "a write that never completed");
@@ -265,6 +265,28 @@ static void test_refused_checkpoints() {
                   "a weights file is not a checkpoint");
     check_refused(read_with(replaced(good, "\"step\":\"3\"", "\"step\":\"4\"")), error, path,
                   "its metadata does not match its checksum", "an edited metadata field (step 3 -> 4) refused by the metadata checksum");
+
+    // impossible fields under valid checksums (as a buggy or hostile writer makes them)
+    std::string dir = scratch + "/impossible";
+    auto written_with = [&](CheckpointInfo bad) {
+        ReferenceModel tiny = m;
+        tiny.step = (int)bad.step;
+        std::string write_error;
+        if (!checkpoint_write_reference(dir, tiny, bad, &write_error)) printf("  %s\n", write_error.c_str());
+        std::string latest = checkpoint_latest(dir);
+        bool read = checkpoint_read_reference(latest, &m, &info, &error);
+        remove(latest.c_str());
+        return read;
+    };
+    CheckpointInfo fields = info;
+    fields.step = -1;
+    check_refused(written_with(fields), error, "", "bad step '-1'", "a negative step refused");
+    fields.step = 3;
+    fields.loader.epoch = -2;
+    check_refused(written_with(fields), error, "", "impossible dataloader state", "a negative data-loader epoch refused");
+    fields.loader = info.loader;
+    fields.loader.rank = 4;  // of 1
+    check_refused(written_with(fields), error, "", "impossible dataloader state", "a rank beyond the rank count refused");
 }
 
 // Checkpoints that cannot mix: the run identity's differences are named field by field with both values;

@@ -9,6 +9,7 @@
 #include <sys/wait.h>
 #include <unistd.h>
 #include <algorithm>
+#include <numeric>
 #include <set>
 #include <string>
 #include <vector>
@@ -107,12 +108,23 @@ static void write_counting_shard(const std::string& path, uint32_t first, int n)
     write_file(path, shard_bytes(SHARD_MAGIC, SHARD_VERSION, n, tokens));
 }
 
-// the first input token of each row of each batch of one epoch: the windows served, in order
-static std::vector<int32_t> epoch_window_starts(DataLoader* loader) {
+// the first input token of each row of each batch of one epoch: the windows served, in order; and in
+// *stream_starts the first token of every window of that epoch's stream (its shard order's), sorted
+static std::vector<int32_t> epoch_window_starts(DataLoader* loader, std::vector<int32_t>* stream_starts = nullptr) {
     std::vector<int32_t> starts;
     for (int64_t i = 0; i < loader->batches_per_epoch; i++) {
         dataloader_next_batch(loader);
         for (int b = 0; b < loader->B; b++) starts.push_back(loader->inputs[b * loader->T]);
+    }
+    if (stream_starts) {  // counting shards: a shard's first token is its position in the sorted shards' stream
+        std::vector<int32_t> stream;
+        for (int s : loader->shard_order) {
+            int64_t first = std::accumulate(loader->shard_tokens.begin(), loader->shard_tokens.begin() + s, (int64_t)0);
+            for (int64_t i = 0; i < loader->shard_tokens[s]; i++) stream.push_back((int32_t)(first + i));
+        }
+        stream_starts->clear();
+        for (int64_t w = 0; w < loader->windows; w++) stream_starts->push_back(stream[w * loader->T]);
+        std::sort(stream_starts->begin(), stream_starts->end());
     }
     return starts;
 }
@@ -121,13 +133,13 @@ static void test_dataloader(const std::string& dir) {
     // three shards of 1000, 777 and 1500 tokens, numbered on through the stream
     const int sizes[3] = {1000, 777, 1500};
     const int T = 16;
-    std::vector<int32_t> all_starts;  // every window start, in order
     uint32_t first = 0;
     for (int s = 0; s < 3; s++) {
         write_counting_shard(dir + "/train_00000" + std::to_string(s) + ".bin", first, sizes[s]);
-        for (int w = 0; w < (sizes[s] - 1) / T; w++) all_starts.push_back((int32_t)(first + w * T));
         first += sizes[s];
     }
+    std::vector<int32_t> all_starts;  // every window start, in order: windows run on across shards
+    for (uint32_t w = 0; w < (first - 1) / T; w++) all_starts.push_back((int32_t)(w * T));
     std::string pattern = dir + "/train_*.bin";
     DataLoader loader;
 
@@ -149,15 +161,17 @@ static void test_dataloader(const std::string& dir) {
 
     // shuffled, B = 1: a permutation of the windows, a different one each epoch, the same for a seed
     dataloader_init(&loader, pattern.c_str(), 1, T, 0, 1, true, 1234, LLAMA3_VOCAB_SIZE);
-    std::vector<int32_t> epoch0 = epoch_window_starts(&loader);
-    std::vector<int32_t> epoch1 = epoch_window_starts(&loader);
+    std::vector<int32_t> stream0, stream1;
+    std::vector<int32_t> epoch0 = epoch_window_starts(&loader, &stream0);
+    std::vector<int32_t> epoch1 = epoch_window_starts(&loader, &stream1);
     dataloader_reset(&loader);
     check(epoch_window_starts(&loader) == epoch0, "dataloader: reset starts over");
     dataloader_free(&loader);
     std::vector<int32_t> sorted0 = epoch0, sorted1 = epoch1;
     std::sort(sorted0.begin(), sorted0.end());
     std::sort(sorted1.begin(), sorted1.end());
-    check(sorted0 == all_starts && sorted1 == all_starts, "dataloader: a shuffled epoch is a permutation of the windows");
+    check(sorted0 == stream0 && sorted1 == stream1 && sorted0.size() == all_starts.size(),
+          "dataloader: a shuffled epoch is a permutation of the windows of its shard order's stream");
     check(epoch0 != all_starts && epoch0 != epoch1, "dataloader: shuffled, and differently each epoch");
     dataloader_init(&loader, pattern.c_str(), 1, T, 0, 1, true, 1234, LLAMA3_VOCAB_SIZE);
     check(epoch_window_starts(&loader) == epoch0, "dataloader: the same seed, the same order");
@@ -187,19 +201,19 @@ static void test_dataloader(const std::string& dir) {
     dataloader_free(&loader);
     check(crossed_epoch && resumed == continued, "dataloader: resume continues where it stopped");
 
-    // 3 ranks: disjoint, and together every window of each shard's full groups of B * 3
+    // 3 ranks: disjoint, and together every window of the epoch's full groups of B * 3
     for (bool shuffle : {false, true}) {
         std::set<int32_t> seen;
         size_t served = 0;
+        std::vector<int32_t> stream;  // the same for every rank
         for (int rank = 0; rank < 3; rank++) {
             dataloader_init(&loader, pattern.c_str(), 2, T, rank, 3, shuffle, 7, LLAMA3_VOCAB_SIZE);
-            for (int32_t start : epoch_window_starts(&loader)) { seen.insert(start); served++; }
+            for (int32_t start : epoch_window_starts(&loader, &stream)) { seen.insert(start); served++; }
             dataloader_free(&loader);
         }
-        size_t expected = 0;
-        for (int s = 0; s < 3; s++) expected += ((sizes[s] - 1) / T) / 6 * 6;
+        size_t expected = all_starts.size() / 6 * 6;
         bool all_windows = std::all_of(seen.begin(), seen.end(), [&](int32_t start) {
-            return std::find(all_starts.begin(), all_starts.end(), start) != all_starts.end();
+            return std::binary_search(stream.begin(), stream.end(), start);
         });
         check(served == seen.size() && served == expected && all_windows,
               shuffle ? "dataloader: 3 ranks partition the windows (shuffled)" : "dataloader: 3 ranks partition the windows");
@@ -245,7 +259,7 @@ static void test_bad_inputs(const std::string& tokenize, const std::string& dir)
         {"token.bin", shard_bytes(SHARD_MAGIC, SHARD_VERSION, 100, with_bad_token),
          "token 128256 at position 57 is >= the vocab size 128256", "token id >= vocab"},
         {"short.bin", shard_bytes(SHARD_MAGIC, SHARD_VERSION, 10, std::vector<uint32_t>(10, 9906)),
-         "fewer than T + 1 = 17", "shard shorter than T + 1"},
+         "0 windows of T + 1 = 17 tokens", "a corpus shorter than T + 1"},
     };
     for (const BadShard& bad : bad_shards) {
         std::string path = dir + "/" + bad.file;
@@ -282,6 +296,47 @@ static void test_bad_inputs(const std::string& tokenize, const std::string& dir)
                  name("decode: not a number").c_str());
 }
 
+// shards shorter than T (one empty): every window spans shards, T is limited by the corpus alone
+static void test_dataloader_tiny_shards(const std::string& dir) {
+    const int sizes[5] = {5, 0, 7, 3, 11};  // 26 tokens: 3 windows of T + 1 = 9
+    const int T = 8;
+    std::vector<std::vector<int32_t>> shard_tokens(5);
+    int32_t first = 0;
+    for (int s = 0; s < 5; s++) {
+        write_counting_shard(dir + "/tiny_00000" + std::to_string(s) + ".bin", first, sizes[s]);
+        for (int i = 0; i < sizes[s]; i++) shard_tokens[s].push_back(first + i);
+        first += sizes[s];
+    }
+    std::string pattern = dir + "/tiny_*.bin";
+    for (bool shuffle : {false, true}) {
+        DataLoader loader;
+        dataloader_init(&loader, pattern.c_str(), 1, T, 0, 1, shuffle, 5, LLAMA3_VOCAB_SIZE);
+        bool rows_ok = loader.batches_per_epoch == 3;
+        std::set<std::vector<int>> shard_orders;
+        for (int epoch = 0; epoch < 6; epoch++) {
+            for (int64_t i = 0; i < loader.batches_per_epoch; i++) {
+                dataloader_next_batch(&loader);
+                // the epoch's stream: the shards' tokens in its order; a row is its window at a multiple of T
+                std::vector<int32_t> stream;
+                for (int s : loader.shard_order) stream.insert(stream.end(), shard_tokens[s].begin(), shard_tokens[s].end());
+                size_t at = std::find(stream.begin(), stream.end(), loader.inputs[0]) - stream.begin();
+                rows_ok &= at % T == 0 && at + T < stream.size() && (shuffle || at == (size_t)i * T);
+                for (int t = 0; t < T && rows_ok; t++)
+                    rows_ok &= loader.inputs[t] == stream[at + t] && loader.targets[t] == stream[at + t + 1];
+            }
+            shard_orders.insert(loader.shard_order);
+        }
+        rows_ok &= shuffle ? shard_orders.size() > 1 : shard_orders.size() == 1;
+        dataloader_free(&loader);
+        check(rows_ok, shuffle ? "dataloader: windows span tiny shards (shuffled shard orders)"
+                               : "dataloader: windows span tiny shards, in order");
+    }
+    std::string too_long = "./tokenize check -T 26 '" + pattern + "'";
+    expect_error(too_long, pattern, "the corpus holds 26 tokens in 5 shard(s): 0 windows of T + 1 = 27 tokens",
+                 "dataloader: a corpus shorter than T + 1 names its size");
+    expect_error(too_long, pattern, "--random-tokens", "dataloader: a corpus shorter than T + 1 suggests --random-tokens");
+}
+
 int main() {
     Tokenizer tokenizer;
     tokenizer_init(&tokenizer, DEFAULT_TOKENIZER_PATH);
@@ -291,6 +346,7 @@ int main() {
     char dir_template[] = "/tmp/test_tokenizer_XXXXXX";
     std::string dir = mkdtemp(dir_template);
     test_dataloader(dir);
+    test_dataloader_tiny_shards(dir);
     test_bad_inputs("./tokenize", dir);
     if (access("./tokenize_asan", X_OK) == 0) test_bad_inputs("./tokenize_asan", dir);
     else skip("bad inputs under AddressSanitizer", "./tokenize_asan not built (make tokenize_asan)");

@@ -13,6 +13,7 @@
 
 #include "mst/generate.h"
 #include "mst/hf_io.h"
+#include "mst/numbers.h"
 
 [[noreturn]] static void usage() {
     error_exit("usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]");
@@ -20,12 +21,10 @@
 
 // a whole number in [min, max], else one error line naming what
 static long integer_argument(const char* text, long min, long max, const char* what) {
-    char* stop;
-    errno = 0;
-    long value = strtol(text, &stop, 10);
-    if (*text == '\0' || *stop || errno == ERANGE || value < min || value > max)
+    int64_t value;
+    if (!parse_int64(text, min, max, &value))
         error_exit(std::string(what) + " '" + text + "' is not a whole number from " + std::to_string(min) + " to " + std::to_string(max));
-    return value;
+    return (long)value;
 }
 
 // the longest sequence mst_hf runs through the CPU reference (prompt + generated tokens)
@@ -35,11 +34,10 @@ static std::vector<int> token_arguments(int argc, char** argv, int first, const 
     std::vector<int> tokens;
     if (argc - first > MAX_TOKENS) error_exit("more than " + std::to_string(MAX_TOKENS) + " tokens");
     for (int i = first; i < argc; i++) {
-        char* stop;
-        long id = strtol(argv[i], &stop, 10);
-        if (*argv[i] == '\0' || *stop || id < 0 || id >= config.vocab_size)
+        int id;
+        if (!parse_int(argv[i], 0, config.vocab_size - 1, &id))
             safetensors_exit_on_error(std::string("token '") + argv[i] + "' is not an id below " + std::to_string(config.vocab_size));
-        tokens.push_back((int)id);
+        tokens.push_back(id);
     }
     if (tokens.empty()) safetensors_exit_on_error("no tokens given");
     return tokens;

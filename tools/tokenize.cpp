@@ -11,6 +11,7 @@
 #include <string>
 #include <vector>
 #include "dataloader.h"
+#include "mst/numbers.h"
 #include "tokenizer.h"
 
 static const char* const USAGE =
@@ -34,12 +35,10 @@ struct Options {
 
 // a positive integer that fits a shard header's int32 count (and an int index)
 static long parse_positive(const char* flag, const char* text) {
-    char* end = nullptr;
-    errno = 0;
-    long value = strtol(text, &end, 10);
-    if (*text == '\0' || *end != '\0' || value <= 0 || value > INT32_MAX || errno == ERANGE)
+    int64_t value;
+    if (!parse_int64(text, 1, INT32_MAX, &value))
         error_exit(std::string(flag) + " wants a positive integer up to " + std::to_string(INT32_MAX) + ", not '" + text + "'");
-    return value;
+    return (long)value;
 }
 
 static Options parse_options(int argc, char** argv) {
@@ -79,14 +78,14 @@ static void command_decode(const Tokenizer* tokenizer) {
     for (;;) {
         while (*p == ' ' || *p == '\n' || *p == '\t' || *p == '\r') p++;
         if (*p == '\0') break;
-        char* end = nullptr;
-        long id = strtol(p, &end, 10);
-        bool is_number = end != p && (*end == '\0' || *end == ' ' || *end == '\n' || *end == '\t' || *end == '\r');
-        if (!is_number) file_error("<stdin>", "'%.*s' is not a token id", (int)strcspn(p, " \n\t\r"), p);
-        if (id < 0 || id >= LLAMA3_VOCAB_SIZE)
-            file_error("<stdin>", "token id %ld is outside the vocabulary 0..%d", id, LLAMA3_VOCAB_SIZE - 1);
+        size_t length = strcspn(p, " \n\t\r");
+        std::string word(p, length);
+        int64_t id;
+        if (!integer_syntax(word.c_str())) file_error("<stdin>", "'%s' is not a token id", word.c_str());
+        if (!parse_int64(word.c_str(), 0, LLAMA3_VOCAB_SIZE - 1, &id))
+            file_error("<stdin>", "token id %s is outside the vocabulary 0..%d", word.c_str(), LLAMA3_VOCAB_SIZE - 1);
         ids.push_back((int32_t)id);
-        p = end;
+        p += length;
     }
     std::string out;
     tokenizer_decode(tokenizer, ids.data(), ids.size(), &out);
