@@ -28,7 +28,7 @@ COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phase
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
 train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
@@ -166,7 +166,7 @@ DEV_CUDA_SRCS = $(wildcard dev/cuda/*.cu)
 DEV_CUDA_BINS = $(patsubst dev/cuda/%.cu,dev/cuda/bin/%,$(DEV_CUDA_SRCS))
 dev: $(DEV_CUDA_BINS)
 
-dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h
+dev/cuda/bin/%: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/attention_sm90.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h
 	@mkdir -p dev/cuda/bin
 	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
 
@@ -212,7 +212,7 @@ test_sanitized: train_llama_cpu_asan tokenize_asan mst_hf_asan
 	TRAIN_LLAMA=./train_llama_cpu_asan TOKENIZE=./tokenize_asan MST_HF=./mst_hf_asan bash dev/test_cli.sh
 # large_shapes: index math at T = 1,048,576 under UBSan too (a signed overflow is reported where it happens)
 dev/cuda/bin/large_shapes_cpu: CPU_EXTRA_FLAGS = -fsanitize=undefined -fno-sanitize-recover=undefined
-dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
+dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/attention_sm90.cuh mst/llama_config.h mst/llama_reference.h mst/token_buckets.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	@mkdir -p dev/cuda/bin $(CPU_BUILD)
 	$(CXX) $(CPU_KERNEL_FLAGS) $(CPU_EXTRA_FLAGS) -c -o $(CPU_BUILD)/$*.o $<
 	$(CPU_LINK) $(CPU_BUILD)/$*.o
@@ -236,7 +236,7 @@ hopper_addresses: tests/hopper_addresses.cpp $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME
 	$(CPU_LINK) $(CPU_BUILD)/hopper_addresses.o
 
 # every kernel program of dev/cuda, on the CPU device
-CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
+CPU_DEV_PROGRAMS = $(patsubst %,dev/cuda/bin/%_cpu,adamw attention attention_sm90 crossentropy embedding global_norm hopper_blocks matmul rmsnorm rope swiglu)
 cpu_dev: $(CPU_DEV_PROGRAMS) dev/cuda/bin/fragments_cpu dev/cuda/bin/large_shapes_cpu
 .PHONY: cpu_dev
 

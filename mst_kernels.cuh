@@ -1416,6 +1416,9 @@ static inline void attention_forward(bf16* out, float* lse, const bf16* q, const
     }
 }
 
+// the sm_90a forward (TMA, wgmma, warp specialization): attention_forward_sm90, same layouts
+#include "mst/attention_sm90.cuh"
+
 static inline size_t attention_backward_scratch_bytes(int B, int T, int H, int hd) {
     (void)hd;
     return ((size_t)B * H * T * sizeof(float) + 255) / 256 * 256;

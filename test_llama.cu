@@ -337,6 +337,41 @@ static void test_against_cpu_reference() {
     model_free(&m);
 }
 
+// The two attention forwards: on compute capability 9.0 the model runs the sm_90a forward (model_create's
+// default there, so every other test here runs it on such a card); its start-up self-test passes at hd 64 and 128
+// and fails on a planted disagreement; test-2layer's loss and gradients with each forward agree.
+static void test_attention_forwards() {
+    if (mst::device_major() != 9) { skip("attention forwards", "the sm_90a forward needs compute capability 9.0"); return; }
+    printf("attention forwards: the sm_90a start-up self-test, and test-2layer with each forward:\n");
+    std::string report;
+    for (int hd : {64, 128}) {
+        bool ok = attention_selftest(hd, 0.f, &report);
+        printf("  self-test hd %d: %s\n", hd, report.c_str());
+        check(ok, hd == 64 ? "the sm_90a self-test passes at hd 64" : "the sm_90a self-test passes at hd 128");
+    }
+    bool planted = attention_selftest(64, 0.05f, &report);
+    printf("  self-test with 0.05 added to one output: %s\n", report.c_str());
+    check(!planted, "the self-test fails on a planted disagreement of 0.05");
+    ModelConfig c = two_layer_model();
+    const int T = two_layer_T(1024);
+    std::vector<int> inputs(T), targets(T);
+    random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 9, 0);
+    float loss[2], norm;
+    std::vector<float> grads[2];
+    for (int sm90 = 0; sm90 < 2; sm90++) {
+        Model m;
+        model_create(&m, c, options_for(1, T, 0, 0, true, false), OptimizerSettings(), 9);
+        check(m.attention_sm90, "model_create picks the sm_90a forward on compute capability 9.0");
+        m.attention_sm90 = sm90;
+        model_init_random(&m);
+        loss[sm90] = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
+        grads[sm90] = download_grads(&m);
+        model_free(&m);
+    }
+    loss_close("loss: sm_90a vs mma.sync forward", loss[1], loss[0], 1e-3f);
+    close_to("gradients: sm_90a vs mma.sync forward", grads[1].data(), grads[0].data(), grads[0].size(), GRADIENT_TOLERANCE);
+}
+
 // a fresh directory under /tmp for files a test writes (removed with std::filesystem::remove_all)
 static std::string temporary_directory(const char* prefix) {
     std::string path = std::string("/tmp/") + prefix + "_XXXXXX";
@@ -576,6 +611,7 @@ int main(int argc, char** argv) {
         {"non-finite guard", test_non_finite_guard},
         {"50 steps: defaults vs -f 0 -a fp32 -w 1", [](const Golden&) { test_defaults_against_fp32(); }},
         {"schedules", [](const Golden&) { test_schedules(); }},
+        {"attention forwards", [](const Golden&) { test_attention_forwards(); }},
     };
     auto selected = [&](const char* name) {
         if (argc < 2) return true;

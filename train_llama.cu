@@ -158,6 +158,7 @@ struct Model {
     int steps_done;                // training steps done (a skipped step counts: the data and lr moved on)
     int updates_applied;           // AdamW's t is updates_applied + 1 (a skipped step applies none)
     uint64_t seed;
+    bool attention_sm90;           // the sm_90a attention forward (else mma.sync); backward is mma.sync either way
 };
 
 // layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced)
@@ -283,6 +284,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->T = options.T;
     m->N = options.B * options.T;
     m->seed = seed;
+    m->attention_sm90 = mst::device_major() == 9;  // train() decides with --attention and the self-test
     m->steps_done = 0;
     m->updates_applied = 0;
     m->update_pending = false;
@@ -455,7 +457,8 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
     rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
     rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
@@ -964,6 +967,67 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
     return info;
 }
 
+// The start-up self-test of the sm_90a attention forward, which may not have run on a GPU before (UNVERIFIED
+// until one has): once at a small shape (B = 2, T = 200: a partial tile and a batch boundary; 4 query heads over
+// 2 KV heads; the model's head dim) on seeded inputs, beside the mma.sync forward, by FlashAttention-3's rule
+// with the mma.sync kernel (validated on GPUs) as the bf16 yardstick: max |sm90 - ref32| <= 2 max |mma - ref32|
+// + 1e-3 over the outputs, ref32 = attention_forward_cpu; lse within 1e-3 of ref32; no NaN. perturb is added to
+// one output of the sm90 forward before the comparison (a planted disagreement: tests, and
+// MST_ATTENTION_SELFTEST_PERTURB in train()). Its own small allocations, freed: it runs before the arena exists.
+// *report: the numbers, for the start-up line.
+static bool attention_selftest(int hd, float perturb, std::string* report) {
+    const int B = 2, T = 200, H = 4, KV = 2;
+    size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KV * hd, nl = (size_t)B * H * T;
+    std::vector<float> q(nq), k(nkv), v(nkv);
+    uint64_t state = 0x5eed5eed5eedull;
+    auto fill = [&](std::vector<float>& x, float range) {  // xorshift64, rounded to bf16 as uploaded
+        for (float& e : x) {
+            state ^= state << 13; state ^= state >> 7; state ^= state << 17;
+            e = __bfloat162float(__float2bfloat16(range * (2.f * (state >> 40) / 16777216.f - 1.f)));
+        }
+    };
+    fill(q, 2.f); fill(k, 2.f); fill(v, 1.f);
+    std::vector<bf16> staging(nq);
+    bf16* inputs[3];
+    const std::vector<float>* host[3] = {&q, &k, &v};
+    for (int i = 0; i < 3; i++) {
+        for (size_t j = 0; j < host[i]->size(); j++) staging[j] = __float2bfloat16((*host[i])[j]);
+        CUDA_CHECK(cudaMalloc(&inputs[i], host[i]->size() * 2));
+        CUDA_CHECK(cudaMemcpy(inputs[i], staging.data(), host[i]->size() * 2, cudaMemcpyHostToDevice));
+    }
+    bf16 *out_mma, *out_sm90;
+    float *lse_mma, *lse_sm90;
+    CUDA_CHECK(cudaMalloc(&out_mma, nq * 2)); CUDA_CHECK(cudaMalloc(&out_sm90, nq * 2));
+    CUDA_CHECK(cudaMalloc(&lse_mma, nl * 4)); CUDA_CHECK(cudaMalloc(&lse_sm90, nl * 4));
+    attention_forward(out_mma, lse_mma, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, 0);
+    attention_forward_sm90(out_sm90, lse_sm90, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, 0);
+    std::vector<bf16> mma_bits(nq), sm90_bits(nq);
+    std::vector<float> lse(nl);
+    CUDA_CHECK(cudaMemcpy(mma_bits.data(), out_mma, nq * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(sm90_bits.data(), out_sm90, nq * 2, cudaMemcpyDeviceToHost));
+    CUDA_CHECK(cudaMemcpy(lse.data(), lse_sm90, nl * 4, cudaMemcpyDeviceToHost));
+    for (void* p : {(void*)inputs[0], (void*)inputs[1], (void*)inputs[2], (void*)out_mma, (void*)out_sm90, (void*)lse_mma, (void*)lse_sm90})
+        CUDA_CHECK(cudaFree(p));
+    std::vector<float> ref(nq), ref_lse(nl);
+    attention_forward_cpu(ref.data(), ref_lse.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd);
+    double mma_err = 0, sm90_err = 0, lse_err = 0;
+    bool finite = true;
+    for (size_t i = 0; i < nq; i++) {
+        double ours = __bfloat162float(sm90_bits[i]) + (i == nq / 2 ? perturb : 0.f);
+        finite = finite && std::isfinite(ours);
+        sm90_err = std::max(sm90_err, fabs(ours - ref[i]));
+        mma_err = std::max(mma_err, fabs((double)__bfloat162float(mma_bits[i]) - ref[i]));
+    }
+    for (size_t i = 0; i < nl; i++) {
+        finite = finite && std::isfinite(lse[i]);
+        lse_err = std::max(lse_err, fabs((double)lse[i] - ref_lse[i]));
+    }
+    char text[160];
+    snprintf(text, sizeof text, "max error %.3g vs mma.sync's %.3g (allowed %.3g), lse %.2g", sm90_err, mma_err, 2 * mma_err + 1e-3, lse_err);
+    *report = text;
+    return finite && sm90_err <= 2 * mma_err + 1e-3 && lse_err <= 1e-3;
+}
+
 // ----------------------------------------------------------------------------
 // command line (no CUDA call in this part: --dry-run and --max-T work on a machine without a GPU)
 #ifndef TESTING
@@ -987,6 +1051,8 @@ struct CommandLine {
     int64_t tokens_per_update = 0;    // -d: 0 = one batch of B x T
     int micro_batches = 1;            // tokens_per_update / (B x T)
     int nonfinite_limit = 5;          // --nonfinite-limit: stop after this many non-finite steps in a row
+    const char* attention = nullptr;  // --attention mma|sm90; null: sm90 on compute capability 9.0, else mma
+    bool attention_selftest = true;   // --attention-selftest 0: no start-up self-test of the sm90 forward
     const char* log_path = nullptr;   // -L: one JSON object per line per step
     bool dry_run = false, print_max_T = false;
     bool profile = false;             // --profile 1: each phase's time per step (profiler.h), a table at the end
@@ -1045,6 +1111,10 @@ static void print_usage() {
 "  --gpu-mem GIB   plan for a card of this many GiB (default: the GPU's memory; 80 in a dry run)\n"
 "  --host-mem GIB  pinned host memory the plan may use (default: the machine's less a quarter; 120 in a dry run)\n"
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
+"  --attention mma|sm90  attention forward: mma.sync (any card) or the sm_90a kernel (TMA, wgmma; compute\n"
+"                  capability 9.0); default sm90 on 9.0 after a start-up self-test, mma elsewhere\n"
+"  --attention-selftest 0|1  check the sm90 forward against mma.sync at start-up, falling back to mma with a\n"
+"                  warning if they disagree (default 1)\n"
 "  --dry-run       print the memory plan beside the standard plan and whether it fits; no GPU used\n"
 "  --profile 0|1   time each phase of every step (CUDA events); a table at the end, phases in -L (default 0)\n"
 "  --max-T         print the longest T that fits --gpu-mem and --host-mem, with these options and the standard ones\n"
@@ -1100,7 +1170,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile"};
+            "--profile", "--attention", "--attention-selftest"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1148,6 +1218,11 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-d") cl.tokens_per_update = flag_int64(f, value, 1, INT64_MAX, "a positive integer");
         else if (flag == "--nonfinite-limit") cl.nonfinite_limit = flag_int(f, value, 1, INT_MAX, "a positive integer");
         else if (flag == "-L") cl.log_path = value;
+        else if (flag == "--attention") {
+            if (strcmp(value, "mma") != 0 && strcmp(value, "sm90") != 0) usage_error("%s: must be mma or sm90 (got \"%s\")", f, value);
+            cl.attention = value;
+        }
+        else if (flag == "--attention-selftest") cl.attention_selftest = parse_bool(f, value);
         else if (flag == "--top-p") cl.top_p = flag_float(f, value, FLT_TRUE_MIN, 1.f, "a probability in (0, 1]");
     }
     auto given = [&](const char* flag) { return std::any_of(argv + 1, argv + argc, [&](const char* a) { return strcmp(a, flag) == 0; }); };
@@ -1588,11 +1663,35 @@ static std::string no_gpu_cause(cudaError_t error) {
     return cudaGetErrorString(error);
 }
 
+// --attention: the sm_90a forward on compute capability 9.0 once its self-test passes, else (or with
+// --attention mma) the mma.sync kernels. Prints one line saying which; a failed self-test is one warning line.
+// (--attention sm90 on another card was refused at start-up.)
+static bool choose_attention(const CommandLine& cl, const cudaDeviceProp& prop) {
+    if (cl.attention ? strcmp(cl.attention, "sm90") != 0 : prop.major != 9) {
+        printf("attention forward: mma.sync\n");
+        return false;
+    }
+    if (!cl.attention_selftest) {
+        printf("attention forward: sm_90a (self-test skipped: --attention-selftest 0)\n");
+        return true;
+    }
+    const char* perturb = getenv("MST_ATTENTION_SELFTEST_PERTURB");  // a planted disagreement (dev/cpu_device_train.sh)
+    std::string report;
+    if (attention_selftest(cl.config.head_dim(), perturb ? (float)atof(perturb) : 0.f, &report)) {
+        printf("attention forward: sm_90a (start-up self-test: %s)\n", report.c_str());
+        return true;
+    }
+    printf("warning: the sm_90a attention forward failed its start-up self-test against mma.sync (%s): using mma.sync\n", report.c_str());
+    return false;
+}
+
 static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
     cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
     if (no_gpu != cudaSuccess)
         usage_error("no usable GPU (%s); --dry-run and --max-T work without one", no_gpu_cause(no_gpu).c_str());
+    if (cl.attention && !strcmp(cl.attention, "sm90") && prop.major != 9)
+        usage_error("--attention sm90: needs a compute capability 9.0 card (H100, H200); %s is %d.%d", prop.name, prop.major, prop.minor);
     size_t free_bytes, total_bytes;
     CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
     double card_gib = gib(total_bytes);
@@ -1614,8 +1713,10 @@ static int train(const CommandLine& cl) {
 
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
+    bool attention_sm90 = choose_attention(cl, prop);  // before the arena exists: the self-test allocates its own
     Model model;
     model_create(&model, cl.config, options, cl.optimizer, cl.seed);
+    model.attention_sm90 = attention_sm90;
     profile_attach(model.stream, cl.profile);
     int start_step = 0;
     uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0

@@ -53,6 +53,12 @@ BUGS = [
     ("a wgmma accumulator read before wait_group (the overlap loop's S)", "dev/cuda/hopper_blocks.cu",
      r"\n\s*wgmma_wait<1>\(\);  // S\(j\) has landed; PV\(j-1\) may still run", "",
      ["dev/cuda/bin/hopper_blocks_cpu", "--small"]),
+    ("a wrong mbarrier parity (the sm_90a forward's consumers)", "mst/attention_sm90.cuh",
+     r"mbar_wait\(&full\[stage\], \(i / STAGES\) & 1\);", "mbar_wait(&full[stage], ((i / STAGES) & 1) ^ 1);",
+     ["dev/cuda/bin/attention_sm90_cpu", "--small"]),
+    ("a missing named-barrier sync between the two warpgroups (the sm_90a forward's ping-pong)", "mst/attention_sm90.cuh",
+     r"\n\s*gemm_turn_wait\(c\);(\n\s*wgmma_qk_issue<HD, BN>\(s, q_wg, BM, smem \+ L::k_at\(stage\)\);)", r"\1",
+     ["dev/cuda/bin/attention_sm90_cpu", "--small"]),
 ]
 
 def run(cmd, cwd, timeout=900):

@@ -89,6 +89,8 @@ fi
 # --- the sm_90a building blocks first (issue 9: TMA ring, wgmma layouts, single-tile attention; UNVERIFIED until
 # this step passes). A rerun of just these: GPU_CHECK_ONLY=hopper_blocks bash dev/gpu_check.sh
 step hopper_blocks 60 dev/cuda/bin/hopper_blocks
+# the product's sm_90a forward built from them (mst/attention_sm90.cuh; UNVERIFIED until this step passes), all sizes
+step attention_sm90 120 dev/cuda/bin/attention_sm90 --all
 
 # --- the warp fragments (ldmatrix, mma.sync) of this card against the numpy emulator the CPU device agrees with
 step fragments 30 /usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments

@@ -55,6 +55,8 @@ expect_error "unknown model" "nosuchmodel" --dry-run -e nosuchmodel
 expect_error "heads not dividing d_model" "divide" --dry-run --config 1000,100,2,3,1,200
 expect_error "unknown flag" "--bogus" --dry-run --bogus 1
 expect_error "missing value" "-T" --dry-run -T
+expect_error "unknown attention kernel" "--attention" --dry-run --attention flash
+expect_error "attention self-test not 0 or 1" "--attention-selftest" --dry-run --attention-selftest 2
 expect_error "non-numeric gpu memory" "--gpu-mem" --dry-run --gpu-mem lots
 expect_error "plan larger than the card" "GiB" -e llama3-8b -T 60000 -m 1 -M 1 -r 0 --gpu-mem 80
 

@@ -268,6 +268,23 @@ __device__ __forceinline__ void wgmma_m64n64k16_ss(float* d, uint64_t desc_a, ui
         : "l"(desc_a), "l"(desc_b), "r"(scale_d));
 #endif
 }
+// d[64] (= or +=, scale_d) A (64x16, shared memory K-major) * B (128x16, shared memory K-major)^T
+__device__ __forceinline__ void wgmma_m64n128k16_ss(float* d, uint64_t desc_a, uint64_t desc_b, int scale_d) {
+#ifdef MST_CPU_DEVICE
+    mst_cpu::wgmma_m64k16_bf16(d, 128, nullptr, desc_a, desc_b, scale_d != 0, 1, 1, false, false);
+#else
+    asm volatile(
+        "{\n.reg .pred p;\nsetp.ne.b32 p, %66, 0;\n"
+        "wgmma.mma_async.sync.aligned.m64n128k16.f32.bf16.bf16 "
+        "{%0, %1, %2, %3, %4, %5, %6, %7, %8, %9, %10, %11, %12, %13, %14, %15, %16, %17, %18, %19, %20, %21, %22, "
+        "%23, %24, %25, %26, %27, %28, %29, %30, %31, %32, %33, %34, %35, %36, %37, %38, %39, %40, %41, %42, %43, "
+        "%44, %45, %46, %47, %48, %49, %50, %51, %52, %53, %54, %55, %56, %57, %58, %59, %60, %61, %62, %63}, "
+        "%64, %65, p, 1, 1, 0, 0;\n}"
+        : MST_WGMMA_R8(0), MST_WGMMA_R8(8), MST_WGMMA_R8(16), MST_WGMMA_R8(24), MST_WGMMA_R8(32), MST_WGMMA_R8(40),
+          MST_WGMMA_R8(48), MST_WGMMA_R8(56)
+        : "l"(desc_a), "l"(desc_b), "r"(scale_d));
+#endif
+}
 // d[32] += A (64x16 bf16, registers) * B (16x64, shared memory N-major: the transpose bit)
 __device__ __forceinline__ void wgmma_m64n64k16_rs_transb(float* d, const uint32_t* a, uint64_t desc_b) {
 #ifdef MST_CPU_DEVICE
@@ -330,6 +347,14 @@ __device__ __forceinline__ void named_barrier_sync(int id, int threads) {
     mst_cpu::named_barrier(id, threads);
 #else
     asm volatile("bar.sync %0, %1;" ::"r"(id), "r"(threads) : "memory");
+#endif
+}
+// bar.arrive id, threads (9.7.13.1): counts this thread toward the barrier's phase without waiting for it
+__device__ __forceinline__ void named_barrier_arrive(int id, int threads) {
+#ifdef MST_CPU_DEVICE
+    mst_cpu::named_barrier_arrive(id, threads);
+#else
+    asm volatile("bar.arrive %0, %1;" ::"r"(id), "r"(threads) : "memory");
 #endif
 }
 

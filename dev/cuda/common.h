@@ -161,6 +161,58 @@ static inline float max_abs(const std::vector<float>& v) {
     return m;
 }
 
+// Attention outputs, FlashAttention-3's rule: |ours - ref32| <= 2 max |ref_bf16 - ref32| + atol (elementwise
+// maxima; NaN fails), where ref_bf16 (attention_forward_bf16_cpu) rounds S, P and O to bf16 as a bf16 kernel
+// must: the bf16 reference's own error sizes the tolerance. atol 1e-3 covers outputs whose bf16 error is ~0
+// (T = 1: O = v exactly). Returns our max error.
+static inline double check_fa3_rule(const char* name, const std::vector<float>& got, const std::vector<float>& ref32,
+                                    const std::vector<float>& ref16, double atol = 1e-3) {
+    double bf16_err = 0, our_err = 0;
+    size_t nan = 0;
+    for (size_t i = 0; i < got.size(); i++) {
+        bf16_err = std::max(bf16_err, (double)fabsf(ref16[i] - ref32[i]));
+        double e = fabs((double)got[i] - ref32[i]);
+        if (e != e) nan++;
+        else our_err = std::max(our_err, e);
+    }
+    char line[512];
+    snprintf(line, sizeof line, "%s: max err %.3g <= 2 x bf16 ref's %.3g + %.0e%s", name, our_err, bf16_err, atol, nan ? " (NaN)" : "");
+    check_true(line, nan == 0 && our_err <= 2 * bf16_err + atol);
+    return our_err;
+}
+
+// the bf16 reference of attention_forward_cpu (same arguments; the same rows written): scores, probabilities
+// and the output rounded to bf16, fp32 sums
+static inline void attention_forward_bf16_cpu(float* out, const float* q, const float* k, const float* v, int B, int T, int H, int KV,
+                                              int hd, const int* doc_start = nullptr, int q0 = 0, int n = -1) {
+    float scale = 1.f / sqrtf((float)hd);
+    int q1 = n < 0 ? T : std::min(T, q0 + n);
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            std::vector<float> p(T);
+            for (int t = q0; t < q1; t++) {
+                const float* qt = q + (((size_t)b * T + t) * H + h) * hd;
+                int first = attention_first_key(doc_start, b, T, t);
+                float mx = -INFINITY, sum = 0.f;
+                for (int s = first; s <= t; s++) {
+                    const float* ks = k + (((size_t)b * T + s) * KV + h / (H / KV)) * hd;
+                    float dot = 0.f;
+                    for (int i = 0; i < hd; i++) dot += qt[i] * ks[i];
+                    p[s] = round_bf16(dot * scale);
+                    mx = std::max(mx, p[s]);
+                }
+                for (int s = first; s <= t; s++) { p[s] = round_bf16(expf(p[s] - mx)); sum += p[s]; }
+                float* o = out + (((size_t)b * T + t) * H + h) * hd;
+                for (int i = 0; i < hd; i++) {
+                    float acc = 0.f;
+                    for (int s = first; s <= t; s++) acc += p[s] * v[(((size_t)b * T + s) * KV + h / (H / KV)) * hd + i];
+                    o[i] = round_bf16(acc / sum);
+                }
+            }
+        }
+}
+
 static inline int finish(const char* program) {
     printf("output digest: %016llx\n", (unsigned long long)g_output_digest);
     printf("%s: %s (%d failed checks)\n", program, g_failures ? "FAILED" : "all checks passed", g_failures);

@@ -1,7 +1,8 @@
 #!/usr/bin/env python3
 """The CPU device's sm_90a address math against dev/cuda/hopper_emulator.py's (which transcribes the PTX ISA and
 was cross-checked against CUTLASS and ThunderKittens): every element of every wgmma operand descriptor and
-TMA box that dev/cuda/hopper_blocks.cu uses, for hd 64 and 128 (tests/hopper_addresses.cpp prints the CPU
+TMA box that dev/cuda/hopper_blocks.cu (64-key blocks) and mst/attention_sm90.cuh (128-key blocks) use, for hd
+64 and 128 (tests/hopper_addresses.cpp prints the CPU
 device's). A perturbed emulator (the swizzle shifted) must disagree, so the comparison can fail.
     python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses
 Prints one line per kind and "N passed, N failed"."""

@@ -44,6 +44,7 @@ dim3 grid_dimensions();
 void syncthreads();                       // bar.sync 0 over the whole block
 void syncwarp(unsigned mask);             // full mask only
 void named_barrier(int id, int threads);  // bar.sync id, threads (a multiple of 32)
+void named_barrier_arrive(int id, int threads);  // bar.arrive id, threads: counts toward the phase, does not wait
 // a full-mask warp shuffle of 64 bits: mode 0 xor, 1 down, 2 up, 3 idx (width 32)
 uint64_t shuffle(unsigned mask, uint64_t value, int operand, int mode);
 unsigned ballot(unsigned mask, bool predicate);

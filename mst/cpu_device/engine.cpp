@@ -372,8 +372,8 @@ static void thread_exits(Block& b, CudaThread& t) {
     land_all_async(t);
     Warp& w = b.warp[t.warp];
     if (w.arrived > 0) kernel_fatal(&t, "exits while %d lanes of its warp wait at %s", w.arrived, w.kind_name);
-    for (int id = 0; id < MAX_NAMED_BARRIERS; id++)
-        if (b.barrier[id].arrived > 0)
+    for (int id = 0; id < MAX_NAMED_BARRIERS; id++)  // (a named barrier over fewer threads may not count this one)
+        if (b.barrier[id].arrived > 0 && b.barrier[id].expected == b.threads)
             kernel_fatal(&t, "exits while %d threads wait at bar.sync %d (%s): a barrier every thread counts must be "
                          "reached by all of them", b.barrier[id].arrived, id, id == 0 ? "__syncthreads" : "named barrier");
     const WarpgroupCollective& wg = b.warpgroup[t.warp / 4];
@@ -416,7 +416,7 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
         wp.vc[i] = 1;
         wp.arrived = 0;
     }
-    for (NamedBarrier& nb : b.barrier) { nb.expected = nb.arrived = 0; nb.warps = 0; }
+    for (NamedBarrier& nb : b.barrier) { nb.expected = nb.arrived = 0; nb.warps = nb.waiting = 0; }
     for (WarpgroupCollective& wg : b.warpgroup) wg.arrived = 0;
     // dynamic shared memory: poisoned, and the read sets of the last block forgotten
     if (g.dynamic_smem) poison(w->dynamic_smem, g.dynamic_smem);
@@ -448,6 +448,10 @@ static void run_block(Worker* w, const GridLaunch& g, uint32_t linear) {
             ran.stack = nullptr;
         }
     }
+    for (int id = 0; id < MAX_NAMED_BARRIERS; id++)
+        if (b.barrier[id].arrived > 0)
+            kernel_fatal(nullptr, "the block ends with %d of %d arrivals at bar.sync/bar.arrive %d: a phase never completed "
+                         "(unmatched bar.arrive)", b.barrier[id].arrived, b.barrier[id].expected, id);
     for (const AsyncUnit& u : async_units())
         if (u.block_end) u.block_end(b);
     w->tracking = false;
@@ -630,45 +634,59 @@ dim3 grid_dimensions() { return current_block().launch->grid; }
 
 void trap(const char* what) { kernel_fatal(tls_worker && tls_worker->current ? tls_worker->current : nullptr, "%s", what); }
 
-void named_barrier(int id, int threads) {
+// bar.sync (wait) and bar.arrive (!wait): a phase completes when `threads` threads have arrived; the waiting
+// warps then learn the clocks of every arrived warp (bar.arrive releases, bar.sync acquires). A phase completed
+// by arrivals alone synchronizes nobody: reported, as a bar.sync missing from a producer/consumer pair.
+static void barrier_arrival(int id, int threads, bool wait) {
     CudaThread& t = current_thread();
     Block& b = tls_worker->block;
-    if (id < 0 || id >= MAX_NAMED_BARRIERS) kernel_fatal(&t, "bar.sync %d: barrier ids are 0-15", id);
+    const char* op = wait ? "bar.sync" : "bar.arrive";
+    if (id < 0 || id >= MAX_NAMED_BARRIERS) kernel_fatal(&t, "%s %d: barrier ids are 0-15", op, id);
     if (threads <= 0 || threads % 32 || threads > b.threads)
-        kernel_fatal(&t, "bar.sync %d, %d: the thread count must be a positive multiple of 32, at most the block's %d", id, threads, b.threads);
+        kernel_fatal(&t, "%s %d, %d: the thread count must be a positive multiple of 32, at most the block's %d", op, id, threads, b.threads);
     NamedBarrier& nb = b.barrier[id];
     if (nb.arrived == 0) {
         nb.expected = threads;
-        nb.warps = 0;
+        nb.warps = nb.waiting = 0;
         memset(nb.join, 0, sizeof nb.join);
+        memset(nb.lanes, 0, sizeof nb.lanes);
     } else if (nb.expected != threads) {
-        kernel_fatal(&t, "bar.sync %d with %d threads while others wait there with %d", id, threads, nb.expected);
+        kernel_fatal(&t, "%s %d with %d threads while others arrived there with %d", op, id, threads, nb.expected);
     }
+    if (nb.lanes[t.warp] >> t.lane & 1)  // a GPU counts it again: the phase completes without the threads it awaits
+        kernel_fatal(&t, "%s %d: this thread already arrived in the barrier's current phase (a bar.arrive without its "
+                     "matching bar.sync)", op, id);
+    nb.lanes[t.warp] |= 1u << t.lane;
     Warp& own = b.warp[t.warp];
-    if (!(nb.warps >> t.warp & 1)) {
-        nb.warps |= 1u << t.warp;
-        for (int u = 0; u < b.warps; u++) nb.join[u] = std::max(nb.join[u], own.vc[u]);
-    }
+    nb.warps |= 1u << t.warp;
+    if (wait) nb.waiting |= 1u << t.warp;
+    for (int u = 0; u < b.warps; u++) nb.join[u] = std::max(nb.join[u], own.vc[u]);
     nb.arrived++;
-    t.barrier = id;
     if (nb.arrived < nb.expected) {
+        if (!wait) return;
+        t.barrier = id;
         block_current_thread(id == 0 ? "__syncthreads (bar.sync 0)" : "a named barrier (bar.sync id, count)");
         t.barrier = -1;
         return;
     }
-    // complete: the arrived warps learn each other's clocks and tick their own; their threads run on
+    if (!nb.waiting)
+        kernel_fatal(&t, "bar.arrive %d completed a phase of %d threads that no thread waited at (bar.sync): the arrivals "
+                     "order nothing", id, threads);
+    // complete: the waiting warps learn the arrived warps' clocks; every arrived warp ticks its own
     for (int u = 0; u < b.warps; u++) {
         if (!(nb.warps >> u & 1)) continue;
         Warp& wu = b.warp[u];
-        for (int v = 0; v < b.warps; v++) wu.vc[v] = std::max(wu.vc[v], nb.join[v]);
+        if (nb.waiting >> u & 1)
+            for (int v = 0; v < b.warps; v++) wu.vc[v] = std::max(wu.vc[v], nb.join[v]);
         wu.vc[u]++;
     }
     nb.arrived = 0;
     for (int i = 0; i < b.threads; i++)
         if (b.thread[i].status == BLOCKED && b.thread[i].barrier == id) make_runnable(b, i);
-    t.barrier = -1;
-    yield_current_thread();
+    if (wait) yield_current_thread();
 }
+void named_barrier(int id, int threads) { barrier_arrival(id, threads, true); }
+void named_barrier_arrive(int id, int threads) { barrier_arrival(id, threads, false); }
 
 void syncthreads() { named_barrier(0, current_block().threads); }
 

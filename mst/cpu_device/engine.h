@@ -74,6 +74,8 @@ struct WarpgroupCollective {
 struct NamedBarrier {
     int expected = 0, arrived = 0;
     uint32_t warps = 0;                // warps of the threads arrived so far (bit per warp)
+    uint32_t waiting = 0;              // those of them that wait (bar.sync); the others only arrive (bar.arrive)
+    uint32_t lanes[MAX_WARPS];         // the threads arrived in this phase (bit per lane)
     uint32_t join[MAX_WARPS];          // elementwise max of their clocks at arrival
 };
 
