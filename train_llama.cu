@@ -429,7 +429,7 @@ static void layer_forward(Model* m, int l, bool with_mlp) {
     matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
     rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
     rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, nullptr, 0, m->T, s);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
     matmul_forward(a.attention_residual, a.attention_out, w + o.o, N, Q, C, true, s);
@@ -639,7 +639,7 @@ static void layer_backward(Model* m, int l, float* grad) {
     matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
     matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
     attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
-                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, nullptr, 0, m->T, s);
     rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
     rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
     matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);

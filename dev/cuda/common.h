@@ -168,6 +168,77 @@ static inline int finish(const char* program) {
 }
 
 // ----------------------------------------------------------------------------
+// attention's bf16 references, for FlashAttention-3's rule |ours - ref32| <= 2 |ref_bf16 - ref32| + atol
+// (elementwise maxima): attention_forward_cpu / attention_backward_cpu's arithmetic with the bf16 roundings
+// of a tensor-core kernel. Forward: S, P and O rounded (lse from the rounded S and P). Backward (from the
+// fp32 reference's out and lse, out rounded as a kernel stores it): P and dS rounded where they feed a
+// matmul, dq, dk, dv rounded. doc_start: see attention_first_key (nullable).
+
+static inline void attention_forward_bf16_reference(float* out, float* lse, const float* q, const float* k, const float* v,
+                                                    int B, int T, int H, int KV, int hd, const int* doc_start) {
+    float scale = 1.f / sqrtf((float)hd);
+    int group = H / KV;
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int h = 0; h < H; h++) {
+            std::vector<float> p(T);
+            for (int t = 0; t < T; t++) {
+                int first = attention_first_key(doc_start, b, T, t);
+                const float* qt = q + (((size_t)b * T + t) * H + h) * hd;
+                auto kv_row = [&](const float* x, int s) { return x + (((size_t)b * T + s) * KV + h / group) * hd; };
+                float mx = -INFINITY, sum = 0.f;
+                for (int s = first; s <= t; s++) {
+                    float dot = 0.f;
+                    for (int i = 0; i < hd; i++) dot += qt[i] * kv_row(k, s)[i];
+                    p[s] = round_bf16(dot * scale);
+                    mx = std::max(mx, p[s]);
+                }
+                for (int s = first; s <= t; s++) { float e = round_bf16(expf(p[s] - mx)); sum += e; p[s] = e; }
+                float* o = out + (((size_t)b * T + t) * H + h) * hd;
+                for (int i = 0; i < hd; i++) {
+                    float acc = 0.f;
+                    for (int s = first; s <= t; s++) acc += p[s] * kv_row(v, s)[i];
+                    o[i] = round_bf16(acc / sum);
+                }
+                lse[((size_t)b * H + h) * T + t] = mx + logf(sum);
+            }
+        }
+}
+
+static inline void attention_backward_bf16_reference(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                                     const float* k, const float* v, const float* out, const float* lse,
+                                                     int B, int T, int H, int KV, int hd, const int* doc_start) {
+    float scale = 1.f / sqrtf((float)hd);
+    int group = H / KV;
+    std::fill(dq, dq + (size_t)B * T * H * hd, 0.f);
+    std::fill(dk, dk + (size_t)B * T * KV * hd, 0.f);
+    std::fill(dv, dv + (size_t)B * T * KV * hd, 0.f);
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int kvh = 0; kvh < KV; kvh++)  // each thread owns its dk, dv rows
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    size_t row = (((size_t)b * T + t) * H + h) * hd;
+                    float delta = 0.f;
+                    for (int i = 0; i < hd; i++) delta += dout[row + i] * round_bf16(out[row + i]);
+                    for (int s = attention_first_key(doc_start, b, T, t); s <= t; s++) {
+                        size_t kv = (((size_t)b * T + s) * KV + kvh) * hd;
+                        float score = 0.f, dp = 0.f;
+                        for (int i = 0; i < hd; i++) { score += q[row + i] * k[kv + i]; dp += dout[row + i] * v[kv + i]; }
+                        float p = expf(score * scale - lse[((size_t)b * H + h) * T + t]);
+                        float p16 = round_bf16(p), ds = round_bf16(p * (dp - delta));
+                        for (int i = 0; i < hd; i++) {
+                            dq[row + i] += ds * k[kv + i];
+                            dk[kv + i] += ds * q[row + i];
+                            dv[kv + i] += p16 * dout[row + i];
+                        }
+                    }
+                }
+    for (size_t i = 0; i < (size_t)B * T * H * hd; i++) dq[i] = round_bf16(dq[i] * scale);
+    for (size_t i = 0; i < (size_t)B * T * KV * hd; i++) { dk[i] = round_bf16(dk[i] * scale); dv[i] = round_bf16(dv[i]); }
+}
+
+// ----------------------------------------------------------------------------
 // fast random fill on the device for benchmark inputs (validation uses host-side inputs above)
 
 __global__ void fill_uniform_kernel(bf16* b, float* f, size_t n, unsigned seed, float lo, float hi) {
