@@ -47,13 +47,25 @@
 //        on the gradient.
 //
 // Attention (attention_forward_cpu / attention_backward_cpu): causal GQA flash attention, mma.sync bf16
-//   tensor cores, hd in {64, 128}, scale 1/sqrt(hd), never a T x T buffer.
-//   void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-//                          int B, int T, int H, int KV, int hd, cudaStream_t)   out, lse (W)
+//   tensor cores, hd in {64, 128}, scale 1/sqrt(hd), never a T x T buffer. Document masking: doc_start
+//   (B, T) int, nullable = none, key s is visible to query t iff doc_start[t] <= s <= t (starts never
+//   decrease along a sequence: document_starts writes them). Query blocks: the rows [q0, q0 + n) of every
+//   sequence against the keys [0, q0 + n) (nothing at or after q0 + n is read); the whole sequence is
+//   q0 = 0, n = T. Layouts are the whole sequence's; only the block's rows are read and written.
+//   void document_starts(int* doc_start, const int* tokens, int B, int T, int bos, cudaStream_t)   (W)
+//        (document_starts_cpu): a document starts at every bos token (128000 in Llama 3) and at position 0
+//   void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
+//                          int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
+//        out, lse rows [q0, q0 + n) (W); a block's rows are the same bits as the whole-sequence call's
 //   size_t attention_backward_scratch_bytes(int B, int T, int H, int hd);        (fp32 D = rowsum(dout*out))
-//   void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16* dout, const bf16* q,
-//                           const bf16* k, const bf16* v, const bf16* out, const float* lse,
-//                           int B, int T, int H, int KV, int hd, cudaStream_t)   dq, dk, dv (W)
+//   template <GradKV = bf16 or float>
+//   void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
+//                           const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T,
+//                           int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
+//        dq rows [q0, q0 + n) (W). dk, dv as attention_backward_cpu: q0 == 0 writes every key's (W, 0 where
+//        no query of the block sees it), q0 > 0 adds the block's part (A), so blocks in order from q0 = 0 give
+//        the whole gradient. Blocks after the first need fp32 dk, dv (bf16 ones are refused: they would
+//        round once per block).
 //   q/k/v/out/dout/dq/dk/dv must be 16-byte aligned (hd*2 bytes per row is).
 //   int& attention_forward_version(), int& attention_backward_version(): 2 (default: cp.async double
 //   buffering; measured 1.1-1.5x faster on an H200) or 1 (synchronous tile loads, kept for dev/cuda's history;
@@ -956,17 +968,82 @@ __device__ __forceinline__ void load_tile_async(bf16* tile, const bf16* g, size_
     }
 }
 
+// Document masking (attention_first_key): the first key query `row` of sequence b may see, its document's
+// start; 0 without a mask (doc_start null). Starts never decrease along a sequence, so a tile's first row
+// has its tile's smallest start and its last row the largest.
+__device__ __forceinline__ int first_key(const int* doc_start, int b, int T, int row) {
+    return doc_start ? doc_start[(size_t)b * T + row] : 0;
+}
+// the first row in [lo, hi) whose first key is after `key` (hi if none): the rows from there on see
+// none of the keys up to `key`
+__device__ __forceinline__ int first_row_after(const int* doc_start, int b, int T, int lo, int hi, int key) {
+    if (!doc_start) return hi;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2;
+        if (first_key(doc_start, b, T, mid) > key) hi = mid;
+        else lo = mid + 1;
+    }
+    return lo;
+}
+// a pair of dK/dV values into row-major gradient memory: fp32 written or added to (query blocks after the
+// first), bf16 written (attention_backward lets bf16 gradients take no block after the first)
+__device__ __forceinline__ void store_grad_pair(float* p, float x, float y, bool accumulate) {
+    float2 v = accumulate ? *reinterpret_cast<const float2*>(p) : make_float2(0.f, 0.f);
+    *reinterpret_cast<float2*>(p) = make_float2(v.x + x, v.y + y);
+}
+__device__ __forceinline__ void store_grad_pair(bf16* p, float x, float y, bool) {
+    *reinterpret_cast<uint32_t*>(p) = pack_bf16x2(x, y);
+}
+
 }  // namespace mst
 
 static const float MST_LOG2E = 1.4426950408889634f;
 
-// matches attention_forward_cpu. grid (ceil(T/64), H, B), 128 threads; each warp 16 query rows, key tiles
-// of 64. Online softmax in the exp2 domain; lse written in natural log.
+// matches document_starts_cpu: doc_start[b, t] = the last position <= t holding the bos token (0 if none),
+// a running maximum: each thread scans a contiguous chunk of the sequence, the block combines the chunks'
+// last bos positions (an inclusive prefix maximum in shared memory), then each chunk is written. grid B.
+static const int DOCUMENT_STARTS_THREADS = 256;
+static __global__ void __launch_bounds__(DOCUMENT_STARTS_THREADS) document_starts_kernel(int* doc_start, const int* tokens,
+                                                                                        int T, int bos) {
+    __shared__ int chunk_last[DOCUMENT_STARTS_THREADS];
+    int tid = threadIdx.x, chunk = (T + DOCUMENT_STARTS_THREADS - 1) / DOCUMENT_STARTS_THREADS;
+    int begin = min(T, tid * chunk), end = min(T, begin + chunk);
+    const int* seq = tokens + (size_t)blockIdx.x * T;
+    int* starts = doc_start + (size_t)blockIdx.x * T;
+    int last = 0;
+    for (int t = begin; t < end; t++)
+        if (seq[t] == bos) last = t;
+    chunk_last[tid] = last;
+    __syncthreads();
+    for (int offset = 1; offset < DOCUMENT_STARTS_THREADS; offset *= 2) {
+        int before = tid >= offset ? chunk_last[tid - offset] : 0;
+        __syncthreads();
+        chunk_last[tid] = max(chunk_last[tid], before);
+        __syncthreads();
+    }
+    int start = tid > 0 ? chunk_last[tid - 1] : 0;
+    for (int t = begin; t < end; t++) {
+        if (seq[t] == bos) start = t;
+        starts[t] = start;
+    }
+}
+static inline void document_starts(int* doc_start, const int* tokens, int B, int T, int bos, cudaStream_t stream) {
+    mst::launch<document_starts_kernel>(B, DOCUMENT_STARTS_THREADS, 0, stream, doc_start, tokens, T, bos);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// matches attention_forward_cpu for the query rows [q_begin, q_end) (keys [0, q_end): nothing at or after
+// q_end is read). grid (ceil((q_end - q_begin) / 64), H, B), 128 threads; each warp 16 query rows, key tiles
+// of 64 at multiples of 64 (so a row's arithmetic does not depend on which query tile holds it: a query
+// block gives the bits of the whole-sequence call). Online softmax in the exp2 domain; lse written in
+// natural log. doc_start (nullable): the key loop starts at the tile containing the query tile's smallest
+// document start; only tiles crossing the diagonal or a document start are masked element by element.
 // ASYNC = false (v1): synchronous tile loads, one K/V buffer. ASYNC = true (v2): cp.async double buffering,
 // the next K/V tile loads while this one is used.
 template <int HD, bool ASYNC>
 __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float* lse, const bf16* q, const bf16* k,
-                                                                const bf16* v, int T, int H, int KV, float scale,
+                                                                const bf16* v, const int* doc_start, int q_begin,
+                                                                int q_end, int T, int H, int KV, float scale,
                                                                 float scale_log2) {
     constexpr int BR = 64, BC = 64, LDS = HD + 8;
     unsigned char* mst_smem = mst::dynamic_shared_memory();
@@ -978,15 +1055,16 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     int qb = gridDim.x - 1 - blockIdx.x;  // the longest (last) query blocks first
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
-    int q0 = qb * BR;
+    int q0 = q_begin + qb * BR;
     size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
-    const bf16* kbase = k + (size_t)b * T * kv_stride + (size_t)kvh * HD;
-    const bf16* vbase = v + (size_t)b * T * kv_stride + (size_t)kvh * HD;
+    int key_begin = mst::first_key(doc_start, b, T, q0) / BC * BC;  // tiles before it are outside every document here
+    const bf16* kbase = k + ((size_t)b * T + key_begin) * kv_stride + (size_t)kvh * HD;
+    const bf16* vbase = v + ((size_t)b * T + key_begin) * kv_stride + (size_t)kvh * HD;
 
-    mst::load_tile<BR, HD, LDS, 128>(Qs, q + ((size_t)b * T + q0) * q_stride + (size_t)h * HD, q_stride, T - q0);
+    mst::load_tile<BR, HD, LDS, 128>(Qs, q + ((size_t)b * T + q0) * q_stride + (size_t)h * HD, q_stride, q_end - q0);
     if (ASYNC) {  // the first K/V tile into buffer 0
-        mst::load_tile_async<BC, HD, LDS, 128>(Ks0, kbase, kv_stride, T);
-        mst::load_tile_async<BC, HD, LDS, 128>(Vs0, vbase, kv_stride, T);
+        mst::load_tile_async<BC, HD, LDS, 128>(Ks0, kbase, kv_stride, q_end - key_begin);
+        mst::load_tile_async<BC, HD, LDS, 128>(Vs0, vbase, kv_stride, q_end - key_begin);
         mst::cp_async_commit();
     }
     __syncthreads();
@@ -1000,17 +1078,22 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
     float m_a = -INFINITY, m_b = -INFINITY, l_a = 0.f, l_b = 0.f;
     int row_w = q0 + warp * 16;
     int row_a = row_w + g, row_b = row_a + 8;
-    int kend = min(T, q0 + BR);
-    int ntiles = (kend + BC - 1) / BC;
+    // document starts: of this lane's rows, and the smallest and largest of the warp's (rows past q_end: none)
+    int first_a = row_a < q_end ? mst::first_key(doc_start, b, T, row_a) : 0;
+    int first_b = row_b < q_end ? mst::first_key(doc_start, b, T, row_b) : 0;
+    int warp_first = row_w < q_end ? mst::first_key(doc_start, b, T, row_w) : 0;
+    int warp_last_first = row_w < q_end ? mst::first_key(doc_start, b, T, min(row_w + 15, q_end - 1)) : 0;
+    int kend = min(q_end, q0 + BR);
+    int ntiles = (kend - key_begin + BC - 1) / BC;
     for (int j = 0; j < ntiles; j++) {
-        int k0 = j * BC;
+        int k0 = key_begin + j * BC;
         const bf16* Ks = (ASYNC && (j & 1)) ? Ks1 : Ks0;
         const bf16* Vs = (ASYNC && (j & 1)) ? Vs1 : Vs0;
         if (ASYNC) {
             if (j + 1 < ntiles) {  // prefetch tile j+1 into the other buffer, then wait for tile j only
-                int k1 = k0 + BC;
-                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Ks0 : Ks1, kbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
-                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Vs0 : Vs1, vbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                size_t k1 = (size_t)(j + 1) * BC;
+                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Ks0 : Ks1, kbase + k1 * kv_stride, kv_stride, q_end - k0 - BC);
+                mst::load_tile_async<BC, HD, LDS, 128>((j & 1) ? Vs0 : Vs1, vbase + k1 * kv_stride, kv_stride, q_end - k0 - BC);
                 mst::cp_async_commit();
                 mst::cp_async_wait<1>();
             } else {
@@ -1019,23 +1102,24 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
             __syncthreads();  // tile j is visible to every thread
         } else {
             __syncthreads();  // everyone is done with the previous tile (and with the staged Q)
-            mst::load_tile<BC, HD, LDS, 128>(Ks0, kbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
-            mst::load_tile<BC, HD, LDS, 128>(Vs0, vbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            mst::load_tile<BC, HD, LDS, 128>(Ks0, kbase + (size_t)j * BC * kv_stride, kv_stride, q_end - k0);
+            mst::load_tile<BC, HD, LDS, 128>(Vs0, vbase + (size_t)j * BC * kv_stride, kv_stride, q_end - k0);
             __syncthreads();
         }
-        if (k0 <= row_w + 15) {  // else every key of this tile is after every row of this warp
+        // else every key of this tile is after every row of this warp, or before all their documents
+        if (k0 <= row_w + 15 && k0 + BC > warp_first) {
             float s[BC / 8][4];
             mst::zero_acc<BC / 8>(s);
 #pragma unroll
             for (int kk = 0; kk < HD / 16; kk++) mst::warp_mma_nk<BC / 8, LDS>(s, qf[kk], Ks, kk * 16, lane);  // S = Q K^T
-            if (k0 + BC - 1 > row_w || k0 + BC > T) {
+            if (k0 + BC - 1 > row_w || k0 < warp_last_first) {  // (keys past q_end are past every row's)
 #pragma unroll
                 for (int nb = 0; nb < BC / 8; nb++) {
 #pragma unroll
                     for (int e = 0; e < 4; e++) {
                         int col = k0 + nb * 8 + 2 * t4 + (e & 1);
                         int row = e < 2 ? row_a : row_b;
-                        if (col > row || col >= T) s[nb][e] = -INFINITY;
+                        if (col > row || col < (e < 2 ? first_a : first_b)) s[nb][e] = -INFINITY;
                     }
                 }
             }
@@ -1087,14 +1171,14 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
     l_b += __shfl_xor_sync(0xffffffffu, l_b, 1);
     l_b += __shfl_xor_sync(0xffffffffu, l_b, 2);
     float inv_a = 1.f / l_a, inv_b = 1.f / l_b;
-    if (row_a < T) {
+    if (row_a < q_end) {
         bf16* dst = out + ((size_t)b * T + row_a) * q_stride + (size_t)h * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++)
             *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(o[nb][0] * inv_a, o[nb][1] * inv_a);
         if (t4 == 0) lse[((size_t)b * H + h) * T + row_a] = m_a * scale + logf(l_a);
     }
-    if (row_b < T) {
+    if (row_b < q_end) {
         bf16* dst = out + ((size_t)b * T + row_b) * q_stride + (size_t)h * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++)
@@ -1103,30 +1187,35 @@ __global__ void __launch_bounds__(128) attention_forward_kernel(bf16* out, float
     }
 }
 
-// D[b,h,t] = sum_i dout_i out_i (the "delta" of attention_backward_cpu); one warp per (b, t, h) row
-static __global__ void attention_backward_preprocess_kernel(float* D, const bf16* dout, const bf16* out, int B, int T, int H, int hd) {
-    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
-    int lane = threadIdx.x % 32;
-    if (row >= (size_t)B * T * H) return;
-    const bf16* a = dout + row * hd;
-    const bf16* o = out + row * hd;
-    float sum = 0.f;
-    for (int i = lane; i < hd; i += 32) sum += __bfloat162float(a[i]) * __bfloat162float(o[i]);
-    sum = mst::warp_sum(sum);
+// D[b,h,t] = sum_i dout_i out_i (the "delta" of attention_backward_cpu) for the rows t in [q_begin, q_end);
+// one warp per (b, t, h) row
+static __global__ void attention_backward_preprocess_kernel(float* D, const bf16* dout, const bf16* out, int B, int T, int H,
+                                                            int hd, int q_begin, int q_end) {
+    size_t row = (size_t)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;  // over (b, t - q_begin, h)
+    int lane = threadIdx.x % 32, n = q_end - q_begin;
+    if (row >= (size_t)B * n * H) return;
     int h = (int)(row % H);
     size_t bt = row / H;
-    int t = (int)(bt % T), b = (int)(bt / T);
+    int t = q_begin + (int)(bt % n), b = (int)(bt / n);
+    size_t at = (((size_t)b * T + t) * H + h) * hd;
+    float sum = 0.f;
+    for (int i = lane; i < hd; i += 32) sum += __bfloat162float(dout[at + i]) * __bfloat162float(out[at + i]);
+    sum = mst::warp_sum(sum);
     if (lane == 0) D[((size_t)b * H + h) * T + t] = sum;
 }
 
 // dK, dV for one block of 64 keys of one kv head: loops over the query heads of the group and the query
-// tiles (32 rows) at or after the block. Each warp owns 16 keys. grid (ceil(T/64), KV, B), 128 threads.
+// tiles (32 rows) of [q_begin, q_end) at or after the block, up to the first row whose document starts
+// after the block's last key (doc_start nullable). Each warp owns 16 keys. grid (key blocks, KV, B), 128
+// threads. dk, dv (GradKV = bf16 or float) are written, or added to with accumulate (query blocks after
+// the first); keys with no query in range get 0 written / nothing added.
 // ASYNC (v2): the next Q/dO tile loads with cp.async (double buffered) while this one is used.
-template <int HD, bool ASYNC>
-__global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, bf16* dv, const bf16* q, const bf16* k,
+template <int HD, bool ASYNC, typename GradKV>
+__global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(GradKV* dk, GradKV* dv, const bf16* q, const bf16* k,
                                                                       const bf16* v, const bf16* dout, const float* lse,
-                                                                      const float* Dbuf, int T, int H, int KV, float scale,
-                                                                      float scale_log2) {
+                                                                      const float* Dbuf, const int* doc_start, int q_begin,
+                                                                      int q_end, bool accumulate, int T, int H, int KV,
+                                                                      float scale, float scale_log2) {
     constexpr int BKV = 64, BQ = 32, LDS = HD + 8, NBUF = ASYNC ? 2 : 1;
     unsigned char* mst_smem = mst::dynamic_shared_memory();
     bf16* Ks = reinterpret_cast<bf16*>(mst_smem);
@@ -1135,47 +1224,53 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, 
     bf16* dObuf = Qbuf + NBUF * BQ * LDS;  // NBUF tiles of BQ rows
     float* lse2_buf = reinterpret_cast<float*>(dObuf + NBUF * BQ * LDS);  // NBUF x BQ
     float* D_buf = lse2_buf + NBUF * BQ;
+    int* first_buf = reinterpret_cast<int*>(D_buf + NBUF * BQ);  // NBUF x BQ: each query row's document start
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     int kvh = blockIdx.y, b = blockIdx.z;
     int k0 = blockIdx.x * BKV;  // the first key blocks have the most queries: they start first
     int group = H / KV;
     size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
-    mst::load_tile<BKV, HD, LDS, 128>(Ks, k + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, T - k0);
-    mst::load_tile<BKV, HD, LDS, 128>(Vs, v + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, T - k0);
+    mst::load_tile<BKV, HD, LDS, 128>(Ks, k + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, q_end - k0);
+    mst::load_tile<BKV, HD, LDS, 128>(Vs, v + ((size_t)b * T + k0) * kv_stride + (size_t)kvh * HD, kv_stride, q_end - k0);
 
     float dk_acc[HD / 8][4], dv_acc[HD / 8][4];
     mst::zero_acc<HD / 8>(dk_acc);
     mst::zero_acc<HD / 8>(dv_acc);
     int key_w = k0 + warp * 16;
     int key_a = key_w + g, key_b = key_a + 8;
-    // one iteration per (query head of the group, query tile at or after k0), heads outer
-    int n_qt = (T - k0 + BQ - 1) / BQ;
+    // the query rows that see a key of this block: from max(k0, q_begin) (causal) to the first row whose
+    // document starts after the block's last key (the rows after it see none)
+    int qs = max(k0, q_begin);
+    int qe = qs < q_end ? mst::first_row_after(doc_start, b, T, qs, q_end, min(k0 + BKV, q_end) - 1) : qs;
+    // one iteration per (query head of the group, query tile), heads outer
+    int n_qt = (qe - qs + BQ - 1) / BQ;
     int iters = group * n_qt;
     auto load_q_tile = [&](int it, int buf) {
         int h = kvh * group + it / n_qt;
-        int q0 = k0 + (it % n_qt) * BQ;
+        int q0 = qs + (it % n_qt) * BQ;
         size_t off = ((size_t)b * T + q0) * q_stride + (size_t)h * HD;
         if (ASYNC) {
-            mst::load_tile_async<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, T - q0);
-            mst::load_tile_async<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, T - q0);
+            mst::load_tile_async<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, q_end - q0);
+            mst::load_tile_async<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, q_end - q0);
         } else {
-            mst::load_tile<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, T - q0);
-            mst::load_tile<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, T - q0);
+            mst::load_tile<BQ, HD, LDS, 128>(Qbuf + buf * BQ * LDS, q + off, q_stride, q_end - q0);
+            mst::load_tile<BQ, HD, LDS, 128>(dObuf + buf * BQ * LDS, dout + off, q_stride, q_end - q0);
         }
         if (tid < BQ) {
             int qi = q0 + tid;
             size_t row = ((size_t)b * H + h) * T + qi;
-            lse2_buf[buf * BQ + tid] = qi < T ? lse[row] * MST_LOG2E : INFINITY;
-            D_buf[buf * BQ + tid] = qi < T ? Dbuf[row] : 0.f;
+            lse2_buf[buf * BQ + tid] = qi < q_end ? lse[row] * MST_LOG2E : INFINITY;
+            D_buf[buf * BQ + tid] = qi < q_end ? Dbuf[row] : 0.f;
+            first_buf[buf * BQ + tid] = qi < q_end ? mst::first_key(doc_start, b, T, qi) : T;  // past q_end: no key
         }
     };
-    if (ASYNC) {
+    if (ASYNC && iters > 0) {
         load_q_tile(0, 0);
         mst::cp_async_commit();
     }
     for (int it = 0; it < iters; it++) {
         int buf = ASYNC ? (it & 1) : 0;
-        int q0 = k0 + (it % n_qt) * BQ;
+        int q0 = qs + (it % n_qt) * BQ;
         if (ASYNC) {
             if (it + 1 < iters) {  // prefetch the next tile into the other buffer, then wait for this one only
                 load_q_tile(it + 1, buf ^ 1);
@@ -1194,7 +1289,9 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, 
         const bf16* dOs = dObuf + buf * BQ * LDS;
         const float* lse2_s = lse2_buf + buf * BQ;
         const float* D_s = D_buf + buf * BQ;
-        if (key_w <= q0 + BQ - 1) {  // else every query of this tile is before every key of this warp
+        const int* first_s = first_buf + buf * BQ;
+        // else every query of this tile is before every key of this warp, or in a later document
+        if (key_w <= q0 + BQ - 1 && first_s[0] <= key_w + 15) {
             // S^T = K Q^T (16 keys x BQ queries)
             float st[BQ / 8][4];
             mst::zero_acc<BQ / 8>(st);
@@ -1208,7 +1305,7 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, 
                     int qi = q0 + qc;
                     int key = e < 2 ? key_a : key_b;
                     float p = exp2f(st[nb][e] * scale_log2 - lse2_s[qc]);
-                    st[nb][e] = (qi < key || key >= T || qi >= T) ? 0.f : p;
+                    st[nb][e] = (qi < key || first_s[qc] > key) ? 0.f : p;  // (rows past q_end: first_s = T)
                 }
             }
             // dV += P^T dO
@@ -1241,30 +1338,34 @@ __global__ void __launch_bounds__(128) attention_backward_dkdv_kernel(bf16* dk, 
         }
         if (ASYNC) __syncthreads();  // everyone is done with this buffer before the tile after next lands there
     }
-    if (key_a < T) {
+    int key_end = accumulate ? q_end : T;  // accumulating, keys from q_end on have nothing to add
+    if (key_a < key_end) {
         size_t off = (((size_t)b * T + key_a) * KV + kvh) * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++) {
-            *reinterpret_cast<uint32_t*>(dk + off + nb * 8) = mst::pack_bf16x2(dk_acc[nb][0] * scale, dk_acc[nb][1] * scale);
-            *reinterpret_cast<uint32_t*>(dv + off + nb * 8) = mst::pack_bf16x2(dv_acc[nb][0], dv_acc[nb][1]);
+            mst::store_grad_pair(dk + off + nb * 8, dk_acc[nb][0] * scale, dk_acc[nb][1] * scale, accumulate);
+            mst::store_grad_pair(dv + off + nb * 8, dv_acc[nb][0], dv_acc[nb][1], accumulate);
         }
     }
-    if (key_b < T) {
+    if (key_b < key_end) {
         size_t off = (((size_t)b * T + key_b) * KV + kvh) * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++) {
-            *reinterpret_cast<uint32_t*>(dk + off + nb * 8) = mst::pack_bf16x2(dk_acc[nb][2] * scale, dk_acc[nb][3] * scale);
-            *reinterpret_cast<uint32_t*>(dv + off + nb * 8) = mst::pack_bf16x2(dv_acc[nb][2], dv_acc[nb][3]);
+            mst::store_grad_pair(dk + off + nb * 8, dk_acc[nb][2] * scale, dk_acc[nb][3] * scale, accumulate);
+            mst::store_grad_pair(dv + off + nb * 8, dv_acc[nb][2], dv_acc[nb][3], accumulate);
         }
     }
 }
 
-// dQ for one block of 64 query rows of one head, looping over key tiles of 32. grid (ceil(T/64), H, B).
+// dQ for one block of 64 query rows of [q_begin, q_end) of one head, looping over key tiles of 32 at
+// multiples of 32 from the tile containing the block's smallest document start (doc_start nullable), as
+// the forward does. grid (ceil((q_end - q_begin) / 64), H, B).
 // ASYNC (v2): K/V tiles double buffered with cp.async, after the Q/dO staging area.
 template <int HD, bool ASYNC>
 __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, const bf16* q, const bf16* k, const bf16* v,
                                                                     const bf16* dout, const float* lse, const float* Dbuf,
-                                                                    int T, int H, int KV, float scale, float scale_log2) {
+                                                                    const int* doc_start, int q_begin, int q_end, int T,
+                                                                    int H, int KV, float scale, float scale_log2) {
     constexpr int BR = 64, BC = 32, LDS = HD + 8;
     unsigned char* mst_smem = mst::dynamic_shared_memory();
     bf16* Qs = reinterpret_cast<bf16*>(mst_smem);  // staging for Q and dO (v1: then reused for K and V)
@@ -1273,16 +1374,17 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
     int tid = threadIdx.x, warp = tid >> 5, lane = tid & 31, g = lane >> 2, t4 = lane & 3;
     int qb = gridDim.x - 1 - blockIdx.x;
     int h = blockIdx.y, b = blockIdx.z, kvh = h / (H / KV);
-    int q0 = qb * BR;
+    int q0 = q_begin + qb * BR;
     size_t q_stride = (size_t)H * HD, kv_stride = (size_t)KV * HD;
     size_t qoff = ((size_t)b * T + q0) * q_stride + (size_t)h * HD;
-    const bf16* kbase = k + (size_t)b * T * kv_stride + (size_t)kvh * HD;
-    const bf16* vbase = v + (size_t)b * T * kv_stride + (size_t)kvh * HD;
-    mst::load_tile<BR, HD, LDS, 128>(Qs, q + qoff, q_stride, T - q0);
-    mst::load_tile<BR, HD, LDS, 128>(dOs, dout + qoff, q_stride, T - q0);
+    int key_begin = mst::first_key(doc_start, b, T, q0) / BC * BC;
+    const bf16* kbase = k + ((size_t)b * T + key_begin) * kv_stride + (size_t)kvh * HD;
+    const bf16* vbase = v + ((size_t)b * T + key_begin) * kv_stride + (size_t)kvh * HD;
+    mst::load_tile<BR, HD, LDS, 128>(Qs, q + qoff, q_stride, q_end - q0);
+    mst::load_tile<BR, HD, LDS, 128>(dOs, dout + qoff, q_stride, q_end - q0);
     if (ASYNC) {  // the first K/V tile into buffer 0
-        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf, kbase, kv_stride, T);
-        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase, kv_stride, T);
+        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf, kbase, kv_stride, q_end - key_begin);
+        mst::load_tile_async<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase, kv_stride, q_end - key_begin);
         mst::cp_async_commit();
     }
     __syncthreads();
@@ -1296,25 +1398,28 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
     int row_a = row_w + g, row_b = row_a + 8;
     const float* lse_h = lse + ((size_t)b * H + h) * T;
     const float* D_h = Dbuf + ((size_t)b * H + h) * T;
-    float lse2_a = row_a < T ? lse_h[row_a] * MST_LOG2E : INFINITY;
-    float lse2_b = row_b < T ? lse_h[row_b] * MST_LOG2E : INFINITY;
-    float D_a = row_a < T ? D_h[row_a] : 0.f;
-    float D_b = row_b < T ? D_h[row_b] : 0.f;
+    float lse2_a = row_a < q_end ? lse_h[row_a] * MST_LOG2E : INFINITY;
+    float lse2_b = row_b < q_end ? lse_h[row_b] * MST_LOG2E : INFINITY;
+    float D_a = row_a < q_end ? D_h[row_a] : 0.f;
+    float D_b = row_b < q_end ? D_h[row_b] : 0.f;
+    int first_a = row_a < q_end ? mst::first_key(doc_start, b, T, row_a) : 0;
+    int first_b = row_b < q_end ? mst::first_key(doc_start, b, T, row_b) : 0;
+    int warp_first = row_w < q_end ? mst::first_key(doc_start, b, T, row_w) : 0;
     float dq_acc[HD / 8][4];
     mst::zero_acc<HD / 8>(dq_acc);
-    int kend = min(T, q0 + BR);
-    int ntiles = (kend + BC - 1) / BC;
+    int kend = min(q_end, q0 + BR);
+    int ntiles = (kend - key_begin + BC - 1) / BC;
     for (int j = 0; j < ntiles; j++) {
-        int k0 = j * BC;
+        int k0 = key_begin + j * BC;
         int buf = ASYNC ? (j & 1) : 0;
         const bf16* Ks = KVbuf + buf * 2 * BC * LDS;
         const bf16* Vs = Ks + BC * LDS;
         if (ASYNC) {
             if (j + 1 < ntiles) {  // prefetch tile j+1 into the other buffer, then wait for tile j only
-                int k1 = k0 + BC;
+                size_t k1 = (size_t)(j + 1) * BC;
                 bf16* next = KVbuf + (buf ^ 1) * 2 * BC * LDS;
-                mst::load_tile_async<BC, HD, LDS, 128>(next, kbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
-                mst::load_tile_async<BC, HD, LDS, 128>(next + BC * LDS, vbase + (size_t)k1 * kv_stride, kv_stride, T - k1);
+                mst::load_tile_async<BC, HD, LDS, 128>(next, kbase + k1 * kv_stride, kv_stride, q_end - k0 - BC);
+                mst::load_tile_async<BC, HD, LDS, 128>(next + BC * LDS, vbase + k1 * kv_stride, kv_stride, q_end - k0 - BC);
                 mst::cp_async_commit();
                 mst::cp_async_wait<1>();
             } else {
@@ -1323,11 +1428,12 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
             __syncthreads();  // tile j is visible to every thread
         } else {
             __syncthreads();  // staging / previous tile consumed
-            mst::load_tile<BC, HD, LDS, 128>(KVbuf, kbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
-            mst::load_tile<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase + (size_t)k0 * kv_stride, kv_stride, T - k0);
+            mst::load_tile<BC, HD, LDS, 128>(KVbuf, kbase + (size_t)j * BC * kv_stride, kv_stride, q_end - k0);
+            mst::load_tile<BC, HD, LDS, 128>(KVbuf + BC * LDS, vbase + (size_t)j * BC * kv_stride, kv_stride, q_end - k0);
             __syncthreads();
         }
-        if (k0 <= row_w + 15) {  // else every key of this tile is after every row of this warp
+        // else every key of this tile is after every row of this warp, or before all their documents
+        if (k0 <= row_w + 15 && k0 + BC > warp_first) {
             float s[BC / 8][4], dp[BC / 8][4];
             mst::zero_acc<BC / 8>(s);
             mst::zero_acc<BC / 8>(dp);
@@ -1344,7 +1450,7 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
                     int col = k0 + nb * 8 + 2 * t4 + (e & 1);
                     int row = e < 2 ? row_a : row_b;
                     float p = exp2f(s[nb][e] * scale_log2 - (e < 2 ? lse2_a : lse2_b));
-                    if (col > row || col >= T || row >= T) p = 0.f;
+                    if (col > row || col < (e < 2 ? first_a : first_b) || row >= q_end) p = 0.f;
                     s[nb][e] = p * (dp[nb][e] - (e < 2 ? D_a : D_b));
                 }
             }
@@ -1358,13 +1464,13 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
         }
         if (ASYNC) __syncthreads();  // everyone is done with buffer j&1 before tile j+2 is loaded into it
     }
-    if (row_a < T) {
+    if (row_a < q_end) {
         bf16* dst = dq + ((size_t)b * T + row_a) * q_stride + (size_t)h * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++)
             *reinterpret_cast<uint32_t*>(dst + nb * 8) = mst::pack_bf16x2(dq_acc[nb][0] * scale, dq_acc[nb][1] * scale);
     }
-    if (row_b < T) {
+    if (row_b < q_end) {
         bf16* dst = dq + ((size_t)b * T + row_b) * q_stride + (size_t)h * HD + 2 * t4;
 #pragma unroll
         for (int nb = 0; nb < HD / 8; nb++)
@@ -1374,45 +1480,51 @@ __global__ void __launch_bounds__(128) attention_backward_dq_kernel(bf16* dq, co
 
 template <int HD> static inline size_t attention_forward_smem(bool async) { return (async ? 4 : 2) * 64 * (HD + 8) * sizeof(bf16); }
 template <int HD> static inline size_t attention_dkdv_smem(bool async) {
-    int nbuf = async ? 2 : 1;
-    return (2 * 64 + nbuf * 2 * 32) * (HD + 8) * sizeof(bf16) + nbuf * 2 * 32 * sizeof(float);
+    int nbuf = async ? 2 : 1;  // K, V; per buffer a Q and a dO tile, and per query row lse, D and its document start
+    return (2 * 64 + nbuf * 2 * 32) * (HD + 8) * sizeof(bf16) + nbuf * 32 * (2 * sizeof(float) + sizeof(int));
 }
 template <int HD> static inline size_t attention_dq_smem(bool async) { return (async ? 4 : 2) * 64 * (HD + 8) * sizeof(bf16); }
 
-static inline void attention_check_args(const char* who, int B, int T, int H, int KV, int hd, const void* const* ptrs, int nptrs) {
+static inline void attention_check_args(const char* who, int B, int T, int H, int KV, int hd, int q0, int n,
+                                        const void* const* ptrs, int nptrs) {
     if (hd != 64 && hd != 128) { fprintf(stderr, "%s: head dim %d unsupported (64 or 128)\n", who, hd); exit(1); }
     if (KV <= 0 || H % KV != 0) { fprintf(stderr, "%s: H=%d not a multiple of KV=%d\n", who, H, KV); exit(1); }
     if (H > 65535 || B > 65535 || B <= 0 || T <= 0) { fprintf(stderr, "%s: bad shape B=%d T=%d H=%d\n", who, B, T, H); exit(1); }
+    if (q0 < 0 || n <= 0 || q0 > T - n) {
+        fprintf(stderr, "%s: query block q0=%d n=%d is not a non-empty part of [0, T=%d)\n", who, q0, n, T);
+        exit(1);
+    }
     for (int i = 0; i < nptrs; i++)
         if (!mst::aligned16(ptrs[i])) { fprintf(stderr, "%s: pointer %d is not 16-byte aligned\n", who, i); exit(1); }
 }
 
 template <int HD, bool ASYNC>
-static inline void attention_forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
-                                        int H, int KV, cudaStream_t stream) {
+static inline void attention_forward_hd(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, const int* doc_start,
+                                        int q0, int n, int B, int T, int H, int KV, cudaStream_t stream) {
     float scale = 1.f / sqrtf((float)HD);
     size_t smem = attention_forward_smem<HD>(ASYNC);
     if (smem > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(attention_forward_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid(mst_ceil_div(T, 64), H, B);
-    mst::launch<attention_forward_kernel<HD, ASYNC>>(grid, 128, smem, stream, out, lse, q, k, v, T, H, KV, scale, scale * MST_LOG2E);
+    dim3 grid(mst_ceil_div(n, 64), H, B);
+    mst::launch<attention_forward_kernel<HD, ASYNC>>(grid, 128, smem, stream, out, lse, q, k, v, doc_start, q0, q0 + n, T, H,
+                                                     KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
 }
 // which forward kernel attention_forward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
 static inline int& attention_forward_version() { static int version = 2; return version; }
 
 static inline void attention_forward(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
-                                     int H, int KV, int hd, cudaStream_t stream) {
+                                     int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
     profile_phase(PHASE_ATTENTION_FORWARD, stream);
     const void* ptrs[] = {out, q, k, v};
-    attention_check_args("attention_forward", B, T, H, KV, hd, ptrs, 4);
+    attention_check_args("attention_forward", B, T, H, KV, hd, q0, n, ptrs, 4);
     bool async = attention_forward_version() == 2;
     if (hd == 64) {
-        if (async) attention_forward_hd<64, true>(out, lse, q, k, v, B, T, H, KV, stream);
-        else attention_forward_hd<64, false>(out, lse, q, k, v, B, T, H, KV, stream);
+        if (async) attention_forward_hd<64, true>(out, lse, q, k, v, doc_start, q0, n, B, T, H, KV, stream);
+        else attention_forward_hd<64, false>(out, lse, q, k, v, doc_start, q0, n, B, T, H, KV, stream);
     } else {
-        if (async) attention_forward_hd<128, true>(out, lse, q, k, v, B, T, H, KV, stream);
-        else attention_forward_hd<128, false>(out, lse, q, k, v, B, T, H, KV, stream);
+        if (async) attention_forward_hd<128, true>(out, lse, q, k, v, doc_start, q0, n, B, T, H, KV, stream);
+        else attention_forward_hd<128, false>(out, lse, q, k, v, doc_start, q0, n, B, T, H, KV, stream);
     }
 }
 
@@ -1424,41 +1536,52 @@ static inline size_t attention_backward_scratch_bytes(int B, int T, int H, int h
     return ((size_t)B * H * T * sizeof(float) + 255) / 256 * 256;
 }
 
-template <int HD, bool ASYNC>
-static inline void attention_backward_hd(bf16* dq, bf16* dk, bf16* dv, float* D, const bf16* dout, const bf16* q,
-                                         const bf16* k, const bf16* v, const float* lse, int B, int T, int H, int KV,
-                                         cudaStream_t stream) {
+template <int HD, bool ASYNC, typename GradKV>
+static inline void attention_backward_hd(bf16* dq, GradKV* dk, GradKV* dv, float* D, const bf16* dout, const bf16* q,
+                                         const bf16* k, const bf16* v, const float* lse, const int* doc_start, int q0, int n,
+                                         int B, int T, int H, int KV, cudaStream_t stream) {
     float scale = 1.f / sqrtf((float)HD);
     size_t smem_kv = attention_dkdv_smem<HD>(ASYNC), smem_q = attention_dq_smem<HD>(ASYNC);
     if (smem_kv > 48 * 1024)
-        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_kernel<HD, ASYNC, GradKV>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_kv));
     if (smem_q > 48 * 1024)
         CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_kernel<HD, ASYNC>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem_q));
-    dim3 grid_kv(mst_ceil_div(T, 64), KV, B);
-    mst::launch<attention_backward_dkdv_kernel<HD, ASYNC>>(grid_kv, 128, smem_kv, stream, dk, dv, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    // the first block (q0 == 0) writes every key's dk, dv (0 where no query sees it), later ones add to keys before q0 + n
+    bool accumulate = q0 > 0;
+    dim3 grid_kv(mst_ceil_div(accumulate ? q0 + n : T, 64), KV, B);
+    mst::launch<attention_backward_dkdv_kernel<HD, ASYNC, GradKV>>(grid_kv, 128, smem_kv, stream, dk, dv, q, k, v, dout, lse, D,
+                                                                   doc_start, q0, q0 + n, accumulate, T, H, KV, scale,
+                                                                   scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
-    dim3 grid_q(mst_ceil_div(T, 64), H, B);
-    mst::launch<attention_backward_dq_kernel<HD, ASYNC>>(grid_q, 128, smem_q, stream, dq, q, k, v, dout, lse, D, T, H, KV, scale, scale * MST_LOG2E);
+    dim3 grid_q(mst_ceil_div(n, 64), H, B);
+    mst::launch<attention_backward_dq_kernel<HD, ASYNC>>(grid_q, 128, smem_q, stream, dq, q, k, v, dout, lse, D, doc_start, q0,
+                                                         q0 + n, T, H, KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
 }
 // which backward kernels attention_backward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
 static inline int& attention_backward_version() { static int version = 2; return version; }
-static inline void attention_backward(bf16* dq, bf16* dk, bf16* dv, void* scratch, const bf16* dout, const bf16* q,
+template <typename GradKV>  // bf16 or float
+static inline void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
                                       const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
-                                      int KV, int hd, cudaStream_t stream) {
+                                      int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
     profile_phase(PHASE_ATTENTION_BACKWARD, stream);
     const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
-    attention_check_args("attention_backward", B, T, H, KV, hd, ptrs, 8);
+    attention_check_args("attention_backward", B, T, H, KV, hd, q0, n, ptrs, 8);
+    if (q0 > 0 && sizeof(GradKV) != sizeof(float)) {
+        fprintf(stderr, "attention_backward: query block q0=%d accumulates dk, dv: they must be fp32\n", q0);
+        exit(1);
+    }
     float* D = (float*)scratch;
-    size_t rows = (size_t)B * T * H;
-    mst::launch<attention_backward_preprocess_kernel>((unsigned)((rows + 3) / 4), 128, 0, stream, D, dout, out, B, T, H, hd);
+    size_t rows = (size_t)B * n * H;
+    mst::launch<attention_backward_preprocess_kernel>((unsigned)((rows + 3) / 4), 128, 0, stream, D, dout, out, B, T, H, hd, q0,
+                                                      q0 + n);
     CUDA_CHECK(cudaGetLastError());
     bool async = attention_backward_version() == 2;
     if (hd == 64) {
-        if (async) attention_backward_hd<64, true>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
-        else attention_backward_hd<64, false>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+        if (async) attention_backward_hd<64, true>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
+        else attention_backward_hd<64, false>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
     } else {
-        if (async) attention_backward_hd<128, true>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
-        else attention_backward_hd<128, false>(dq, dk, dv, D, dout, q, k, v, lse, B, T, H, KV, stream);
+        if (async) attention_backward_hd<128, true>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
+        else attention_backward_hd<128, false>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
     }
 }

@@ -372,6 +372,55 @@ static void test_attention_forwards() {
     close_to("gradients: sm_90a vs mma.sync forward", grads[1].data(), grads[0].data(), grads[0].size(), GRADIENT_TOLERANCE);
 }
 
+// Document masking: test-tiny at B = 2, T = 100 (not a multiple of the attention tiles) with documents
+// inside the rows (one of length 1, one crossing position 64, one row without a document at 0), with
+// --doc-mask 1 and 0, one step (forward, and backward with its recomputation) against the CPU reference
+// with options.doc_mask 1 and 0: the loss and every gradient. The mask must matter: the masked and
+// unmasked references' attention gradients differ by more than the tolerance.
+static void test_document_masking() {
+    printf("document masking: test-tiny B=2 T=100, documents inside the rows, --doc-mask 1 and 0 vs the CPU reference:\n");
+    ModelConfig c = config_named("test-tiny");
+    const int B = 2, T = 100, bos = 7;  // test-tiny's vocabulary has no 128000: token 7 starts documents here
+    std::vector<int> inputs(B * T), targets(B * T);
+    random_batch(inputs.data(), targets.data(), B, T, c.vocab_size, 17, 0);
+    for (int& x : inputs) if (x == bos) x = bos + 1;
+    for (int t : {0, 30, 31, 60, 90}) inputs[t] = bos;          // row 0: a document of length 1 at 30
+    for (int t : {17, 50, 70, 99}) inputs[T + t] = bos;         // row 1: [50, 70) crosses 64; the last token alone
+    std::vector<float> attention_grads[2];
+    for (bool mask : {true, false}) {
+        TrainingOptions o = options_for(B, T, 0, 0, true, false);
+        o.doc_mask = mask;
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 13);
+        m.bos_token = bos;
+        model_init_random(&m);
+        float norm;
+        float loss = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
+        std::vector<float> grads = download_grads(&m);
+        ReferenceModel reference = reference_model(c);
+        reference.params = download_params(&m);
+        ReferenceOptions options;
+        options.doc_mask = mask;
+        options.bos = bos;
+        float reference_loss = reference_forward_backward(reference, inputs.data(), targets.data(), B, T, options);
+        std::string what = std::string("--doc-mask ") + (mask ? "1" : "0") + ": ";
+        loss_close((what + "loss vs CPU").c_str(), loss, reference_loss, 1e-2f);
+        for (const ParameterTensor& t : parameter_tensors(c))
+            close_to((what + "grad " + t.name + " vs CPU").c_str(), grads.data() + t.offset, reference.grads.data() + t.offset,
+                     t.rows * t.cols, GRADIENT_TOLERANCE);
+        size_t q_proj = reference.layout.layer_start(0) + reference.layout.layer.q;  // its gradient comes through attention
+        size_t q_count = (size_t)c.q_dim() * c.d_model;
+        attention_grads[mask].assign(reference.grads.begin() + q_proj, reference.grads.begin() + q_proj + q_count);
+        model_free(&m);
+    }
+    float difference = 0.f;
+    for (size_t i = 0; i < attention_grads[0].size(); i++)
+        difference = fmaxf(difference, fabsf(attention_grads[1][i] - attention_grads[0][i]));
+    float scale = max_abs(attention_grads[0].data(), attention_grads[0].size());
+    printf("  the mask moves layer 0's q_proj gradient by %.3e (scale %.3e)\n", difference, scale);
+    check(difference > GRADIENT_TOLERANCE * scale, "document masking changes the attention gradients beyond the tolerance");
+}
+
 // a fresh directory under /tmp for files a test writes (removed with std::filesystem::remove_all)
 static std::string temporary_directory(const char* prefix) {
     std::string path = std::string("/tmp/") + prefix + "_XXXXXX";
@@ -605,6 +654,7 @@ int main(int argc, char** argv) {
         {"determinism and no allocation", [](const Golden&) { test_determinism_and_no_allocation(); }},
         {"offload", [](const Golden&) { test_offload(); }},
         {"test-2layer vs CPU reference", [](const Golden&) { test_against_cpu_reference(); }},
+        {"document masking", [](const Golden&) { test_document_masking(); }},
         {"resume", [](const Golden&) { test_resume(); }},
         {"Hugging Face in and out", test_hugging_face_in_and_out},
         {"gradient accumulation", test_accumulation},

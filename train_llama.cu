@@ -142,6 +142,8 @@ struct Model {
     bf16* logits;                  // n_lm x V: one LM-head mini-sequence
     float* losses;                 // N
     int* inputs; int* targets;     // N each
+    int* doc_start;                // N: each token's document start (document_starts), or null: no --doc-mask
+    int bos_token;                 // the token that starts a document: <|begin_of_text|> (a test's tiny vocabulary: its own)
     int* token_buckets;            // the embedding backward's buckets of the inputs (mst/token_buckets.h)
     TokenBuckets buckets;          // their host copy, rebuilt as each batch is uploaded
     float* rope_cos; float* rope_sin;
@@ -228,7 +230,8 @@ static void carve_arena(Model* m) {
     m->losses = (float*)region(REGION_LOSSES);
     m->inputs = (int*)region(REGION_TOKENS);
     m->targets = m->inputs + N;
-    m->token_buckets = m->targets + N;
+    m->doc_start = p.options.doc_mask ? m->targets + N : nullptr;
+    m->token_buckets = m->targets + (p.options.doc_mask ? 2 : 1) * N;
     m->rope_cos = (float*)region(REGION_ROPE_TABLES);
     m->rope_sin = m->rope_cos + (size_t)m->T * (m->config.head_dim() / 2);
     // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
@@ -285,6 +288,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->N = options.B * options.T;
     m->seed = seed;
     m->attention_sm90 = mst::device_major() == 9;  // train() decides with --attention and the self-test
+    m->bos_token = LLAMA3_BOS_TOKEN;
     m->steps_done = 0;
     m->updates_applied = 0;
     m->update_pending = false;
@@ -457,8 +461,8 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
     rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
     rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
-    else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+    if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
@@ -553,6 +557,7 @@ static int upload_tokens(Model* m, const int* inputs, const int* targets) {
     CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->token_buckets, m->buckets.table.data(), m->buckets.table.size() * 4,
                                cudaMemcpyHostToDevice, m->stream));
+    if (m->doc_start) document_starts(m->doc_start, m->inputs, m->B, m->T, m->bos_token, m->stream);
     CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
     return counted_targets(targets, m->N);
 }
@@ -732,7 +737,7 @@ static void layer_backward(Model* m, int l, float* grad) {
     matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
     matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
     attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
-                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, s);
+                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
     rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
     rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
     matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
@@ -999,8 +1004,8 @@ static bool attention_selftest(int hd, float perturb, std::string* report) {
     float *lse_mma, *lse_sm90;
     CUDA_CHECK(cudaMalloc(&out_mma, nq * 2)); CUDA_CHECK(cudaMalloc(&out_sm90, nq * 2));
     CUDA_CHECK(cudaMalloc(&lse_mma, nl * 4)); CUDA_CHECK(cudaMalloc(&lse_sm90, nl * 4));
-    attention_forward(out_mma, lse_mma, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, 0);
-    attention_forward_sm90(out_sm90, lse_sm90, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, 0);
+    attention_forward(out_mma, lse_mma, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, nullptr, 0, T, 0);
+    attention_forward_sm90(out_sm90, lse_sm90, inputs[0], inputs[1], inputs[2], B, T, H, KV, hd, nullptr, 0, T, 0);
     std::vector<bf16> mma_bits(nq), sm90_bits(nq);
     std::vector<float> lse(nl);
     CUDA_CHECK(cudaMemcpy(mma_bits.data(), out_mma, nq * 2, cudaMemcpyDeviceToHost));
@@ -1075,6 +1080,8 @@ static void print_usage() {
 "  -i PATTERN      training shards (default %s)\n"
 "  -j PATTERN      validation shards (default %s)\n"
 "  --random-tokens seeded random tokens instead of shards (benchmarks)\n"
+"  --doc-mask 0|1  attention within documents: a token sees keys from its document's <|begin_of_text|> on;\n"
+"                  the loss is unchanged in form (default 1 on shards, 0 with --random-tokens)\n"
 "  -e NAME|DIR     model: %s (default llama3-8b),\n"
 "                  or a Hugging Face Llama directory (config.json, model.safetensors or shards)\n"
 "  --config V,C,L,H,KV,F  a custom model: vocab, d_model, layers, heads, kv heads, ffn width\n"
@@ -1170,7 +1177,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1207,6 +1214,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--host-mem") cl.host_mem_gib = parse_gib(f, value);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
+        else if (flag == "--doc-mask") o.doc_mask = parse_bool(f, value);
         else if (flag == "-o") cl.checkpoint_dir = value;
         else if (flag == "-k") cl.checkpoint_every = flag_int(f, value, 0, INT_MAX, "0 (only at the end) or a positive integer");
         else if (flag == "-y") cl.resume = parse_bool(f, value);
@@ -1226,6 +1234,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--top-p") cl.top_p = flag_float(f, value, FLT_TRUE_MIN, 1.f, "a probability in (0, 1]");
     }
     auto given = [&](const char* flag) { return std::any_of(argv + 1, argv + argc, [&](const char* a) { return strcmp(a, flag) == 0; }); };
+    if (!given("--doc-mask")) cl.options.doc_mask = !cl.random_tokens;  // shards hold documents; random tokens none
     if (cl.custom_config) {
         if (given("-e")) usage_error("-e and --config: give one of them");
     } else if (is_directory(cl.model_name)) {  // a Hugging Face directory: only its config.json is read here
@@ -1268,7 +1277,7 @@ static RunIdentity run_identity(const CommandLine& cl) {
     const TrainingOptions& o = cl.options;
     return {{"B", std::to_string(o.B)}, {"T", std::to_string(o.T)},
             {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.T)},
-            {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern},
+            {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern}, {"doc_mask", o.doc_mask ? "1" : "0"},
             {"optimizer_state", o.bf16_optimizer_state ? "bf16" : "fp32"}, {"master_weights", o.master_weights ? "1" : "0"},
             {"fused_optimizer", o.fused_optimizer < 0 ? "automatic" : std::to_string(o.fused_optimizer)}, {"seed", std::to_string(cl.seed)},
             {"lr", number(cl.optimizer.lr)}, {"warmup", std::to_string(cl.warmup_steps)},
@@ -1712,6 +1721,8 @@ static int train(const CommandLine& cl) {
     bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
 
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
+    printf("attention: %s\n", options.doc_mask ? "within documents (--doc-mask 1: each <|begin_of_text|> starts one)"
+                                               : "over the whole sequence (--doc-mask 0)");
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
     bool attention_sm90 = choose_attention(cl, prop);  // before the arena exists: the self-test allocates its own
     Model model;

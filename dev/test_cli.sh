@@ -89,6 +89,13 @@ expect_error "top-p above 1" "--top-p" --dry-run --top-p 1.5
 expect_error "dry run of a Hugging Face directory whose head_dim the GPU attention lacks" "head_dim" --dry-run -e golden/tiny_hf/bf16 -T 64
 expect_output "--help lists --export" " --export DIR" --help
 
+# document masking (issue 18): the plan holds the document starts only when attention uses them
+expect_error "--doc-mask not 0 or 1" "--doc-mask" --dry-run --doc-mask 2
+expect_output "--help lists --doc-mask" " --doc-mask 0\|1" --help
+expect_output "dry run on shards plans the document starts" "^\| tokens +\| \(6 x 60000 \+ 1\) x 4 " --dry-run -e llama3-8b -T 60000
+expect_output "dry run with --random-tokens plans none" "^\| tokens +\| \(5 x 60000 \+ 1\) x 4 " --dry-run --random-tokens -e llama3-8b -T 60000
+expect_output "--doc-mask 0 on shards plans none" "^\| tokens +\| \(5 x 60000 \+ 1\) x 4 " --dry-run --doc-mask 0 -e llama3-8b -T 60000
+
 # training over many steps (issue 11)
 expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
 expect_error "non-numeric -d" "-d" --dry-run -d lots

@@ -3,11 +3,10 @@
 // checks of each building block from the same pieces, dev/cuda/attention_sm90.cu validates the forward.
 //
 //   void attention_forward_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
-//                               int H, int KV, int hd, cudaStream_t, const int* doc_start = nullptr, int q0 = 0,
-//                               int n = -1)
+//                               int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
 //        matches attention_forward_cpu (mst/llama_reference.h) and is a drop-in for attention_forward: q, out
 //        (B, T, H, hd), k, v (B, T, KV, hd) bf16, lse (B, H, T) fp32 natural log; doc_start (B, T) per-row
-//        document start (null: none); query rows [q0, q0 + n) of every sequence (n < 0: to T), the rest of out and
+//        document start (null: none); query rows [q0, q0 + n) of every sequence (0 < n <= T - q0), the rest of out and
 //        lse untouched. hd 64 or 128. Refuses (one line, exit 1) a card that is not sm_90.
 //
 // Real code only in nvcc's sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL) and on the CPU device, which stands in for an
@@ -436,16 +435,11 @@ static inline void attention_forward_sm90_hd(bf16* out, float* lse, const bf16* 
 }
 
 static inline void attention_forward_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
-                                          int KV, int hd, cudaStream_t stream, const int* doc_start = nullptr, int q0 = 0,
-                                          int n = -1) {
+                                          int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
     profile_phase(PHASE_ATTENTION_FORWARD, stream);
     const void* ptrs[] = {out, q, k, v};
-    attention_check_args("attention_forward_sm90", B, T, H, KV, hd, ptrs, 4);
-    int q1 = n < 0 ? T : (int)std::min<long long>(T, (long long)q0 + n);  // as attention_forward_cpu
-    if (q0 < 0 || q0 >= T || n == 0) {
-        fprintf(stderr, "attention_forward_sm90: query block q0=%d n=%d is empty or outside [0, T=%d)\n", q0, n, T);
-        exit(1);
-    }
+    attention_check_args("attention_forward_sm90", B, T, H, KV, hd, q0, n, ptrs, 4);
+    int q1 = q0 + n;
     if (mst_ceil_div(q1 - q0, mst::sm90::BM) > 65535) {
         fprintf(stderr, "attention_forward_sm90: %d query rows are more than 65535 tiles of %d\n", q1 - q0, mst::sm90::BM);
         exit(1);

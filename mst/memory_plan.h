@@ -42,6 +42,7 @@ struct TrainingOptions {
                                  // pinned host memory until the exact clip is known (training.h); 0 every
                                  // gradient on the card, one update after backward, no host traffic; -1
                                  // automatic: 0 when that plan fits, else 1 (resolve_automatic(), before planning)
+    bool doc_mask = false;       // --doc-mask: attention within documents; the tokens region holds doc_start
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
@@ -89,7 +90,8 @@ enum Region {
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
     REGION_LOSSES,            // N x 4 per-token loss
     // small
-    REGION_TOKENS,            // N x 4 inputs, N x 4 targets, (3N + 1) x 4 embedding-backward buckets
+    REGION_TOKENS,            // N x 4 inputs, N x 4 targets, doc_mask: N x 4 document starts,
+                              // (3N + 1) x 4 embedding-backward buckets
     REGION_ROPE_TABLES,       // T x (hd/2) x 4 cos, same sin
     REGION_SCRATCH,           // reduction partials (norm weight gradients, gradient norm)
     REGION_CUBLASLT_WORKSPACE,
@@ -231,8 +233,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
         plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
-    // inputs, targets, then the embedding backward's token buckets (token_buckets.h): (5N + 1) x 4
-    set(REGION_TOKENS, (2 * N + token_bucket_ints(N)) * 4, "(5 x " + s(N) + " + 1) x 4");
+    // inputs, targets, with document masking the document starts, then the embedding backward's token
+    // buckets (token_buckets.h): (5N + 1) x 4, or (6N + 1) x 4
+    size_t token_arrays = o.doc_mask ? 3 : 2;
+    set(REGION_TOKENS, (token_arrays * N + token_bucket_ints(N)) * 4, "(" + s(token_arrays + 3) + " x " + s(N) + " + 1) x 4");
     set(REGION_ROPE_TABLES, 2 * (size_t)o.T * (hd / 2) * 4, "2 x " + s(o.T) + " x " + s(hd / 2) + " x 4");
     // reduction partials: RMSNorm weight gradient's chunks x C fp32, then 1 MiB for the gradient norm's
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");

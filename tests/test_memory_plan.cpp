@@ -42,6 +42,14 @@ static void test_llama3_8b_at_60000() {
     check(plan.bytes[REGION_QKV] == T * (4096 + 2 * 1024) * 2, "8b: one layer's q, k, v");
     // inputs and targets (2T ints), then the embedding backward's buckets: positions T, starts T + 1, ids T
     check(plan.bytes[REGION_TOKENS] == (5 * T + 1) * 4, "8b: tokens region (5T + 1) x 4");
+    {   // --doc-mask 1: the document starts (T ints) too, and the plan grows by exactly them
+        TrainingOptions masked;
+        masked.doc_mask = true;
+        MemoryPlan with_docs = plan_memory(config_named("llama3-8b"), masked);
+        check(with_docs.bytes[REGION_TOKENS] == (6 * T + 1) * 4, "8b: tokens region with --doc-mask 1 (6T + 1) x 4");
+        check(with_docs.total - plan.total == round_up_256((6 * T + 1) * 4) - round_up_256((5 * T + 1) * 4),
+              "8b: --doc-mask 1 adds only the document starts");
+    }
     // aliases (recomputation): the final norm in the attention norm's region; dq and the attention-output
     // gradient in the attention residual's and MLP norm's, so the q, k, v gradient region keeps dk, dv
     // (T x 2 x 1024 x 2) and the attention backward's delta (T x 32 x 4)

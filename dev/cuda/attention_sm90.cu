@@ -79,7 +79,7 @@ static void check_case(const Case& c) {
     for (int run = 0; run < 2; run++) {
         poison(out, nq * 2);
         poison(lse, nl * 4);
-        attention_forward_sm90(out, lse, dq, dk, dv, B, T, H, KV, hd, 0, d_starts, q0, c.n);
+        attention_forward_sm90(out, lse, dq, dk, dv, B, T, H, KV, hd, d_starts, q0, q1 - q0, 0);
         CUDA_CHECK(cudaDeviceSynchronize());
         out_bits[run] = download((const uint16_t*)out, nq);
         lse_bits[run] = download((const uint32_t*)lse, nl);
@@ -108,7 +108,7 @@ static void check_case(const Case& c) {
 
     std::vector<float> ref32(nq, 0.f), lse32(nl, 0.f), ref16(nq, 0.f);
     attention_forward_cpu(ref32.data(), lse32.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd, doc, q0, c.n);
-    attention_forward_bf16_cpu(ref16.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd, doc, q0, c.n);
+    attention_forward_bf16_reference(ref16.data(), nullptr, q.data(), k.data(), v.data(), B, T, H, KV, hd, doc, q0, c.n);
     snprintf(name, sizeof name, "attention_sm90 out %s", what);
     double err = check_fa3_rule(name, rows_of(got, B, T, (size_t)H * hd, q0, q1), rows_of(ref32, B, T, (size_t)H * hd, q0, q1),
                                 rows_of(ref16, B, T, (size_t)H * hd, q0, q1));
@@ -123,7 +123,7 @@ static void check_case(const Case& c) {
     if (!c.doc && whole) {  // the mma.sync forward on the same inputs: both within the rule's bound E of ref32
         bf16* out_mma = dmalloc<bf16>(nq);
         float* lse_mma = dmalloc<float>(nl);
-        attention_forward(out_mma, lse_mma, dq, dk, dv, B, T, H, KV, hd, 0);
+        attention_forward(out_mma, lse_mma, dq, dk, dv, B, T, H, KV, hd, nullptr, 0, T, 0);
         CUDA_CHECK(cudaDeviceSynchronize());
         std::vector<float> mma = download_bf16(out_mma, nq);
         double bf16_err = 0, diff = 0;
@@ -140,7 +140,7 @@ static void check_case(const Case& c) {
     if (!whole) {  // the whole forward on the same inputs: the block's rows bitwise equal
         poison(out, nq * 2);
         poison(lse, nl * 4);
-        attention_forward_sm90(out, lse, dq, dk, dv, B, T, H, KV, hd, 0, d_starts);
+        attention_forward_sm90(out, lse, dq, dk, dv, B, T, H, KV, hd, d_starts, 0, T, 0);
         CUDA_CHECK(cudaDeviceSynchronize());
         std::vector<uint16_t> full_out = download((const uint16_t*)out, nq);
         std::vector<uint32_t> full_lse = download((const uint32_t*)lse, nl);

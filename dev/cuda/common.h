@@ -162,7 +162,7 @@ static inline float max_abs(const std::vector<float>& v) {
 }
 
 // Attention outputs, FlashAttention-3's rule: |ours - ref32| <= 2 max |ref_bf16 - ref32| + atol (elementwise
-// maxima; NaN fails), where ref_bf16 (attention_forward_bf16_cpu) rounds S, P and O to bf16 as a bf16 kernel
+// maxima; NaN fails), where ref_bf16 (attention_forward_bf16_reference) rounds S, P and O to bf16 as a bf16 kernel
 // must: the bf16 reference's own error sizes the tolerance. atol 1e-3 covers outputs whose bf16 error is ~0
 // (T = 1: O = v exactly). Returns our max error.
 static inline double check_fa3_rule(const char* name, const std::vector<float>& got, const std::vector<float>& ref32,
@@ -181,42 +181,83 @@ static inline double check_fa3_rule(const char* name, const std::vector<float>& 
     return our_err;
 }
 
-// the bf16 reference of attention_forward_cpu (same arguments; the same rows written): scores, probabilities
-// and the output rounded to bf16, fp32 sums
-static inline void attention_forward_bf16_cpu(float* out, const float* q, const float* k, const float* v, int B, int T, int H, int KV,
-                                              int hd, const int* doc_start = nullptr, int q0 = 0, int n = -1) {
+static inline int finish(const char* program) {
+    printf("output digest: %016llx\n", (unsigned long long)g_output_digest);
+    printf("%s: %s (%d failed checks)\n", program, g_failures ? "FAILED" : "all checks passed", g_failures);
+    return g_failures ? 1 : 0;
+}
+
+// ----------------------------------------------------------------------------
+// attention's bf16 references, for FlashAttention-3's rule |ours - ref32| <= 2 |ref_bf16 - ref32| + atol
+// (elementwise maxima): attention_forward_cpu / attention_backward_cpu's arithmetic with the bf16 roundings
+// of a tensor-core kernel. Forward: S, P and O rounded (lse from the rounded S and P). Backward (from the
+// fp32 reference's out and lse, out rounded as a kernel stores it): P and dS rounded where they feed a
+// matmul, dq, dk, dv rounded. doc_start: see attention_first_key (nullable).
+
+// Forward: query rows [q0, q0 + n) (n < 0: to T), as attention_forward_cpu; lse nullable.
+static inline void attention_forward_bf16_reference(float* out, float* lse, const float* q, const float* k, const float* v,
+                                                    int B, int T, int H, int KV, int hd, const int* doc_start,
+                                                    int q0 = 0, int n = -1) {
     float scale = 1.f / sqrtf((float)hd);
-    int q1 = n < 0 ? T : std::min(T, q0 + n);
+    int group = H / KV, q1 = n < 0 ? T : std::min(T, q0 + n);
     #pragma omp parallel for collapse(2) schedule(dynamic, 1)
     for (int b = 0; b < B; b++)
         for (int h = 0; h < H; h++) {
             std::vector<float> p(T);
             for (int t = q0; t < q1; t++) {
-                const float* qt = q + (((size_t)b * T + t) * H + h) * hd;
                 int first = attention_first_key(doc_start, b, T, t);
+                const float* qt = q + (((size_t)b * T + t) * H + h) * hd;
+                auto kv_row = [&](const float* x, int s) { return x + (((size_t)b * T + s) * KV + h / group) * hd; };
                 float mx = -INFINITY, sum = 0.f;
                 for (int s = first; s <= t; s++) {
-                    const float* ks = k + (((size_t)b * T + s) * KV + h / (H / KV)) * hd;
                     float dot = 0.f;
-                    for (int i = 0; i < hd; i++) dot += qt[i] * ks[i];
+                    for (int i = 0; i < hd; i++) dot += qt[i] * kv_row(k, s)[i];
                     p[s] = round_bf16(dot * scale);
                     mx = std::max(mx, p[s]);
                 }
-                for (int s = first; s <= t; s++) { p[s] = round_bf16(expf(p[s] - mx)); sum += p[s]; }
+                for (int s = first; s <= t; s++) { float e = round_bf16(expf(p[s] - mx)); sum += e; p[s] = e; }
                 float* o = out + (((size_t)b * T + t) * H + h) * hd;
                 for (int i = 0; i < hd; i++) {
                     float acc = 0.f;
-                    for (int s = first; s <= t; s++) acc += p[s] * v[(((size_t)b * T + s) * KV + h / (H / KV)) * hd + i];
+                    for (int s = first; s <= t; s++) acc += p[s] * kv_row(v, s)[i];
                     o[i] = round_bf16(acc / sum);
                 }
+                if (lse) lse[((size_t)b * H + h) * T + t] = mx + logf(sum);
             }
         }
 }
 
-static inline int finish(const char* program) {
-    printf("output digest: %016llx\n", (unsigned long long)g_output_digest);
-    printf("%s: %s (%d failed checks)\n", program, g_failures ? "FAILED" : "all checks passed", g_failures);
-    return g_failures ? 1 : 0;
+static inline void attention_backward_bf16_reference(float* dq, float* dk, float* dv, const float* dout, const float* q,
+                                                     const float* k, const float* v, const float* out, const float* lse,
+                                                     int B, int T, int H, int KV, int hd, const int* doc_start) {
+    float scale = 1.f / sqrtf((float)hd);
+    int group = H / KV;
+    std::fill(dq, dq + (size_t)B * T * H * hd, 0.f);
+    std::fill(dk, dk + (size_t)B * T * KV * hd, 0.f);
+    std::fill(dv, dv + (size_t)B * T * KV * hd, 0.f);
+    #pragma omp parallel for collapse(2) schedule(dynamic, 1)
+    for (int b = 0; b < B; b++)
+        for (int kvh = 0; kvh < KV; kvh++)  // each thread owns its dk, dv rows
+            for (int h = kvh * group; h < (kvh + 1) * group; h++)
+                for (int t = 0; t < T; t++) {
+                    size_t row = (((size_t)b * T + t) * H + h) * hd;
+                    float delta = 0.f;
+                    for (int i = 0; i < hd; i++) delta += dout[row + i] * round_bf16(out[row + i]);
+                    for (int s = attention_first_key(doc_start, b, T, t); s <= t; s++) {
+                        size_t kv = (((size_t)b * T + s) * KV + kvh) * hd;
+                        float score = 0.f, dp = 0.f;
+                        for (int i = 0; i < hd; i++) { score += q[row + i] * k[kv + i]; dp += dout[row + i] * v[kv + i]; }
+                        float p = expf(score * scale - lse[((size_t)b * H + h) * T + t]);
+                        float p16 = round_bf16(p), ds = round_bf16(p * (dp - delta));
+                        for (int i = 0; i < hd; i++) {
+                            dq[row + i] += ds * k[kv + i];
+                            dk[kv + i] += ds * q[row + i];
+                            dv[kv + i] += p16 * dout[row + i];
+                        }
+                    }
+                }
+    for (size_t i = 0; i < (size_t)B * T * H * hd; i++) dq[i] = round_bf16(dq[i] * scale);
+    for (size_t i = 0; i < (size_t)B * T * KV * hd; i++) { dk[i] = round_bf16(dk[i] * scale); dv[i] = round_bf16(dv[i]); }
 }
 
 // ----------------------------------------------------------------------------

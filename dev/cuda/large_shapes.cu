@@ -45,7 +45,7 @@ static void check_attention(int T) {
         tile_heads.push_back({row0, head});
         fill_rows(q, 3, row0, std::min(64, T - row0), q_width);
     }
-    attention_forward(out, lse, q, k, v, 1, T, H, KV, HD, 0);
+    attention_forward(out, lse, q, k, v, 1, T, H, KV, HD, nullptr, 0, T, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
     // references: double precision over the bf16 inputs, 8 rows of each sampled tile (first, last, spread)
     const double scale = 1.0 / sqrt((double)HD);
