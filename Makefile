@@ -21,7 +21,7 @@ PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2
 # the first default shard: present once `make data` (or a first `make train_llama`) has run
 DEFAULT_SHARDS = dev/data/shards/train_000000.bin
 
-COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h
+COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h mst/error_line.h mst/file_io.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
 
@@ -77,7 +77,7 @@ tokenizer.model: dev/tokenizer/convert_tokenizer.js dev/tokenizer/byte_level.js 
 	node dev/tokenizer/convert_tokenizer.js $@
 endif
 
-TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h
+TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h mst/error_line.h mst/file_io.h
 tokenize: $(TOKENIZE_DEPS)
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 
