@@ -28,7 +28,7 @@ COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/token_buckets.h mst/ll
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
 train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
