@@ -288,16 +288,22 @@ fi
 succeeds() { local name=$1; shift; if "$@" > /dev/null 2>&1; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $name"; fi; }
 succeeds "the replaced directory imports" $t ./mst_hf generate "$files/sharded" 2 1
 
-# 5. special files where a regular file is expected: refused at once, never a hang
+# 5. special files where a regular file is expected: refused at once (under `timeout`: a program that
+# blocks opening a FIFO fails the test instead of hanging it)
 mkfifo "$files/fifo_000000.bin" "$files/fifo.jsonl"
-mkdir -p "$files/fifo_ckpt" "$files/fifo_hf" && mkfifo "$files/fifo_ckpt/step_00000002.safetensors" "$files/fifo_hf/model.safetensors"
+mkdir -p "$files/fifo_ckpt" "$files/fifo_hf" "$files/fifo_config"
+mkfifo "$files/fifo_ckpt/step_00000002.safetensors" "$files/fifo_hf/model.safetensors" "$files/fifo_config/config.json"
 cp "$hf/config.json" "$files/fifo_hf/"
-expect_error "a FIFO as a shard" "fifo_000000.bin: is a FIFO" --dry-run -e test-tiny -T 64 -i "$files/fifo_*.bin"
-expect_error "a FIFO as the log" "fifo.jsonl: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/fifo.jsonl"
-expect_error "a FIFO as the checkpoint to resume" "step_00000002.safetensors: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -o "$files/fifo_ckpt" -y 1
-expect_error "a FIFO as the Hugging Face weights" "model.safetensors: is a FIFO" --dry-run -e "$files/fifo_hf" -T 64 --random-tokens
-expect_error "a directory as the log" "is a directory" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/ckpt"
-expect_tool_error "tokenize: a FIFO as tokenizer.model" "fifo.jsonl: is a FIFO" timeout 60 ./tokenize encode -m "$files/fifo.jsonl"
+# expect_prompt_error NAME WORD ARGS...: expect_error for ./train_llama ARGS under a 20 s timeout
+expect_prompt_error() { local name=$1 word=$2; shift 2; expect_tool_error "$name" "$word" timeout 20 ./train_llama "$@"; }
+expect_prompt_error "a FIFO as a shard" "fifo_000000.bin: is a FIFO" --dry-run -e test-tiny -T 64 -i "$files/fifo_*.bin"
+expect_prompt_error "a FIFO as the log" "fifo.jsonl: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/fifo.jsonl"
+expect_prompt_error "a FIFO as the checkpoint to resume" "step_00000002.safetensors: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -o "$files/fifo_ckpt" -y 1
+expect_prompt_error "a FIFO as the Hugging Face weights" "model.safetensors: is a FIFO" --dry-run -e "$files/fifo_hf" -T 64 --random-tokens
+expect_prompt_error "a FIFO as config.json" "config.json: is a FIFO" --dry-run -e "$files/fifo_config" -T 64 --random-tokens
+expect_prompt_error "a directory as the log" "is a directory" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/ckpt"
+expect_tool_error "tokenize: a FIFO as tokenizer.model" "fifo.jsonl: is a FIFO" timeout 20 ./tokenize encode -m "$files/fifo.jsonl"
+expect_tool_error "tokenize check: a FIFO as a shard" "fifo_000000.bin: is a FIFO" timeout 20 ./tokenize check "$files/fifo_*.bin"
 
 # 6. real runs on the CPU device (test-tiny, T 16, random tokens: ~2 s a step on 2 cores)
 run_cpu() { $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -v 1 --val-batches 1 "$@"; }
