@@ -349,6 +349,8 @@ if grep -q '"grad_norm": null' "$files/nan.jsonl" && ! grep -qi 'nan\|inf' "$fil
 else
     failed=$((failed + 1)); echo "FAIL: a non-finite step logged as null:"; cat "$files/nan.jsonl"
 fi
+expect_tool_error "a run's stdout on /dev/full stops it at its first step" "<stdout>: write failed" sh -c \
+    "timeout 60 ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 3 > /dev/full"
 # the log's own writes checked: a file size limit of 100 bytes stops the run at its first step's record
 output=$(with_file_limit 100 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 -L "$files/full.jsonl" 2>&1); rc=$?
 if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$output" | grep -c '^error:')" -eq 1 ] &&

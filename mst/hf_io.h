@@ -10,7 +10,8 @@
 //
 // Export writes what transformers' LlamaForCausalLM.from_pretrained loads as is: config.json in the
 // classic field names (rope_theta, rope_scaling; transformers 5 converts them to rope_parameters) and one
-// model.safetensors with {"format": "pt"} metadata, tied models without lm_head.weight. Import reads both
+// model.safetensors with {"format": "pt"} metadata, tied models without lm_head.weight, into a temporary
+// directory that then takes the target's place whole (hf_export below). Import reads both
 // the classic and the transformers 5 (rope_parameters) forms of config.json.
 // Importing bf16 weights and exporting them as bf16 gives back the same bytes (fp32 holds every bf16).
 #pragma once
