@@ -59,7 +59,7 @@ static inline std::string read_whole_stream(FILE* file, const char* name) {
 static inline std::string read_whole_file(const char* path, const char* hint = "") {
     std::string error;
     FILE* file = open_regular_file(path, &error);  // a FIFO or a device is refused, without blocking
-    if (!file) error_exit(error + hint);
+    if (!file) error_exit(error + (access(path, F_OK) != 0 ? hint : ""));  // the hint for a missing file only
     std::string contents = read_whole_stream(file, path);
     fclose(file);
     return contents;
