@@ -21,14 +21,14 @@ PCRE2_LIBS   := $(shell pkg-config --libs libpcre2-8 2>/dev/null || echo -lpcre2
 # the first default shard: present once `make data` (or a first `make train_llama`) has run
 DEFAULT_SHARDS = dev/data/shards/train_000000.bin
 
-COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phases.h mst/profiler.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h
+COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phases.h mst/profiler.h mst/token_buckets.h mst/llama_reference.h mst/training.h tests/test_util.h mst/error_line.h mst/file_io.h
 
 .PHONY: all test dev clean tokenizer data bench_tokenizer
 
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
 train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
@@ -77,7 +77,7 @@ tokenizer.model: dev/tokenizer/convert_tokenizer.js dev/tokenizer/byte_level.js 
 	node dev/tokenizer/convert_tokenizer.js $@
 endif
 
-TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h
+TOKENIZE_DEPS = tools/tokenize.cpp tokenizer.h dataloader.h mst/error_line.h mst/file_io.h
 tokenize: $(TOKENIZE_DEPS)
 	$(CXX) $(CXXFLAGS) -DMST_WITH_PCRE2 $(PCRE2_CFLAGS) -o $@ $< $(PCRE2_LIBS)
 

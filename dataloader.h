@@ -156,8 +156,9 @@ static inline void dataloader_read_window(DataLoader* loader, int64_t start) {
         const char* path = loader->shard_paths[shard].c_str();
         if (shard != loader->open_shard) {
             if (loader->shard_file) fclose(loader->shard_file);
-            loader->shard_file = fopen(path, "rb");
-            if (!loader->shard_file) file_error(path, "cannot open: %s", strerror(errno));
+            std::string error;
+            loader->shard_file = open_regular_file(path, &error);  // no FIFO, no device
+            if (!loader->shard_file) error_exit(error);
             loader->open_shard = shard;
         }
         int64_t local = at - loader->shard_start[i], count = std::min(end, loader->shard_start[i + 1]) - at;
@@ -188,12 +189,13 @@ static inline void dataloader_init(DataLoader* loader, const char* pattern, int 
     loader->shard_paths = shard_paths_matching(pattern);
     if (loader->shard_paths.empty()) file_error(pattern, "no shard matches");
     for (const std::string& path : loader->shard_paths) {
-        FILE* file = fopen(path.c_str(), "rb");
-        if (!file) file_error(path.c_str(), "cannot open: %s", strerror(errno));
+        std::string error;
+        FILE* file = open_regular_file(path, &error);  // a FIFO or a device is refused, without blocking
+        if (!file) error_exit(error);
         int64_t tokens = shard_read_header(path.c_str(), file);
-        fclose(file);
         struct stat info;
-        stat(path.c_str(), &info);
+        fstat(fileno(file), &info);
+        fclose(file);
         int64_t expected_bytes = SHARD_HEADER_INTS * 4 + tokens * 4;
         if ((int64_t)info.st_size != expected_bytes)
             file_error(path.c_str(), "%lld bytes, but its header says %lld tokens (%lld bytes): truncated?",

@@ -35,6 +35,7 @@
 
 #include "mst/error_line.h"
 #include "mst/numbers.h"
+#include "mst/file_io.h"
 #ifdef MST_WITH_PCRE2
 #define PCRE2_CODE_UNIT_WIDTH 8
 #include <pcre2.h>
@@ -57,8 +58,9 @@ static inline std::string read_whole_stream(FILE* file, const char* name) {
 }
 
 static inline std::string read_whole_file(const char* path, const char* hint = "") {
-    FILE* file = fopen(path, "rb");
-    if (!file) file_error(path, "cannot open: %s%s", strerror(errno), hint);
+    std::string error;
+    FILE* file = open_regular_file(path, &error);  // a FIFO or a device is refused, without blocking
+    if (!file) error_exit(error + (access(path, F_OK) != 0 ? hint : ""));  // the hint for a missing file only
     std::string contents = read_whole_stream(file, path);
     fclose(file);
     return contents;

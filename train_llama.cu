@@ -59,6 +59,7 @@
 #include "dataloader.h"
 #include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
 #include "mst/generate.h"
+#include "mst/run_log.h"
 
 // ----------------------------------------------------------------------------
 // the arena: the program's one device allocation
@@ -882,10 +883,11 @@ static void model_import_hf(Model* m, const std::string& dir) {
     model_set_parameters(m, params);
 }
 
-// dir/config.json and dir/model.safetensors (bf16) that transformers' LlamaForCausalLM loads as is
-static void model_export_hf(Model* m, const std::string& dir) {
+// dir/config.json and dir/model.safetensors (bf16) that transformers' LlamaForCausalLM loads as is;
+// a dir that holds files is replaced whole only with replace (hf_export)
+static void model_export_hf(Model* m, const std::string& dir, bool replace = false) {
     std::string error;
-    if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error)) safetensors_exit_on_error(error);
+    if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error, replace)) safetensors_exit_on_error(error);
 }
 
 static const char* optimizer_state_dtype(const Model* m) { return m->plan.options.bf16_optimizer_state ? "BF16" : "F32"; }
@@ -1068,6 +1070,7 @@ struct CommandLine {
     int checkpoint_every = 0;         // -k: 0 = only at the end
     bool resume = false;              // -y 1
     const char* export_dir = nullptr; // --export
+    bool overwrite_export = false;    // --overwrite-export 1: --export may replace a directory that holds files
     int sample_tokens = 0;            // -g: 0 = no samples
     int sample_every = 20;            // -s: 0 = only at the end
     float temperature = 1.f, top_p = 0.9f;
@@ -1111,6 +1114,7 @@ static void print_usage() {
 "  -y 0|1          resume from the latest checkpoint in -o DIR (default 0)\n"
 "  --overwrite 0|1 1: start in an -o DIR that holds another run's checkpoints, replacing them (default 0)\n"
 "  --export DIR    at the end, write DIR/config.json and DIR/model.safetensors (bf16) for transformers\n"
+"  --overwrite-export 0|1  1: --export may replace a DIR that holds files, whole (default 0: refused)\n"
 "  -g N            sample N tokens from <|begin_of_text|>, 0 = never (default 0)\n"
 "  -s N            sample every N steps and at the end, 0 = only at the end (default 20)\n"
 "  --temperature X sampling temperature, 0 = greedy (default 1.0)\n"
@@ -1177,7 +1181,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1220,6 +1224,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-y") cl.resume = parse_bool(f, value);
         else if (flag == "--overwrite") cl.overwrite = parse_bool(f, value);
         else if (flag == "--export") cl.export_dir = value;
+        else if (flag == "--overwrite-export") cl.overwrite_export = parse_bool(f, value);
         else if (flag == "-g") cl.sample_tokens = flag_int(f, value, 0, INT_MAX, "a non-negative integer");
         else if (flag == "-s") cl.sample_every = flag_int(f, value, 0, INT_MAX, "0 (only at the end) or a positive integer");
         else if (flag == "--temperature") cl.temperature = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
@@ -1249,6 +1254,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
     if (given("--val-batches") && cl.val_interval == 0) usage_error("--val-batches: validation needs -v N, its interval");
     if (cl.checkpoint_every > 0 && !cl.checkpoint_dir) usage_error("-k %d: needs -o DIR, where checkpoints go", cl.checkpoint_every);
     if (cl.overwrite && !cl.checkpoint_dir) usage_error("--overwrite 1: needs -o DIR, whose checkpoints it replaces");
+    if (cl.overwrite_export && !cl.export_dir) usage_error("--overwrite-export 1: needs --export DIR, the directory it replaces");
     if (cl.overwrite && cl.resume) usage_error("--overwrite 1 and -y 1: a run either continues the checkpoints in -o or replaces them");
     if (cl.tokens_per_update > 0) {
         std::string problem;
@@ -1285,28 +1291,11 @@ static RunIdentity run_identity(const CommandLine& cl) {
             {"clip", number(cl.optimizer.grad_clip)}, {"steps", std::to_string(cl.steps)}};
 }
 
-// Creates dir and its parents if missing and proves it writable with a file made and removed there.
+// Creates dir and its parents if missing (dir itself not a link) and proves it writable with a file
+// made and removed there (file_io.h: a fresh name, no link followed, nothing left behind).
 static void ensure_writable_directory(const char* flag, const std::string& dir) {
-    for (size_t slash = dir.find('/', 1); ; slash = dir.find('/', slash + 1)) {
-        std::string prefix = dir.substr(0, slash);
-        if (!prefix.empty() && mkdir(prefix.c_str(), 0755) != 0 && errno != EEXIST)
-            usage_error("%s: cannot create %s (%s)", flag, prefix.c_str(), strerror(errno));
-        if (slash == std::string::npos) break;
-    }
-    if (!is_directory(dir.c_str())) usage_error("%s: %s is not a directory", flag, dir.c_str());
-    std::string probe = dir + "/.mst_write_check";
-    FILE* f = fopen(probe.c_str(), "w");
-    bool written = f && fputs("mst\n", f) >= 0;
-    if (f) written &= fclose(f) == 0;
-    int error = errno;
-    remove(probe.c_str());
-    if (!written) usage_error("%s: cannot write in %s (%s)", flag, dir.c_str(), strerror(error));
-}
-
-// the directory a file path lies in ("." for a bare name)
-static std::string directory_of(const std::string& path) {
-    size_t slash = path.find_last_of('/');
-    return slash == std::string::npos ? "." : slash == 0 ? "/" : path.substr(0, slash);
+    std::string error;
+    if (!make_directories(dir, &error) || !probe_directory_writable(dir, &error)) usage_error("%s: %s", flag, error.c_str());
 }
 
 // Shards: every header of the pattern's files, their sizes and enough windows (dataloader_init refuses
@@ -1358,24 +1347,23 @@ static void preflight(const CommandLine& cl) {
                         "with --overwrite 1", cl.checkpoint_dir, complete.back().c_str());
         }
     }
-    if (cl.export_dir) ensure_writable_directory("--export", cl.export_dir);
-    if (cl.log_path) ensure_writable_directory("-L", directory_of(cl.log_path));
+    if (cl.export_dir && !hf_export_possible(cl.export_dir, cl.overwrite_export, &error)) usage_error("--export: %s", error.c_str());
+    if (cl.log_path && !RunLog::check(cl.log_path, cl.resume, &error)) usage_error("-L: %s", error.c_str());
 }
 
-// At start-up (not in a dry run): a killed checkpoint write's temporary files go, and with --overwrite 1
-// the earlier run's checkpoints, each said.
-static void clean_checkpoint_directory(const CommandLine& cl) {
-    if (!cl.checkpoint_dir) return;
+// At start-up (not in a dry run): a killed checkpoint write's temporary files go (said). Returns, with
+// --overwrite 1, the earlier run's checkpoints, which go once this run's first checkpoint is written
+// (save_checkpoint), so a run that stops before then leaves them.
+static std::vector<std::string> clean_checkpoint_directory(const CommandLine& cl) {
     std::vector<std::string> complete, temporary;
+    if (!cl.checkpoint_dir) return complete;
     checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
-    if (!cl.overwrite) complete.clear();
-    for (const std::vector<std::string>* files : {&temporary, &complete})
-        for (const std::string& path : *files)
-            if (remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
+    for (const std::string& path : temporary)
+        if (remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
     if (!temporary.empty())
         printf("checkpoints: removed %zu temporary file(s) of an interrupted write from %s\n", temporary.size(), cl.checkpoint_dir);
-    if (!complete.empty())
-        printf("checkpoints: --overwrite 1 removed %zu checkpoint(s) of an earlier run from %s\n", complete.size(), cl.checkpoint_dir);
+    if (!cl.overwrite) complete.clear();
+    return complete;
 }
 
 // --host-mem's default: the machine's memory (MemTotal in /proc/meminfo) less a quarter, at least 8 GiB,
@@ -1559,19 +1547,28 @@ static float validation_loss(Model* m, Batches* val, const CommandLine& cl) {
 }
 
 // -o: a checkpoint of the steps done, the data loader standing after the last step's batch (random
-// batches need nothing: batch i is a function of the seed and i), and the sampler's generator
-static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, uint64_t sample_rng) {
+// batches need nothing: batch i is a function of the seed and i), and the sampler's generator; then
+// the earlier run's checkpoints that --overwrite 1 replaces (all but the one just written) go
+static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, uint64_t sample_rng,
+                            std::vector<std::string>* replaced) {
     CheckpointInfo info;
     info.rng_state = sample_rng;
     if (!b.random) info.loader = dataloader_state(&b.loader);
     set_run_identity(&info, run_identity(cl));
-    printf("checkpoint: %s\n", model_save_checkpoint(m, cl.checkpoint_dir, info).c_str());
+    std::string written = model_save_checkpoint(m, cl.checkpoint_dir, info);
+    printf("checkpoint: %s\n", written.c_str());
+    if (replaced->empty()) return;
+    for (const std::string& path : *replaced)
+        if (path != written && remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
+    printf("checkpoints: --overwrite 1 replaced %zu checkpoint(s) of an earlier run in %s\n", replaced->size(), cl.checkpoint_dir);
+    replaced->clear();
 }
 
 // -g: samples are decoded with tokenizer.model for Llama 3's vocabulary; else (no file, or a test
 // vocabulary) they are printed as ids, said once
 static bool load_sample_tokenizer(const ModelConfig& c, Tokenizer* tokenizer) {
-    FILE* f = c.vocab_size == LLAMA3_VOCAB_SIZE ? fopen(DEFAULT_TOKENIZER_PATH, "rb") : nullptr;
+    std::string error;
+    FILE* f = c.vocab_size == LLAMA3_VOCAB_SIZE ? open_regular_file(DEFAULT_TOKENIZER_PATH, &error) : nullptr;
     if (!f) {
         printf("note: samples are printed as token ids (%s)\n", c.vocab_size != LLAMA3_VOCAB_SIZE ?
                "not Llama 3's vocabulary" : "no tokenizer.model; make tokenizer creates it");
@@ -1615,46 +1612,17 @@ static double host_memory_gib() {
     return kib / (1024.0 * 1024.0);
 }
 
-// -L: one JSON object per line; a training step's record, or a validation's {"step": s, "val_loss": x}
-// (the loss after s steps). Flushed at once, so a run that stops leaves a complete log.
-struct StepRecord {
-    int step;
-    float loss, lr, grad_norm, clip_scale;
-    bool skipped;
-    double ms, tokens_per_second, mfu_percent, gpu_mem_gib, host_mem_gib;  // mfu_percent < 0: unknown
-    const double* phase_ms;  // --profile: the step's milliseconds per phase (profiler.h), else null
-};
-
-static void log_step(FILE* log, const StepRecord& r) {
-    if (!log) return;
-    auto number = [](double x) {
-        char text[32];
-        snprintf(text, sizeof text, "%.7g", x);
-        return std::isfinite(x) ? std::string(text) : std::string("null");
-    };
-    std::string phases;  // , "phases_ms": {"matmuls": 12.5, ...}
-    for (int phase = 0; r.phase_ms && phase < NUM_PHASES; phase++)
-        phases += std::string(phase ? ", \"" : ", \"phases_ms\": {\"") + PHASE_NAMES[phase] + "\": " + number(r.phase_ms[phase]) +
-                  (phase == NUM_PHASES - 1 ? "}" : "");
-    fprintf(log, "{\"step\": %d, \"loss\": %s, \"lr\": %.6e, \"grad_norm\": %s, \"clip_scale\": %s, \"skipped\": %s, "
-            "\"ms\": %.1f, \"tok_per_s\": %.1f, \"mfu\": %s, \"gpu_mem_gib\": %.3f, \"host_mem_gib\": %.3f%s}\n",
-            r.step, number(r.loss).c_str(), r.lr, number(r.grad_norm).c_str(), number(r.clip_scale).c_str(),
-            r.skipped ? "true" : "false", r.ms, r.tokens_per_second, r.mfu_percent < 0 ? "null" : number(r.mfu_percent).c_str(),
-            r.gpu_mem_gib, r.host_mem_gib, phases.c_str());
-    fflush(log);
-}
-
-static void log_validation(FILE* log, int step, float val_loss) {
-    if (!log) return;
-    fprintf(log, "{\"step\": %d, \"val_loss\": %.6f}\n", step, val_loss);
-    fflush(log);
+// -L: one record (run_log.h), or one error line and exit status 1
+static void log_record(RunLog* log, const std::string& record) {
+    std::string error;
+    if (!log->write(record, &error)) usage_error("-L: %s", error.c_str());
 }
 
 // validation every -v steps: printed and logged
-static void report_validation(Model* m, Batches* val, const CommandLine& cl, FILE* log, int step) {
+static void report_validation(Model* m, Batches* val, const CommandLine& cl, RunLog* log, int step) {
     float loss = validation_loss(m, val, cl);
     printf("step %4d | val loss %.4f\n", step, loss);
-    log_validation(log, step, loss);
+    log_record(log, validation_record_json(step, loss));
 }
 
 // Why there is no usable GPU, in words. The runtime says cudaErrorInsufficientDriver both for a driver
@@ -1709,14 +1677,12 @@ static int train(const CommandLine& cl) {
     TrainingOptions options = resolve_automatic(cl.config, cl.options, budget);
     MemoryPlan plan = plan_memory(cl.config, options);
     if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
-    FILE* log = nullptr;  // opened once the run is sure to start; a resumed run appends to its log
-    if (cl.log_path && !(log = fopen(cl.log_path, cl.resume ? "a" : "w"))) usage_error("-L: cannot write %s (%s)", cl.log_path, strerror(errno));
 
     Batches train_batches, val_batches;
     batches_init(&train_batches, cl, cl.train_pattern, true, 1);
     if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2);
     std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";  // preflight: there is one
-    clean_checkpoint_directory(cl);
+    std::vector<std::string> replaced_checkpoints = clean_checkpoint_directory(cl);
     Tokenizer tokenizer;
     bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
 
@@ -1733,7 +1699,7 @@ static int train(const CommandLine& cl) {
     uint64_t sample_rng = (cl.seed * 0x9E3779B97F4A7C15ull) | 1;  // xorshift's state must not be 0
     if (cl.resume) {
         printf("loading checkpoint %s\n", resume_from.c_str());
-        fflush(stdout);
+        flush_stdout();
         CheckpointInfo info = model_load_checkpoint(&model, resume_from);
         start_step = (int)info.step;
         sample_rng = info.rng_state;
@@ -1742,12 +1708,15 @@ static int train(const CommandLine& cl) {
         printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
     } else if (cl.hf_dir) {
         printf("loading weights from %s\n", cl.hf_dir);
-        fflush(stdout);
+        flush_stdout();
         model_import_hf(&model, cl.hf_dir);
         printf("weights: %s\n", cl.hf_dir);
     } else {
         model_init_random(&model);
     }
+    RunLog log;  // begun once the run has started; a resumed run keeps its log's records up to its step
+    std::string error;
+    if (cl.log_path && !log.start(cl.log_path, cl.resume ? start_step : -1, &error)) usage_error("-L: %s", error.c_str());
 
     size_t tokens_per_step = (size_t)model.N * cl.micro_batches;
     if (cl.micro_batches > 1)
@@ -1768,7 +1737,7 @@ static int train(const CommandLine& cl) {
     auto run_start = std::chrono::steady_clock::now();
     double later_steps_seconds = 0.0;  // the steps after the first (which includes warm-up), for the estimate
     for (int step = start_step; step < cl.steps; step++) {
-        if (cl.val_interval > 0 && step % cl.val_interval == 0) report_validation(&model, &val_batches, cl, log, step);
+        if (cl.val_interval > 0 && step % cl.val_interval == 0) report_validation(&model, &val_batches, cl, &log, step);
         for (int micro = 0; micro < cl.micro_batches; micro++) {
             batches_next(&train_batches, cl);
             std::copy(train_batches.inputs.begin(), train_batches.inputs.end(), step_inputs.begin() + (size_t)micro * model.N);
@@ -1796,7 +1765,7 @@ static int train(const CommandLine& cl) {
                " | %s elapsed, ~%s left%s\n", r.step, cl.steps, loss, lr, grad_norm, r.clip_scale, r.ms, predicted,
                r.tokens_per_second, mfu, r.gpu_mem_gib, duration_text(elapsed).c_str(), duration_text(per_step * (cl.steps - step - 1)).c_str(),
                skipped ? " | SKIPPED: non-finite loss or gradient norm, no update" : "");
-        log_step(log, r);
+        log_record(&log, step_record_json(r));
         if (step == start_step)
             printf("memory: planned %.2f GiB (the arena), in use on the device %.2f GiB (arena + CUDA context), "
                    "allocations %d; pinned host %.2f GiB, allocations %d\n", gib(plan.total),
@@ -1806,7 +1775,6 @@ static int train(const CommandLine& cl) {
             fprintf(stderr, "error: %d steps in a row (%d to %d) had a non-finite loss or gradient norm (--nonfinite-limit %d); "
                     "stopping: the weights are those after step %d\n", guard.in_a_row, step + 2 - guard.in_a_row, step + 1,
                     guard.limit, step + 1 - guard.in_a_row);
-            if (log) fclose(log);
             model_free(&model);
             return 1;
         }
@@ -1816,20 +1784,20 @@ static int train(const CommandLine& cl) {
         if (done < cl.steps && cl.sample_tokens > 0 && cl.sample_every > 0 && done % cl.sample_every == 0)
             print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, done);
         if (done < cl.steps && cl.checkpoint_dir && cl.checkpoint_every > 0 && done % cl.checkpoint_every == 0)
-            save_checkpoint(&model, cl, train_batches, sample_rng);
-        fflush(stdout);
+            save_checkpoint(&model, cl, train_batches, sample_rng, &replaced_checkpoints);
+        flush_stdout();
     }
     print_profile(plan, card, cl.micro_batches);
-    if (cl.val_interval > 0) report_validation(&model, &val_batches, cl, log, cl.steps);
+    if (cl.val_interval > 0) report_validation(&model, &val_batches, cl, &log, cl.steps);
     model_apply_pending_update(&model);  // the end: the last step's update
     if (cl.sample_tokens > 0) print_sample(&model, cl, decode ? &tokenizer : nullptr, &sample_rng, cl.steps);
-    if (cl.checkpoint_dir && start_step < cl.steps) save_checkpoint(&model, cl, train_batches, sample_rng);
+    if (cl.checkpoint_dir && start_step < cl.steps) save_checkpoint(&model, cl, train_batches, sample_rng, &replaced_checkpoints);
     if (cl.export_dir) {
-        model_export_hf(&model, cl.export_dir);
+        model_export_hf(&model, cl.export_dir, cl.overwrite_export);
         printf("exported: %s/config.json, %s/model.safetensors\n", cl.export_dir, cl.export_dir);
     }
     if (decode) tokenizer_free(&tokenizer);
-    if (log) fclose(log);
+    if (!log.close_file(&error)) usage_error("-L: %s", error.c_str());
     model_free(&model);
     if (!train_batches.random) dataloader_free(&train_batches.loader);
     if (cl.val_interval > 0 && !val_batches.random) dataloader_free(&val_batches.loader);

@@ -100,7 +100,7 @@ expect_output "--doc-mask 0 on shards plans none" "^\| tokens +\| \(5 x 60000 \+
 expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
 expect_error "non-numeric -d" "-d" --dry-run -d lots
 expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
-expect_error "-L where no directory can be made (before any GPU use)" "-L: cannot create" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
+expect_error "-L where no directory can be made (before any GPU use)" "/etc/hostname" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
 expect_output "dry run shows the held gradients' pinned host memory" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000
 
 # preflight (issue 13): everything checkable without a GPU is checked before it, and by --dry-run
@@ -127,8 +127,8 @@ expect_error "weights: a tensor of the wrong shape" "shape" --dry-run -e "$weigh
 expect_error "shards: none match -i" "no shard matches" --dry-run -e test-tiny -T 64 -i "$scratch/none_*.bin"
 printf 'not a shard' > "$scratch/bad_000000.bin"
 expect_error "shards: a bad header in -j" "bad_000000.bin" --dry-run -e test-tiny -T 64 -v 10 -j "$scratch/bad_*.bin"
-expect_error "-o where no directory can be made" "-o: cannot create" --dry-run -e test-tiny -T 64 -o /etc/hostname/checkpoints
-expect_error "--export where no directory can be made" "--export: cannot create" --dry-run -e test-tiny -T 64 --export /etc/hostname/hf
+expect_error "-o where no directory can be made" "/etc/hostname" --dry-run -e test-tiny -T 64 -o /etc/hostname/checkpoints
+expect_error "--export where no directory can be made" "/etc/hostname" --dry-run -e test-tiny -T 64 --export /etc/hostname/hf
 expect_error "-k without -o" "-k 5: needs -o" --dry-run -e test-tiny -T 64 -k 5
 expect_error "--overwrite without -o" "--overwrite" --dry-run -e test-tiny -T 64 --overwrite 1
 expect_error "-s without -g" "-s: samples need -g" --dry-run -e test-tiny -T 64 -s 5
@@ -326,6 +326,159 @@ expect_tool_error "tokenize: negative -n" "-n" "$tokenize" shard -n -5 "$scratch
 expect_tool_error "tokenize: absurd -n" "-n" "$tokenize" shard -n 99999999999999 "$scratch/x" /etc/hostname
 expect_tool_error "tokenize: non-numeric -T" "-T" "$tokenize" check -T many "$scratch/x"
 expect_tool_error "tokenize: a control byte in the command" '\x07' "$tokenize" "$(printf 'en\acode')"
+
+# files (issue 21): no write through a link, no output lost, exports atomic and whole, special files
+# refused without hanging (every command under `timeout`: a hang is a failure, not a stuck test), and
+# the order of --overwrite's removals and the resumed log.
+files="$scratch/files"
+mkdir -p "$files"
+echo "the victim" > "$files/victim"
+mkdir -p "$files/victim_dir" && echo "the victim" > "$files/victim_dir/keep"
+# unchanged NAME: the link's target still holds what it held
+unchanged() {
+    if [ "$(cat "$files/victim")" = "the victim" ] && [ "$(ls -A "$files/victim_dir")" = keep ]; then
+        passed=$((passed + 1))
+    else
+        failed=$((failed + 1)); echo "FAIL: $1: a link's target was written"
+    fi
+}
+# holds NAME DIR ENTRIES: DIR's entries (dot files included), sorted and joined by spaces, are ENTRIES
+holds() {
+    local entries
+    entries=$(ls -A "$2" 2>&1 | LC_ALL=C sort | tr '\n' ' ')
+    if [ "$entries" = "$3 " ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $1: $2 holds: $entries"; fi
+}
+t="timeout 60"
+# with_file_limit BYTES COMMAND...: COMMAND with writes to regular files beyond BYTES failing (EFBIG, as a
+# full disk's ENOSPC; SIGXFSZ ignored so the write returns its error)
+with_file_limit() {
+    python3 -c 'import os, resource, signal, sys
+signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+resource.setrlimit(resource.RLIMIT_FSIZE, (int(sys.argv[1]), resource.RLIM_INFINITY))
+os.execvp(sys.argv[2], sys.argv[2:])' "$@"
+}
+
+# 1. links: the dry run's write probe in -o, -L, --export, the checkpoint's temporary name, the tools' outputs
+mkdir -p "$files/ckpt" && ln -s "$files/victim" "$files/ckpt/.mst_write_check"
+expect_output "dry run: a link planted at -o's write probe" "^MST plan: fits" --dry-run -e test-tiny -T 64 -o "$files/ckpt"
+unchanged "dry run: a link planted at -o's write probe"
+holds "the dry run's write probe leaves nothing in -o" "$files/ckpt" ".mst_write_check"
+ln -s "$files/victim" "$files/log_link.jsonl"
+expect_error "-L a symbolic link" "log_link.jsonl: is a symbolic link" --dry-run -e test-tiny -T 64 -L "$files/log_link.jsonl"
+ln -s "$files/victim_dir" "$files/export_link"
+expect_error "--export a symbolic link" "export_link: is a symbolic link" --dry-run -e test-tiny -T 64 --export "$files/export_link"
+ln -s "$files/victim_dir" "$files/ckpt_link"
+expect_error "-o a symbolic link" "ckpt_link: is a symbolic link" --dry-run -e test-tiny -T 64 -o "$files/ckpt_link"
+ln -s "$files/victim" "$files/logits_link.bin"
+expect_tool_error "mst_hf logits: OUT a symbolic link" "logits_link.bin: is a symbolic link" ./mst_hf logits "$hf" "$files/logits_link.bin" 1 2
+echo "a document" > "$files/doc.txt"
+ln -s "$files/victim" "$files/shard_000000.bin"
+expect_tool_error "tokenize shard: a symbolic link at a shard's name" "shard_000000.bin: is a symbolic link" ./tokenize shard "$files/shard" "$files/doc.txt"
+unchanged "links at -L, --export, -o and the tools' outputs"
+
+# 2. output that cannot be written: stdout on /dev/full, and /dev/full (a device) given as a file
+expect_tool_error "tokenize encode > /dev/full" "<stdout>: write failed" sh -c 'echo "Hello world!" | ./tokenize encode > /dev/full'
+expect_tool_error "tokenize decode > /dev/full" "<stdout>: write failed" sh -c 'echo "9906 1917" | ./tokenize decode > /dev/full'
+expect_tool_error "tokenize check > /dev/full" "<stdout>: write failed" sh -c "./tokenize check -T 8 'dev/data/shards/val_*.bin' > /dev/full"
+expect_tool_error "mst_hf generate > /dev/full" "<stdout>: write failed" sh -c "./mst_hf generate '$hf' 3 1 2 > /dev/full"
+expect_tool_error "train_llama --dry-run > /dev/full" "<stdout>: write failed" sh -c './train_llama --dry-run -e test-tiny -T 64 --random-tokens > /dev/full'
+expect_tool_error "train_llama --help > /dev/full" "<stdout>: write failed" sh -c './train_llama --help > /dev/full'
+expect_tool_error "mst_hf logits: OUT /dev/full" "/dev/full: is a device" ./mst_hf logits "$hf" /dev/full 1 2
+expect_error "dry run: -L /dev/full" "/dev/full: is a device" --dry-run -e test-tiny -T 64 --random-tokens -L /dev/full
+
+# 3. exports: into a directory holding a sharded model, refused; with --overwrite-export 1 replaced
+# whole (no old shard or index beside the new weights); over its own input on a full disk (a file size
+# limit), the input intact
+cp -r golden/tiny_hf/sharded "$files/sharded"
+expect_tool_error "mst_hf convert into a sharded model's directory" "already holds files" ./mst_hf convert "$hf" "$files/sharded" BF16
+expect_error "dry run: --export into a sharded model's directory" "--overwrite-export 1 replaces it" --dry-run -e test-tiny -T 64 --random-tokens --export "$files/sharded"
+expect_output "dry run: --export into it with --overwrite-export 1" "^MST plan: fits" --dry-run -e test-tiny -T 64 --random-tokens --export "$files/sharded" --overwrite-export 1
+expect_error "--overwrite-export without --export" "--overwrite-export 1: needs --export" --dry-run -e test-tiny -T 64 --overwrite-export 1
+$t ./mst_hf convert --overwrite-export 1 "$hf" "$files/sharded" BF16
+holds "mst_hf convert --overwrite-export 1 replaces a sharded model whole" "$files/sharded" "config.json model.safetensors"
+holds "an export leaves no temporary directory beside its target" "$files" "ckpt ckpt_link doc.txt export_link log_link.jsonl logits_link.bin shard_000000.bin sharded victim victim_dir"
+cp "$hf/model.safetensors" "$files/input_weights"
+with_file_limit 200000 $t ./mst_hf convert --overwrite-export 1 "$hf" "$hf" F32 > /dev/null 2>&1
+if [ $? -eq 1 ] && cmp -s "$hf/model.safetensors" "$files/input_weights" && [ -z "$(ls -A "$scratch" | grep '^\.hf\.tmp')" ]; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: an export over its input that fails (file size limit) must leave the input intact"
+fi
+# succeeds NAME COMMAND...: exit status 0
+succeeds() { local name=$1; shift; if "$@" > /dev/null 2>&1; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $name"; fi; }
+succeeds "the replaced directory imports" $t ./mst_hf generate "$files/sharded" 2 1
+
+# 5. special files where a regular file is expected: refused at once (under `timeout`: a program that
+# blocks opening a FIFO fails the test instead of hanging it)
+mkfifo "$files/fifo_000000.bin" "$files/fifo.jsonl"
+mkdir -p "$files/fifo_ckpt" "$files/fifo_hf" "$files/fifo_config"
+mkfifo "$files/fifo_ckpt/step_00000002.safetensors" "$files/fifo_hf/model.safetensors" "$files/fifo_config/config.json"
+cp "$hf/config.json" "$files/fifo_hf/"
+# expect_prompt_error NAME WORD ARGS...: expect_error for ./train_llama ARGS under a 20 s timeout
+expect_prompt_error() { local name=$1 word=$2; shift 2; expect_tool_error "$name" "$word" timeout 20 ./train_llama "$@"; }
+expect_prompt_error "a FIFO as a shard" "fifo_000000.bin: is a FIFO" --dry-run -e test-tiny -T 64 -i "$files/fifo_*.bin"
+expect_prompt_error "a FIFO as the log" "fifo.jsonl: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/fifo.jsonl"
+expect_prompt_error "a FIFO as the checkpoint to resume" "step_00000002.safetensors: is a FIFO" --dry-run -e test-tiny -T 64 --random-tokens -o "$files/fifo_ckpt" -y 1
+expect_prompt_error "a FIFO as the Hugging Face weights" "model.safetensors: is a FIFO" --dry-run -e "$files/fifo_hf" -T 64 --random-tokens
+expect_prompt_error "a FIFO as config.json" "config.json: is a FIFO" --dry-run -e "$files/fifo_config" -T 64 --random-tokens
+expect_prompt_error "a directory as the log" "is a directory" --dry-run -e test-tiny -T 64 --random-tokens -L "$files/ckpt"
+expect_tool_error "tokenize: a FIFO as tokenizer.model" "fifo.jsonl: is a FIFO" timeout 20 ./tokenize encode -m "$files/fifo.jsonl"
+expect_tool_error "tokenize check: a FIFO as a shard" "fifo_000000.bin: is a FIFO" timeout 20 ./tokenize check "$files/fifo_*.bin"
+
+# 6. real runs on the CPU device (test-tiny, T 16, random tokens: ~2 s a step on 2 cores)
+run_cpu() { $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -v 1 --val-batches 1 "$@"; }
+mkdir -p "$files/run" && ln -s "$files/victim" "$files/run/.step_00000001.safetensors.tmp"
+cp -r golden/tiny_hf/sharded "$files/run_export"
+if run_cpu -n 2 -k 1 -o "$files/run" -L "$files/run.jsonl" --export "$files/run_export" --overwrite-export 1 > "$files/run.out" 2>&1; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: a 2-step run with checkpoints, log and export:"; tail -n 5 "$files/run.out"
+fi
+unchanged "a link planted at a checkpoint's temporary name"
+holds "checkpoints written, the planted link removed as a leftover" "$files/run" "step_00000001.safetensors step_00000002.safetensors"
+holds "--export --overwrite-export 1 replaces a sharded model whole" "$files/run_export" "config.json model.safetensors"
+# resumed: step 2's checkpoint lost, -y 1 continues from step 1 and its log keeps each record once
+rm "$files/run/step_00000002.safetensors"
+run_cpu -n 2 -k 1 -o "$files/run" -L "$files/run.jsonl" -y 1 > "$files/resume.out" 2>&1
+# log_is NAME LOG RECORDS: every line of LOG is JSON, and its records are RECORDS ("step" or "val" and
+# the step, in order)
+log_is() {
+    local records
+    records=$(python3 -c 'import json, sys
+print(" ".join(("val" if "val_loss" in r else "step") + str(r["step"]) for r in map(json.loads, open(sys.argv[1]))))' "$2" 2>&1)
+    if [ "$records" = "$3" ]; then passed=$((passed + 1)); else failed=$((failed + 1)); echo "FAIL: $1: $records"; fi
+}
+log_is "a resumed log has each step once" "$files/run.jsonl" "val0 step1 val1 step2 val2"
+# --overwrite 1: a new run that stops before its first checkpoint (a file size limit) leaves the earlier
+# run's checkpoints; one that writes it removes them
+cp "$files/run/step_00000001.safetensors" "$files/earlier_step1"
+# (output through a pipe: a file size limit applies to regular files only)
+output=$(with_file_limit 200000 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 --seed 7 -o "$files/run" --overwrite 1 2>&1); rc=$?
+if [ $rc -eq 1 ] && printf '%s\n' "$output" | grep -q "^error: .*File too large" && cmp -s "$files/run/step_00000001.safetensors" "$files/earlier_step1"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: --overwrite 1: a run whose first checkpoint fails must leave the earlier checkpoints:"; printf '%s\n' "$output" | tail -n 3
+fi
+holds "--overwrite 1: the earlier run's checkpoints kept until the new run's first" "$files/run" "step_00000001.safetensors step_00000002.safetensors"
+# a new run with --overwrite 1 and a learning rate that makes step 2 non-finite: null in its JSON log
+run_cpu -n 2 -u 0 -l 1e30 --seed 7 -o "$files/run" --overwrite 1 -L "$files/nan.jsonl" > "$files/overwrite.out" 2>&1
+holds "--overwrite 1: the earlier run's checkpoints gone after the new run's" "$files/run" "step_00000002.safetensors"
+log_is "a fresh run's log starts anew" "$files/nan.jsonl" "val0 step1 val1 step2 val2"
+if grep -q '"grad_norm": null' "$files/nan.jsonl" && ! grep -qi 'nan\|inf' "$files/nan.jsonl"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: a non-finite step logged as null:"; cat "$files/nan.jsonl"
+fi
+expect_tool_error "a run's stdout on /dev/full stops it at its first step" "<stdout>: write failed" sh -c \
+    "timeout 60 ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 3 > /dev/full"
+# the log's own writes checked: a file size limit of 100 bytes stops the run at its first step's record
+output=$(with_file_limit 100 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 -L "$files/full.jsonl" 2>&1); rc=$?
+if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$output" | grep -c '^error:')" -eq 1 ] &&
+   printf '%s\n' "$output" | grep -q '^error: -L: .*full.jsonl: write failed: File too large'; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: a log write that fails must end the run with one error line:"; printf '%s\n' "$output" | tail -n 3
+fi
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

@@ -3,9 +3,10 @@
 // A checkpoint is a safetensors file DIR/step_00001234.safetensors: the caller's arrays (parameters,
 // AdamW m and v, master weights: any names and dtypes) and, in the metadata, everything else a resume
 // needs: the step, the model config (as config.json text), the data loader's state, the RNG state,
-// free-form options, and a checksum per array. It is written to DIR/.step_00001234.safetensors.tmp,
-// flushed to disk, then renamed; rename is atomic, so every step_*.safetensors is complete, and the
-// latest checkpoint is the one with the highest step.
+// free-form options, and a checksum per array. It is written to a fresh temporary name,
+// DIR/.step_00001234.safetensors.tmp.PID.N (file_io.h: created new, never through a link), flushed to
+// disk, then renamed; rename is atomic, so every step_*.safetensors is complete, and the latest
+// checkpoint is the one with the highest step.
 //
 // Writing (the trainer, from host copies of its buffers):
 //   CheckpointInfo info;  info.config = config; info.step = step; info.rng_state = rng;
@@ -70,16 +71,6 @@ static inline std::string checkpoint_path(const std::string& dir, int64_t step) 
     return dir + name;
 }
 
-// fsync of a file or directory by path, so a rename never lands before the data it names
-static inline bool sync_path(const std::string& path) {
-    int fd = open(path.c_str(), O_RDONLY);
-    if (fd < 0) return false;
-    bool ok = fsync(fd) == 0;
-    return close(fd) == 0 && ok;
-}
-
-// Writes the checkpoint of info.step into dir (created if needed). The arrays' data must stay alive
-// until this returns; their checksums and info go into the metadata.
 // A checksum over the metadata (every key and value but its own), so an edited field is caught as an
 // edited array is: FNV-1a 64 over "key=value\n" in key order.
 static inline std::string metadata_checksum(const std::map<std::string, std::string>& metadata) {
@@ -115,7 +106,7 @@ static inline std::string run_identity_differences(const CheckpointInfo& saved, 
 }
 
 // Names of the complete checkpoints (step_*.safetensors) and of leftover temporary files of an
-// interrupted write (.step_*.safetensors.tmp) in dir.
+// interrupted write (.step_*.safetensors.tmp*) in dir.
 static inline void checkpoint_files(const std::string& dir, std::vector<std::string>* complete, std::vector<std::string>* temporary) {
     DIR* d = opendir(dir.c_str());
     if (!d) return;
@@ -124,7 +115,7 @@ static inline void checkpoint_files(const std::string& dir, std::vector<std::str
         int64_t step;
         if (sscanf(name.c_str(), "step_%" SCNd64, &step) == 1 && checkpoint_path(dir, step) == dir + "/" + name)
             complete->push_back(dir + "/" + name);
-        else if (sscanf(name.c_str(), ".step_%" SCNd64, &step) == 1 && name == "." + path_basename(checkpoint_path(dir, step)) + ".tmp")
+        else if (sscanf(name.c_str(), ".step_%" SCNd64, &step) == 1 && is_temporary_of(name, path_basename(checkpoint_path(dir, step))))
             temporary->push_back(dir + "/" + name);
     }
     closedir(d);
@@ -134,9 +125,11 @@ static inline void checkpoint_files(const std::string& dir, std::vector<std::str
     std::sort(temporary->begin(), temporary->end(), by_step);
 }
 
+// Writes the checkpoint of info.step into dir (created if needed; not a link). The arrays' data must stay alive
+// until this returns; their checksums and info go into the metadata.
 static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo& info, SafetensorsWriter arrays,
                                     std::string* error) {
-    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) { *error = dir + ": cannot create: " + strerror(errno); return false; }
+    if (!make_directories(dir, error)) return false;
     arrays.metadata = info.options;
     arrays.metadata["format"] = CHECKPOINT_FORMAT;
     arrays.metadata["name"] = info.config.name;
@@ -149,17 +142,7 @@ static inline bool checkpoint_write(const std::string& dir, const CheckpointInfo
         arrays.metadata["checksum." + e.name] = std::to_string(fnv1a64((const unsigned char*)e.data, bytes));
     }
     arrays.metadata["checksum.metadata"] = metadata_checksum(arrays.metadata);
-    std::string final_path = checkpoint_path(dir, info.step);
-    std::string temporary = dir + "/." + path_basename(final_path) + ".tmp";
-    if (!arrays.write(temporary, error)) {
-        remove(temporary.c_str());  // no partial file left behind
-        return false;
-    }
-    if (!sync_path(temporary) || rename(temporary.c_str(), final_path.c_str()) != 0 || !sync_path(dir)) {
-        *error = final_path + ": cannot complete the write: " + strerror(errno);
-        return false;
-    }
-    return true;
+    return arrays.write(checkpoint_path(dir, info.step), error);  // a temporary file renamed into place
 }
 
 // The complete checkpoint with the highest step in dir, "" if there is none (temporary files ignored).

@@ -10,7 +10,8 @@
 //
 // Export writes what transformers' LlamaForCausalLM.from_pretrained loads as is: config.json in the
 // classic field names (rope_theta, rope_scaling; transformers 5 converts them to rope_parameters) and one
-// model.safetensors with {"format": "pt"} metadata, tied models without lm_head.weight. Import reads both
+// model.safetensors with {"format": "pt"} metadata, tied models without lm_head.weight, into a temporary
+// directory that then takes the target's place whole (hf_export below). Import reads both
 // the classic and the transformers 5 (rope_parameters) forms of config.json.
 // Importing bf16 weights and exporting them as bf16 gives back the same bytes (fp32 holds every bf16).
 #pragma once
@@ -32,13 +33,14 @@
 // config.json
 
 static inline bool read_text_file(const std::string& path, std::string* text, std::string* error) {
-    FILE* f = fopen(path.c_str(), "rb");
-    if (!f) { *error = path + ": cannot open: " + strerror(errno); return false; }
+    FILE* f = open_regular_file(path, error);  // a FIFO or a device is refused, without blocking
+    if (!f) return false;
     char buffer[65536];
     size_t n;
     while ((n = fread(buffer, 1, sizeof buffer, f)) > 0) text->append(buffer, n);
+    bool read = !ferror(f);
     fclose(f);
-    return true;
+    return read || fail_with(error, path, "read failed", EIO);
 }
 
 // parses JSON text into root; `where` names the source in the error
@@ -144,13 +146,6 @@ static inline bool hf_config_from_json(const std::string& json, const std::strin
     if (!problem.empty()) { *error = where + ": " + problem; return false; }
     *config = c;
     return true;
-}
-
-// the last component of a path, for the config's name
-static inline std::string path_basename(std::string path) {
-    while (path.size() > 1 && path.back() == '/') path.pop_back();
-    size_t slash = path.rfind('/');
-    return slash == std::string::npos ? path : path.substr(slash + 1);
 }
 
 static inline bool hf_read_config(const std::string& dir, ModelConfig* config, std::string* error) {
@@ -284,17 +279,29 @@ static inline bool hf_import(const std::string& dir, ModelConfig* config, std::v
     return hf_read_config(dir, config, error) && hf_read_weights(dir, *config, params, error);
 }
 
-// Writes dir/config.json and dir/model.safetensors (created with dir if needed); dtype "BF16" (rounded to
-// nearest even) or "F32". params: fp32 in our layout.
+// how a user lets an export replace a directory that holds files (mst_hf and train_llama alike)
+static const char* const HF_EXPORT_REPLACE_HINT = "--overwrite-export 1 replaces it whole";
+
+// Whether hf_export(dir, ..., replace) can write (the trainer's preflight and dry run): dir missing, an
+// empty directory, or with replace any directory (never a link or a file), and its parent writable.
+// Leaves nothing behind but dir's missing parents.
+static inline bool hf_export_possible(const std::string& dir, bool replace, std::string* error) {
+    AtomicDirectory probe;
+    return probe.open(dir, replace, HF_EXPORT_REPLACE_HINT, error);
+}
+
+// Writes dir/config.json and dir/model.safetensors; dtype "BF16" (rounded to nearest even) or "F32".
+// params: fp32 in our layout. Written into a temporary directory beside dir that then takes dir's place
+// (file_io.h's AtomicDirectory): a dir that holds files is refused unless replace, and then replaced
+// whole; a failed export leaves dir as it was.
 static inline bool hf_export(const std::string& dir, const ModelConfig& config, const float* params,
-                             const std::string& dtype, std::string* error) {
+                             const std::string& dtype, std::string* error, bool replace = false) {
     if (dtype != "BF16" && dtype != "F32") { *error = dir + ": export dtype must be BF16 or F32, not " + dtype; return false; }
-    if (mkdir(dir.c_str(), 0755) != 0 && errno != EEXIST) { *error = dir + ": cannot create: " + strerror(errno); return false; }
-    std::string config_path = dir + "/config.json", json = hf_config_json(config, dtype);
-    FILE* f = fopen(config_path.c_str(), "wb");
-    bool written = f && fwrite(json.data(), 1, json.size(), f) == json.size();
-    if (f && fclose(f) != 0) written = false;
-    if (!written) { *error = config_path + ": cannot write"; return false; }
+    AtomicDirectory out;
+    AtomicFile config_file;
+    if (!out.open(dir, replace, HF_EXPORT_REPLACE_HINT, error) || !config_file.open(out.file("config.json"), error) ||
+        !config_file.write(hf_config_json(config, dtype), error) || !config_file.commit(error))
+        return false;
 
     SafetensorsWriter writer;
     writer.metadata["format"] = "pt";  // transformers refuses safetensors files without it
@@ -311,5 +318,5 @@ static inline bool hf_export(const std::string& dir, const ModelConfig& config, 
             writer.add(t.name, dtype, hf_shape(t), values);
         }
     }
-    return writer.write(dir + "/model.safetensors", error);
+    return writer.write(out.file("model.safetensors"), error) && out.commit(error);
 }

@@ -30,6 +30,7 @@
 #include <vector>
 
 #include "mst/error_line.h"
+#include "mst/file_io.h"
 
 // ----------------------------------------------------------------------------
 // element types
@@ -246,8 +247,8 @@ struct SafetensorsReader {
     // opens the file and checks its header: every tensor's dtype, shape and data range
     bool open(const std::string& file_path, std::string* error) {
         path = file_path;
-        file = fopen(path.c_str(), "rb");
-        if (!file) return fail(error, std::string("cannot open: ") + strerror(errno));
+        file = open_regular_file(path, error);  // a FIFO or a device is refused, without blocking
+        if (!file) return false;
         if (fseeko(file, 0, SEEK_END) != 0) return fail(error, "cannot seek");
         uint64_t file_size = (uint64_t)ftello(file);
         unsigned char length_bytes[8];
@@ -445,16 +446,12 @@ struct SafetensorsWriter {
         }
         header += "}";
         header.append((8 - header.size() % 8) % 8, ' ');
-        FILE* f = fopen(path.c_str(), "wb");
-        if (!f) { *error = path + ": cannot create: " + strerror(errno); return false; }
         unsigned char length_bytes[8];
         for (int i = 0; i < 8; i++) length_bytes[i] = (unsigned char)((uint64_t)header.size() >> (8 * i));
-        bool ok = fwrite(length_bytes, 1, 8, f) == 8 && fwrite(header.data(), 1, header.size(), f) == header.size();
-        for (const Entry& e : entries) ok = ok && fwrite(e.data, 1, entry_bytes(e), f) == entry_bytes(e);
-        int write_errno = ok ? 0 : errno;  // fwrite's reason, before fclose can change errno
-        if (fclose(f) != 0 && ok) { ok = false; write_errno = errno; }  // a full disk often shows only here
-        if (!ok) *error = path + ": write failed: " + strerror(write_errno ? write_errno : EIO);
-        return ok;
+        AtomicFile out;  // written whole under a temporary name, then renamed onto path (file_io.h)
+        bool ok = out.open(path, error) && out.write(length_bytes, 8, error) && out.write(header, error);
+        for (const Entry& e : entries) ok = ok && out.write(e.data, entry_bytes(e), error);
+        return ok && out.commit(error);
     }
 
 private:

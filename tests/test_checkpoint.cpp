@@ -1,5 +1,7 @@
 // test_checkpoint: Hugging Face import and export, checkpoints and resume, KV-cache generation, all on
 // the CPU. Fixtures: golden/tiny_hf (dev/make_tiny_hf.py) and golden/test-tiny.safetensors (dev/reference.py).
+#include <sys/resource.h>
+#include <csignal>
 #include <cstdlib>
 #include <string>
 #include <vector>
@@ -328,20 +330,26 @@ static void test_run_identity_and_leftovers() {
           "the step is written again over its leftover, and resuming takes it");
 }
 
-// a write that fails names the reason and leaves no partial file (/dev/full: every write is ENOSPC)
+// A write that fails names the reason and leaves nothing behind, not even its temporary file: under a
+// file size limit every write past it fails (EFBIG), as a full disk's do (ENOSPC). A device as the
+// output (/dev/full) is refused before anything is written.
 static void test_write_error() {
     std::vector<float> x(1 << 16, 1.f);
     SafetensorsWriter writer;
     writer.add("x", "F32", {(int64_t)x.size()}, x.data());
-    std::string error;
-    struct stat info;
-    if (stat("/dev/full", &info) != 0 || !S_ISCHR(info.st_mode)) {
-        skip("a write to a full disk names the reason", "no /dev/full on this machine");
-        return;
-    }
-    bool ok = writer.write("/dev/full", &error);
-    check(!ok && error.find("No space left on device") != std::string::npos, "a write to a full disk names the reason (strerror)");
+    std::string dir = scratch + "/write_error", error;
+    mkdir(dir.c_str(), 0777);
+    struct rlimit unlimited, small;
+    getrlimit(RLIMIT_FSIZE, &unlimited);
+    small = unlimited;
+    small.rlim_cur = 4096;
+    signal(SIGXFSZ, SIG_IGN);  // the write fails instead of the process being killed
+    bool ok = setrlimit(RLIMIT_FSIZE, &small) == 0 && writer.write(dir + "/x.safetensors", &error);
+    setrlimit(RLIMIT_FSIZE, &unlimited);
+    check(!ok && error.find("File too large") != std::string::npos && directory_entries(dir, 8).empty(),
+          "a write that fails names the reason (strerror) and leaves no file");
     printf("  %s\n", error.c_str());
+    check_refused(writer.write("/dev/full", &error), error, "/dev/full", "is a device, not a regular file", "a device as the output refused");
 }
 
 // the trainer's view: any arrays in any dtype, read back as they were written

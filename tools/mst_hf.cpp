@@ -2,12 +2,17 @@
 //
 //   mst_hf logits DIR OUT.bin TOKEN...        our logits (T, V) fp32 for one sequence of token ids
 //   mst_hf generate DIR N TOKEN...            N greedy tokens after the prompt, printed space-separated
-//   mst_hf convert IN OUT BF16|F32 [CONFIG]   import IN, export OUT; IN a Hugging Face directory, or one
+//   mst_hf convert [--overwrite-export 1] IN OUT BF16|F32 [CONFIG]
+//                                             import IN, export OUT; IN a Hugging Face directory, or one
 //                                             safetensors file of Hugging Face names (e.g. the golden
-//                                             file) with CONFIG naming its llama_config.h configuration
-// Errors end the program with one line "error: <file>: <problem>" and exit status 1.
+//                                             file) with CONFIG naming its llama_config.h configuration;
+//                                             an OUT that holds files is replaced whole only with
+//                                             --overwrite-export 1 (OUT may be IN)
+// Errors end the program with one line "error: <file>: <problem>" and exit status 1 (output that cannot
+// be written included).
 #include <cerrno>
 #include <cstdlib>
+#include <cstring>
 #include <string>
 #include <vector>
 
@@ -16,7 +21,7 @@
 #include "mst/numbers.h"
 
 [[noreturn]] static void usage() {
-    error_exit("usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert IN OUT BF16|F32 [CONFIG]");
+    error_exit("usage: mst_hf logits DIR OUT.bin TOKEN... | generate DIR N TOKEN... | convert [--overwrite-export 1] IN OUT BF16|F32 [CONFIG]");
 }
 
 // a whole number in [min, max], else one error line naming what
@@ -49,12 +54,18 @@ static int run(int argc, char** argv) {
     ModelConfig config;
     std::vector<float> params;
     if (command == "convert") {
+        bool replace = false;
+        if (strcmp(argv[2], "--overwrite-export") == 0) {  // the flag and its 0|1, then the arguments as without it
+            replace = integer_argument(argv[3], 0, 1, "--overwrite-export") == 1;
+            argv += 2;
+            argc -= 2;
+        }
         if (argc < 5) usage();
         bool from_file = argc > 5;  // one safetensors file and a configuration name
         if (from_file && !find_model_config(argv[5], &config))
             safetensors_exit_on_error(std::string("unknown config '") + argv[5] + "' (known: " + model_config_names() + ")");
         bool ok = from_file ? hf_read_weights(argv[2], config, &params, &error) : hf_import(argv[2], &config, &params, &error);
-        if (!ok || !hf_export(argv[3], config, params.data(), argv[4], &error)) safetensors_exit_on_error(error);
+        if (!ok || !hf_export(argv[3], config, params.data(), argv[4], &error, replace)) safetensors_exit_on_error(error);
         return 0;
     }
     if (argc < 5 || (command != "logits" && command != "generate")) usage();
@@ -74,9 +85,9 @@ static int run(int argc, char** argv) {
     model.params = params;
     std::vector<float> logits(tokens.size() * config.vocab_size);
     reference_forward_logits(model, tokens.data(), 1, (int)tokens.size(), logits.data());
-    FILE* f = fopen(argv[3], "wb");
-    if (!f || fwrite(logits.data(), sizeof(float), logits.size(), f) != logits.size() || fclose(f) != 0)
-        safetensors_exit_on_error(std::string(argv[3]) + ": cannot write");
+    AtomicFile out;  // written whole under a temporary name, then renamed onto OUT.bin (file_io.h)
+    if (!out.open(argv[3], &error) || !out.write(logits.data(), logits.size() * sizeof(float), &error) || !out.commit(&error))
+        safetensors_exit_on_error(error);
     return 0;
 }
 

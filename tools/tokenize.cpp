@@ -6,7 +6,7 @@
 //       each of tokens_per_shard tokens (default 100,000,000, as llm.c), the last one with the rest
 //   ./tokenize check [-T 64] [-v 128256] 'SHARDS*.bin'
 //       reads every window of T + 1 tokens through the data loader; prints the shards' sizes
-// Errors: one line "error: <file>: <problem>", exit status 1.
+// Errors: one line "error: <file>: <problem>", exit status 1 (output that cannot be written included).
 #include <cinttypes>
 #include <string>
 #include <vector>
@@ -95,12 +95,12 @@ static void command_decode(const Tokenizer* tokenizer) {
 static void write_shard(const std::string& prefix, int index, const std::vector<uint32_t>& tokens) {
     char path[4096];
     snprintf(path, sizeof(path), "%s_%06d.bin", prefix.c_str(), index);
-    FILE* file = fopen(path, "wb");
-    if (!file) file_error(path, "cannot create: %s", strerror(errno));
     int32_t header[SHARD_HEADER_INTS] = {SHARD_MAGIC, SHARD_VERSION, (int32_t)tokens.size()};
-    bool ok = fwrite(header, sizeof(header), 1, file) == 1 &&
-              fwrite(tokens.data(), sizeof(uint32_t), tokens.size(), file) == tokens.size();
-    if (fclose(file) != 0 || !ok) file_error(path, "write failed: %s", strerror(errno));
+    AtomicFile file;  // written whole under a temporary name, then renamed onto path (file_io.h)
+    std::string error;
+    if (!file.open(path, &error) || !file.write(header, sizeof(header), &error) ||
+        !file.write(tokens.data(), tokens.size() * sizeof(uint32_t), &error) || !file.commit(&error))
+        error_exit(error);
     printf("%s: %zu tokens\n", path, tokens.size());
 }
 
