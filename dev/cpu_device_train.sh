@@ -87,5 +87,7 @@ check "--attention mma on the virtual H200" $?
 awk -v a="$(losses "$DIR/a.jsonl" | awk 'NR == 1 {print $2}')" -v b="$(losses "$DIR/mma.jsonl" | awk 'NR == 1 {print $2}')" \
     'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && b > 0 && d < 2e-3)}'
 check "step 1's loss: sm_90a and mma.sync forwards within 2e-3" $? "$(losses "$DIR/a.jsonl" | awk 'NR == 1 {print $2}') vs $(losses "$DIR/mma.jsonl" | awk 'NR == 1 {print $2}')"
+"${ONE[@]}" --doc-mask 0 > "$DIR/nomask.log" 2>&1 && grep -q '^attention forward: sm_90a' "$DIR/nomask.log" && grep -q '^step    1/1' "$DIR/nomask.log"
+check "--doc-mask 0 with the sm_90a forward (the runs above: --doc-mask 1, the default on shards)" $?
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]
