@@ -303,6 +303,25 @@ static void test_offload() {
     bitwise_equal("offload of 3 layers vs none: weights", weights[0].data(), weights[2].data(), weights[0].size() * 2);
 }
 
+// One step of the trainer (no update) and the CPU reference's forward and backward on the same bf16 weights and
+// tokens: both losses, the trainer's gradient, and the reference (its gradient in reference.grads)
+struct StepBesideReference {
+    float loss, reference_loss;
+    std::vector<float> grads;
+    ReferenceModel reference;
+};
+static StepBesideReference step_beside_reference(Model* m, const ReferenceOptions& options, const std::vector<int>& inputs,
+                                                 const std::vector<int>& targets, int B, int T) {
+    StepBesideReference r;
+    float norm;
+    r.loss = model_step(m, inputs.data(), targets.data(), 0.f, false, &norm);
+    r.grads = download_grads(m);
+    r.reference = reference_model(m->config);
+    r.reference.params = download_params(m);
+    r.reference_loss = reference_forward_backward(r.reference, inputs.data(), targets.data(), B, T, options);
+    return r;
+}
+
 // A 2-layer model with Llama 3's vocabulary at T = 4096 with the default mini-sequences and
 // recomputation, against the CPU reference (fp32) on the same bf16-rounded weights and tokens.
 static void test_against_cpu_reference() {
@@ -315,16 +334,10 @@ static void test_against_cpu_reference() {
     std::vector<int> inputs(T), targets(T);
     random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 5, 0);
     for (int t = 0; t < T; t += 7) targets[t] = -1;  // ignored targets count neither in the loss nor its mean
-    float norm;
-    float loss = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
-    std::vector<float> grads = download_grads(&m);
-
-    ReferenceModel reference = reference_model(c);
-    reference.params = download_params(&m);
     ReferenceOptions options;
     options.lmhead_chunks = 16;  // the CPU's logits: 256 x V floats at a time
-    float reference_loss = reference_forward_backward(reference, inputs.data(), targets.data(), 1, T, options);
-    loss_close("loss vs CPU", loss, reference_loss, 1e-2f);
+    StepBesideReference r = step_beside_reference(&m, options, inputs, targets, 1, T);
+    loss_close("loss vs CPU", r.loss, r.reference_loss, 1e-2f);
     for (const ParameterTensor& t : parameter_tensors(c)) {
         bool sampled = t.name == "lm_head.weight" || t.name == "model.norm.weight" ||
                        t.name == "model.embed_tokens.weight" || t.name.find("layers.0.self_attn.q_proj") != std::string::npos ||
@@ -332,7 +345,7 @@ static void test_against_cpu_reference() {
                        t.name.find("layers.0.input_layernorm") != std::string::npos;
         if (!sampled) continue;
         std::string what = "grad " + t.name + " vs CPU";
-        close_to(what.c_str(), grads.data() + t.offset, reference.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
+        close_to(what.c_str(), r.grads.data() + t.offset, r.reference.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
     }
     model_free(&m);
 }
@@ -394,23 +407,19 @@ static void test_document_masking() {
         model_create(&m, c, o, OptimizerSettings(), 13);
         m.bos_token = bos;
         model_init_random(&m);
-        float norm;
-        float loss = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
-        std::vector<float> grads = download_grads(&m);
-        ReferenceModel reference = reference_model(c);
-        reference.params = download_params(&m);
         ReferenceOptions options;
         options.doc_mask = mask;
         options.bos = bos;
-        float reference_loss = reference_forward_backward(reference, inputs.data(), targets.data(), B, T, options);
+        StepBesideReference r = step_beside_reference(&m, options, inputs, targets, B, T);
         std::string what = std::string("--doc-mask ") + (mask ? "1" : "0") + ": ";
-        loss_close((what + "loss vs CPU").c_str(), loss, reference_loss, 1e-2f);
+        loss_close((what + "loss vs CPU").c_str(), r.loss, r.reference_loss, 1e-2f);
         for (const ParameterTensor& t : parameter_tensors(c))
-            close_to((what + "grad " + t.name + " vs CPU").c_str(), grads.data() + t.offset, reference.grads.data() + t.offset,
-                     t.rows * t.cols, GRADIENT_TOLERANCE);
-        size_t q_proj = reference.layout.layer_start(0) + reference.layout.layer.q;  // its gradient comes through attention
+            close_to((what + "grad " + t.name + " vs CPU").c_str(), r.grads.data() + t.offset,
+                     r.reference.grads.data() + t.offset, t.rows * t.cols, GRADIENT_TOLERANCE);
+        const std::vector<float>& reference_grads = r.reference.grads;
+        size_t q_proj = r.reference.layout.layer_start(0) + r.reference.layout.layer.q;  // its gradient comes through attention
         size_t q_count = (size_t)c.q_dim() * c.d_model;
-        attention_grads[mask].assign(reference.grads.begin() + q_proj, reference.grads.begin() + q_proj + q_count);
+        attention_grads[mask].assign(reference_grads.begin() + q_proj, reference_grads.begin() + q_proj + q_count);
         model_free(&m);
     }
     float difference = 0.f;

@@ -394,10 +394,16 @@ static void nvtx_push(const char* format, int index) {
 // (h = L: with the last output in the other buffer). Only events order the two streams: the host never
 // waits per layer.
 
-// the copy stream waits until the compute stream has reached this point
-static void copy_stream_waits_for_compute(Model* m) {
+// A copy on the copy stream (offloaded checkpoints, held gradients) once the compute stream has reached this
+// point: what it reads is written, what it overwrites has been read. Timed by --profile; `done` marks its end
+// for the compute stream to wait on.
+static void copy_after_compute(Model* m, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaEvent_t done) {
     CUDA_CHECK(cudaEventRecord(m->compute_point, m->stream));
     CUDA_CHECK(cudaStreamWaitEvent(m->copy_stream, m->compute_point, 0));
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, m->copy_stream));
+    profile_copy_mark(m->copy_stream);
+    CUDA_CHECK(cudaEventRecord(done, m->copy_stream));
 }
 
 static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints + (size_t)l * m->N * m->config.d_model; }
@@ -405,12 +411,8 @@ static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints
 // input l is complete: an offloaded layer's goes to the host
 static void offload_store(Model* m, int l) {
     if (!m->offload.stores(l)) return;
-    copy_stream_waits_for_compute(m);
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaMemcpyAsync(host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
-                               cudaMemcpyDeviceToHost, m->copy_stream));
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaEventRecord(m->stored[l % 2], m->copy_stream));
+    copy_after_compute(m, host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
+                       cudaMemcpyDeviceToHost, m->stored[l % 2]);
 }
 
 // before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
@@ -428,12 +430,8 @@ static void offload_before_backward(Model* m, int l) {
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
     }
     if (!m->offload.fetches_previous(l)) return;
-    copy_stream_waits_for_compute(m);
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaMemcpyAsync(layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
-                               cudaMemcpyHostToDevice, m->copy_stream));
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaEventRecord(m->fetched[(l - 1) % 2], m->copy_stream));
+    copy_after_compute(m, layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
+                       cudaMemcpyHostToDevice, m->fetched[(l - 1) % 2]);
 }
 
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
@@ -627,13 +625,9 @@ static float* group_gradient(const Model* m, size_t offset) {
 
 // the copy stream fetches a group's held gradient into its slot; gradient_in[slot] marks its arrival
 static void fetch_group_gradient(Model* m, size_t offset, size_t count) {
-    int slot = group_slot(m, offset);
-    copy_stream_waits_for_compute(m);  // the slot's last reader (the AdamW two groups back) has run
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaMemcpyAsync(group_gradient(m, offset), m->host_grads + offset, count * 4, cudaMemcpyHostToDevice,
-                               m->copy_stream));
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaEventRecord(m->gradient_in[slot], m->copy_stream));
+    // after the compute point: the slot's last reader (the AdamW two groups back) has run
+    copy_after_compute(m, group_gradient(m, offset), m->host_grads + offset, count * 4, cudaMemcpyHostToDevice,
+                       m->gradient_in[group_slot(m, offset)]);
 }
 
 // A group's backward begins. Fused: once its slot's last copy to the host has left, its gradient buffer is
@@ -662,11 +656,8 @@ static void end_group(Model* m, size_t offset, size_t count, bool last_micro_bat
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
     if (last_micro_batch) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
-    copy_stream_waits_for_compute(m);
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaMemcpyAsync(m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost, m->copy_stream));
-    profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaEventRecord(m->gradient_out[group_slot(m, offset)], m->copy_stream));
+    copy_after_compute(m, m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost,
+                       m->gradient_out[group_slot(m, offset)]);
 }
 
 // Fused: the last step's update, if pending, is applied group by group in the order forward reads them

@@ -161,13 +161,9 @@ static void check_case(const Case& c) {
 }
 
 int main(int argc, char** argv) {
-    int devices = 0;
-    bool have_device = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-    cudaDeviceProp prop{};
-    if (have_device) CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    if (!have_device || prop.major != 9) {
-        if (have_device) printf("SKIP attention_sm90: the card is sm_%d%d, not sm_90\n", prop.major, prop.minor);
-        else printf("SKIP attention_sm90: no CUDA device\n");
+    std::string why = why_not_sm90();
+    if (!why.empty()) {
+        printf("SKIP attention_sm90: %s\n", why.c_str());
         printf("0 passed, 0 failed, 1 skipped\n");
         return 0;
     }

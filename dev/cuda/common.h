@@ -181,6 +181,19 @@ static inline double check_fa3_rule(const char* name, const std::vector<float>& 
     return our_err;
 }
 
+// Programs of sm_90a kernels: "" on an sm_90 card, else why not ("no CUDA device", "the card is sm_80, ...")
+// for the caller's SKIP lines
+static inline std::string why_not_sm90() {
+    int devices = 0;
+    if (cudaGetDeviceCount(&devices) != cudaSuccess || devices == 0) return "no CUDA device";
+    cudaDeviceProp prop{};
+    CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
+    if (prop.major == 9) return "";
+    char why[64];
+    snprintf(why, sizeof why, "the card is sm_%d%d, not sm_90", prop.major, prop.minor);
+    return why;
+}
+
 static inline int finish(const char* program) {
     printf("output digest: %016llx\n", (unsigned long long)g_output_digest);
     printf("%s: %s (%d failed checks)\n", program, g_failures ? "FAILED" : "all checks passed", g_failures);

@@ -340,15 +340,9 @@ static void bench_attention(int T, int H, int KV, int hd, bool overlap) {
 static const char* CHECKS[] = {"(a) tma_ring", "(b) qk wgmma", "(c) pv wgmma", "(d) attention"};
 
 int main(int argc, char** argv) {
-    int devices = 0;
-    bool have_device = cudaGetDeviceCount(&devices) == cudaSuccess && devices > 0;
-    cudaDeviceProp prop{};
-    if (have_device) CUDA_CHECK(cudaGetDeviceProperties(&prop, 0));
-    if (!have_device || prop.major != 9) {
-        char why[64];
-        if (have_device) snprintf(why, sizeof why, "the card is sm_%d%d, not sm_90", prop.major, prop.minor);
-        else snprintf(why, sizeof why, "no CUDA device");
-        for (const char* c : CHECKS) printf("SKIP %s: %s\n", c, why);
+    std::string why = why_not_sm90();
+    if (!why.empty()) {
+        for (const char* c : CHECKS) printf("SKIP %s: %s\n", c, why.c_str());
         printf("0 passed, 0 failed, %d skipped\n", (int)(sizeof CHECKS / sizeof CHECKS[0]));
         return 0;
     }
