@@ -2,6 +2,12 @@
 # make train_llama | test_llama | test | dev | tokenizer | data | bench_tokenizer | clean
 # Everything builds on a machine with the CUDA toolkit and no GPU; GPU tests skip there.
 
+# every core builds (CI has 2): `make test` compiles some thirty programs, nvcc's and g++'s, independent of each
+# other (each rule writes only its own outputs, so any order is safe); a -j given on the command line wins
+ifeq ($(filter -j%,$(MAKEFLAGS)),)
+MAKEFLAGS += -j$(shell nproc 2>/dev/null || echo 1)
+endif
+
 CUDA_HOME ?= /usr/local/cuda
 NVCC      ?= $(CUDA_HOME)/bin/nvcc
 CXX       ?= g++
