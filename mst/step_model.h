@@ -94,7 +94,8 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     // causal attention: QK^T and PV, 4 T hd FLOPs per query head and token without the mask, half with it
     // (document masking would skip more: not counted, so this is the upper bound)
     double attention_forward = 2.0 * N * o.T * Q * L;
-    p.work[PHASE_ATTENTION_FORWARD] = forward_layers * attention_forward;
+    double attention_forwards = o.keep_attention > 0 ? 1.0 : forward_layers;  // --keep-attention: not recomputed
+    p.work[PHASE_ATTENTION_FORWARD] = attention_forwards * attention_forward;
     p.seconds[PHASE_ATTENTION_FORWARD] = p.work[PHASE_ATTENTION_FORWARD] / (matmul_rate * attention_forward_of_ceiling((int)hd));
     p.work[PHASE_ATTENTION_BACKWARD] = 2.5 * attention_forward;
     p.seconds[PHASE_ATTENTION_BACKWARD] = p.work[PHASE_ATTENTION_BACKWARD] / (matmul_rate * attention_backward_of_ceiling((int)hd));
