@@ -316,17 +316,20 @@ static std::vector<float> last_gradient(Model* m) {
 // forward-only loss after the first step, as validation does), the first step's gradient and the weights after
 // 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two schedules
 // share the copy stream). test-tiny with 4 layers (outputs 0 and 1 go to the host, through both buffers and
-// both pairs of events) at T = 40 (not a multiple of the attention tiles). The CPU
-// device's high-water marks of device and pinned bytes equal the plan's totals.
-static void test_keep_attention() {
+// both pairs of events) at T = 40 (not a multiple of the attention tiles). --segment k (every k-th input kept,
+// the others recomputed as a segment's backward begins) likewise against k = 1: k = 3 (segments of 3 and 1
+// layers, unfused) and k = 2 (fused; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed).
+// The CPU device's high-water marks of device and pinned bytes equal the plan's totals.
+static void test_keep_attention_and_segments() {
     ModelConfig c = config_named("test-tiny");
     c.n_layer = 4;
     const int T = 40, steps = 3;
-    printf("attention outputs kept from forward (--keep-attention; test-tiny with %d layers, T=%d, %d steps):\n", c.n_layer, T, steps);
-    struct Run { const char* name; bool fused, keep; int offload; };
-    const Run runs[] = {{"-f 0", false, false, 0}, {"-f 0 --keep-attention 1", false, true, 0},
-                        {"-f 1", true, false, 0}, {"-f 1 --keep-attention 1", true, true, 0},
-                        {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL}};
+    printf("--keep-attention and --segment vs recomputing (test-tiny with %d layers, T=%d, %d steps):\n", c.n_layer, T, steps);
+    struct Run { const char* name; bool fused, keep; int offload, segment; };
+    const Run runs[] = {{"-f 0", false, false, 0, 1}, {"-f 0 --keep-attention 1", false, true, 0, 1},
+                        {"-f 0 --segment 3", false, false, 0, 3}, {"-f 1", true, false, 0, 1},
+                        {"-f 1 --keep-attention 1", true, true, 0, 1},
+                        {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL, 1}, {"-f 1 --segment 2", true, false, 0, 2}};
     std::vector<int> inputs(T), targets(T);
     std::vector<float> losses, gradient, weights, baseline[3];
     for (const Run& run : runs) {
@@ -334,6 +337,7 @@ static void test_keep_attention() {
         o.fused_optimizer = run.fused;
         o.keep_attention = run.keep;
         o.offload = run.offload;
+        o.segment = run.segment;
         mst::allocation_high_water(false, true);
         mst::allocation_high_water(true, true);
         Model m;
@@ -360,8 +364,9 @@ static void test_keep_attention() {
                   (what + "allocation high-water marks equal the plan's device and host totals").c_str());
         }
         if (run.keep) check(m.plan.bytes[REGION_HOST_ATTENTION] > 0, (what + "the plan holds outputs 0 and 1 on the host").c_str());
+        check(m.segment.k == run.segment, (what + "the model runs segments of the layers asked for").c_str());
         model_free(&m);
-        if (!run.keep) {
+        if (!run.keep && run.segment == 1) {
             baseline[0] = losses; baseline[1] = gradient; baseline[2] = weights;
             continue;
         }
@@ -730,7 +735,7 @@ int main(int argc, char** argv) {
         {"fused optimizer", test_fused_optimizer},
         {"determinism and no allocation", [](const Golden&) { test_determinism_and_no_allocation(); }},
         {"offload", [](const Golden&) { test_offload(); }},
-        {"keep attention", [](const Golden&) { test_keep_attention(); }},
+        {"keep attention and segments", [](const Golden&) { test_keep_attention_and_segments(); }},
         {"test-2layer vs CPU reference", [](const Golden&) { test_against_cpu_reference(); }},
         {"document masking", [](const Golden&) { test_document_masking(); }},
         {"resume", [](const Golden&) { test_resume(); }},

@@ -120,6 +120,7 @@ struct Model {
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
     char* host_arena;              // null when the plan has no host regions
     OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
+    SegmentSchedule segment;       // --segment k: which inputs forward keeps (memory_plan.h); k = 1 all
     bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
     cudaStream_t copy_stream;
     cudaEvent_t stored[2], fetched[2], compute_point;
@@ -191,8 +192,10 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
 
 // layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
 // buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
+// With --segment k, input l is in buffer segment.buffer(l): checkpoints, the last output, the segment's others.
 static bf16* layer_input(const Model* m, int l) {
-    return m->layer_inputs + (size_t)m->offload.buffer(l) * m->N * m->config.d_model;
+    int buffer = m->offload.h > 0 ? m->offload.buffer(l) : m->segment.buffer(l);
+    return m->layer_inputs + (size_t)buffer * m->N * m->config.d_model;
 }
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
@@ -316,6 +319,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->arena = device_malloc_counted(m->plan.total);
     m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
     m->kept = m->plan.options.keep_attention ? kept_attention_schedule(config.n_layer) : OffloadSchedule();
+    m->segment = SegmentSchedule(m->plan.options.segment, config.n_layer);
     m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
@@ -491,6 +495,16 @@ static void kept_attention_before_backward(Model* m, int l) {
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->attention_fetched[l % 2], 0));
     }
     if (m->kept.fetches_previous(l)) kept_attention_copy(m, l - 1, false, m->attention_fetched[(l - 1) % 2]);
+}
+
+// --segment k: forward kept only each segment's first input (and wrote the others into k - 1 shared buffers, since
+// overwritten); the backward of a segment's last layer l begins by running the forward of layers first .. l - 1
+// again from that checkpoint, so inputs first + 1 .. l are there, bit for bit as forward made them, for the
+// segment's layers' backward (each of which then recomputes its own layer as always).
+static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows);
+static void segment_before_backward(Model* m, int l) {
+    if (!m->segment.recomputes(l)) return;
+    for (int j = m->segment.first(l); j < l; j++) layer_forward(m, j, true, false);
 }
 
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
@@ -768,6 +782,7 @@ static void layer_backward(Model* m, int l, float* grad) {
     cudaStream_t s = m->stream;
     offload_before_backward(m, l);
     kept_attention_before_backward(m, l);
+    segment_before_backward(m, l);
     if (m->plan.options.recompute) layer_forward(m, l, false);
     LayerActivationsGPU a = layer_activations(m, l);
     nvtx_push("layer %d backward", l);
@@ -1179,6 +1194,8 @@ static void print_usage() {
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
 "  --keep-attention 0|1  keep each layer's attention output and lse from forward (pinned host memory) so the\n"
 "                  recomputation skips the attention forward; needs -r 1 (default: on when the plan fits with it)\n"
+"  --segment K     keep every K-th layer input; backward recomputes a segment's other K-1 inputs first (one more\n"
+"                  forward of them); 1 keeps all; checkpoints on the card (default 0: 1, or the smallest K that fits)\n"
 "  --attention mma|sm90  attention forward: mma.sync (any card) or the sm_90a kernel (TMA, wgmma; compute\n"
 "                  capability 9.0); default sm90 on 9.0 after a start-up self-test, mma elsewhere\n"
 "  --attention-selftest 0|1  check the sm90 forward against mma.sync at start-up, falling back to mma with a\n"
@@ -1230,6 +1247,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
     CommandLine cl;
     cl.options.offload = -1;  // --offload: automatic unless given
     cl.options.keep_attention = -1;  // --keep-attention: automatic unless given
+    cl.options.segment = 0;          // --segment: automatic unless given
     for (int i = 1; i < argc; i++) {
         std::string flag = argv[i];
         if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
@@ -1239,7 +1257,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1276,6 +1294,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--host-mem") cl.host_mem_gib = parse_gib(f, value);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "--keep-attention") o.keep_attention = parse_bool(f, value);
+        else if (flag == "--segment") o.segment = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive count of layers");
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "--doc-mask") o.doc_mask = parse_bool(f, value);
         else if (flag == "-o") cl.checkpoint_dir = value;
@@ -1479,6 +1498,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.fused_optimizer, "-f 1", [](TrainingOptions& a) { a.fused_optimizer = true; });
     consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
     consider(o.keep_attention <= 0, "--keep-attention 0", [](TrainingOptions& a) { a.keep_attention = 0; });
+    consider(o.segment == 0, "--segment 0", [](TrainingOptions& a) { a.segment = 0; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
         MemoryPlan plan = plan_memory(c, resolve_automatic(c, options, budget));
@@ -1514,11 +1534,16 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     if (given.offload < 0 && h > 0)
         said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
                                                       "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
+    SegmentSchedule segments(resolved.segment, c.n_layer);
+    if (given.segment == 0 && segments.k > 1)
+        said.push_back("--segment " + std::to_string(segments.k) + ": the plan fits only with segment checkpoints, at one more "
+                       "forward of " + std::to_string(segments.recomputed_layers()) + " layers per step");
     if (given.keep_attention < 0)
         said.push_back(resolved.keep_attention ? "--keep-attention 1: the plan fits with the attention outputs kept, so "
                                                  "the recomputation skips the attention forward"
-                       : resolved.recompute ? "--keep-attention 0: the plan would not fit with the attention outputs kept"
-                                            : "--keep-attention 0: nothing is recomputed (-r 0)");
+                       : !resolved.recompute ? "--keep-attention 0: nothing is recomputed (-r 0)"
+                       : segments.k > 1 ? "--keep-attention 0: a segment's forward would overwrite the kept outputs"
+                                        : "--keep-attention 0: the plan would not fit with the attention outputs kept");
     std::string text;
     for (const std::string& part : said) text += (text.empty() ? " (" : "; ") + part;
     return text.empty() ? "" : text + ")";

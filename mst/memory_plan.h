@@ -50,6 +50,10 @@ struct TrainingOptions {
                                  // forward (outputs 0 .. L-3 in pinned host memory, the last two in the two device
                                  // buffers), so backward's recomputation skips the attention forward; needs -r 1;
                                  // -1: automatic, on when the plan fits with it (resolve_keep_attention_and_offload())
+    int segment = 1;             // --segment k: only every k-th layer input (and the last output) kept from forward,
+                                 // a segment's other k - 1 recomputed into shared buffers as its backward begins;
+                                 // 1 every input kept; 0 automatic (resolve_automatic()); needs -r 1, checkpoints
+                                 // on the card (no --offload) and --keep-attention 0
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
@@ -164,6 +168,22 @@ struct OffloadSchedule {
     bool fetches_previous(int l) const { return l >= 1 && stores(l - 1); }  // layer l's backward fetches input l - 1
 };
 
+// --segment k: layer inputs l with l % k == 0 (each segment's checkpoint) and the last output L keep buffers
+// 0 .. n (n = ceil(L / k) checkpoints), the others (recomputed in backward, one segment at a time) share the k - 1
+// buffers after them (input l in n + l % k). k = 1: input l in buffer l, as without segments.
+struct SegmentSchedule {
+    int k, L;
+    SegmentSchedule(int segment = 1, int layers = 0) : k(std::max(1, std::min(segment, std::max(layers, 1)))), L(layers) {}
+    int checkpoints() const { return (L + k - 1) / k; }
+    int buffers() const { return checkpoints() + k; }
+    int buffer(int l) const { return l == L ? checkpoints() : l % k == 0 ? l / k : checkpoints() + l % k; }
+    int first(int l) const { return l / k * k; }  // layer l's segment starts at this layer
+    // layer l is its segment's last, and the segment has more than one layer: its backward begins by
+    // recomputing inputs first(l) + 1 .. l (one more forward of the segment's other layers)
+    bool recomputes(int l) const { return (l == L - 1 || l % k == k - 1) && l > first(l); }
+    int recomputed_layers() const { return L - checkpoints(); }  // per step: one more forward of k - 1 layers per segment
+};
+
 // --keep-attention: the L layers' attention outputs (with lse) walk the same schedule as L + 1 inputs of which
 // L are staged: output l in device buffer l % 2, outputs 0 .. L-3 stored in forward and fetched back by the
 // backward of the layer above (layer l's backward fetches output l - 1), the last two still staged.
@@ -175,6 +195,14 @@ static inline std::string keep_attention_text(const TrainingOptions& o, int L) {
     int k = kept_attention_schedule(L).stored();
     return k > 0 ? "kept: layers 0-" + std::to_string(k - 1) + " in pinned host memory, the last two on the device"
                  : "kept on the device";
+}
+
+// "", or " in segments of 3 layers (one input in 3 kept; 21 layers' forward again per step)"
+static inline std::string segment_text(const TrainingOptions& o, int L) {
+    SegmentSchedule g(o.segment, L);
+    if (g.k <= 1) return "";
+    return " in segments of " + std::to_string(g.k) + " layers (one input in " + std::to_string(g.k) + " kept; " +
+           std::to_string(g.recomputed_layers()) + " layers' forward again per step)";
 }
 
 // "on the device", "inputs 0-7 in pinned host memory, the others on the device" (h = 10 offloaded layers: the
@@ -230,7 +258,9 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // backward fetches them back (k = S - 2: the last two staged inputs are still there)
     size_t h = std::min((size_t)std::max(o.offload, 0), L);
     o.offload = (int)h;
-    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
+    // --segment k (only without offload, with recomputation, without --keep-attention; resolved 0 counts as 1)
+    o.segment = h > 0 || !o.recompute || o.keep_attention > 0 ? 1 : SegmentSchedule(o.segment, (int)L).k;
+    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : SegmentSchedule(o.segment, (int)L).buffers();
     size_t k = OffloadSchedule((int)h, (int)L).stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
     set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
@@ -304,6 +334,10 @@ static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget)
 // PCIe traffic) that make it fit, else all (the plan that misses by least on the device)
 static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.offload >= 0) return o;
+    if (o.segment > 1) {  // segment checkpoints stay on the card
+        o.offload = 0;
+        return o;
+    }
     for (int h = 0; h <= c.n_layer; h++) {
         o.offload = h;
         if (plan_fits(plan_memory(c, o), budget)) return o;
@@ -318,6 +352,7 @@ static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOpti
 // while the kept outputs save the recomputation's attention forward); else not kept. It is chosen only where the
 // plan fits with it, so it never shortens --max-T.
 static inline TrainingOptions resolve_keep_attention_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.keep_attention < 0 && o.segment > 1) o.keep_attention = 0;  // the segment's forward would overwrite them
     if (o.keep_attention < 0) {
         TrainingOptions kept = o;
         kept.keep_attention = 1;
@@ -335,6 +370,14 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     if (o.mlp_chunks < 0) return "-m must be 0 (automatic) or a positive count (got " + std::to_string(o.mlp_chunks) + ")";
     if (o.lmhead_chunks < 0) return "-M must be 0 (automatic) or a positive count (got " + std::to_string(o.lmhead_chunks) + ")";
     if (o.keep_attention > 0 && !o.recompute) return "--keep-attention 1: needs -r 1 (it keeps what the recomputation would redo)";
+    if (o.segment < 0) return "--segment must be 0 (automatic) or a positive count (got " + std::to_string(o.segment) + ")";
+    if (o.segment > 1 && !o.recompute) return "--segment " + std::to_string(o.segment) + ": needs -r 1 (a segment is recomputed)";
+    if (o.segment > 1 && o.offload > 0)
+        return "--segment " + std::to_string(o.segment) + " with --offload 1: not supported (segment checkpoints stay on the card); "
+               "give --offload 0 or --segment 1";
+    if (o.segment > 1 && o.keep_attention > 0)
+        return "--segment " + std::to_string(o.segment) + " with --keep-attention 1: not supported (a segment's forward "
+               "would overwrite the kept outputs); give --keep-attention 0 or --segment 1";
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
@@ -343,7 +386,7 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
 // card, so no host traffic, when that plan fits with the automatic offload; else fused, the gradients held on
 // the host), then --keep-attention with the offload. Offloaded checkpoints are copied on the copy stream beside the compute, the held
 // gradients on the compute stream (step_model.h), so the gradients on the card win even with more offload.
-static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.fused_optimizer < 0) {
         TrainingOptions on_card = o;
         on_card.fused_optimizer = 0;
@@ -352,6 +395,24 @@ static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOp
         o.fused_optimizer = 1;
     }
     return resolve_keep_attention_and_offload(c, o, budget);
+}
+
+// --segment's automatic choice (0), before the others: 1 (every input kept) when that plan fits with the other
+// automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 whose plan fits (with the
+// checkpoints on the card: no offload, no kept attention); else 1, the plan that reports the shortfall.
+static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.segment != 0) return resolve_optimizer_keep_and_offload(c, o, budget);
+    TrainingOptions whole = o;
+    whole.segment = 1;
+    whole = resolve_optimizer_keep_and_offload(c, whole, budget);
+    if (plan_fits(plan_memory(c, whole), budget) || !o.recompute || o.offload > 0 || o.keep_attention > 0) return whole;
+    for (int k = 2; k <= c.n_layer; k++) {
+        TrainingOptions segmented = o;
+        segmented.segment = k;
+        segmented = resolve_optimizer_keep_and_offload(c, segmented, budget);
+        if (plan_fits(plan_memory(c, segmented), budget)) return segmented;
+    }
+    return whole;
 }
 
 // The longest T (with options' B, chunk rules, optimizer path and offload, the automatic ones resolved at each
@@ -371,12 +432,12 @@ static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s,\n"
+           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s%s,\n"
            "             attention output %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
-           offload_text(o.offload, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
+           offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
     printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");

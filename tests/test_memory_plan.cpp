@@ -438,6 +438,92 @@ static void test_keep_attention() {
               "outputs 0 .. L-3 stored and fetched once a step, the last two never");
 }
 
+// --segment k: every k-th input kept (and the last output), a segment's others recomputed into k - 1 shared
+// buffers. llama3-8b at T = 200000, k = 4: 8 checkpoints + the output + 3 shared = 12 x T x C x 2 on the device,
+// and 32 - 8 = 24 more layer forwards per step in the prediction. The schedule walked for L = 1 .. 7 and every
+// k: each backward finds its input (the checkpoints survive forward, the recomputation rebuilds the rest from
+// the segment's checkpoint). The automatic choice (0) keeps 1 where the plan fits and reaches a longer T on 139 GiB.
+static void test_segments() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 200000, C = 4096;
+    TrainingOptions o;
+    o.T = (int)T;
+    o.fused_optimizer = 0;
+    MemoryPlan whole = plan_memory(c, o);
+    o.segment = 4;
+    MemoryPlan segmented = plan_memory(c, o);
+    check(segmented.bytes[REGION_LAYER_INPUTS] == 12 * T * C * 2 && whole.bytes[REGION_LAYER_INPUTS] == 33 * T * C * 2 &&
+          segmented.shape[REGION_LAYER_INPUTS] == "12 x 200000 x 4096 x 2" && segmented.host_total == 0,
+          "segment 4: 8 checkpoints, the output and 3 shared buffers on the device");
+    const CardRates& h200 = *card_rates_for("NVIDIA H200");
+    StepPrediction before = predict_step(whole, h200), after = predict_step(segmented, h200);
+    ParameterLayout layout = parameter_layout(c);
+    double layer_matmul = (double)layout.layer.count - 2.0 * C;
+    check(fabs(after.work[PHASE_MATMULS] - before.work[PHASE_MATMULS] - 2.0 * T * 24 * layer_matmul) < 1e-9 * after.work[PHASE_MATMULS] &&
+          fabs(after.work[PHASE_ATTENTION_FORWARD] / before.work[PHASE_ATTENTION_FORWARD] - (2.0 * 32 + 24) / 64) < 1e-12,
+          "segment 4: the prediction counts 24 more layer forwards (matmuls and attention)");
+    TrainingOptions bad = o;
+    bad.offload = OFFLOAD_ALL;
+    bool refused = training_options_problem(c, bad).find("--segment 4 with --offload 1") == 0;
+    bad = o;
+    bad.keep_attention = 1;
+    refused &= training_options_problem(c, bad).find("--segment 4 with --keep-attention 1") == 0;
+    bad = o;
+    bad.recompute = false;
+    refused &= training_options_problem(c, bad).find("--segment 4: needs -r 1") == 0;
+    check(refused, "segment: refused with --offload 1, --keep-attention 1 or -r 0");
+
+    bool ok = true;
+    std::string problem;
+    for (int L = 1; L <= 7; L++) {
+        for (int k = 1; k <= L; k++) {
+            SegmentSchedule g(k, L);
+            std::vector<int> holds(g.buffers(), -1);
+            auto fail = [&](const char* what) {
+                if (ok) problem = "L=" + std::to_string(L) + " k=" + std::to_string(k) + ": " + what;
+                ok = false;
+            };
+            auto write = [&](int l) {
+                if (g.buffer(l) < 0 || g.buffer(l) >= g.buffers()) return fail("a buffer outside the region");
+                holds[g.buffer(l)] = l;
+            };
+            auto layer_forward = [&](int l) {
+                if (holds[g.buffer(l)] != l) fail("a forward reads the wrong input");
+                write(l + 1);
+            };
+            write(0);
+            for (int l = 0; l < L; l++) layer_forward(l);
+            if (holds[g.buffer(L)] != L) fail("the final norm's backward reads the wrong output");
+            for (int l = L - 1; l >= 0; l--) {
+                if (g.recomputes(l))
+                    for (int j = g.first(l); j < l; j++) layer_forward(j);
+                if (holds[g.buffer(l)] != l) fail("a backward reads the wrong input");
+            }
+            if (g.recomputed_layers() != L - (L + k - 1) / k) fail("the recomputed layers are not L - ceil(L / k)");
+            if (k == 1 && g.buffers() != L + 1) fail("k = 1 is not one buffer per input");
+        }
+    }
+    if (!ok) printf("segment schedule: %s\n", problem.c_str());
+    check(ok, "segment schedule: every forward and backward reads its own input, recomputed from the segment's checkpoint");
+
+    const MemoryBudget card_139 = {139.0, 120.0};
+    TrainingOptions automatic, one;
+    automatic.segment = 0;
+    automatic.offload = -1;
+    automatic.fused_optimizer = -1;
+    one = automatic;
+    one.segment = 1;
+    automatic.T = 60000;
+    check(resolve_automatic(c, automatic, CARD_80).segment == 1, "automatic segment: 1 where the plan fits (60000 on 80 GiB)");
+    int longest = max_T_that_fits(c, automatic, card_139), longest_one = max_T_that_fits(c, one, card_139);
+    automatic.T = longest;
+    TrainingOptions chosen = resolve_automatic(c, automatic, card_139);
+    check(longest > longest_one && chosen.segment > 1 && chosen.offload == 0 && plan_fits(plan_memory(c, chosen), card_139),
+          "automatic segment: llama3-8b on 139 GiB + 120 GiB reaches past --segment 1's T with segments on the card");
+    printf("llama3-8b on 139 GiB + 120 GiB: longest T %d with --segment 1, %d automatic (segments of %d)\n", longest_one,
+           longest, chosen.segment);
+}
+
 // -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
 // explicit -f stays; --max-T takes whichever fits the longer T
 static void test_automatic_optimizer_path() {
@@ -543,6 +629,7 @@ int main() {
     test_max_T_both_budgets();
     test_offload_schedule();
     test_keep_attention();
+    test_segments();
     test_problems();
     test_automatic_optimizer_path();
     test_step_model();
