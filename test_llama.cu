@@ -303,6 +303,79 @@ static void test_offload() {
     bitwise_equal("offload of 3 layers vs none: weights", weights[0].data(), weights[2].data(), weights[0].size() * 2);
 }
 
+// The gradient of the last step: not fused, the gradient region; fused, the groups' host copies (once the
+// copy stream has delivered them)
+static std::vector<float> last_gradient(Model* m) {
+    if (!m->plan.options.fused_optimizer) return download_grads(m);
+    CUDA_CHECK(cudaStreamSynchronize(m->copy_stream));
+    return std::vector<float>(m->host_grads, m->host_grads + m->layout.total);
+}
+
+// --keep-attention: each layer's attention output and lse kept from forward (outputs 0 .. L-3 through pinned
+// host memory) instead of recomputed in backward, against the same model recomputing them: losses (a
+// forward-only loss after the first step, as validation does), the first step's gradient and the weights after
+// 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two schedules
+// share the copy stream). test-tiny with 4 layers (outputs 0 and 1 go to the host, through both buffers and
+// both pairs of events) at T = 40 (not a multiple of the attention tiles). --segment k (every k-th input kept,
+// the others recomputed as a segment's backward begins) likewise against k = 1: k = 3 (segments of 3 and 1
+// layers, unfused) and k = 2 (fused; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed).
+// The CPU device's high-water marks of device and pinned bytes equal the plan's totals.
+static void test_keep_attention_and_segments() {
+    ModelConfig c = config_named("test-tiny");
+    c.n_layer = 4;
+    const int T = 40, steps = 3;
+    printf("--keep-attention and --segment vs recomputing (test-tiny with %d layers, T=%d, %d steps):\n", c.n_layer, T, steps);
+    struct Run { const char* name; bool fused, keep; int offload, segment; };
+    const Run runs[] = {{"-f 0", false, false, 0, 1}, {"-f 0 --keep-attention 1", false, true, 0, 1},
+                        {"-f 0 --segment 3", false, false, 0, 3}, {"-f 1", true, false, 0, 1},
+                        {"-f 1 --keep-attention 1", true, true, 0, 1},
+                        {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL, 1}, {"-f 1 --segment 2", true, false, 0, 2}};
+    std::vector<int> inputs(T), targets(T);
+    std::vector<float> losses, gradient, weights, baseline[3];
+    for (const Run& run : runs) {
+        TrainingOptions o = default_options(1, T);
+        o.fused_optimizer = run.fused;
+        o.keep_attention = run.keep;
+        o.offload = run.offload;
+        o.segment = run.segment;
+        mst::allocation_high_water(false, true);
+        mst::allocation_high_water(true, true);
+        Model m;
+        model_create(&m, c, o, OptimizerSettings(), 23);
+        model_init_random(&m);
+        losses.clear();
+        for (int step = 0; step < steps; step++) {
+            random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 23, step);
+            float norm;
+            losses.push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            if (step > 0) continue;
+            gradient = last_gradient(&m);
+            losses.push_back(model_loss(&m, inputs.data(), targets.data()));  // a forward-only pass between steps
+        }
+        weights = download_params(&m);
+        std::string what = std::string(run.name) + ": ";
+        long long device_high = mst::allocation_high_water(false, false), pinned_high = mst::allocation_high_water(true, false);
+        if (device_high < 0) {
+            skip((what + "high-water marks").c_str(), "the CPU device's count");
+        } else {
+            printf("  %-52s device %lld, pinned %lld bytes (plan %zu, %zu)\n", (what + "high-water marks").c_str(),
+                   device_high, pinned_high, m.plan.total, m.plan.host_total);
+            check(device_high == (long long)m.plan.total && pinned_high == (long long)m.plan.host_total,
+                  (what + "allocation high-water marks equal the plan's device and host totals").c_str());
+        }
+        if (run.keep) check(m.plan.bytes[REGION_HOST_ATTENTION] > 0, (what + "the plan holds outputs 0 and 1 on the host").c_str());
+        check(m.segment.k == run.segment, (what + "the model runs segments of the layers asked for").c_str());
+        model_free(&m);
+        if (!run.keep && run.segment == 1) {
+            baseline[0] = losses; baseline[1] = gradient; baseline[2] = weights;
+            continue;
+        }
+        bitwise_equal((what + "losses vs recomputed").c_str(), losses.data(), baseline[0].data(), losses.size() * 4);
+        bitwise_equal((what + "gradient vs recomputed").c_str(), gradient.data(), baseline[1].data(), gradient.size() * 4);
+        bitwise_equal((what + "weights vs recomputed").c_str(), weights.data(), baseline[2].data(), weights.size() * 4);
+    }
+}
+
 // One step of the trainer (no update) and the CPU reference's forward and backward on the same bf16 weights and
 // tokens: both losses, the trainer's gradient, and the reference (its gradient in reference.grads)
 struct StepBesideReference {
@@ -662,6 +735,7 @@ int main(int argc, char** argv) {
         {"fused optimizer", test_fused_optimizer},
         {"determinism and no allocation", [](const Golden&) { test_determinism_and_no_allocation(); }},
         {"offload", [](const Golden&) { test_offload(); }},
+        {"keep attention and segments", [](const Golden&) { test_keep_attention_and_segments(); }},
         {"test-2layer vs CPU reference", [](const Golden&) { test_against_cpu_reference(); }},
         {"document masking", [](const Golden&) { test_document_masking(); }},
         {"resume", [](const Golden&) { test_resume(); }},

@@ -120,9 +120,15 @@ struct Model {
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
     char* host_arena;              // null when the plan has no host regions
     OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
+    SegmentSchedule segment;       // --segment k: which inputs forward keeps (memory_plan.h); k = 1 all
     bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
     cudaStream_t copy_stream;
     cudaEvent_t stored[2], fetched[2], compute_point;
+    // --keep-attention: the layers' attention outputs and lse through two device buffers (kept_attention_schedule),
+    // outputs 0 .. L-3 in pinned host memory; the same events for their copies
+    OffloadSchedule kept;
+    char* host_attention;          // (L - 2) x [N x Q bf16 | N x H fp32]
+    cudaEvent_t attention_stored[2], attention_fetched[2];
 
     // persistent
     bf16* params;
@@ -164,9 +170,17 @@ struct Model {
     bool attention_sm90;           // the sm_90a attention forward (else mma.sync); backward is mma.sync either way
 };
 
-// layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced)
+// layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced); with
+// --keep-attention the attention output and lse in buffer l % 2 (the attention-output region holds
+// [out 0 | out 1 | lse 0 | lse 1])
 static LayerActivationsGPU layer_activations(const Model* m, int l) {
     const LayerActivationsGPU& a = m->layer_acts[0];
+    if (m->plan.options.keep_attention) {
+        LayerActivationsGPU kept = a;
+        kept.attention_out += (size_t)(l % 2) * m->N * m->config.q_dim();
+        kept.lse += (size_t)(l % 2) * m->N * m->config.n_head;
+        return kept;
+    }
     if (m->plan.options.recompute || l == 0) return a;
     const LayerActivationsGPU& b = m->layer_acts[1];
     auto at = [l](auto* first, auto* second) { return first + (size_t)l * (second - first); };
@@ -178,8 +192,10 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
 
 // layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
 // buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
+// With --segment k, input l is in buffer segment.buffer(l): checkpoints, the last output, the segment's others.
 static bf16* layer_input(const Model* m, int l) {
-    return m->layer_inputs + (size_t)m->offload.buffer(l) * m->N * m->config.d_model;
+    int buffer = m->offload.h > 0 ? m->offload.buffer(l) : m->segment.buffer(l);
+    return m->layer_inputs + (size_t)buffer * m->N * m->config.d_model;
 }
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
@@ -198,6 +214,8 @@ static void carve_arena(Model* m) {
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
     m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? (float*)(m->host_arena + p.offset[REGION_HOST_GRADIENTS]) : nullptr;
+    m->host_attention = p.bytes[REGION_HOST_ATTENTION] ? m->host_arena + p.offset[REGION_HOST_ATTENTION] : nullptr;
+    size_t attention_slots = p.options.keep_attention ? 2 : L_live;  // --keep-attention: two buffers
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
         LayerActivationsGPU& a = m->layer_acts[slot];
@@ -207,7 +225,7 @@ static void carve_arena(Model* m) {
         a.k = a.q + N * Q;
         a.v = a.k + N * KV;
         a.attention_out = (bf16*)region(REGION_ATTENTION_OUT) + l * N * Q;
-        a.lse = (float*)(region(REGION_ATTENTION_OUT) + L_live * N * Q * 2) + l * N * H;
+        a.lse = (float*)(region(REGION_ATTENTION_OUT) + attention_slots * N * Q * 2) + l * N * H;
         a.attention_residual = (bf16*)region(REGION_ATTENTION_RESIDUAL) + l * N * C;
         a.mlp_norm = (bf16*)region(REGION_MLP_NORM) + l * N * C;
         a.mlp_rstd = (float*)(region(REGION_MLP_NORM) + L_live * N * C * 2) + l * N;
@@ -300,9 +318,12 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
     m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
+    m->kept = m->plan.options.keep_attention ? kept_attention_schedule(config.n_layer) : OffloadSchedule();
+    m->segment = SegmentSchedule(m->plan.options.segment, config.n_layer);
     m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
-    for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
+    for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
+                           &m->attention_stored[0], &m->attention_stored[1], &m->attention_fetched[0], &m->attention_fetched[1]})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_out[slot], cudaEventDisableTiming));
@@ -328,7 +349,8 @@ static void model_free(Model* m) {
         CUDA_CHECK(cudaFreeHost(m->host_arena));
         host_allocations--;
     }
-    for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point})
+    for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point,
+                          m->attention_stored[0], m->attention_stored[1], m->attention_fetched[0], m->attention_fetched[1]})
         CUDA_CHECK(cudaEventDestroy(e));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventDestroy(m->gradient_out[slot]));
@@ -434,6 +456,57 @@ static void offload_before_backward(Model* m, int l) {
                        cudaMemcpyHostToDevice, m->fetched[(l - 1) % 2]);
 }
 
+// --keep-attention: the training forward keeps each layer's attention output and lse (buffer l % 2); outputs
+// 0 .. L-3 go to the host while the layer computes on, layer l + 2's attention writes that buffer only once
+// they have left; layer l's backward fetches output l - 1 into the other buffer (free since layer l + 1's
+// backward) and waits for its own, so the recomputation runs the norm, q, k, v and RoPE (the attention backward
+// reads them), the o projection and the post-attention norm, but not the attention forward. The schedule is the
+// offloaded inputs' (memory_plan.h's kept_attention_schedule), with its own events.
+
+// layer l's attention output and lse between its device buffer and its host copy (two copies, one event)
+static void kept_attention_copy(Model* m, int l, bool to_host, cudaEvent_t done) {
+    LayerActivationsGPU a = layer_activations(m, l);
+    size_t out_bytes = (size_t)m->N * m->config.q_dim() * 2, lse_bytes = (size_t)m->N * m->config.n_head * 4;
+    char* host = m->host_attention + (size_t)l * (out_bytes + lse_bytes);
+    cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
+    void* device[2] = {a.attention_out, a.lse};
+    char* hosted[2] = {host, host + out_bytes};
+    size_t bytes[2] = {out_bytes, lse_bytes};
+    for (int i = 0; i < 2; i++)
+        copy_after_compute(m, to_host ? (void*)hosted[i] : device[i], to_host ? device[i] : (void*)hosted[i], bytes[i], kind, done);
+}
+
+// before layer l's attention forward writes buffer l % 2: output l - 2's copy out of it has left
+static void kept_attention_before_write(Model* m, int l) {
+    if (!m->kept.overwrite_waits(l)) return;
+    profile_phase(PHASE_HOST_COPIES, m->stream);
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->attention_stored[l % 2], 0));
+}
+
+// layer l's attention output is complete in a training forward: it goes to the host if a later one overwrites it
+static void kept_attention_store(Model* m, int l) {
+    if (m->kept.stores(l)) kept_attention_copy(m, l, true, m->attention_stored[l % 2]);
+}
+
+// layer l's backward begins: it waits for its own attention output (fetched), then fetches output l - 1
+static void kept_attention_before_backward(Model* m, int l) {
+    if (m->kept.backward_waits(l)) {
+        profile_phase(PHASE_HOST_COPIES, m->stream);
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->attention_fetched[l % 2], 0));
+    }
+    if (m->kept.fetches_previous(l)) kept_attention_copy(m, l - 1, false, m->attention_fetched[(l - 1) % 2]);
+}
+
+// --segment k: forward kept only each segment's first input (and wrote the others into k - 1 shared buffers, since
+// overwritten); the backward of a segment's last layer l begins by running the forward of layers first .. l - 1
+// again from that checkpoint, so inputs first + 1 .. l are there, bit for bit as forward made them, for the
+// segment's layers' backward (each of which then recomputes its own layer as always).
+static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows);
+static void segment_before_backward(Model* m, int l) {
+    if (!m->segment.recomputes(l)) return;
+    for (int j = m->segment.first(l); j < l; j++) layer_forward(m, j, true, false);
+}
+
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
 // weights (2F x C) gives rows [gate | up]; then act = silu(gate) * up
 static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGPU& a, int start, int n) {
@@ -460,8 +533,12 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
     rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
     rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
-    else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    if (with_mlp) kept_attention_before_write(m, l);
+    if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
+        if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+        else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    }
+    if (backward_follows) kept_attention_store(m, l);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
@@ -704,6 +781,8 @@ static void layer_backward(Model* m, int l, float* grad) {
     const bf16* x = layer_input(m, l);
     cudaStream_t s = m->stream;
     offload_before_backward(m, l);
+    kept_attention_before_backward(m, l);
+    segment_before_backward(m, l);
     if (m->plan.options.recompute) layer_forward(m, l, false);
     LayerActivationsGPU a = layer_activations(m, l);
     nvtx_push("layer %d backward", l);
@@ -1113,6 +1192,10 @@ static void print_usage() {
 "  --gpu-mem GIB   plan for a card of this many GiB (default: the GPU's memory; 80 in a dry run)\n"
 "  --host-mem GIB  pinned host memory the plan may use (default: the machine's less a quarter; 120 in a dry run)\n"
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
+"  --keep-attention 0|1  keep each layer's attention output and lse from forward (pinned host memory) so the\n"
+"                  recomputation skips the attention forward; needs -r 1 (default: on when the plan fits with it)\n"
+"  --segment K     keep every K-th layer input; backward recomputes a segment's other K-1 inputs first (one more\n"
+"                  forward of them); 1 keeps all; checkpoints on the card (default 0: 1, or the smallest K that fits)\n"
 "  --attention mma|sm90  attention forward: mma.sync (any card) or the sm_90a kernel (TMA, wgmma; compute\n"
 "                  capability 9.0); default sm90 on 9.0 after a start-up self-test, mma elsewhere\n"
 "  --attention-selftest 0|1  check the sm90 forward against mma.sync at start-up, falling back to mma with a\n"
@@ -1163,6 +1246,8 @@ static ModelConfig parse_custom_config(const char* value) {
 static CommandLine parse_command_line(int argc, char** argv) {
     CommandLine cl;
     cl.options.offload = -1;  // --offload: automatic unless given
+    cl.options.keep_attention = -1;  // --keep-attention: automatic unless given
+    cl.options.segment = 0;          // --segment: automatic unless given
     for (int i = 1; i < argc; i++) {
         std::string flag = argv[i];
         if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
@@ -1172,7 +1257,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1208,6 +1293,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--gpu-mem") cl.gpu_mem_gib = parse_gib(f, value);
         else if (flag == "--host-mem") cl.host_mem_gib = parse_gib(f, value);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
+        else if (flag == "--keep-attention") o.keep_attention = parse_bool(f, value);
+        else if (flag == "--segment") o.segment = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive count of layers");
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "--doc-mask") o.doc_mask = parse_bool(f, value);
         else if (flag == "-o") cl.checkpoint_dir = value;
@@ -1410,6 +1497,8 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(!o.master_weights, "-w 0", [](TrainingOptions& a) { a.master_weights = false; });
     consider(o.fused_optimizer, "-f 1", [](TrainingOptions& a) { a.fused_optimizer = true; });
     consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
+    consider(o.keep_attention <= 0, "--keep-attention 0", [](TrainingOptions& a) { a.keep_attention = 0; });
+    consider(o.segment == 0, "--segment 0", [](TrainingOptions& a) { a.segment = 0; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
         MemoryPlan plan = plan_memory(c, resolve_automatic(c, options, budget));
@@ -1445,6 +1534,16 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     if (given.offload < 0 && h > 0)
         said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
                                                       "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
+    SegmentSchedule segments(resolved.segment, c.n_layer);
+    if (given.segment == 0 && segments.k > 1)
+        said.push_back("--segment " + std::to_string(segments.k) + ": the plan fits only with segment checkpoints, at one more "
+                       "forward of " + std::to_string(segments.recomputed_layers()) + " layers per step");
+    if (given.keep_attention < 0)
+        said.push_back(resolved.keep_attention ? "--keep-attention 1: the plan fits with the attention outputs kept, so "
+                                                 "the recomputation skips the attention forward"
+                       : !resolved.recompute ? "--keep-attention 0: nothing is recomputed (-r 0)"
+                       : segments.k > 1 ? "--keep-attention 0: a segment's forward would overwrite the kept outputs"
+                                        : "--keep-attention 0: the plan would not fit with the attention outputs kept");
     std::string text;
     for (const std::string& part : said) text += (text.empty() ? " (" : "; ") + part;
     return text.empty() ? "" : text + ")";

@@ -65,15 +65,28 @@ expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard pl
 expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_refusal "dry run of llama3-70b (plan only): the plan, and a nonzero exit" "^MST plan: does not fit" --dry-run -e llama3-70b -T 8192
 expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --offload turned on" --dry-run -e llama3-8b --gpu-mem 80 --max-T
-expect_output "--max-T with --offload 0 stays on the card" "^longest T on a card of 80.0 GiB .*: [0-9]{5} with these options \(-f 1: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
+expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
 expect_error "non-numeric host memory" "--host-mem" --dry-run --host-mem lots
 expect_error "negative host memory" "--host-mem" --dry-run --host-mem -3
 expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
 expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
+expect_error "keep-attention not 0 or 1" "--keep-attention" --dry-run --keep-attention 2
+expect_error "keep-attention without recomputation" "--keep-attention 1: needs -r 1" --dry-run -r 0 --keep-attention 1
+expect_error "negative segment" "--segment" --dry-run --segment -1
+expect_error "segment with offload" "--segment 3 with --offload 1: not supported" --dry-run --segment 3 --offload 1
+expect_error "segment with keep-attention" "--segment 2 with --keep-attention 1" --dry-run --segment 2 --keep-attention 1
+expect_error "segment without recomputation" "--segment 2: needs -r 1" --dry-run --segment 2 -r 0
+expect_output "dry run: segment checkpoints, their inputs and extra forwards" "^\| layer inputs \(checkpoints\) +\| 12 x 200000 x 4096 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
+expect_output "dry run: the extra forwards named" "in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
+expect_output "--max-T: automatic segments on 139 GiB, and why" "^longest T on a card of 139.0 GiB .*--segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 120 --max-T
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 31 x 200000 x 4096 x 2 +\| +0.000 \| +47.302 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
 expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 77.2 GiB to the host, 77.2 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-24: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-25: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: kept attention outputs in the host column" "^\| attention outputs, host +\| 30 x 60000 x \(4096 x 2 \+ 32 x 4\) +\| +0.000 \| +13.947 \|" --dry-run --random-tokens -e llama3-8b -T 60000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: automatic keep-attention on, and why" "^MST plan: fits .*--keep-attention 1: the plan fits with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 60000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: automatic keep-attention off where it would not fit, and why" "^MST plan: fits .*--keep-attention 0: the plan would not fit with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120
+expect_refusal "dry run: --keep-attention 1 that does not fit is refused, --keep-attention 0 named" "^MST plan: does not fit .*--keep-attention 0: fits" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120 --keep-attention 1
 expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 67.2 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)

@@ -72,6 +72,17 @@ static inline size_t region_guard_bytes() {
     return 0;
 #endif
 }
+// The CPU device's high-water mark of device (pinned: pinned host) bytes allocated at once since the last reset
+// (reset: start again from what is allocated now), so a test can check it against the memory plan; a GPU has
+// no such count (-1).
+static inline long long allocation_high_water(bool pinned, bool reset) {
+#ifdef MST_CPU_DEVICE
+    return (long long)mst_cpu::allocation_high_water(pinned, reset);
+#else
+    (void)pinned; (void)reset;
+    return -1;
+#endif
+}
 // Names an arena's regions for the CPU device: each is then bounds-checked on its own (copies, cp.async,
 // matmul operands) and the bytes between them are guards. Nothing on a GPU.
 static inline void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,

@@ -46,6 +46,14 @@ struct TrainingOptions {
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
+    int keep_attention = 0;      // --keep-attention: each layer's attention output and lse kept from the training
+                                 // forward (outputs 0 .. L-3 in pinned host memory, the last two in the two device
+                                 // buffers), so backward's recomputation skips the attention forward; needs -r 1;
+                                 // -1: automatic, on when the plan fits with it (resolve_keep_attention_and_offload())
+    int segment = 1;             // --segment k: only every k-th layer input (and the last output) kept from forward,
+                                 // a segment's other k - 1 recomputed into shared buffers as its backward begins;
+                                 // 1 every input kept; 0 automatic (resolve_automatic()); needs -r 1, checkpoints
+                                 // on the card (no --offload) and --keep-attention 0
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
@@ -73,10 +81,13 @@ enum Region {
                               // OffloadSchedule::stored(); the last two staged ones never leave the card)
     REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 4, every gradient group held from backward
                               // until its exactly clipped update (mst/training.h)
+    REGION_HOST_ATTENTION,    // pinned host, --keep-attention: (L - 2) x N x (Q x 2 + H x 4), layers 0 .. L-3's
+                              // attention output and lse (kept_attention_schedule(): the last two stay staged)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
-    REGION_ATTENTION_OUT,     // N x Q x 2 attention output, N x H x 4 log-sum-exp
+    REGION_ATTENTION_OUT,     // N x Q x 2 attention output, N x H x 4 log-sum-exp; --keep-attention: 2 of each,
+                              // the staging buffers layer l's pass through (buffer l % 2)
     REGION_ATTENTION_RESIDUAL,// N x C x 2 residual after attention (the MLP's input)
     REGION_MLP_NORM,          // N x C x 2, N x 4 rstd
     REGION_MLP_HIDDEN,        // n_mlp x 3F x 2: gate, up, silu(gate)*up of one mini-sequence
@@ -100,7 +111,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention norm", "q, k, v", "attention output + lse",
+    "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention outputs, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -129,8 +140,10 @@ static const char* const ALIASES_TEXT =
     "aliases: final norm in the attention norm's region; q gradient in the attention residual's; attention-output "
     "gradient in the MLP norm's";
 
-// the one region in pinned host memory; every other is on the device
-static inline bool region_on_host(int r) { return r == REGION_HOST_CHECKPOINTS || r == REGION_HOST_GRADIENTS; }
+// the regions in pinned host memory; every other is on the device
+static inline bool region_on_host(int r) {
+    return r == REGION_HOST_CHECKPOINTS || r == REGION_HOST_GRADIENTS || r == REGION_HOST_ATTENTION;
+}
 
 // With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
 // buffer l % 2), S = h, or L + 1 when h = L (the last output is staged too, as nothing is copied after it)
@@ -147,10 +160,50 @@ struct OffloadSchedule {
     // staged): inputs S - 2 and S - 1 are still staged when backward reaches them, so no copy has a reader.
     bool stores(int l) const { return l < h && l + 2 < S; }
     int stored() const { return h > 0 ? std::max(0, S - 2) : 0; }  // inputs 0 .. stored() - 1 go to the host
-    bool output_waits(int l) const { return l >= 1 && stores(l - 1); }  // layer l's output overwrites input l - 1
+    // item i (an input; with --keep-attention, a layer's attention output) overwrites staging buffer i % 2,
+    // which held item i - 2: its copy to the host must have left
+    bool overwrite_waits(int i) const { return i >= 2 && stores(i - 2); }
+    bool output_waits(int l) const { return overwrite_waits(l + 1); }  // layer l's output overwrites input l - 1
     bool backward_waits(int l) const { return stores(l); }            // layer l's input was fetched back
     bool fetches_previous(int l) const { return l >= 1 && stores(l - 1); }  // layer l's backward fetches input l - 1
 };
+
+// --segment k: layer inputs l with l % k == 0 (each segment's checkpoint) and the last output L keep buffers
+// 0 .. n (n = ceil(L / k) checkpoints), the others (recomputed in backward, one segment at a time) share the k - 1
+// buffers after them (input l in n + l % k). k = 1: input l in buffer l, as without segments.
+struct SegmentSchedule {
+    int k, L;
+    SegmentSchedule(int segment = 1, int layers = 0) : k(std::max(1, std::min(segment, std::max(layers, 1)))), L(layers) {}
+    int checkpoints() const { return (L + k - 1) / k; }
+    int buffers() const { return checkpoints() + k; }
+    int buffer(int l) const { return l == L ? checkpoints() : l % k == 0 ? l / k : checkpoints() + l % k; }
+    int first(int l) const { return l / k * k; }  // layer l's segment starts at this layer
+    // layer l is its segment's last, and the segment has more than one layer: its backward begins by
+    // recomputing inputs first(l) + 1 .. l (one more forward of the segment's other layers)
+    bool recomputes(int l) const { return (l == L - 1 || l % k == k - 1) && l > first(l); }
+    int recomputed_layers() const { return L - checkpoints(); }  // per step: one more forward of k - 1 layers per segment
+};
+
+// --keep-attention: the L layers' attention outputs (with lse) walk the same schedule as L + 1 inputs of which
+// L are staged: output l in device buffer l % 2, outputs 0 .. L-3 stored in forward and fetched back by the
+// backward of the layer above (layer l's backward fetches output l - 1), the last two still staged.
+static inline OffloadSchedule kept_attention_schedule(int L) { return OffloadSchedule(L, L + 1); }
+
+// "recomputed", "kept: layers 0-29 in pinned host memory, the last two on the device"
+static inline std::string keep_attention_text(const TrainingOptions& o, int L) {
+    if (o.keep_attention <= 0) return o.recompute ? "recomputed in backward" : "kept (no recomputation)";
+    int k = kept_attention_schedule(L).stored();
+    return k > 0 ? "kept: layers 0-" + std::to_string(k - 1) + " in pinned host memory, the last two on the device"
+                 : "kept on the device";
+}
+
+// "", or " in segments of 3 layers (one input in 3 kept; 21 layers' forward again per step)"
+static inline std::string segment_text(const TrainingOptions& o, int L) {
+    SegmentSchedule g(o.segment, L);
+    if (g.k <= 1) return "";
+    return " in segments of " + std::to_string(g.k) + " layers (one input in " + std::to_string(g.k) + " kept; " +
+           std::to_string(g.recomputed_layers()) + " layers' forward again per step)";
+}
 
 // "on the device", "inputs 0-7 in pinned host memory, the others on the device" (h = 10 offloaded layers: the
 // last two staged inputs never leave the card)
@@ -205,17 +258,27 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // backward fetches them back (k = S - 2: the last two staged inputs are still there)
     size_t h = std::min((size_t)std::max(o.offload, 0), L);
     o.offload = (int)h;
-    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : L + 1;
+    // --segment k (only without offload, with recomputation, without --keep-attention; resolved 0 counts as 1)
+    o.segment = h > 0 || !o.recompute || o.keep_attention > 0 ? 1 : SegmentSchedule(o.segment, (int)L).k;
+    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : SegmentSchedule(o.segment, (int)L).buffers();
     size_t k = OffloadSchedule((int)h, (int)L).stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
     set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
     set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * 4 : 0, o.fused_optimizer ? s(P) + " x 4" : "none");
-    // checkpoints: k inputs out and back; held gradients: P x 4 out and back
-    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
-    plan.pcie_to_device = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
+    // --keep-attention (with recomputation only): outputs 0 .. L-3 out in forward and back in backward, the
+    // last two in the two device buffers of the attention-output region
+    o.keep_attention = o.keep_attention > 0 && o.recompute;
+    size_t attention_buffers = o.keep_attention ? 2 : layers_live;
+    size_t kept = o.keep_attention ? kept_attention_schedule((int)L).stored() : 0;
+    std::string attention_shape = s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)";
+    set(REGION_HOST_ATTENTION, kept * N * (Q * 2 + H * 4), kept > 0 ? s(kept) + " x " + attention_shape : "none");
+    // checkpoints: k inputs out and back; held gradients: P x 4 out and back; kept attention outputs
+    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION];
+    plan.pcie_to_device = plan.pcie_to_host;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
-    set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
+    set(REGION_ATTENTION_OUT, attention_buffers * (N * Q * 2 + N * H * 4),
+        (attention_buffers > 1 ? s(attention_buffers) + " x " : "") + attention_shape);
     set(REGION_ATTENTION_RESIDUAL, layers_live * N * C * 2, per_layer + s(N) + " x " + s(C) + " x 2");
     set(REGION_MLP_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
@@ -258,6 +321,7 @@ static inline TrainingOptions standard_options(TrainingOptions o) {
     o.lmhead_chunks = 1;
     o.recompute = false;
     o.offload = 0;
+    o.keep_attention = 0;
     return o;
 }
 
@@ -270,6 +334,10 @@ static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget)
 // PCIe traffic) that make it fit, else all (the plan that misses by least on the device)
 static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.offload >= 0) return o;
+    if (o.segment > 1) {  // segment checkpoints stay on the card
+        o.offload = 0;
+        return o;
+    }
     for (int h = 0; h <= c.n_layer; h++) {
         o.offload = h;
         if (plan_fits(plan_memory(c, o), budget)) return o;
@@ -278,29 +346,73 @@ static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOpti
     return o;
 }
 
+// --keep-attention's automatic choice (-1), then the offload's: kept when the layers are recomputed and the plan
+// with the kept outputs (a second device buffer, L - 2 outputs in pinned host memory) fits both budgets with the
+// automatic offload (which may then offload more layers: the copies run on the copy stream beside the compute,
+// while the kept outputs save the recomputation's attention forward); else not kept. It is chosen only where the
+// plan fits with it, so it never shortens --max-T.
+static inline TrainingOptions resolve_keep_attention_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.keep_attention < 0 && o.segment > 1) o.keep_attention = 0;  // the segment's forward would overwrite them
+    if (o.keep_attention < 0) {
+        TrainingOptions kept = o;
+        kept.keep_attention = 1;
+        kept = resolve_offload(c, kept, budget);
+        if (o.recompute && plan_fits(plan_memory(c, kept), budget)) return kept;
+        o.keep_attention = 0;
+    }
+    return resolve_offload(c, o, budget);
+}
+
 // Checks options against the model; returns "" or the problem (naming the flag).
 static inline std::string training_options_problem(const ModelConfig& c, const TrainingOptions& o) {
     if (o.B <= 0) return "-B must be positive (got " + std::to_string(o.B) + ")";
     if (o.T <= 0) return "-T must be positive (got " + std::to_string(o.T) + ")";
     if (o.mlp_chunks < 0) return "-m must be 0 (automatic) or a positive count (got " + std::to_string(o.mlp_chunks) + ")";
     if (o.lmhead_chunks < 0) return "-M must be 0 (automatic) or a positive count (got " + std::to_string(o.lmhead_chunks) + ")";
+    if (o.keep_attention > 0 && !o.recompute) return "--keep-attention 1: needs -r 1 (it keeps what the recomputation would redo)";
+    if (o.segment < 0) return "--segment must be 0 (automatic) or a positive count (got " + std::to_string(o.segment) + ")";
+    if (o.segment > 1 && !o.recompute) return "--segment " + std::to_string(o.segment) + ": needs -r 1 (a segment is recomputed)";
+    if (o.segment > 1 && o.offload > 0)
+        return "--segment " + std::to_string(o.segment) + " with --offload 1: not supported (segment checkpoints stay on the card); "
+               "give --offload 0 or --segment 1";
+    if (o.segment > 1 && o.keep_attention > 0)
+        return "--segment " + std::to_string(o.segment) + " with --keep-attention 1: not supported (a segment's forward "
+               "would overwrite the kept outputs); give --keep-attention 0 or --segment 1";
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
 
 // The plan's automatic choices, before planning: the optimizer path (-f, when automatic: every gradient on the
 // card, so no host traffic, when that plan fits with the automatic offload; else fused, the gradients held on
-// the host), then the offload. Offloaded checkpoints are copied on the copy stream beside the compute, the held
+// the host), then --keep-attention with the offload. Offloaded checkpoints are copied on the copy stream beside the compute, the held
 // gradients on the compute stream (step_model.h), so the gradients on the card win even with more offload.
-static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.fused_optimizer < 0) {
         TrainingOptions on_card = o;
         on_card.fused_optimizer = 0;
-        on_card = resolve_offload(c, on_card, budget);
+        on_card = resolve_keep_attention_and_offload(c, on_card, budget);
         if (plan_fits(plan_memory(c, on_card), budget)) return on_card;
         o.fused_optimizer = 1;
     }
-    return resolve_offload(c, o, budget);
+    return resolve_keep_attention_and_offload(c, o, budget);
+}
+
+// --segment's automatic choice (0), before the others: 1 (every input kept) when that plan fits with the other
+// automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 whose plan fits (with the
+// checkpoints on the card: no offload, no kept attention); else 1, the plan that reports the shortfall.
+static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.segment != 0) return resolve_optimizer_keep_and_offload(c, o, budget);
+    TrainingOptions whole = o;
+    whole.segment = 1;
+    whole = resolve_optimizer_keep_and_offload(c, whole, budget);
+    if (plan_fits(plan_memory(c, whole), budget) || !o.recompute || o.offload > 0 || o.keep_attention > 0) return whole;
+    for (int k = 2; k <= c.n_layer; k++) {
+        TrainingOptions segmented = o;
+        segmented.segment = k;
+        segmented = resolve_optimizer_keep_and_offload(c, segmented, budget);
+        if (plan_fits(plan_memory(c, segmented), budget)) return segmented;
+    }
+    return whole;
 }
 
 // The longest T (with options' B, chunk rules, optimizer path and offload, the automatic ones resolved at each
@@ -320,11 +432,12 @@ static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s\n",
+           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s%s,\n"
+           "             attention output %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
-           offload_text(o.offload, plan.config.n_layer).c_str());
+           offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
     printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");

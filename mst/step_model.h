@@ -82,11 +82,13 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     double P = (double)layout.total, layer_matmul = (double)layout.layer.count - 2.0 * C;  // less the two norm weights
     double matmul_rate = card.bf16_flops * MATMUL_CEILING_OF_PEAK, copy_rate = card.hbm_bytes * COPY_CEILING_OF_PEAK;
     double forward_layers = o.recompute ? 2.0 : 1.0;  // recomputation runs each layer's forward again in backward
+    // --segment k: one more forward of each segment's other k - 1 layers, attention included
+    double segment_layers = SegmentSchedule(o.segment, c.n_layer).recomputed_layers();
     StepPrediction p = {};
 
     // matmuls: forward 2 FLOPs per weight per token, backward 4; the LM head once (its mini-sequences are not
     // recomputed), each layer's forward again when recomputed
-    double forward_flops = 2.0 * N * (forward_layers * L * layer_matmul + V * C);
+    double forward_flops = 2.0 * N * ((forward_layers * L + segment_layers) * layer_matmul + V * C);
     double backward_flops = 4.0 * N * (L * layer_matmul + V * C);
     p.work[PHASE_MATMULS] = forward_flops + backward_flops;
     p.seconds[PHASE_MATMULS] = forward_flops / (matmul_rate * MATMUL_FORWARD_OF_CEILING) +
@@ -94,7 +96,8 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     // causal attention: QK^T and PV, 4 T hd FLOPs per query head and token without the mask, half with it
     // (document masking would skip more: not counted, so this is the upper bound)
     double attention_forward = 2.0 * N * o.T * Q * L;
-    p.work[PHASE_ATTENTION_FORWARD] = forward_layers * attention_forward;
+    double attention_forwards = (o.keep_attention > 0 ? 1.0 : forward_layers) + segment_layers / L;  // kept: not recomputed
+    p.work[PHASE_ATTENTION_FORWARD] = attention_forwards * attention_forward;
     p.seconds[PHASE_ATTENTION_FORWARD] = p.work[PHASE_ATTENTION_FORWARD] / (matmul_rate * attention_forward_of_ceiling((int)hd));
     p.work[PHASE_ATTENTION_BACKWARD] = 2.5 * attention_forward;
     p.seconds[PHASE_ATTENTION_BACKWARD] = p.work[PHASE_ATTENTION_BACKWARD] / (matmul_rate * attention_backward_of_ceiling((int)hd));
@@ -106,9 +109,9 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
         bound_bytes += k.bytes_per_element * elements;
         bound_s += k.bytes_per_element * elements / (copy_rate * k.of_ceiling);
     };
-    add(RMSNORM_RESIDUAL_FORWARD, forward_layers * L * 2 * N * C);
-    add(ROPE, forward_layers * L * N * (Q + KV));
-    add(SWIGLU_FORWARD, forward_layers * L * N * F);
+    add(RMSNORM_RESIDUAL_FORWARD, (forward_layers * L + segment_layers) * 2 * N * C);
+    add(ROPE, (forward_layers * L + segment_layers) * N * (Q + KV));
+    add(SWIGLU_FORWARD, (forward_layers * L + segment_layers) * N * F);
     add(RMSNORM_BACKWARD, L * 2 * N * C);
     add(ROPE, L * N * (Q + KV));
     add(SWIGLU_BACKWARD, L * N * F);

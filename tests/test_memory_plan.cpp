@@ -174,8 +174,8 @@ static void test_offload() {
           "offload: PCIe per step L - 1 inputs out and back; the gradients out and back");
     int on_host = 0;
     for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
-    check(on_host == 2 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS),
-          "two regions in pinned host memory");
+    check(on_host == 3 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS) &&
+          region_on_host(REGION_HOST_ATTENTION), "three regions in pinned host memory");
     test_regions_are_laid_out(offloaded, "offload: device and host regions aligned and disjoint");
     // the predicted step: the copies (2 G and 2 (L - 1) checkpoints at 50 GB/s on an H200, 5.8 s) hide behind
     // the compute (minutes at this T); on a card with no compute to speak of they would all show
@@ -329,6 +329,201 @@ static void test_offload_schedule() {
               "stored input fetched, nothing stored that backward finds staged or that no backward follows");
 }
 
+// --keep-attention: each layer's attention output (T x Q x 2) and lse (T x H x 4) through two device buffers,
+// outputs 0 .. L-3 in pinned host memory. llama3-8b at T = 60000: 30 x 60000 x (4096 x 2 + 32 x 4) bytes =
+// 13.9 GiB on the host and over PCIe each way, one more buffer on the device, and the predicted step loses
+// the recomputation's attention forward. The automatic choice takes it where the plan still fits, never
+// where it would not, so --max-T is unchanged by it; forced on, --max-T counts it. Then the schedule walked
+// for L = 1 .. 7 over two training steps and a forward-only pass between them: no buffer written while a copy
+// out of it runs, every backward reading its own layer's output, every stored output fetched once a step.
+static void test_keep_attention() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 60000, Q = 4096, H = 32, L = 32, out = T * (Q * 2 + H * 4);
+    TrainingOptions o;
+    o.T = (int)T;
+    MemoryPlan recomputed = plan_memory(c, o);
+    o.keep_attention = 1;
+    MemoryPlan kept = plan_memory(c, o);
+    check(kept.bytes[REGION_HOST_ATTENTION] == (L - 2) * out && kept.bytes[REGION_ATTENTION_OUT] == 2 * out &&
+          recomputed.bytes[REGION_ATTENTION_OUT] == out && recomputed.bytes[REGION_HOST_ATTENTION] == 0 &&
+          kept.shape[REGION_HOST_ATTENTION] == "30 x 60000 x (4096 x 2 + 32 x 4)",
+          "keep-attention: (L - 2) x T x (Q x 2 + H x 4) on the host, 2 buffers on the device");
+    check(kept.host_total - recomputed.host_total == (L - 2) * out && kept.total - recomputed.total == out &&
+          kept.pcie_to_host - recomputed.pcie_to_host == (L - 2) * out &&
+          kept.pcie_to_device - recomputed.pcie_to_device == (L - 2) * out,
+          "keep-attention: the totals and PCIe each way grow by exactly the kept outputs");
+    test_regions_are_laid_out(kept, "keep-attention: device and host regions aligned and disjoint");
+    StepPrediction before = predict_step(recomputed, *card_rates_for("NVIDIA H200"));
+    StepPrediction after = predict_step(kept, *card_rates_for("NVIDIA H200"));
+    check(after.work[PHASE_ATTENTION_FORWARD] * 2 == before.work[PHASE_ATTENTION_FORWARD] &&
+          after.work[PHASE_MATMULS] == before.work[PHASE_MATMULS],
+          "keep-attention: the predicted step runs the attention forward once, the matmuls as before");
+    TrainingOptions no_recompute = o;
+    no_recompute.recompute = false;
+    check(plan_memory(c, no_recompute).options.keep_attention == 0 &&
+          training_options_problem(c, no_recompute).find("--keep-attention 1: needs -r 1") == 0,
+          "keep-attention with -r 0: refused by the options check, off in the plan");
+    TrainingOptions tiny;
+    tiny.T = 100;
+    tiny.keep_attention = 1;
+    MemoryPlan two = plan_memory(config_named("test-tiny"), tiny);
+    check(two.bytes[REGION_HOST_ATTENTION] == 0 && two.bytes[REGION_ATTENTION_OUT] == 2 * 100 * (128 * 2 + 2 * 4),
+          "keep-attention with 2 layers: both outputs stay in the device buffers, nothing on the host");
+    // automatic
+    o.keep_attention = -1;
+    check(resolve_automatic(c, o, CARD_80).keep_attention == 1, "automatic keep-attention: on for llama3-8b at 60000 on 80 GiB");
+    int longest = max_T_that_fits(c, o, CARD_80);
+    TrainingOptions off = o, on = o;
+    off.keep_attention = 0;
+    on.keep_attention = 1;
+    o.T = longest;
+    TrainingOptions at_longest = resolve_automatic(c, o, CARD_80);
+    check(at_longest.keep_attention == 0 && plan_fits(plan_memory(c, at_longest), CARD_80),
+          "automatic keep-attention: off at the longest T, where it would not fit");
+    int longest_on = max_T_that_fits(c, on, CARD_80);
+    check(longest == max_T_that_fits(c, off, CARD_80) && longest_on < longest,
+          "automatic keep-attention never shortens --max-T; forced on, --max-T counts its bytes");
+    printf("llama3-8b on 80 GiB + 120 GiB: longest T %d, %d with --keep-attention 1\n", longest, longest_on);
+
+    bool ok = true;
+    std::string problem;
+    auto fail = [&](int layers, const char* what) {
+        if (ok) problem = "L=" + std::to_string(layers) + ": " + what;
+        ok = false;
+    };
+    for (int layers = 1; layers <= 7; layers++) {
+        OffloadSchedule k = kept_attention_schedule(layers);
+        int holds[2] = {-1, -1};
+        bool copy_out[2] = {false, false}, copy_in[2] = {false, false};
+        std::vector<int> host(layers, -1), stored(layers, 0), fetched(layers, 0);
+        auto forward = [&](bool backward_follows) {
+            for (int l = 0; l < layers; l++) {
+                int b = k.buffer(l);
+                if (b != l % 2) fail(layers, "an output outside the two buffers");
+                if (k.overwrite_waits(l)) copy_out[b] = false;  // waits on attention_stored[l % 2]
+                if (copy_out[b] || copy_in[b]) fail(layers, "a buffer written while a copy of it runs");
+                holds[b] = l;
+                if (!backward_follows || !k.stores(l)) continue;
+                if (l >= k.stored()) fail(layers, "a store outside the host region");
+                host[l] = l;
+                copy_out[b] = true;
+                stored[l]++;
+            }
+        };
+        auto backward = [&]() {
+            for (int l = layers - 1; l >= 0; l--) {
+                int b = k.buffer(l);
+                if (k.backward_waits(l)) copy_in[b] = false;  // waits on attention_fetched[l % 2]
+                if (copy_in[b] || holds[b] != l) fail(layers, "backward reads an output not (yet) there");
+                if (!k.fetches_previous(l)) continue;
+                int target = k.buffer(l - 1);
+                if (target == b) fail(layers, "a fetch into the buffer in use");
+                if (host[l - 1] != l - 1) fail(layers, "the host holds the wrong output");
+                copy_out[target] = false;  // the copy stream runs in order
+                holds[target] = host[l - 1];
+                copy_in[target] = true;
+                fetched[l - 1]++;
+            }
+            copy_in[0] = copy_in[1] = false;
+        };
+        forward(true); backward();
+        forward(false);
+        forward(true); backward();
+        for (int l = 0; l < layers; l++)
+            if (stored[l] != fetched[l] || stored[l] != (l < layers - 2 ? 2 : 0))
+                fail(layers, "an output stored but not fetched, or one of the last two stored");
+    }
+    if (!ok) printf("kept attention schedule: %s\n", problem.c_str());
+    check(ok, "kept attention schedule: every backward reads its layer's output, no write under a running copy, "
+              "outputs 0 .. L-3 stored and fetched once a step, the last two never");
+}
+
+// --segment k: every k-th input kept (and the last output), a segment's others recomputed into k - 1 shared
+// buffers. llama3-8b at T = 200000, k = 4: 8 checkpoints + the output + 3 shared = 12 x T x C x 2 on the device,
+// and 32 - 8 = 24 more layer forwards per step in the prediction. The schedule walked for L = 1 .. 7 and every
+// k: each backward finds its input (the checkpoints survive forward, the recomputation rebuilds the rest from
+// the segment's checkpoint). The automatic choice (0) keeps 1 where the plan fits and reaches a longer T on 139 GiB.
+static void test_segments() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 200000, C = 4096;
+    TrainingOptions o;
+    o.T = (int)T;
+    o.fused_optimizer = 0;
+    MemoryPlan whole = plan_memory(c, o);
+    o.segment = 4;
+    MemoryPlan segmented = plan_memory(c, o);
+    check(segmented.bytes[REGION_LAYER_INPUTS] == 12 * T * C * 2 && whole.bytes[REGION_LAYER_INPUTS] == 33 * T * C * 2 &&
+          segmented.shape[REGION_LAYER_INPUTS] == "12 x 200000 x 4096 x 2" && segmented.host_total == 0,
+          "segment 4: 8 checkpoints, the output and 3 shared buffers on the device");
+    const CardRates& h200 = *card_rates_for("NVIDIA H200");
+    StepPrediction before = predict_step(whole, h200), after = predict_step(segmented, h200);
+    ParameterLayout layout = parameter_layout(c);
+    double layer_matmul = (double)layout.layer.count - 2.0 * C;
+    check(fabs(after.work[PHASE_MATMULS] - before.work[PHASE_MATMULS] - 2.0 * T * 24 * layer_matmul) < 1e-9 * after.work[PHASE_MATMULS] &&
+          fabs(after.work[PHASE_ATTENTION_FORWARD] / before.work[PHASE_ATTENTION_FORWARD] - (2.0 * 32 + 24) / 64) < 1e-12,
+          "segment 4: the prediction counts 24 more layer forwards (matmuls and attention)");
+    TrainingOptions bad = o;
+    bad.offload = OFFLOAD_ALL;
+    bool refused = training_options_problem(c, bad).find("--segment 4 with --offload 1") == 0;
+    bad = o;
+    bad.keep_attention = 1;
+    refused &= training_options_problem(c, bad).find("--segment 4 with --keep-attention 1") == 0;
+    bad = o;
+    bad.recompute = false;
+    refused &= training_options_problem(c, bad).find("--segment 4: needs -r 1") == 0;
+    check(refused, "segment: refused with --offload 1, --keep-attention 1 or -r 0");
+
+    bool ok = true;
+    std::string problem;
+    for (int L = 1; L <= 7; L++) {
+        for (int k = 1; k <= L; k++) {
+            SegmentSchedule g(k, L);
+            std::vector<int> holds(g.buffers(), -1);
+            auto fail = [&](const char* what) {
+                if (ok) problem = "L=" + std::to_string(L) + " k=" + std::to_string(k) + ": " + what;
+                ok = false;
+            };
+            auto write = [&](int l) {
+                if (g.buffer(l) < 0 || g.buffer(l) >= g.buffers()) return fail("a buffer outside the region");
+                holds[g.buffer(l)] = l;
+            };
+            auto layer_forward = [&](int l) {
+                if (holds[g.buffer(l)] != l) fail("a forward reads the wrong input");
+                write(l + 1);
+            };
+            write(0);
+            for (int l = 0; l < L; l++) layer_forward(l);
+            if (holds[g.buffer(L)] != L) fail("the final norm's backward reads the wrong output");
+            for (int l = L - 1; l >= 0; l--) {
+                if (g.recomputes(l))
+                    for (int j = g.first(l); j < l; j++) layer_forward(j);
+                if (holds[g.buffer(l)] != l) fail("a backward reads the wrong input");
+            }
+            if (g.recomputed_layers() != L - (L + k - 1) / k) fail("the recomputed layers are not L - ceil(L / k)");
+            if (k == 1 && g.buffers() != L + 1) fail("k = 1 is not one buffer per input");
+        }
+    }
+    if (!ok) printf("segment schedule: %s\n", problem.c_str());
+    check(ok, "segment schedule: every forward and backward reads its own input, recomputed from the segment's checkpoint");
+
+    const MemoryBudget card_139 = {139.0, 120.0};
+    TrainingOptions automatic, one;
+    automatic.segment = 0;
+    automatic.offload = -1;
+    automatic.fused_optimizer = -1;
+    one = automatic;
+    one.segment = 1;
+    automatic.T = 60000;
+    check(resolve_automatic(c, automatic, CARD_80).segment == 1, "automatic segment: 1 where the plan fits (60000 on 80 GiB)");
+    int longest = max_T_that_fits(c, automatic, card_139), longest_one = max_T_that_fits(c, one, card_139);
+    automatic.T = longest;
+    TrainingOptions chosen = resolve_automatic(c, automatic, card_139);
+    check(longest > longest_one && chosen.segment > 1 && chosen.offload == 0 && plan_fits(plan_memory(c, chosen), card_139),
+          "automatic segment: llama3-8b on 139 GiB + 120 GiB reaches past --segment 1's T with segments on the card");
+    printf("llama3-8b on 139 GiB + 120 GiB: longest T %d with --segment 1, %d automatic (segments of %d)\n", longest_one,
+           longest, chosen.segment);
+}
+
 // -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
 // explicit -f stays; --max-T takes whichever fits the longer T
 static void test_automatic_optimizer_path() {
@@ -433,6 +628,8 @@ int main() {
     test_offload();
     test_max_T_both_budgets();
     test_offload_schedule();
+    test_keep_attention();
+    test_segments();
     test_problems();
     test_automatic_optimizer_path();
     test_step_model();

@@ -77,6 +77,9 @@ std::vector<uint32_t> sampled_blocks(dim3 grid);
 
 // ---- the program's memory regions (mst/launch.h): guards between them, checked after every operation ----
 size_t region_guard_bytes();
+// the most bytes of device (or pinned host) memory allocated at once since the last reset (each allocation
+// rounded to 256 bytes, as made); reset: the count starts again from what is allocated now
+size_t allocation_high_water(bool pinned, bool reset);
 void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,
                      const char* const* names, int count);
 

@@ -72,6 +72,8 @@ struct Allocation {
 static std::mutex g_allocations_mutex;
 static std::map<uintptr_t, Allocation>& allocations() { static auto* m = new std::map<uintptr_t, Allocation>; return *m; }
 static size_t g_device_bytes = 0;
+// bytes allocated now and at most since the last reset, device and pinned (allocation_high_water())
+static size_t g_bytes[2] = {0, 0}, g_high_water[2] = {0, 0};
 
 static const Allocation* find_allocation(const void* p, size_t bytes, uintptr_t* base) {
     std::lock_guard<std::mutex> lock(g_allocations_mutex);
@@ -149,6 +151,14 @@ bool is_device_memory(const void* p, size_t bytes) {
 
 size_t region_guard_bytes() { return 4096; }
 
+size_t allocation_high_water(bool pinned, bool reset) {
+    std::lock_guard<std::mutex> lock(g_allocations_mutex);
+    int kind = pinned ? PINNED_ALLOCATION : DEVICE_ALLOCATION;
+    size_t high = g_high_water[kind];
+    if (reset) g_high_water[kind] = g_bytes[kind];
+    return high;
+}
+
 void declare_regions(const char* arena, const char* arena_name, const size_t* offset, const size_t* bytes,
                      const char* const* names, int count) {
     uintptr_t base;
@@ -199,6 +209,8 @@ static void* allocate(size_t bytes, AllocationKind kind) {
     std::lock_guard<std::mutex> lock(g_allocations_mutex);
     allocations()[(uintptr_t)p] = {rounded, kind, mapped};
     if (kind == DEVICE_ALLOCATION) g_device_bytes += rounded;
+    g_bytes[kind] += rounded;
+    g_high_water[kind] = std::max(g_high_water[kind], g_bytes[kind]);
     return p;
 }
 
@@ -212,6 +224,7 @@ static cudaError_t release(void* p, AllocationKind kind) {
         a = it->second;
         allocations().erase(it);
         if (kind == DEVICE_ALLOCATION) g_device_bytes -= a.bytes;
+        g_bytes[kind] -= a.bytes;
     }
     auto& v = regions();
     v.erase(std::remove_if(v.begin(), v.end(), [&](const Region& r) { return r.lo >= (uintptr_t)p && r.lo < (uintptr_t)p + a.bytes; }), v.end());
