@@ -60,6 +60,7 @@
 #include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
 #include "mst/generate.h"
 #include "mst/run_log.h"
+#include "mst/comm.h"
 
 // ----------------------------------------------------------------------------
 // the arena: the program's one device allocation
@@ -103,6 +104,18 @@ struct LayerActivationsGPU {
     bf16* attention_residual;                     // N x C: layer input + attention_out Wo^T
     bf16* mlp_norm; float* mlp_rstd;              // N x C, N
     bf16* gate_up; bf16* act;                     // one mini-sequence: n_mlp x 2F ([gate | up] rows), n_mlp x F
+};
+
+// Several GPUs (issue 20): one process per GPU, started by mpirun or srun; --dp D data-parallel ranks, each on
+// its own batches. ZeRO-1 (memory_plan.h's zero_shard): rank r keeps AdamW m and v (and the master weights) for
+// parameters [shard_begin, shard_begin + shard) only. After backward the fp32 gradients are reduce-scattered
+// (each rank gets its shard summed over the ranks), the global norm sums every rank's shard, each rank updates
+// its shard and the bf16 parameters are all-gathered. One rank: the one-GPU trainer (shard = P, no collective).
+struct Parallel {
+    int rank = 0, world = 1, dp = 1, sp = 1;
+    int local_rank = 0;  // among the ranks on this node: its GPU
+    Comm host;           // host values through MPI: counted targets, the loss, checkpoint gathers
+    Comm device;         // device buffers through NCCL (on the CPU device, its NCCL over MPI)
 };
 
 struct Model {
@@ -162,6 +175,11 @@ struct Model {
     int updates_applied;           // AdamW's t is updates_applied + 1 (a skipped step applies none)
     uint64_t seed;
     bool attention_sm90;           // the sm_90a attention forward (else mma.sync); backward is mma.sync either way
+    // several GPUs: the ranks, this rank's ZeRO-1 shard of the parameters (the state regions hold `shard`
+    // elements for [shard_begin, shard_begin + shard); the last rank's may end past P, in padding)
+    Parallel par;
+    size_t shard, shard_begin, shard_end;  // shard_end = min(P, shard_begin + shard)
+    cudaEvent_t collective_start, collective_done;  // order the NCCL stream's collectives with the compute stream
 };
 
 // layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced)
@@ -238,7 +256,8 @@ static void carve_arena(Model* m) {
     // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
     // and the two scalars
     size_t norm_scratch_bytes = rmsnorm_backward_scratch_bytes(m->N, C);
-    size_t grad_norm_bytes = global_norm_scratch_bytes(m->config.n_layer + 3);
+    // slots: one per gradient group (fused), or one per rank and this rank's own (ZeRO-1's global norm)
+    size_t grad_norm_bytes = global_norm_scratch_bytes(std::max(m->config.n_layer + 3, m->par.world + 1));
     size_t reserved_for_norm = (size_t)RMSNORM_GRADIENT_CHUNKS * C * 4;
     // the attention scratch ends its region; the region's 256-byte rounding is its own
     size_t attention_scratch_room = round_up_256(p.bytes[REGION_QKV_GRADIENT]) -
@@ -276,8 +295,13 @@ static void declare_arena_regions(const Model* m) {
 // The one allocation, the views into it, the RoPE tables, zeroed optimizer state. The weights come
 // after: model_init_random (or, in test_llama.cu, model_set_parameters from fp32 host values).
 static void model_create(Model* m, const ModelConfig& config, const TrainingOptions& options,
-                         const OptimizerSettings& optimizer, uint64_t seed) {
+                         const OptimizerSettings& optimizer, uint64_t seed, const Parallel& par = Parallel()) {
+    if (options.dp * options.sp != par.world) {
+        fprintf(stderr, "internal error: the plan's --dp %d x --sp %d is not the %d ranks\n", options.dp, options.sp, par.world);
+        exit(1);
+    }
     m->config = config;
+    m->par = par;
     m->layout = parameter_layout(config);
     m->tensors = parameter_tensors(config);
     TrainingOptions planned = options;
@@ -288,6 +312,9 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->T = options.T;
     m->N = options.B * options.T;
     m->seed = seed;
+    m->shard = zero_shard(m->layout.total, par.world);
+    m->shard_begin = std::min(m->layout.total, (size_t)par.rank * m->shard);
+    m->shard_end = std::min(m->layout.total, m->shard_begin + m->shard);
     m->attention_sm90 = mst::device_major() == 9;  // train() decides with --attention and the self-test
     m->bos_token = LLAMA3_BOS_TOKEN;
     m->steps_done = 0;
@@ -302,7 +329,8 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
     m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
-    for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point})
+    for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
+                           &m->collective_start, &m->collective_done})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_out[slot], cudaEventDisableTiming));
@@ -316,6 +344,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaMemcpy(m->rope_sin, sin_table.data(), sin_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
     CUDA_CHECK(cudaMemset(m->adam_v, 0, m->plan.bytes[REGION_ADAM_V]));
+    CUDA_CHECK(cudaMemset(m->params, 0, m->plan.bytes[REGION_PARAMETERS]));  // ZeRO-1's padding past P too
     float one = 1.f;
     CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));
 }
@@ -328,7 +357,8 @@ static void model_free(Model* m) {
         CUDA_CHECK(cudaFreeHost(m->host_arena));
         host_allocations--;
     }
-    for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point})
+    for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point,
+                          m->collective_start, m->collective_done})
         CUDA_CHECK(cudaEventDestroy(e));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventDestroy(m->gradient_out[slot]));
@@ -366,9 +396,10 @@ static void model_init_random(Model* m) {
             m->params, t.offset, count, t.rows > 1 ? 0.02f : 0.f, m->seed);
         CUDA_CHECK(cudaGetLastError());
     }
-    if (m->master) {
-        mst::launch<widen_parameters_kernel>(mst_elementwise_blocks(m->layout.total, 256), 256, 0, m->stream,
-            m->master, m->params, m->layout.total);
+    if (m->master) {  // this rank's shard
+        size_t count = m->shard_end - m->shard_begin;
+        mst::launch<widen_parameters_kernel>(mst_elementwise_blocks(count, 256), 256, 0, m->stream,
+            m->master, m->params + m->shard_begin, count);
         CUDA_CHECK(cudaGetLastError());
     }
     CUDA_CHECK(cudaStreamSynchronize(m->stream));
@@ -575,29 +606,77 @@ static float model_loss(Model* m, const int* inputs, const int* targets) {
 // ----------------------------------------------------------------------------
 // optimizer
 
-// AdamW over the tensors inside [offset, offset + count), whose gradient starts at grad; weight decay on
-// 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, offset).
+// AdamW over the parameters [offset, offset + count) (whole tensors, or ZeRO-1's shard, which may cut two),
+// whose gradient starts at grad; the state regions hold the shard's elements from m->shard_begin. Weight decay
+// on 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, the tensor's
+// offset) and each element its index in the tensor, so a shard's piece of a tensor gets the bits of one update.
 static void adamw_group(Model* m, size_t offset, size_t count, const float* grad, float lr) {
     const OptimizerSettings& o = m->optimizer;
     int t = m->updates_applied + 1;
     nvtxRangePushA("AdamW");
     for (const ParameterTensor& tensor : m->tensors) {
-        if (tensor.offset < offset || tensor.offset >= offset + count) continue;
-        size_t n = tensor.rows * tensor.cols, at = tensor.offset;
-        const float* g = grad + (at - offset);
+        size_t begin = std::max(tensor.offset, offset), end = std::min(tensor.offset + tensor.rows * tensor.cols, offset + count);
+        if (begin >= end) continue;
+        size_t n = end - begin, state = begin - m->shard_begin;
+        const float* g = grad + (begin - offset);
         float decay = tensor.rows > 1 ? o.weight_decay : 0.f;
-        uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ at;
+        uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ tensor.offset;
         unsigned int seed = (unsigned int)splitmix64(&seed_state);
-        float* master = m->master ? m->master + at : nullptr;
+        float* master = m->master ? m->master + state : nullptr;
         if (m->plan.options.bf16_optimizer_state) {
-            adamw_update(m->params + at, master, g, (bf16*)m->adam_m + at, (bf16*)m->adam_v + at, n, t, lr, o.beta1,
-                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+            adamw_update(m->params + begin, master, g, (bf16*)m->adam_m + state, (bf16*)m->adam_v + state, n, t, lr,
+                         o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         } else {
-            adamw_update(m->params + at, master, g, (float*)m->adam_m + at, (float*)m->adam_v + at, n, t, lr, o.beta1,
-                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+            adamw_update(m->params + begin, master, g, (float*)m->adam_m + state, (float*)m->adam_v + state, n, t, lr,
+                         o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         }
     }
     nvtxRangePop();
+}
+
+// A collective of the ranks' device buffers, on the NCCL group's stream, after the compute stream's work so
+// far and before its next (events: the host does not wait)
+template <typename Collective>
+static void device_collective(Model* m, Collective run) {
+#ifdef MST_WITH_NCCL
+    CUDA_CHECK(cudaEventRecord(m->collective_start, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(m->par.device.stream, m->collective_start, 0));
+    run();
+    CUDA_CHECK(cudaEventRecord(m->collective_done, m->par.device.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->collective_done, 0));
+#else
+    run();
+#endif
+}
+
+// After backward, not fused: the squares of the gradient into the global norm's partials. ZeRO-1 (several
+// ranks): first each rank's shard of the gradient summed over the ranks (reduce-scatter in place, into its
+// block of m->grads); each rank's partials of its shard go to slot `world`, then all of them to slots
+// 0 .. world-1 (all-gather), so every rank sums the same partials in the same order: the same norm, exactly.
+static void reduce_gradients_for_norm(Model* m) {
+    const Parallel& par = m->par;
+    if (par.world == 1) {
+        global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, m->layout.total, m->stream);
+        return;
+    }
+    float* shard_grad = m->grads + (size_t)par.rank * m->shard;
+    device_collective(m, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
+    double* partials = (double*)m->grad_norm_scratch;
+    global_norm_squared_partial(partials, par.world, shard_grad, m->shard, m->stream);
+    device_collective(m, [&] {
+        comm_all_gather(par.device, partials + (size_t)par.world * GLOBAL_NORM_BLOCKS, partials, GLOBAL_NORM_BLOCKS, COMM_F64);
+    });
+    m->grad_norm_slots = par.world;
+}
+
+// Not fused: this rank's shard of the update (all of it on one rank), then ZeRO-1's all-gather of the updated
+// bf16 parameters (in place: each rank's block of m->params is its shard)
+static void apply_update_after_backward(Model* m, float lr) {
+    adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr);
+    if (m->par.world > 1)
+        device_collective(m, [&] {
+            comm_all_gather(m->par.device, m->params + (size_t)m->par.rank * m->shard, m->params, m->shard, COMM_BF16);
+        });
 }
 
 // Gradient groups: the LM head, the final norm, each layer, the embedding (the LM head's when tied).
@@ -757,10 +836,11 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     bool fused = m->plan.options.fused_optimizer;
     size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
     profile_step_begin();  // the last step's update, if pending, is applied by the first forward, group by group
-    int counted = counted_targets(targets, N * micro_batches);
-    float grad_scale = counted > 0 ? 1.f / counted : 0.f;
+    // the loss is the mean over the counted targets of every rank's batches
+    double counted = comm_sum_scalar(m->par.host, counted_targets(targets, N * micro_batches));
+    float grad_scale = counted > 0 ? (float)(1.0 / counted) : 0.f;
     profile_phase(PHASE_MEMORY_BOUND, m->stream);
-    if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, p.total * 4, m->stream));
+    if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->plan.bytes[REGION_GRADIENTS], m->stream));
     m->grad_norm_slots = 0;
     double loss_sum = 0.0;
     for (int micro = 0; micro < micro_batches; micro++) {
@@ -788,8 +868,9 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
         loss_sum += summed_loss(m);  // synchronizes the stream
     }
 
-    // the global norm: fused, of the groups' partials; not fused, of the whole gradient
-    if (!fused) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, p.total, m->stream);
+    loss_sum = comm_sum_scalar(m->par.host, loss_sum);
+    // the global norm: fused, of the groups' partials; not fused, of the whole gradient (summed over the ranks)
+    if (!fused) reduce_gradients_for_norm(m);
     global_norm_finish(m->grad_norm, m->clip_scale, m->grad_norm_scratch, m->grad_norm_slots,
                        m->optimizer.grad_clip, m->stream);
     CUDA_CHECK(cudaMemcpyAsync(grad_norm, m->grad_norm, 4, cudaMemcpyDeviceToHost, m->stream));
@@ -802,7 +883,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
             m->update_pending = true;
             m->pending_lr = lr;
         } else {
-            adamw_group(m, 0, p.total, m->grads, lr);
+            apply_update_after_backward(m, lr);
             m->updates_applied++;
         }
     }
@@ -842,7 +923,27 @@ static void model_set_parameters(Model* m, const std::vector<float>& params) {
     std::vector<bf16> rounded(params.size());
     for (size_t i = 0; i < params.size(); i++) rounded[i] = __float2bfloat16(params[i]);
     CUDA_CHECK(cudaMemcpy(m->params, rounded.data(), rounded.size() * 2, cudaMemcpyHostToDevice));
-    if (m->master) CUDA_CHECK(cudaMemcpy(m->master, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
+    if (m->master)  // this rank's shard
+        CUDA_CHECK(cudaMemcpy(m->master, params.data() + m->shard_begin, (m->shard_end - m->shard_begin) * 4, cudaMemcpyHostToDevice));
+}
+
+// ZeRO-1 state (AdamW m or v, the master weights: `shard` elements of element_bytes each on every rank) whole on
+// the host of every rank: each rank's shard all-gathered through MPI, the padding past P cut off. One rank: the
+// download. (MPI counts are ints: at most 1 GiB a collective.)
+static std::vector<unsigned char> gather_shards(Model* m, const void* device, size_t element_bytes) {
+    std::vector<unsigned char> shard = download_bytes(device, m->shard * element_bytes);
+    int world = m->par.world;
+    if (world == 1) return shard;
+    size_t shard_bytes = shard.size(), chunk_bytes = 1ull << 30;
+    std::vector<unsigned char> whole(shard_bytes * world), received;
+    for (size_t at = 0; at < shard_bytes; at += chunk_bytes) {
+        size_t bytes = std::min(chunk_bytes, shard_bytes - at);  // even: element_bytes is 2 or 4
+        received.resize(bytes * world);
+        comm_all_gather(m->par.host, shard.data() + at, received.data(), bytes / 2, COMM_BF16);  // moved as 2-byte units
+        for (int r = 0; r < world; r++) memcpy(whole.data() + r * shard_bytes + at, received.data() + r * bytes, bytes);
+    }
+    whole.resize(m->layout.total * element_bytes);
+    return whole;
 }
 
 // the bf16 parameters, widened (exactly) to fp32
@@ -857,8 +958,9 @@ static std::vector<float> download_params(Model* m) {
 
 static std::vector<float> download_master(Model* m) {
     model_apply_pending_update(m);
+    std::vector<unsigned char> bytes = gather_shards(m, m->master, 4);
     std::vector<float> out(m->layout.total);
-    CUDA_CHECK(cudaMemcpy(out.data(), m->master, out.size() * 4, cudaMemcpyDeviceToHost));
+    memcpy(out.data(), bytes.data(), out.size() * 4);
     return out;
 }
 
@@ -878,12 +980,14 @@ static void model_import_hf(Model* m, const std::string& dir) {
 // a dir that holds files is replaced whole only with replace (hf_export)
 static void model_export_hf(Model* m, const std::string& dir, bool replace = false) {
     std::string error;
-    if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error, replace)) safetensors_exit_on_error(error);
+    std::vector<float> weights = download_weights(m);  // every rank: ZeRO-1's master weights are gathered
+    if (m->par.rank == 0 && !hf_export(dir, m->config, weights.data(), "BF16", &error, replace)) safetensors_exit_on_error(error);
 }
 
 static const char* optimizer_state_dtype(const Model* m) { return m->plan.options.bf16_optimizer_state ? "BF16" : "F32"; }
 
-// Writes checkpoint steps_done into dir: the bf16 parameters, the master weights where kept, AdamW m and
+// Writes checkpoint steps_done into dir (several ranks: every rank gathers, rank 0 writes the whole state, the
+// file of one GPU's run): the bf16 parameters, the master weights where kept, AdamW m and
 // v as the arena holds them (bf16 or fp32) and the last step's clip scale (for the reader: a pending
 // update is applied before writing, so no later step depends on it). info brings the data loader, the RNG and options; the config, step and the choices a
 // resume must share (state dtype, master weights, seed of the stochastic rounding) are the model's.
@@ -896,11 +1000,12 @@ static std::string model_save_checkpoint(Model* m, const std::string& dir, Check
     info.options["master_weights"] = m->master ? "1" : "0";
     info.options["seed"] = std::to_string(m->seed);
     info.options["adamw_updates"] = std::to_string(m->updates_applied);  // fewer than steps after skipped steps
-    size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(optimizer_state_dtype(m));
+    size_t P = m->layout.total, state_size = safetensors_dtype_size(optimizer_state_dtype(m));
     std::vector<int64_t> shape = {(int64_t)P};
-    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = download_bytes(m->adam_m, state_bytes),
-                               adam_v = download_bytes(m->adam_v, state_bytes), clip = download_bytes(m->clip_scale, 4),
-                               master = m->master ? download_bytes(m->master, P * 4) : std::vector<unsigned char>();
+    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = gather_shards(m, m->adam_m, state_size),
+                               adam_v = gather_shards(m, m->adam_v, state_size), clip = download_bytes(m->clip_scale, 4),
+                               master = m->master ? gather_shards(m, m->master, 4) : std::vector<unsigned char>();
+    if (m->par.rank != 0) return checkpoint_path(dir, info.step);
     SafetensorsWriter arrays;
     arrays.add("params", "BF16", shape, params.data());
     arrays.add("adam_m", optimizer_state_dtype(m), shape, adam_m.data());
@@ -955,9 +1060,13 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
     std::map<std::string, void*> device = {{"params", m->params}, {"adam_m", m->adam_m}, {"adam_v", m->adam_v},
                                            {"clip_scale", m->clip_scale}, {"master", m->master}};
     for (const CheckpointArray& a : checkpoint_arrays(m->config, m->plan.options)) {
-        std::vector<unsigned char> host(a.count * safetensors_dtype_size(a.dtype));
+        size_t element_bytes = safetensors_dtype_size(a.dtype);
+        std::vector<unsigned char> host(a.count * element_bytes);
         if (!checkpoint_read_array(reader, a.name, a.dtype, a.count, host.data(), &error)) safetensors_exit_on_error(error);
-        CUDA_CHECK(cudaMemcpy(device[a.name], host.data(), host.size(), cudaMemcpyHostToDevice));
+        bool sharded = a.count == m->layout.total && device[a.name] != m->params;  // ZeRO-1: this rank's shard
+        size_t begin = sharded ? m->shard_begin : 0, end = sharded ? m->shard_end : a.count;
+        CUDA_CHECK(cudaMemcpy(device[a.name], host.data() + begin * element_bytes, (end - begin) * element_bytes,
+                              cudaMemcpyHostToDevice));
     }
     m->steps_done = (int)info.step;
     m->updates_applied = checkpoint_adamw_updates(info, path);
@@ -1098,6 +1207,9 @@ static void print_usage() {
 "  --val-batches N batches per validation (default 4)\n"
 "  --seed N        seed of the initial weights and random tokens (default 1337)\n"
 "  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
+"  --dp D          data-parallel ranks under mpirun or srun (one per GPU): each its own B x T batches,\n"
+"                  ZeRO-1 (AdamW state and update sharded over the ranks; needs -f 0) (default 1)\n"
+"  --sp S          sequence-parallel ranks (Ulysses): not in the trainer yet, refused (default 1)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
 "  -L FILE         log every step as one JSON object per line\n"
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
@@ -1172,7 +1284,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--dp", "--sp"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1222,6 +1334,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-d") cl.tokens_per_update = flag_int64(f, value, 1, INT64_MAX, "a positive integer");
         else if (flag == "--nonfinite-limit") cl.nonfinite_limit = flag_int(f, value, 1, INT_MAX, "a positive integer");
         else if (flag == "-L") cl.log_path = value;
+        else if (flag == "--dp") o.dp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
+        else if (flag == "--sp") o.sp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
         else if (flag == "--attention") {
             if (strcmp(value, "mma") != 0 && strcmp(value, "sm90") != 0) usage_error("%s: must be mma or sm90 (got \"%s\")", f, value);
             cl.attention = value;
@@ -1252,6 +1366,12 @@ static CommandLine parse_command_line(int argc, char** argv) {
         cl.micro_batches = accumulation_micro_batches(cl.tokens_per_update, cl.options.B, cl.options.T, &problem);
         if (cl.micro_batches == 0) usage_error("%s", problem.c_str());
     }
+    if (cl.options.sp > 1)
+        usage_error("--sp %d: Ulysses sequence parallelism is not in the trainer yet (issue 20); --dp works", cl.options.sp);
+    if (cl.options.dp > 1) {  // ZeRO-1 shards the update that runs after backward; the fused path is one GPU's
+        if (cl.options.fused_optimizer == 1) usage_error("--dp %d with -f 1: not supported yet (give -f 0)", cl.options.dp);
+        cl.options.fused_optimizer = 0;
+    }
     std::string problem = training_options_problem(cl.config, cl.options);
     if (!problem.empty()) usage_error("%s", problem.c_str());
     int head_dim = cl.config.head_dim();
@@ -1272,8 +1392,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
 static RunIdentity run_identity(const CommandLine& cl) {
     auto number = [](double x) { char text[32]; snprintf(text, sizeof text, "%.9g", x); return std::string(text); };
     const TrainingOptions& o = cl.options;
-    return {{"B", std::to_string(o.B)}, {"T", std::to_string(o.T)},
-            {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.T)},
+    // B: the rows of one step over the data-parallel ranks, so a run resumes on another number of them
+    return {{"B", std::to_string(o.B * o.dp)}, {"T", std::to_string(o.T)},
+            {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.dp * o.T)},
             {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern}, {"doc_mask", o.doc_mask ? "1" : "0"},
             {"optimizer_state", o.bf16_optimizer_state ? "bf16" : "fp32"}, {"master_weights", o.master_weights ? "1" : "0"},
             {"fused_optimizer", o.fused_optimizer < 0 ? "automatic" : std::to_string(o.fused_optimizer)}, {"seed", std::to_string(cl.seed)},
@@ -1289,12 +1410,27 @@ static void ensure_writable_directory(const char* flag, const std::string& dir) 
     if (!make_directories(dir, &error) || !probe_directory_writable(dir, &error)) usage_error("%s: %s", flag, error.c_str());
 }
 
+// The ranks of this process: one, or those mpirun (srun) started (start_ranks)
+static Parallel ranks;
+
+// The training data's split: data-parallel rank dp_rank of dp reads its own batches (rank-strided); the
+// sequence-parallel ranks of a group would read the same ones
+static int dp_rank() { return ranks.rank / ranks.sp; }
+
+// A checkpoint's data position, for this rank's split of the same batches (written on another number of ranks)
+static void resume_loader(DataLoader* loader, const DataLoaderState& saved) {
+    DataLoaderState state = dataloader_state_for_ranks(saved, loader->B, loader->rank, loader->num_ranks);
+    dataloader_resume(loader, &state);
+}
+
 // Shards: every header of the pattern's files, their sizes and enough windows (dataloader_init refuses
-// with one line), without reading their tokens; where given, a checkpoint's position in them.
+// with one line), without reading their tokens; where given, a checkpoint's position in them. Training data
+// is split over the data-parallel ranks; validation is read whole by each.
 static void check_shards(const CommandLine& cl, const char* pattern, bool shuffle, const DataLoaderState* resume = nullptr) {
     DataLoader loader;
-    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
-    if (resume) dataloader_resume(&loader, resume);
+    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, shuffle ? dp_rank() : 0, shuffle ? ranks.dp : 1, shuffle,
+                    cl.seed, cl.config.vocab_size);
+    if (resume) resume_loader(&loader, *resume);
     dataloader_free(&loader);
 }
 
@@ -1349,8 +1485,8 @@ static std::vector<std::string> clean_checkpoint_directory(const CommandLine& cl
     std::vector<std::string> complete, temporary;
     if (!cl.checkpoint_dir) return complete;
     checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
-    for (const std::string& path : temporary)
-        if (remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
+    for (const std::string& path : temporary)  // rank 0's to remove: the ranks share the directory
+        if (ranks.rank == 0 && remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
     if (!temporary.empty())
         printf("checkpoints: removed %zu temporary file(s) of an interrupted write from %s\n", temporary.size(), cl.checkpoint_dir);
     if (!cl.overwrite) complete.clear();
@@ -1498,26 +1634,34 @@ static double peak_bf16_flops(const cudaDeviceProp& prop) {
 }
 
 // A source of batches: shards through dataloader.h, or random tokens.
+// Rank `rank` of `ranks` reads every ranks-th batch from the rank-th (random tokens: the rows a run on one rank
+// with B x ranks rows would give it).
 struct Batches {
     bool random;
     DataLoader loader;
     std::vector<int> inputs, targets;
     uint64_t seed, served = 0;
+    int rank = 0, ranks = 1;
 };
 
-static void batches_init(Batches* b, const CommandLine& cl, const char* pattern, bool shuffle, uint64_t stream) {
+static void batches_init(Batches* b, const CommandLine& cl, const char* pattern, bool shuffle, uint64_t stream, int rank,
+                         int ranks) {
     int N = cl.options.B * cl.options.T;
     b->random = cl.random_tokens;
     b->seed = cl.seed ^ (stream << 56);
+    b->rank = rank;
+    b->ranks = ranks;
     b->inputs.resize(N);
     b->targets.resize(N);
-    if (!b->random) dataloader_init(&b->loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
+    if (!b->random)
+        dataloader_init(&b->loader, pattern, cl.options.B, cl.options.T, rank, ranks, shuffle, cl.seed, cl.config.vocab_size);
 }
 
 static void batches_next(Batches* b, const CommandLine& cl) {
     int N = cl.options.B * cl.options.T;
     if (b->random) {
-        random_batch(b->inputs.data(), b->targets.data(), cl.options.B, cl.options.T, cl.config.vocab_size, b->seed, b->served);
+        random_batch(b->inputs.data(), b->targets.data(), cl.options.B, cl.options.T, cl.config.vocab_size, b->seed,
+                     b->served * b->ranks + b->rank);
     } else {
         dataloader_next_batch(&b->loader);
         std::copy(b->loader.inputs, b->loader.inputs + N, b->inputs.begin());
@@ -1548,7 +1692,7 @@ static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, u
     set_run_identity(&info, run_identity(cl));
     std::string written = model_save_checkpoint(m, cl.checkpoint_dir, info);
     printf("checkpoint: %s\n", written.c_str());
-    if (replaced->empty()) return;
+    if (replaced->empty() || ranks.rank != 0) return;
     for (const std::string& path : *replaced)
         if (path != written && remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
     printf("checkpoints: --overwrite 1 replaced %zu checkpoint(s) of an earlier run in %s\n", replaced->size(), cl.checkpoint_dir);
@@ -1653,11 +1797,75 @@ static bool choose_attention(const CommandLine& cl, const cudaDeviceProp& prop) 
     return false;
 }
 
+// The ranks: one, or under a launcher (mpirun, srun: its world size in the environment) or with --dp above 1,
+// those MPI started, which must be --dp x --sp. Every rank's error line then names it, any rank's exit before
+// the end stops them all (MPI_Abort: no rank waits in a collective for one that left), and only rank 0 prints
+// (its stdout; the others' goes to /dev/null).
+static int launcher_world_size() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+        if (const char* value = getenv(name)) return atoi(value);
+    return 1;
+}
+
+#ifdef MST_WITH_NCCL
+static void abort_unfinished_ranks() {
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized && !finalized) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+}
+#endif
+
+static void start_ranks(const CommandLine& cl) {
+    ranks.dp = cl.options.dp;
+    ranks.sp = cl.options.sp;
+    int wanted = ranks.dp * ranks.sp;
+    if (wanted == 1 && launcher_world_size() <= 1) return;
+#ifndef MST_WITH_NCCL
+    usage_error("--dp %d: this build has no MPI and NCCL (make builds them in where mpicxx and nccl.h are)", ranks.dp);
+#else
+    ranks.host = comm_init_mpi(nullptr, nullptr);
+    atexit(abort_unfinished_ranks);
+    ranks.rank = ranks.host.rank;
+    ranks.world = ranks.host.size;
+    error_line_rank = "rank " + std::to_string(ranks.rank) + ": ";
+    if (ranks.world != wanted)
+        usage_error("%d ranks were started, but --dp %d x --sp %d = %d (start --dp x --sp ranks: mpirun -np %d)", ranks.world,
+                    ranks.dp, ranks.sp, wanted, wanted);
+    MPI_Comm node;  // the ranks on this machine: the local rank picks the GPU
+    comm_mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ranks.rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+    comm_mpi_check(MPI_Comm_rank(node, &ranks.local_rank), "MPI_Comm_rank");
+    MPI_Comm_free(&node);
+    if (ranks.rank != 0 && !freopen("/dev/null", "w", stdout)) error_exit("cannot send rank " + std::to_string(ranks.rank) + "'s stdout to /dev/null");
+#endif
+}
+
+// The end of a run of several ranks: the NCCL group, then MPI
+static void finish_ranks() {
+#ifdef MST_WITH_NCCL
+    if (ranks.world == 1 && ranks.host.backend == COMM_SINGLE) return;
+    comm_free(ranks.device);
+    fflush(stdout);
+    MPI_Finalize();
+#endif
+}
+
 static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
-    cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
+    int device_count = 0;
+    cudaError_t no_gpu = cudaGetDeviceCount(&device_count);
+    int device = device_count > 0 ? ranks.local_rank % device_count : 0;  // one GPU per rank on a node
+    if (no_gpu == cudaSuccess) no_gpu = cudaSetDevice(device);
+    if (no_gpu == cudaSuccess) no_gpu = cudaGetDeviceProperties(&prop, device);
     if (no_gpu != cudaSuccess)
         usage_error("no usable GPU (%s); --dry-run and --max-T work without one", no_gpu_cause(no_gpu).c_str());
+#ifdef MST_WITH_NCCL
+    if (ranks.host.backend == COMM_MPI) ranks.device = comm_init_nccl(ranks.host);  // rank 0's id, broadcast over MPI
+#endif
     if (cl.attention && !strcmp(cl.attention, "sm90") && prop.major != 9)
         usage_error("--attention sm90: needs a compute capability 9.0 card (H100, H200); %s is %d.%d", prop.name, prop.major, prop.minor);
     size_t free_bytes, total_bytes;
@@ -1670,20 +1878,23 @@ static int train(const CommandLine& cl) {
     if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
 
     Batches train_batches, val_batches;
-    batches_init(&train_batches, cl, cl.train_pattern, true, 1);
-    if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2);
+    batches_init(&train_batches, cl, cl.train_pattern, true, 1, dp_rank(), ranks.dp);
+    if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2, 0, 1);
     std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";  // preflight: there is one
     std::vector<std::string> replaced_checkpoints = clean_checkpoint_directory(cl);
     Tokenizer tokenizer;
     bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
 
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
+    if (ranks.world > 1)
+        printf("ranks: %d (--dp %d: each its own batches of %d x %d tokens; ZeRO-1: the AdamW state and update sharded)\n",
+               ranks.world, ranks.dp, cl.options.B, cl.options.T);
     printf("attention: %s\n", options.doc_mask ? "within documents (--doc-mask 1: each <|begin_of_text|> starts one)"
                                                : "over the whole sequence (--doc-mask 0)");
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
     bool attention_sm90 = choose_attention(cl, prop);  // before the arena exists: the self-test allocates its own
     Model model;
-    model_create(&model, cl.config, options, cl.optimizer, cl.seed);
+    model_create(&model, cl.config, options, cl.optimizer, cl.seed, ranks);
     model.attention_sm90 = attention_sm90;
     profile_attach(model.stream, cl.profile);
     int start_step = 0;
@@ -1695,7 +1906,7 @@ static int train(const CommandLine& cl) {
         start_step = (int)info.step;
         sample_rng = info.rng_state;
         train_batches.served = info.step * (uint64_t)cl.micro_batches;
-        if (!train_batches.random) dataloader_resume(&train_batches.loader, &info.loader);
+        if (!train_batches.random) resume_loader(&train_batches.loader, info.loader);
         printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
     } else if (cl.hf_dir) {
         printf("loading weights from %s\n", cl.hf_dir);
@@ -1707,7 +1918,8 @@ static int train(const CommandLine& cl) {
     }
     RunLog log;  // begun once the run has started; a resumed run keeps its log's records up to its step
     std::string error;
-    if (cl.log_path && !log.start(cl.log_path, cl.resume ? start_step : -1, &error)) usage_error("-L: %s", error.c_str());
+    if (cl.log_path && ranks.rank == 0 && !log.start(cl.log_path, cl.resume ? start_step : -1, &error))  // rank 0 logs
+        usage_error("-L: %s", error.c_str());
 
     size_t tokens_per_step = (size_t)model.N * cl.micro_batches;
     if (cl.micro_batches > 1)
@@ -1743,7 +1955,7 @@ static int train(const CommandLine& cl) {
         guard.skip(loss, grad_norm);  // the same test model_step made: counts the skipped steps in a row
         CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
         StepRecord r = {step + 1, loss, lr, grad_norm, clip_scale(grad_norm, cl.optimizer.grad_clip), skipped,
-                        seconds * 1e3, tokens_per_step / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
+                        seconds * 1e3, tokens_per_step * ranks.dp / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
                         gib(total_bytes - free_bytes), host_memory_gib(), cl.profile ? profiler.last_ms : nullptr};
         char mfu[32] = "-";
         if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu_percent);
@@ -1767,6 +1979,7 @@ static int train(const CommandLine& cl) {
                     "stopping: the weights are those after step %d\n", guard.in_a_row, step + 2 - guard.in_a_row, step + 1,
                     guard.limit, step + 1 - guard.in_a_row);
             model_free(&model);
+            finish_ranks();
             return 1;
         }
         // the last step's sample and checkpoint come after the loop; the sample before the checkpoint,
@@ -1792,11 +2005,13 @@ static int train(const CommandLine& cl) {
     model_free(&model);
     if (!train_batches.random) dataloader_free(&train_batches.loader);
     if (cl.val_interval > 0 && !val_batches.random) dataloader_free(&val_batches.loader);
+    finish_ranks();
     return 0;
 }
 
 static int run(int argc, char** argv) {
     CommandLine cl = parse_command_line(argc, argv);
+    if (!cl.dry_run && !cl.print_max_T) start_ranks(cl);  // MPI before the checks, so any rank's error stops all
     preflight(cl);
     if (cl.dry_run || cl.print_max_T) return print_plan_on_paper(cl) ? 0 : 1;
     // a card smaller than the one present: refuse before touching the GPU

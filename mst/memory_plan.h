@@ -46,6 +46,8 @@ struct TrainingOptions {
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
+    int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
+    int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses; not in the trainer yet: refused)
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
@@ -161,6 +163,12 @@ static inline std::string offload_text(int h, int L) {
 }
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// ZeRO-1 over W = dp x sp ranks: rank r owns parameters [r x shard, (r + 1) x shard) of the P, shard = ceil(P / W);
+// it keeps AdamW m, v and master weights for those only, and updates only them. The parameters and the gradients
+// are padded to W x shard (the padding never read by the model) so the reduce-scatter and all-gather move equal
+// blocks in place. W = 1: shard = P, no padding.
+static inline size_t zero_shard(size_t P, int world) { return ceil_div(P, (size_t)std::max(world, 1)); }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
 // regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
 static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
@@ -175,6 +183,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
     if (o.fused_optimizer < 0) o.fused_optimizer = 1;  // unresolved automatic: planned fused
+    int world = o.dp * o.sp;
+    size_t shard = zero_shard(P, world), padded = shard * world;
 
     o.mlp_chunks = mlp_mini_sequences(c, (long)N, o.mlp_chunks);
     o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
@@ -189,16 +199,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // to the host): the LM head (V x C), the final norm, each layer in turn, the embedding (V x C). Tied
     // embeddings share one V x C gradient from the LM head's backward to the embedding's, kept whole beside.
     GradientSlots slots = fused_gradient_slots(c);
-    size_t gradient_elements = !o.fused_optimizer ? P
+    size_t gradient_elements = !o.fused_optimizer ? padded
                              : (c.tied_embeddings ? V * C : 0) + slots.elements[0] + slots.elements[1];
 
     auto set = [&](Region r, size_t bytes, std::string shape) { plan.bytes[r] = bytes; plan.shape[r] = shape; };
     auto s = [](size_t x) { return std::to_string(x); };
     std::string per_layer = layers_live > 1 ? s(layers_live) + " x " : "";
-    set(REGION_PARAMETERS, P * 2, s(P) + " x 2");
-    set(REGION_MASTER_WEIGHTS, o.master_weights ? P * 4 : 0, o.master_weights ? s(P) + " x 4" : "none");
-    set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
-    set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
+    set(REGION_PARAMETERS, padded * 2, s(padded) + " x 2");
+    set(REGION_MASTER_WEIGHTS, o.master_weights ? shard * 4 : 0, o.master_weights ? s(shard) + " x 4" : "none");
+    set(REGION_ADAM_M, shard * state_bytes, s(shard) + " x " + s(state_bytes));
+    set(REGION_ADAM_V, shard * state_bytes, s(shard) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
     // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
     // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
@@ -325,6 +335,13 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
            offload_text(o.offload, plan.config.n_layer).c_str());
+    int world = o.dp * o.sp;
+    if (world > 1) {  // ZeRO-1: each step's fp32 gradients reduce-scattered, the bf16 parameters all-gathered
+        size_t padded = plan.bytes[REGION_PARAMETERS] / 2;
+        printf("one GPU of %d (--dp %d): ZeRO-1, AdamW state for %zu of the parameters; per step reduce-scatter "
+               "%.2f GiB (fp32 gradients), all-gather %.2f GiB (bf16 parameters)\n", world, o.dp, padded / world,
+               gib(padded * 4), gib(padded * 2));
+    }
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
     printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");
