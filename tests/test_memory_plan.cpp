@@ -425,6 +425,39 @@ static void test_step_model() {
           plain.seconds[PHASE_MATMULS] < p.seconds[PHASE_MATMULS], "step model: recomputation adds one forward");
 }
 
+// ZeRO-1 over --dp D ranks: each GPU keeps AdamW m, v (and master weights) for ceil(P / D) parameters; the bf16
+// parameters and the fp32 gradients are padded to D x ceil(P / D) (equal blocks for the reduce-scatter and the
+// all-gather); the activations are one rank's B x T. Hand formulas from the 8B's P, checked at D = 8 and D = 3
+// (P = 8,030,261,248 is a multiple of 8, not of 3: padding of 2).
+static void test_zero1_shards() {
+    const size_t P = 8030261248ull;
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.fused_optimizer = 0;
+    o.master_weights = true;
+    MemoryPlan one = plan_memory(c, o);
+    for (int D : {8, 3}) {
+        o.dp = D;
+        MemoryPlan plan = plan_memory(c, o);
+        size_t shard = D == 8 ? P / 8 : P / 3 + 1, padded = shard * D;
+        char what[160];
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: AdamW m, v bf16 and master weights fp32 for %zu parameters", D, shard);
+        check(plan.bytes[REGION_ADAM_M] == shard * 2 && plan.bytes[REGION_ADAM_V] == shard * 2 &&
+              plan.bytes[REGION_MASTER_WEIGHTS] == shard * 4, what);
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: parameters x 2 and gradients x 4 padded to %zu (D x shard >= P)", D, padded);
+        check(padded >= P && padded - P < (size_t)D && plan.bytes[REGION_PARAMETERS] == padded * 2 &&
+              plan.bytes[REGION_GRADIENTS] == padded * 4, what);
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: activations as one GPU's (layer inputs, q/k/v, logits)", D);
+        check(plan.bytes[REGION_LAYER_INPUTS] == one.bytes[REGION_LAYER_INPUTS] && plan.bytes[REGION_QKV] == one.bytes[REGION_QKV] &&
+              plan.bytes[REGION_LMHEAD_LOGITS] == one.bytes[REGION_LMHEAD_LOGITS], what);
+        test_regions_are_laid_out(plan, "ZeRO-1: regions laid out in order, within the arena");
+    }
+    // 8 GPUs save 7/8 of the state: 8B's (2 + 2 + 4) x P bytes become a shard's
+    o.dp = 8;
+    double saved = gib(one.total) - gib(plan_memory(c, o).total);
+    check(fabs(saved - gib(P / 8 * 7 * 8)) < 0.01, "ZeRO-1 --dp 8: the plan shrinks by 7/8 of m, v and master weights");
+}
+
 int main() {
     test_llama3_8b_at_60000();
     test_options();
@@ -436,5 +469,6 @@ int main() {
     test_problems();
     test_automatic_optimizer_path();
     test_step_model();
+    test_zero1_shards();
     return test_summary();
 }
