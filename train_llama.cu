@@ -104,6 +104,8 @@ struct LayerActivationsGPU {
     bf16* attention_residual;                     // N x C: layer input + attention_out Wo^T
     bf16* mlp_norm; float* mlp_rstd;              // N x C, N
     bf16* gate_up; bf16* act;                     // one mini-sequence: n_mlp x 2F ([gate | up] rows), n_mlp x F
+    bf16* attention_heads;                        // --sp: the output in head layout, B x Tp x Hl x hd (q, k, v, lse
+                                                  // are then head layout too: B x Tp x (Hl, KVl, KVl) x hd, B x Hl x Tp)
 };
 
 // Several GPUs (issue 20): one process per GPU, started by mpirun or srun; --dp D data-parallel ranks, each on
@@ -111,11 +113,22 @@ struct LayerActivationsGPU {
 // parameters [shard_begin, shard_begin + shard) only. After backward the fp32 gradients are reduce-scattered
 // (each rank gets its shard summed over the ranks), the global norm sums every rank's shard, each rank updates
 // its shard and the bf16 parameters are all-gathered. One rank: the one-GPU trainer (shard = P, no collective).
+//
+// --sp S (Ulysses): the ranks rank - rank % S .. of a group share the same sequences, rank j of the group holding
+// tokens [j Tl, j Tl + Tl) of each (Tl = ceil(T / S); the last block padded past T: input 0, target -1, so no
+// loss, no gradient, and causal attention keeps every real token from them). Everything but attention runs
+// on the block; around attention two all-to-alls (forward, its recompute and backward) give each rank the
+// whole sequences for query heads [j Hl, j Hl + Hl) and the KV heads they read (UlyssesShape: replicated when
+// S exceeds the KV heads), and bring the output back. RoPE positions and document starts are the sequences'.
+// The loss is the mean over every rank's counted targets; the gradients are summed over all the ranks.
 struct Parallel {
     int rank = 0, world = 1, dp = 1, sp = 1;
     int local_rank = 0;  // among the ranks on this node: its GPU
     Comm host;           // host values through MPI: counted targets, the loss, checkpoint gathers
     Comm device;         // device buffers through NCCL (on the CPU device, its NCCL over MPI)
+    Comm sp_host, sp_device;  // this rank's Ulysses group (S ranks), host and device
+    int sp_rank() const { return rank % sp; }
+    int dp_rank() const { return rank / sp; }
 };
 
 struct Model {
@@ -124,7 +137,8 @@ struct Model {
     std::vector<ParameterTensor> tensors;  // for AdamW: weight decay on the 2-D ones only
     MemoryPlan plan;
     OptimizerSettings optimizer;
-    int B, T, N;
+    int B, T, N;                   // N = B x Tl: this rank's tokens (B x T on one rank)
+    UlyssesShape ulysses;          // --sp's split (S = 1: Tl = Tp = T, all heads)
     cudaStream_t stream;
     cublasLtHandle_t cublaslt;
     char* arena;
@@ -156,7 +170,8 @@ struct Model {
     bf16* logits;                  // n_lm x V: one LM-head mini-sequence
     float* losses;                 // N
     int* inputs; int* targets;     // N each
-    int* doc_start;                // N: each token's document start (document_starts), or null: no --doc-mask
+    int* doc_start;                // B x Tp: each token's document start (document_starts), or null: no --doc-mask
+    int* sequence_inputs;          // --sp with --doc-mask: the whole sequences' inputs (B x Tp), for doc_start
     int bos_token;                 // the token that starts a document: <|begin_of_text|> (a test's tiny vocabulary: its own)
     int* token_buckets;            // the embedding backward's buckets of the inputs (mst/token_buckets.h)
     TokenBuckets buckets;          // their host copy, rebuilt as each batch is uploaded
@@ -164,7 +179,9 @@ struct Model {
     // backward
     bf16* dresidual; bf16* dnorm;  // N x C each: the residual stream's gradient, a norm output's gradient
     bf16* dq; bf16* dk; bf16* dv; bf16* dattention_out;
-    void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out))
+    void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out)); --sp: B x Tp x Hl
+    bf16* dattention_heads;        // --sp: the attention output's gradient, head layout
+    bf16* all_to_all_send; bf16* all_to_all_recv;  // --sp: S blocks each, block j to / from group rank j
     bf16* dgate_up; bf16* dact;    // one mini-sequence
     void* norm_scratch;            // RMSNorm weight-gradient partials
     void* grad_norm_scratch;       // global-norm partials, one slot per gradient group
@@ -191,7 +208,7 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
     return {at(a.attention_norm, b.attention_norm), at(a.attention_rstd, b.attention_rstd), at(a.q, b.q),
             at(a.k, b.k), at(a.v, b.v), at(a.attention_out, b.attention_out), at(a.lse, b.lse),
             at(a.attention_residual, b.attention_residual), at(a.mlp_norm, b.mlp_norm), at(a.mlp_rstd, b.mlp_rstd),
-            at(a.gate_up, b.gate_up), at(a.act, b.act)};
+            at(a.gate_up, b.gate_up), at(a.act, b.act), at(a.attention_heads, b.attention_heads)};
 }
 
 // layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
@@ -249,10 +266,36 @@ static void carve_arena(Model* m) {
     m->losses = (float*)region(REGION_LOSSES);
     m->inputs = (int*)region(REGION_TOKENS);
     m->targets = m->inputs + N;
+    // document starts over the whole sequences (B x Tp: N on one rank), with --sp their inputs beside them
+    const UlyssesShape& u = m->ulysses;
+    size_t Np = (size_t)m->B * u.Tp, hd = m->config.head_dim();
+    bool ulysses = u.S > 1;
     m->doc_start = p.options.doc_mask ? m->targets + N : nullptr;
-    m->token_buckets = m->targets + (p.options.doc_mask ? 2 : 1) * N;
+    m->sequence_inputs = p.options.doc_mask && ulysses ? m->doc_start + Np : nullptr;
+    m->token_buckets = m->targets + N + (p.options.doc_mask ? (ulysses ? 2 : 1) * Np : 0);
     m->rope_cos = (float*)region(REGION_ROPE_TABLES);
-    m->rope_sin = m->rope_cos + (size_t)m->T * (m->config.head_dim() / 2);
+    m->rope_sin = m->rope_cos + (size_t)u.Tp * (hd / 2);
+    char* attention_scratch_end = region(REGION_QKV_GRADIENT) + round_up_256(p.bytes[REGION_QKV_GRADIENT]);
+    if (ulysses) {  // recomputation: one layer's; q, k, v, lse, the output in head layout (memory_plan.h)
+        LayerActivationsGPU& a = m->layer_acts[0];
+        size_t qkv_heads = Np * (u.Hl + 2 * u.KVl) * hd, out_heads = Np * u.Hl * hd;
+        a.q = (bf16*)region(REGION_ULYSSES_HEADS);
+        a.k = a.q + Np * u.Hl * hd;
+        a.v = a.k + Np * u.KVl * hd;
+        m->dq = a.q + qkv_heads;
+        m->dk = m->dq + Np * u.Hl * hd;
+        m->dv = m->dk + Np * u.KVl * hd;
+        a.attention_heads = m->dq + qkv_heads;
+        m->dattention_heads = a.attention_heads + out_heads;
+        a.lse = (float*)(m->dattention_heads + out_heads);
+        m->attention_scratch = a.lse + Np * u.Hl;
+        a.attention_out = (bf16*)region(REGION_ATTENTION_OUT);
+        m->dattention_out = (bf16*)region(REGION_QKV_GRADIENT);
+        m->all_to_all_send = (bf16*)region(REGION_ALL_TO_ALL);
+        m->all_to_all_recv = m->all_to_all_send + qkv_heads;
+        m->layer_acts[1] = a;
+        attention_scratch_end = region(REGION_ULYSSES_HEADS) + round_up_256(p.bytes[REGION_ULYSSES_HEADS]);
+    }
     // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
     // and the two scalars
     size_t norm_scratch_bytes = rmsnorm_backward_scratch_bytes(m->N, C);
@@ -260,10 +303,9 @@ static void carve_arena(Model* m) {
     size_t grad_norm_bytes = global_norm_scratch_bytes(std::max(m->config.n_layer + 3, m->par.world + 1));
     size_t reserved_for_norm = (size_t)RMSNORM_GRADIENT_CHUNKS * C * 4;
     // the attention scratch ends its region; the region's 256-byte rounding is its own
-    size_t attention_scratch_room = round_up_256(p.bytes[REGION_QKV_GRADIENT]) -
-                                    ((char*)m->attention_scratch - region(REGION_QKV_GRADIENT));
+    size_t attention_scratch_room = attention_scratch_end - (char*)m->attention_scratch;
     if (norm_scratch_bytes > reserved_for_norm || round_up_256(grad_norm_bytes) + 256 > (1u << 20) ||
-        attention_backward_scratch_bytes(m->B, m->T, H, m->config.head_dim()) > attention_scratch_room) {
+        attention_backward_scratch_bytes(m->B, u.Tp, u.Hl, hd) > attention_scratch_room) {
         fprintf(stderr, "error: the memory plan's scratch is smaller than the kernels need\n");
         exit(1);
     }
@@ -310,13 +352,15 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->optimizer = optimizer;
     m->B = options.B;
     m->T = options.T;
-    m->N = options.B * options.T;
+    m->ulysses = UlyssesShape(config, options.sp, options.B, options.T);
+    m->N = options.B * m->ulysses.Tl;
     m->seed = seed;
     m->shard = zero_shard(m->layout.total, par.world);
     m->shard_begin = std::min(m->layout.total, (size_t)par.rank * m->shard);
     m->shard_end = std::min(m->layout.total, m->shard_begin + m->shard);
     m->attention_sm90 = mst::device_major() == 9;  // train() decides with --attention and the self-test
-    m->bos_token = LLAMA3_BOS_TOKEN;
+    // <|begin_of_text|> starts a document; a vocabulary without it (a test's) has token 0, as samples begin with
+    m->bos_token = config.vocab_size > LLAMA3_BOS_TOKEN ? LLAMA3_BOS_TOKEN : 0;
     m->steps_done = 0;
     m->updates_applied = 0;
     m->update_pending = false;
@@ -338,8 +382,8 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     }
     declare_arena_regions(m);
     carve_arena(m);
-    std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
-    rope_tables(config, m->T, cos_table.data(), sin_table.data());
+    std::vector<float> cos_table((size_t)m->ulysses.Tp * config.head_dim() / 2), sin_table(cos_table.size());
+    rope_tables(config, m->ulysses.Tp, cos_table.data(), sin_table.data());
     CUDA_CHECK(cudaMemcpy(m->rope_cos, cos_table.data(), cos_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(m->rope_sin, sin_table.data(), sin_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
@@ -465,6 +509,151 @@ static void offload_before_backward(Model* m, int l) {
                        cudaMemcpyHostToDevice, m->fetched[(l - 1) % 2]);
 }
 
+// A collective of a group's device buffers, on its NCCL stream, after the compute stream's work so far and
+// before its next (events: the host does not wait)
+template <typename Collective>
+static void device_collective(Model* m, const Comm& group, Collective run) {
+#ifdef MST_WITH_NCCL
+    CUDA_CHECK(cudaEventRecord(m->collective_start, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(group.stream, m->collective_start, 0));
+    run();
+    CUDA_CHECK(cudaEventRecord(m->collective_done, group.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->collective_done, 0));
+#else
+    (void)group;
+    run();
+#endif
+}
+
+// --sp: S blocks of `block` elements, block j to group rank j, block i from group rank i
+static void ulysses_all_to_all(Model* m, size_t block) {
+    device_collective(m, m->par.sp_device, [&] {
+        comm_all_to_all(m->par.sp_device, m->all_to_all_send, m->all_to_all_recv, block, COMM_BF16);
+    });
+}
+
+// --sp: each received block's B x Tl rows of `width` elements (at `at` in the block: its q, k, v or output part)
+// to their place in the whole sequences, heads = B x Tp x width: block i's rows are positions i Tl .. of each
+static void blocks_to_sequences(Model* m, bf16* heads, size_t block, size_t at, int width) {
+    const UlyssesShape& u = m->ulysses;
+    size_t row = (size_t)u.Tl * width * 2;
+    for (int i = 0; i < u.S; i++)
+        CUDA_CHECK(cudaMemcpy2DAsync(heads + (size_t)i * u.Tl * width, (size_t)u.Tp * width * 2,
+                                     m->all_to_all_recv + i * block + at, row, row, u.B, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// the inverse: positions i Tl .. of each sequence of heads into send block i, at `at`
+static void sequences_to_blocks(Model* m, const bf16* heads, size_t block, size_t at, int width) {
+    const UlyssesShape& u = m->ulysses;
+    size_t row = (size_t)u.Tl * width * 2;
+    for (int i = 0; i < u.S; i++)
+        CUDA_CHECK(cudaMemcpy2DAsync(m->all_to_all_send + i * block + at, row, heads + (size_t)i * u.Tl * width,
+                                     (size_t)u.Tp * width * 2, row, u.B, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// --sp: columns [column, column + width) of this rank's token-layout matrix x (N rows of x_width) to send block j
+// at `at` (N x width), and the inverse from receive block j
+static void columns_to_block(Model* m, const bf16* x, int x_width, size_t block, size_t at, int width, int j, int column) {
+    CUDA_CHECK(cudaMemcpy2DAsync(m->all_to_all_send + j * block + at, (size_t)width * 2, x + column, (size_t)x_width * 2,
+                                 (size_t)width * 2, m->N, cudaMemcpyDeviceToDevice, m->stream));
+}
+static void block_to_columns(Model* m, bf16* x, int x_width, size_t block, size_t at, int width, int j, int column) {
+    CUDA_CHECK(cudaMemcpy2DAsync(x + column, (size_t)x_width * 2, m->all_to_all_recv + j * block + at, (size_t)width * 2,
+                                 (size_t)width * 2, m->N, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// --sp, forward: q, k, v of this rank's tokens by one rank's matmuls (token layout, in the receive buffer, free
+// until the all-to-all), group rank j's heads into send block j ([q_j | k_j | v_j]: query heads [j Hl, j Hl + Hl),
+// the KV heads from kv_first(j)), the all-to-all, the received blocks into the whole sequences (head layout),
+// RoPE at the sequences' positions, attention over them; then the output's blocks back into this rank's token
+// layout, rank j's heads at columns j Hl hd.
+static void ulysses_attention_forward(Model* m, const LayerActivationsGPU& a, const bf16* w) {
+    const UlyssesShape& u = m->ulysses;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim(), hd = u.hd;
+    int Hl = u.Hl * hd, KVl = u.KVl * hd;
+    cudaStream_t s = m->stream;
+    bf16* q = m->all_to_all_recv;
+    bf16* k = q + (size_t)N * Q;
+    bf16* v = k + (size_t)N * KV;
+    matmul_forward(q, a.attention_norm, w + o.q, N, C, Q, false, s);
+    matmul_forward(k, a.attention_norm, w + o.k, N, C, KV, false, s);
+    matmul_forward(v, a.attention_norm, w + o.v, N, C, KV, false, s);
+    size_t block = (size_t)N * (Hl + 2 * KVl);
+    for (int j = 0; j < u.S; j++) {
+        columns_to_block(m, q, Q, block, 0, Hl, j, j * Hl);
+        columns_to_block(m, k, KV, block, (size_t)N * Hl, KVl, j, u.kv_first(j) * hd);
+        columns_to_block(m, v, KV, block, (size_t)N * (Hl + KVl), KVl, j, u.kv_first(j) * hd);
+    }
+    ulysses_all_to_all(m, block);
+    blocks_to_sequences(m, a.q, block, 0, Hl);
+    blocks_to_sequences(m, a.k, block, (size_t)N * Hl, KVl);
+    blocks_to_sequences(m, a.v, block, (size_t)N * (Hl + KVl), KVl);
+    rope_forward(a.q, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, false, s);
+    rope_forward(a.k, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, false, s);
+    if (m->attention_sm90) attention_forward_sm90(a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    else attention_forward(a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    size_t out_block = (size_t)N * Hl;
+    sequences_to_blocks(m, a.attention_heads, out_block, 0, Hl);
+    ulysses_all_to_all(m, out_block);
+    for (int j = 0; j < u.S; j++) block_to_columns(m, a.attention_out, Q, out_block, 0, Hl, j, j * Hl);
+}
+
+// --sp, backward from the output's gradient (token layout, m->dattention_out) to dnorm and the q, k, v weight
+// gradients: rank j's columns to it (all-to-all) into the whole sequences, attention backward, RoPE's, the dq,
+// dk, dv blocks back (all-to-all) into this rank's token layout (in the send buffer, free again: N x (Q + 2 KV)
+// fits), then one rank's matmuls. A replicated KV head's gradient (S > KV) arrives from S / KV ranks: the
+// matmuls of each block accumulate instead.
+static void ulysses_attention_backward(Model* m, const LayerActivationsGPU& a, const bf16* w, float* grad) {
+    const UlyssesShape& u = m->ulysses;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim(), hd = u.hd;
+    int Hl = u.Hl * hd, KVl = u.KVl * hd;
+    cudaStream_t s = m->stream;
+    size_t out_block = (size_t)N * Hl, block = (size_t)N * (Hl + 2 * KVl);
+    for (int j = 0; j < u.S; j++) columns_to_block(m, m->dattention_out, Q, out_block, 0, Hl, j, j * Hl);
+    ulysses_all_to_all(m, out_block);
+    blocks_to_sequences(m, m->dattention_heads, out_block, 0, Hl);
+    attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_heads, a.q, a.k, a.v, a.attention_heads,
+                       a.lse, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    rope_forward(m->dq, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, true, s);
+    rope_forward(m->dk, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, true, s);
+    sequences_to_blocks(m, m->dq, block, 0, Hl);
+    sequences_to_blocks(m, m->dk, block, (size_t)N * Hl, KVl);
+    sequences_to_blocks(m, m->dv, block, (size_t)N * (Hl + KVl), KVl);
+    ulysses_all_to_all(m, block);
+    bool replicated = m->config.n_kv_head < u.S;
+    bf16* dq = m->all_to_all_send;
+    bf16* dk = dq + (size_t)N * Q;
+    bf16* dv = dk + (size_t)N * KV;
+    for (int j = 0; j < u.S; j++) {
+        block_to_columns(m, dq, Q, block, 0, Hl, j, j * Hl);
+        if (replicated) continue;
+        block_to_columns(m, dk, KV, block, (size_t)N * Hl, KVl, j, u.kv_first(j) * hd);
+        block_to_columns(m, dv, KV, block, (size_t)N * (Hl + KVl), KVl, j, u.kv_first(j) * hd);
+    }
+    matmul_backward_input(m->dnorm, dq, w + o.q, N, C, Q, false, s);
+    if (!replicated) {
+        matmul_backward_input(m->dnorm, dk, w + o.k, N, C, KV, true, s);
+        matmul_backward_input(m->dnorm, dv, w + o.v, N, C, KV, true, s);
+    }
+    matmul_backward_weight(grad + o.q, dq, a.attention_norm, N, C, Q, s);
+    if (!replicated) {
+        matmul_backward_weight(grad + o.k, dk, a.attention_norm, N, C, KV, s);
+        matmul_backward_weight(grad + o.v, dv, a.attention_norm, N, C, KV, s);
+        return;
+    }
+    for (int j = 0; j < u.S; j++) {  // KVl = 1: block j's KV head kv_first(j)
+        const bf16* dk_j = m->all_to_all_recv + j * block + (size_t)N * Hl;
+        const bf16* dv_j = dk_j + (size_t)N * KVl;
+        size_t rows = (size_t)u.kv_first(j) * hd * C;
+        matmul_backward_input(m->dnorm, dk_j, w + o.k + rows, N, C, KVl, true, s);
+        matmul_backward_input(m->dnorm, dv_j, w + o.v + rows, N, C, KVl, true, s);
+        matmul_backward_weight(grad + o.k + rows, dk_j, a.attention_norm, N, C, KVl, s);
+        matmul_backward_weight(grad + o.v + rows, dv_j, a.attention_norm, N, C, KVl, s);
+    }
+}
+
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
 // weights (2F x C) gives rows [gate | up]; then act = silu(gate) * up
 static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGPU& a, int start, int n) {
@@ -486,13 +675,17 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     cudaStream_t s = m->stream;
     nvtx_push(with_mlp ? "layer %d forward" : "layer %d recompute", l);
     rmsnorm_forward(a.attention_norm, a.attention_rstd, x, w + o.input_norm, N, C, c.norm_eps, s);
-    matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
-    matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
-    matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
-    rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
-    rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
-    else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    if (m->ulysses.S > 1) {
+        ulysses_attention_forward(m, a, w);
+    } else {
+        matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
+        matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
+        matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
+        rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
+        rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
+        if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+        else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    }
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
@@ -579,17 +772,41 @@ static int counted_targets(const int* targets, size_t count) {
     return counted;
 }
 
-static int upload_tokens(Model* m, const int* inputs, const int* targets) {
-    if (!bucket_tokens(&m->buckets, inputs, m->N, m->config.vocab_size))
+// This rank's tokens of B rows of T: with --sp, positions [j Tl, j Tl + Tl) of each row (group rank j), those
+// past T `pad`; on one rank, the rows. Positions 0 .. Tp - 1 of each row with first 0, Tl = Tp (the whole
+// sequences, padded).
+static std::vector<int> sequence_block(const Model* m, const int* rows, int first, int Tl, int pad) {
+    std::vector<int> block((size_t)m->B * Tl);
+    for (int b = 0; b < m->B; b++)
+        for (int t = 0; t < Tl; t++)
+            block[(size_t)b * Tl + t] = first + t < m->T ? rows[(size_t)b * m->T + first + t] : pad;
+    return block;
+}
+static std::vector<int> rank_block(const Model* m, const int* rows, int pad) {
+    return sequence_block(m, rows, m->par.sp_rank() * m->ulysses.Tl, m->ulysses.Tl, pad);
+}
+
+// B rows of T tokens (inputs, targets): this rank's block of them to the device, and with --doc-mask the
+// document starts of the whole sequences; returns the block's counted targets (padding has target -1)
+static int upload_tokens(Model* m, const int* input_rows, const int* target_rows) {
+    std::vector<int> inputs = rank_block(m, input_rows, 0), targets = rank_block(m, target_rows, -1);
+    if (!bucket_tokens(&m->buckets, inputs.data(), m->N, m->config.vocab_size))
         error_exit("an input token is outside [0, " + std::to_string(m->config.vocab_size) + ")");
     profile_phase(PHASE_HOST_COPIES, m->stream);
-    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
-    CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs.data(), (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->targets, targets.data(), (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->token_buckets, m->buckets.table.data(), m->buckets.table.size() * 4,
                                cudaMemcpyHostToDevice, m->stream));
-    if (m->doc_start) document_starts(m->doc_start, m->inputs, m->B, m->T, m->bos_token, m->stream);
+    std::vector<int> sequences;
+    if (m->sequence_inputs) {  // --sp: the starts over the whole sequences, from their inputs
+        sequences = sequence_block(m, input_rows, 0, m->ulysses.Tp, 0);
+        CUDA_CHECK(cudaMemcpyAsync(m->sequence_inputs, sequences.data(), sequences.size() * 4, cudaMemcpyHostToDevice, m->stream));
+        document_starts(m->doc_start, m->sequence_inputs, m->B, m->ulysses.Tp, m->bos_token, m->stream);
+    } else if (m->doc_start) {
+        document_starts(m->doc_start, m->inputs, m->B, m->T, m->bos_token, m->stream);
+    }
     CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
-    return counted_targets(targets, m->N);
+    return counted_targets(targets.data(), m->N);
 }
 
 static void model_apply_pending_update(Model* m);
@@ -597,10 +814,11 @@ static void model_apply_pending_update(Model* m);
 // the loss of a batch, forward only (after any pending update: the weights as trained so far)
 static float model_loss(Model* m, const int* inputs, const int* targets) {
     model_apply_pending_update(m);
-    int counted = upload_tokens(m, inputs, targets);
+    double counted = comm_sum_scalar(m->par.sp_host, upload_tokens(m, inputs, targets));  // --sp: the whole rows'
     model_forward(m, false);
     lmhead_forward_backward(m, 1.f, nullptr);
-    return counted > 0 ? (float)(summed_loss(m) / counted) : 0.f;
+    double loss_sum = comm_sum_scalar(m->par.sp_host, summed_loss(m));
+    return counted > 0 ? (float)(loss_sum / counted) : 0.f;
 }
 
 // ----------------------------------------------------------------------------
@@ -634,21 +852,6 @@ static void adamw_group(Model* m, size_t offset, size_t count, const float* grad
     nvtxRangePop();
 }
 
-// A collective of the ranks' device buffers, on the NCCL group's stream, after the compute stream's work so
-// far and before its next (events: the host does not wait)
-template <typename Collective>
-static void device_collective(Model* m, Collective run) {
-#ifdef MST_WITH_NCCL
-    CUDA_CHECK(cudaEventRecord(m->collective_start, m->stream));
-    CUDA_CHECK(cudaStreamWaitEvent(m->par.device.stream, m->collective_start, 0));
-    run();
-    CUDA_CHECK(cudaEventRecord(m->collective_done, m->par.device.stream));
-    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->collective_done, 0));
-#else
-    run();
-#endif
-}
-
 // After backward, not fused: the squares of the gradient into the global norm's partials. ZeRO-1 (several
 // ranks): first each rank's shard of the gradient summed over the ranks (reduce-scatter in place, into its
 // block of m->grads); each rank's partials of its shard go to slot `world`, then all of them to slots
@@ -660,10 +863,10 @@ static void reduce_gradients_for_norm(Model* m) {
         return;
     }
     float* shard_grad = m->grads + (size_t)par.rank * m->shard;
-    device_collective(m, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
+    device_collective(m, par.device, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
     double* partials = (double*)m->grad_norm_scratch;
     global_norm_squared_partial(partials, par.world, shard_grad, m->shard, m->stream);
-    device_collective(m, [&] {
+    device_collective(m, par.device, [&] {
         comm_all_gather(par.device, partials + (size_t)par.world * GLOBAL_NORM_BLOCKS, partials, GLOBAL_NORM_BLOCKS, COMM_F64);
     });
     m->grad_norm_slots = par.world;
@@ -674,7 +877,7 @@ static void reduce_gradients_for_norm(Model* m) {
 static void apply_update_after_backward(Model* m, float lr) {
     adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr);
     if (m->par.world > 1)
-        device_collective(m, [&] {
+        device_collective(m, m->par.device, [&] {
             comm_all_gather(m->par.device, m->params + (size_t)m->par.rank * m->shard, m->params, m->shard, COMM_BF16);
         });
 }
@@ -807,23 +1010,27 @@ static void layer_backward(Model* m, int l, float* grad) {
     // attention
     matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
     matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
-    attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
-                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
-    rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
-    rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
-    matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
-    matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
-    matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
-    matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
-    matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
-    matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+    if (m->ulysses.S > 1) {
+        ulysses_attention_backward(m, a, w, grad);
+    } else {
+        attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
+                           a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+        rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
+        rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
+        matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
+        matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
+        matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
+        matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
+        matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
+        matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+    }
     rmsnorm_backward(m->dresidual, grad + o.input_norm, m->norm_scratch, m->dnorm, x, w + o.input_norm,
                      a.attention_rstd, N, C, s);
     nvtxRangePop();
 }
 
-// One training step: forward and backward over micro_batches micro-batches of N tokens (inputs and
-// targets one after another), the gradient of the loss averaged over the counted targets of all of them,
+// One training step: forward and backward over micro_batches micro-batches of B rows of T tokens (inputs and
+// targets one after another; with --sp each rank takes its block of them), the gradient of the loss averaged over the counted targets of all of them,
 // then (apply_update) the AdamW update with lr, clipped with this step's norm. Fused, the update is
 // pending until the weights are next read (model_apply_pending_update); not fused, it is applied here.
 // A step whose loss or norm is not finite applies no update (*skipped). With apply_update false the
@@ -834,10 +1041,13 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     const ModelConfig& c = m->config;
     const ParameterLayout& p = m->layout;
     bool fused = m->plan.options.fused_optimizer;
-    size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
+    size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N, rows = (size_t)m->B * m->T;
     profile_step_begin();  // the last step's update, if pending, is applied by the first forward, group by group
-    // the loss is the mean over the counted targets of every rank's batches
-    double counted = comm_sum_scalar(m->par.host, counted_targets(targets, N * micro_batches));
+    // the loss is the mean over the counted targets of every rank's batches (or blocks of them)
+    int counted_here = 0;
+    for (int micro = 0; micro < micro_batches; micro++)
+        counted_here += counted_targets(rank_block(m, targets + micro * rows, -1).data(), N);
+    double counted = comm_sum_scalar(m->par.host, counted_here);
     float grad_scale = counted > 0 ? (float)(1.0 / counted) : 0.f;
     profile_phase(PHASE_MEMORY_BOUND, m->stream);
     if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->plan.bytes[REGION_GRADIENTS], m->stream));
@@ -845,7 +1055,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     double loss_sum = 0.0;
     for (int micro = 0; micro < micro_batches; micro++) {
         bool first = micro == 0, last = micro == micro_batches - 1;
-        upload_tokens(m, inputs + micro * N, targets + micro * N);
+        upload_tokens(m, inputs + micro * rows, targets + micro * rows);
         model_forward(m, true);
         // LM head + loss; the tied LM head's gradient is the embedding's, complete after the embedding backward
         float* lm_head_grad = begin_group(m, p.lm_head, VC, first);
@@ -1209,7 +1419,8 @@ static void print_usage() {
 "  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
 "  --dp D          data-parallel ranks under mpirun or srun (one per GPU): each its own B x T batches,\n"
 "                  ZeRO-1 (AdamW state and update sharded over the ranks; needs -f 0) (default 1)\n"
-"  --sp S          sequence-parallel ranks (Ulysses): not in the trainer yet, refused (default 1)\n"
+"  --sp S          sequence-parallel ranks (Ulysses): each holds T / S tokens of every sequence and attends\n"
+"                  over all of them for 1/S of the heads; --sp x --dp ranks in all (default 1)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
 "  -L FILE         log every step as one JSON object per line\n"
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
@@ -1366,10 +1577,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
         cl.micro_batches = accumulation_micro_batches(cl.tokens_per_update, cl.options.B, cl.options.T, &problem);
         if (cl.micro_batches == 0) usage_error("%s", problem.c_str());
     }
-    if (cl.options.sp > 1)
-        usage_error("--sp %d: Ulysses sequence parallelism is not in the trainer yet (issue 20); --dp works", cl.options.sp);
-    if (cl.options.dp > 1) {  // ZeRO-1 shards the update that runs after backward; the fused path is one GPU's
-        if (cl.options.fused_optimizer == 1) usage_error("--dp %d with -f 1: not supported yet (give -f 0)", cl.options.dp);
+    if (cl.options.dp * cl.options.sp > 1) {  // ZeRO-1 shards the update that runs after backward; the fused path is one GPU's
+        if (cl.options.fused_optimizer == 1)
+            usage_error("--sp %d --dp %d with -f 1: not supported yet (give -f 0)", cl.options.sp, cl.options.dp);
         cl.options.fused_optimizer = 0;
     }
     std::string problem = training_options_problem(cl.config, cl.options);
@@ -1415,7 +1625,7 @@ static Parallel ranks;
 
 // The training data's split: data-parallel rank dp_rank of dp reads its own batches (rank-strided); the
 // sequence-parallel ranks of a group would read the same ones
-static int dp_rank() { return ranks.rank / ranks.sp; }
+static int dp_rank() { return ranks.dp_rank(); }
 
 // A checkpoint's data position, for this rank's split of the same batches (written on another number of ranks)
 static void resume_loader(DataLoader* loader, const DataLoaderState& saved) {
@@ -1848,6 +2058,8 @@ static void start_ranks(const CommandLine& cl) {
 static void finish_ranks() {
 #ifdef MST_WITH_NCCL
     if (ranks.world == 1 && ranks.host.backend == COMM_SINGLE) return;
+    comm_free(ranks.sp_device);
+    comm_free(ranks.sp_host);
     comm_free(ranks.device);
     fflush(stdout);
     MPI_Finalize();
@@ -1864,7 +2076,13 @@ static int train(const CommandLine& cl) {
     if (no_gpu != cudaSuccess)
         usage_error("no usable GPU (%s); --dry-run and --max-T work without one", no_gpu_cause(no_gpu).c_str());
 #ifdef MST_WITH_NCCL
-    if (ranks.host.backend == COMM_MPI) ranks.device = comm_init_nccl(ranks.host);  // rank 0's id, broadcast over MPI
+    if (ranks.host.backend == COMM_MPI) {
+        ranks.device = comm_init_nccl(ranks.host);  // rank 0's id, broadcast over MPI
+        if (ranks.sp > 1) {  // the Ulysses groups: S consecutive ranks
+            ranks.sp_host = comm_split(ranks.host, ranks.dp_rank(), ranks.sp_rank());
+            ranks.sp_device = comm_split(ranks.device, ranks.dp_rank(), ranks.sp_rank());
+        }
+    }
 #endif
     if (cl.attention && !strcmp(cl.attention, "sm90") && prop.major != 9)
         usage_error("--attention sm90: needs a compute capability 9.0 card (H100, H200); %s is %d.%d", prop.name, prop.major, prop.minor);
@@ -1887,8 +2105,9 @@ static int train(const CommandLine& cl) {
 
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
     if (ranks.world > 1)
-        printf("ranks: %d (--dp %d: each its own batches of %d x %d tokens; ZeRO-1: the AdamW state and update sharded)\n",
-               ranks.world, ranks.dp, cl.options.B, cl.options.T);
+        printf("ranks: %d (--sp %d x --dp %d: each group of %d its own batches of %d x %d tokens, each rank %d tokens of each "
+               "sequence; ZeRO-1: the AdamW state and update sharded)\n", ranks.world, ranks.sp, ranks.dp, ranks.sp,
+               cl.options.B, cl.options.T, UlyssesShape(cl.config, ranks.sp, cl.options.B, cl.options.T).Tl);
     printf("attention: %s\n", options.doc_mask ? "within documents (--doc-mask 1: each <|begin_of_text|> starts one)"
                                                : "over the whole sequence (--doc-mask 0)");
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
@@ -1921,14 +2140,14 @@ static int train(const CommandLine& cl) {
     if (cl.log_path && ranks.rank == 0 && !log.start(cl.log_path, cl.resume ? start_step : -1, &error))  // rank 0 logs
         usage_error("-L: %s", error.c_str());
 
-    size_t tokens_per_step = (size_t)model.N * cl.micro_batches;
+    size_t tokens_per_step = (size_t)model.B * model.T * cl.micro_batches;  // this rank's rows (its group's, with --sp)
     if (cl.micro_batches > 1)
         printf("gradient accumulation: %d micro-batches of %d x %d tokens per update (-d %zu)\n", cl.micro_batches,
                cl.options.B, cl.options.T, tokens_per_step);
     if (plan.bytes[REGION_HOST_GRADIENTS] > 0)  // each micro-batch's groups go out; all but the first's come back, then the update's
         printf("exact clipping: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n", gib(plan.bytes[REGION_HOST_GRADIENTS]),
                gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
-    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step;
+    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step / ranks.sp;  // one GPU's
     double peak = peak_bf16_flops(prop);
     // the step model's prediction for this card (mst/step_model.h), printed beside each measured step; none for
     // the CPU device's virtual card (its time is not a GPU's)

@@ -1,21 +1,33 @@
 #!/usr/bin/env bash
-# train_llama on several ranks (issue 20), on the CPU device under mpirun (its NCCL runs over MPI): --dp D with
-# ZeRO-1 against one rank with the same global batch (D x B rows: the same windows or random rows), a tiny model
-# (vocabulary 512, d_model 64, 2 layers, 1 head of 64, 1 KV head, FFN 160), T = 32, 3 steps, lr 1e-3, fp32 AdamW
-# state and master weights (-a fp32 -w 1: the gathered state compares without bf16's stochastic rounding).
+# train_llama on several ranks (issue 20), on the CPU device under mpirun (its NCCL runs over MPI): --dp D (ZeRO-1)
+# and --sp S (Ulysses) against one rank with the same rows per step (D x B: the same windows, or random rows).
+# Tiny models of a 512-token vocabulary, d_model 128 or 256, 2 layers, heads of 64, FFN 160, T = 30 or 31, 3 or
+# 4 steps, lr 1e-3, fp32 AdamW state and master weights (-a fp32 -w 1: the gathered state compares without bf16's
+# stochastic rounding), on a seeded shard whose documents (token 0 starts one in a small vocabulary) cross the
+# ranks' token blocks, so document masking needs the sequences' document starts.
 # Checks, against the one-rank run:
-#   - each step's loss within 1e-5 and global gradient norm within 1e-4 relative (the loss is a sum over the
-#     ranks' tokens and the gradient a sum over ranks: only the order of fp32 additions differs);
-#   - the final checkpoint (rank 0 writes the whole gathered state): master weights and AdamW m and v (m is the
-#     gradients' running mean, so it compares the gradients element by element) within test_parallel's
-#     tolerances: weights 1e-4 absolute (a tenth of one lr-sized update), m and v 1e-4 relative to each array's
-#     largest element; the bf16 parameters within one bf16 step of the master weights' rounding;
-#   - a checkpoint written at world size 4 resumes at world size 1 and 2 with the same next loss (within 1e-5);
+#   - where the ranks' arithmetic is one rank's but for the order of fp32 sums over ranks (--dp; --sp with at
+#     least as many KV heads as ranks), test_parallel's tolerances after the first step: its loss within 1e-5,
+#     the gradient norm within 1e-4 relative, and in the step-1 checkpoint (rank 0 writes the whole gathered
+#     state) master weights within 1e-4 absolute (a tenth of one lr-sized update), AdamW m and v within 1e-4 of
+#     each array's largest element (m after one step is 0.1 x the clipped gradient: the gradients element by
+#     element), bf16 parameters within one bf16 step. Later steps start from weights of which a few differ by one
+#     bf16 step (the order of the fp32 sums decides the rounding at a boundary), which moves the next gradients
+#     by ~1e-3 of their largest element (measured, the same for --dp 2 and --sp 2): their losses within 1e-3,
+#     norms within 1e-2 relative;
+#   - with fewer KV heads than ranks (replicated: 1 KV head against --sp 2), each rank's share of a KV head's
+#     gradient is rounded to bf16 before the shares are summed (one rounding of the sum on one rank): the first
+#     loss within 1e-5 (forward is one rank's), m after one step within 5% of its largest element (test_llama's
+#     tolerance for the bf16 trainer against fp32; measured here 0.6%);
+#   - --sp with T not a multiple of S (the last block padded), --sp 4, --sp 2 --dp 2;
+#   - a checkpoint written at world size 4 (--sp 2 --dp 2) resumes at world size 1 and 2 with the same next
+#     losses and norms (within 1e-5: they come out equal);
 #   - a perturbed array (10 x the tolerance) fails the comparison (the comparison can fail);
-#   - one error line, naming the rank, and a nonzero exit for: --sp (not in the trainer yet), --dp with -f 1,
-#     a world size that is not --dp x --sp; no hang (each run has a 120 s timeout).
+#   - rank 0 alone prints step lines and writes -L;
+#   - one error line (naming the rank under mpirun) and a nonzero exit for: --sp with -f 1, a world size that is
+#     not --dp x --sp, --sp not dividing the heads, --sp with -r 0, a missing shard; no hang (120 s timeouts).
 # Needs ./train_llama_cpu built with MPI (make train_llama_cpu where mpicxx and nccl.h are) and mpirun.
-# About 40 s on 2 cores. One line per check, then "N passed, N failed".
+# About 60 s on 2 cores. One line per check, then "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 MST_CPU_THREADS=1
@@ -32,26 +44,33 @@ fi
 DIR=$(mktemp -d /tmp/mst-parallel-train.XXXXXX)
 trap 'rm -rf "$DIR"' EXIT
 
-# a shard of 6000 tokens of a 512-token vocabulary (dataloader.h's format), seeded
+# a shard of 6000 tokens of a 512-token vocabulary (dataloader.h's format), seeded: documents of 2 to 24
+# tokens, each begun by token 0
 python3 - "$DIR/shard_000000.bin" <<'PY'
 import random, struct, sys
 random.seed(20)
-tokens = [random.randrange(512) for _ in range(6000)]
+tokens = []
+while len(tokens) < 6000:
+    tokens += [0] + [random.randrange(1, 512) for _ in range(random.randrange(1, 24))]
+tokens = tokens[:6000]
 with open(sys.argv[1], "wb") as f:
     f.write(struct.pack("<256i", 20240801, 7, len(tokens), *([0] * 253)))
     f.write(struct.pack("<%dI" % len(tokens), *tokens))
 PY
 
-MODEL=(--config 512,64,2,1,1,160 -f 0 -T 32 -u 1 -l 1e-3 --seed 5 -a fp32 -w 1 --attention mma)
-SHARDS=(-i "$DIR/shard_*.bin" --doc-mask 0)
+COMMON=(-f 0 -u 1 -l 1e-3 --seed 5 -a fp32 -w 1 --attention mma -i "$DIR/shard_*.bin")
+A=(--config 512,128,2,2,2,160 -T 30)   # 2 heads, 2 KV heads
+B=(--config 512,128,2,2,1,160 -T 31)   # 2 heads, 1 KV head: replicated on 2 ranks; T odd
+C=(--config 512,256,2,4,4,160 -T 30)   # 4 heads, 4 KV heads: --sp 4 with T not a multiple of 4
 run() {  # run NAME RANKS ARGS...: a run with its -L log and its checkpoints in $DIR/NAME
     local name=$1 np=$2; shift 2
     mkdir -p "$DIR/$name"
-    if [ "$np" -eq 1 ]; then timeout 120 ./train_llama_cpu "${MODEL[@]}" -o "$DIR/$name" -L "$DIR/$name.jsonl" "$@"
-    else timeout 120 mpirun --oversubscribe -np "$np" ./train_llama_cpu "${MODEL[@]}" -o "$DIR/$name" -L "$DIR/$name.jsonl" "$@"
+    if [ "$np" -eq 1 ]; then timeout 120 ./train_llama_cpu "${COMMON[@]}" -o "$DIR/$name" -L "$DIR/$name.jsonl" "$@"
+    else timeout 120 mpirun --oversubscribe -np "$np" ./train_llama_cpu "${COMMON[@]}" -o "$DIR/$name" -L "$DIR/$name.jsonl" "$@"
     fi > "$DIR/$name.log" 2>&1
+    check "$name: runs (mpirun -np $np $*)" $? "$(tail -n 1 "$DIR/$name.log" | cut -c1-100)"
 }
-# compare.py logs A B [FIRST_STEP] | checkpoints A.safetensors B.safetensors [PERTURB]: exit 0 when within tolerance
+# compare.py logs A B [FIRST_STEP] [replicated] | checkpoints A B [replicated|perturb]: exit 0 when within tolerance
 cat > "$DIR/compare.py" <<'PY'
 import json, struct, sys
 def records(path, first):
@@ -73,74 +92,88 @@ def arrays(path):
         elif t["dtype"] == "BF16":
             out[name] = [struct.unpack("<f", struct.pack("<I", h << 16))[0] for h in struct.unpack("<%dH" % (len(raw) // 2), raw)]
     return out
-if sys.argv[1] == "logs":
-    first = int(sys.argv[4]) if len(sys.argv) > 4 else 1
+mode, replicated, resumed = sys.argv[1], "replicated" in sys.argv, "resumed" in sys.argv
+if mode == "logs":
+    first = int(sys.argv[4]) if len(sys.argv) > 4 and sys.argv[4].isdigit() else 1
     a, b = records(sys.argv[2], first), records(sys.argv[3], first)
-    ok = len(a) > 0 and sorted(a) == sorted(b)
-    worst_loss = max((abs(a[s]["loss"] - b[s]["loss"]) for s in a if s in b), default=1)
-    worst_norm = max((abs(a[s]["grad_norm"] - b[s]["grad_norm"]) / max(abs(a[s]["grad_norm"]), 1e-30) for s in a if s in b), default=1)
-    print("steps %s, loss differs by at most %.2g, norm by %.2g relative" % (sorted(a), worst_loss, worst_norm))
-    sys.exit(0 if ok and worst_loss <= 1e-5 and worst_norm <= 1e-4 else 1)
+    ok = len(b) > 0 and set(b) <= set(a)  # the run's steps, all in the reference's
+    report = []
+    for s in sorted(a):
+        if s not in b: continue
+        loss, norm = abs(a[s]["loss"] - b[s]["loss"]), abs(a[s]["grad_norm"] - b[s]["grad_norm"]) / max(abs(a[s]["grad_norm"]), 1e-30)
+        later = s > 1 and not resumed  # after the first update: weights a bf16 step apart here and there
+        ok = ok and loss <= (1e-3 if later else 1e-5) and norm <= (1e-2 if later else 1e-4 if not replicated else 1e-3)
+        report.append("step %d: loss %.2g norm %.2g" % (s, loss, norm))
+    print(", ".join(report))
+    sys.exit(0 if ok else 1)
 a, b = arrays(sys.argv[2]), arrays(sys.argv[3])
-if len(sys.argv) > 4:  # a planted error: one element of m off by 10 x the tolerance
+if "perturb" in sys.argv:  # a planted error: one element of m off by 10 x the tolerance
     m = b["adam_m"]; i = len(m) // 3; m[i] += 10 * 1e-4 * max(abs(x) for x in m)
 report, ok = [], sorted(a) == sorted(b)
-for name, tolerance, relative in [("master", 1e-4, False), ("adam_m", 1e-4, True), ("adam_v", 1e-4, True)]:
+checks = [("adam_m", 0.05, True)] if replicated else [("master", 1e-4, False), ("adam_m", 1e-4, True), ("adam_v", 1e-4, True)]
+for name, tolerance, relative in checks:
     x, y = a[name], b[name]
     scale = max(abs(v) for v in x) if relative else 1.0
     worst = max(abs(p - q) for p, q in zip(x, y)) / scale
     ok = ok and len(x) == len(y) and worst <= tolerance
     report.append("%s %.2g" % (name, worst))
-# the bf16 parameters: each within one bf16 step (2^-8 relative) of the other run's
-worst = max(abs(p - q) / max(abs(p), 1e-30) for p, q in zip(a["params"], b["params"]) if p != q) if a["params"] != b["params"] else 0
-ok = ok and worst <= 2 ** -7
-report.append("params %.2g relative" % worst)
+if not replicated:  # the bf16 parameters: each within one bf16 step (2^-8 to 2^-7 relative) of the other run's
+    worst = max((abs(p - q) / max(abs(p), 1e-30) for p, q in zip(a["params"], b["params"]) if p != q), default=0)
+    ok = ok and worst <= 2 ** -7
+    report.append("params %.2g relative" % worst)
 print(", ".join(report))
 sys.exit(0 if ok else 1)
 PY
 compare() { python3 "$DIR/compare.py" "$@"; }
-last_checkpoint() { ls "$DIR/$1"/step_*.safetensors 2> /dev/null | tail -n 1; }
+step1() { echo "$DIR/$1/step_00000001.safetensors"; }
+same() {  # same NAME REFERENCE [replicated]: the run's losses and norms, and its step-1 checkpoint, against the reference's
+    local detail
+    detail=$(compare logs "$DIR/$2.jsonl" "$DIR/$1.jsonl" ${3:-}); check "$1: losses and norms equal $2's" $? "$detail"
+    detail=$(compare checkpoints "$(step1 $2)" "$(step1 $1)" ${3:-})
+    check "$1: the gathered step-1 checkpoint equals $2's" $? "$detail"
+}
 
-# --dp 2 and --dp 4 on random tokens against one rank with the same 4 rows per step
-run one_random 1 --random-tokens -B 4 -n 3; check "one rank, random tokens, B 4" $? "$(tail -n 1 "$DIR/one_random.log" | cut -c1-120)"
-run dp2_random 2 --random-tokens --dp 2 -B 2 -n 3; check "mpirun -np 2 --dp 2 -B 2" $? "$(tail -n 1 "$DIR/dp2_random.log" | cut -c1-120)"
-run dp4_random 4 --random-tokens --dp 4 -B 1 -n 3; check "mpirun -np 4 --dp 4 -B 1" $? "$(tail -n 1 "$DIR/dp4_random.log" | cut -c1-120)"
-for name in dp2_random dp4_random; do
-    detail=$(compare logs "$DIR/one_random.jsonl" "$DIR/$name.jsonl"); check "$name: losses and norms equal one rank's" $? "$detail"
-    detail=$(compare checkpoints "$(last_checkpoint one_random)" "$(last_checkpoint $name)")
-    check "$name: gathered checkpoint (weights, AdamW m, v) equals one rank's" $? "$detail"
-done
-compare checkpoints "$(last_checkpoint one_random)" "$(last_checkpoint dp4_random)" perturb > /dev/null
+# model A on the shard: a checkpoint after every step
+run one_A 1 "${A[@]}" -B 4 -n 4 -k 1
+run dp2_A 2 "${A[@]}" --dp 2 -B 2 -n 2 -k 1; same dp2_A one_A
+run sp2_A 2 "${A[@]}" --sp 2 -B 4 -n 2 -k 1; same sp2_A one_A
+run sp2dp2_A 4 "${A[@]}" --sp 2 --dp 2 -B 2 -n 4 -k 1; same sp2dp2_A one_A
+compare checkpoints "$(step1 one_A)" "$(step1 sp2dp2_A)" perturb > /dev/null
 [ $? -ne 0 ]; check "a perturbed AdamW m element (10 x the tolerance) fails the comparison" $?
-[ "$(grep -c '^step ' "$DIR/dp2_random.log")" -eq 3 ] && [ "$(wc -l < "$DIR/dp2_random.jsonl")" -eq 3 ]
-check "rank 0 alone prints the step lines and writes -L" $? "$(grep -c '^step ' "$DIR/dp2_random.log") step lines"
-
-# shards: each data-parallel rank reads its own windows (rank-strided); 4 steps, a checkpoint after step 2
-run one_shard 1 "${SHARDS[@]}" -B 4 -n 4 -k 2; check "one rank, shards, B 4" $?
-run dp4_shard 4 "${SHARDS[@]}" --dp 4 -B 1 -n 4 -k 2; check "mpirun -np 4 --dp 4 -B 1 on shards" $? "$(tail -n 1 "$DIR/dp4_shard.log" | cut -c1-120)"
-detail=$(compare logs "$DIR/one_shard.jsonl" "$DIR/dp4_shard.jsonl"); check "dp4 on shards: losses and norms equal one rank's" $? "$detail"
-# the world-size-4 checkpoint of step 2 resumed on 1 and on 2 ranks: steps 3 and 4 as the world-size-4 run's
+[ "$(grep -c '^step ' "$DIR/sp2dp2_A.log")" -eq 4 ] && [ "$(wc -l < "$DIR/sp2dp2_A.jsonl")" -eq 4 ]
+check "rank 0 alone prints the step lines and writes -L" $? "$(grep -c '^step ' "$DIR/sp2dp2_A.log") step lines of 4 ranks"
+# the world-size-4 checkpoint of step 2 resumed on 1 rank and on 2: steps 3 and 4 as the world-size-4 run's
 for np in 1 2; do
     name=resume_$np
-    mkdir -p "$DIR/$name" && cp "$DIR/dp4_shard/step_00000002.safetensors" "$DIR/$name/"
-    if [ "$np" -eq 1 ]; then run $name 1 "${SHARDS[@]}" -B 4 -n 4 -k 2 -y 1
-    else run $name 2 "${SHARDS[@]}" --dp 2 -B 2 -n 4 -k 2 -y 1; fi
-    check "the world-size-4 checkpoint resumes on $np rank(s)" $? "$(grep -m1 '^resumed' "$DIR/$name.log")"
-    detail=$(compare logs "$DIR/dp4_shard.jsonl" "$DIR/$name.jsonl" 3); check "resumed on $np: steps 3, 4 as at world size 4" $? "$detail"
+    mkdir -p "$DIR/$name" && cp "$DIR/sp2dp2_A/step_00000002.safetensors" "$DIR/$name/"
+    if [ "$np" -eq 1 ]; then run $name 1 "${A[@]}" -B 4 -n 4 -k 1 -y 1
+    else run $name 2 "${A[@]}" --dp 2 -B 2 -n 4 -k 1 -y 1; fi
+    detail=$(compare logs "$DIR/sp2dp2_A.jsonl" "$DIR/$name.jsonl" 3 resumed)
+    check "$name: the world-size-4 checkpoint's steps 3, 4 as at world size 4" $? "$(grep -m1 -o 'resumed from [^:]*' "$DIR/$name.log" | sed 's|.*/||'): $detail"
 done
+# random tokens: data-parallel rank r gets the rows r B .. of one rank's B x D
+run one_random 1 "${A[@]}" --random-tokens -B 4 -n 1 -k 1
+run dp2_random 2 "${A[@]}" --random-tokens --dp 2 -B 2 -n 1 -k 1; same dp2_random one_random
+# model C: --sp 4, T = 30 (blocks of 8, the last padded by 2)
+run one_C 1 "${C[@]}" -B 1 -n 2 -k 1
+run sp4_C 4 "${C[@]}" --sp 4 -B 1 -n 2 -k 1; same sp4_C one_C
+# model B: 1 KV head against --sp 2 (replicated), T = 31
+run one_B 1 "${B[@]}" -B 2 -n 2 -k 1
+run sp2_B 2 "${B[@]}" --sp 2 -B 2 -n 2 -k 1; same sp2_B one_B replicated
 
 # refused with one error line naming the rank, and a nonzero exit
 refused() {  # refused NAME PATTERN RANKS ARGS...
     local name=$1 pattern=$2 np=$3; shift 3
-    timeout 120 mpirun --oversubscribe -np "$np" ./train_llama_cpu "${MODEL[@]}" -B 1 -n 1 "$@" > "$DIR/refused.log" 2>&1
+    timeout 120 mpirun --oversubscribe -np "$np" ./train_llama_cpu -f 0 --attention mma -B 1 -n 1 "$@" > "$DIR/refused.log" 2>&1
     local rc=$?
     [ $rc -ne 0 ] && [ $rc -ne 124 ] && grep -q "$pattern" "$DIR/refused.log"
     check "$name" $? "$(grep -m1 '^error' "$DIR/refused.log")"
 }
-refused "--sp 2: not in the trainer yet" '^error: .*--sp 2: Ulysses' 2 --random-tokens --sp 2
-refused "--dp 2 -f 1: not supported yet" '^error: .*--dp 2 with -f 1: not supported yet' 2 --random-tokens --dp 2 -f 1
-refused "2 ranks for --dp 4: the world size is checked" '^error: rank [01]: 2 ranks were started, but --dp 4' 2 --random-tokens --dp 4
-refused "an error on the ranks names them and stops the job" '^error: rank [01]: .*none_\*.bin: no shard matches' 2 --dp 2 -i "$DIR/none_*.bin"
+refused "--sp 2 -f 1: not supported yet" '^error: .*--sp 2 --dp 1 with -f 1: not supported yet' 2 "${A[@]}" --random-tokens --sp 2 -f 1
+refused "2 ranks for --dp 4: the world size is checked" '^error: rank [01]: 2 ranks were started, but --dp 4' 2 "${A[@]}" --random-tokens --dp 4
+refused "--sp 4 with 2 heads: refused" '^error: .*--sp 4: query heads (2) are not a multiple of --sp' 4 "${A[@]}" --random-tokens --sp 4
+refused "--sp 2 -r 0: refused" '^error: .*--sp with -r 0: not supported' 2 "${A[@]}" --random-tokens --sp 2 -r 0
+refused "an error on the ranks names them and stops the job" '^error: rank [01]: .*none_\*.bin: no shard matches' 2 "${A[@]}" --sp 2 -i "$DIR/none_*.bin"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -47,7 +47,7 @@ struct TrainingOptions {
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
                                  // fewest layers that make the plan fit (resolve_offload(), before planning)
     int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
-    int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses; not in the trainer yet: refused)
+    int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses): each holds T / sp tokens of each sequence
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
@@ -87,6 +87,11 @@ enum Region {
     REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta;
                               // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions)
     REGION_MLP_HIDDEN_GRADIENT, // n_mlp x 3F x 2: gradients of gate, up, and silu(gate)*up
+    // --sp S (Ulysses, recomputation): attention over the whole sequence (Np = B Tp tokens) for this rank's Hl
+    // query heads and KVl KV heads; q, k, v, the output, lse stay from the layer's recompute to its backward
+    REGION_ULYSSES_HEADS,     // Np x (2 (Hl + 2 KVl) + 2 Hl) hd x 2: q, k, v and their gradients, the output and
+                              // its gradient; Np x Hl x 4 lse, the same for backward's delta
+    REGION_ALL_TO_ALL,        // 2 x Np x (Hl + 2 KVl) hd x 2: the all-to-all's send and receive buffers
     // LM head and loss
     REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the attention norm's)
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
@@ -104,7 +109,7 @@ static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
     "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
-    "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
+    "MLP hidden gradient", "attention heads (Ulysses)", "all-to-all buffers", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
 };
 
@@ -119,6 +124,7 @@ struct MemoryPlan {
     size_t total;                // the device arena
     size_t host_total;           // the pinned host arena (0 without offload)
     size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
+    size_t all_to_all_bytes;     // --sp: the Ulysses all-to-alls' buffers per step (each GPU sends (S-1)/S of them)
     // With recomputation one layer's buffers die at known points, so three buffers live in others' regions:
     // the final norm (+ rstd) in the attention norm's (the last layer's is dead after forward; layer L-1's
     // recompute comes after the final norm's backward); in a layer's backward the q gradient in the
@@ -178,7 +184,10 @@ static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 
 static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     MemoryPlan plan;
     plan.config = c;
-    size_t N = (size_t)o.B * o.T, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim;
+    // --sp: this rank's N = B Tl tokens (Tl = ceil(T / S)); attention's Np = B Tp over the whole (padded) sequences
+    UlyssesShape u(c, o.sp, o.B, o.T);
+    bool ulysses = o.sp > 1;
+    size_t N = (size_t)o.B * u.Tl, Np = (size_t)o.B * u.Tp, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim;
     size_t V = c.vocab_size, L = c.n_layer, H = c.n_head, hd = c.head_dim();
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
@@ -224,30 +233,50 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
     plan.pcie_to_device = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
-    set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
-    set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
+    if (ulysses) {  // q, k, v (head layout) in the attention heads region; the output's token layout here
+        set(REGION_QKV, 0, "in the attention heads");
+        set(REGION_ATTENTION_OUT, N * Q * 2, s(N) + " x " + s(Q) + " x 2");
+    } else {
+        set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
+        set(REGION_ATTENTION_OUT, layers_live * (N * Q * 2 + N * H * 4), per_layer + s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)");
+    }
     set(REGION_ATTENTION_RESIDUAL, layers_live * N * C * 2, per_layer + s(N) + " x " + s(C) + " x 2");
     set(REGION_MLP_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
     set(REGION_RESIDUAL_GRADIENT, 2 * N * C * 2, "2 x " + s(N) + " x " + s(C) + " x 2");
-    plan.aliased = o.recompute && Q == C;
+    plan.aliased = o.recompute && Q == C && !ulysses;
     plan.options = o;
-    if (plan.aliased) {
+    if (ulysses) {  // the attention-output gradient in token layout; the rest in the attention heads region
+        set(REGION_QKV_GRADIENT, N * Q * 2, s(N) + " x " + s(Q) + " x 2");
+    } else if (plan.aliased) {
         set(REGION_QKV_GRADIENT, N * 2 * KV * 2 + N * H * 4, s(N) + " x (" + s(2 * KV) + " x 2 + " + s(H) + " x 4) + 2 aliases");
     } else {
         set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
             s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
     }
     set(REGION_MLP_HIDDEN_GRADIENT, n_mlp * 3 * F * 2, s(n_mlp) + " x 3 x " + s(F) + " x 2");
+    size_t head_qkv = (size_t)(u.Hl + 2 * u.KVl) * hd, head_out = (size_t)u.Hl * hd;  // one token's, head layout
+    // (the delta last, in whole 256-byte units: attention_backward_scratch_bytes)
+    set(REGION_ULYSSES_HEADS, ulysses ? Np * (2 * head_qkv + 2 * head_out) * 2 + Np * u.Hl * 4 + round_up_256(Np * u.Hl * 4) : 0,
+        ulysses ? s(Np) + " x (" + s(2 * head_qkv + 2 * head_out) + " x 2 + 2 x " + s(u.Hl) + " x 4)" : "none");
+    set(REGION_ALL_TO_ALL, ulysses ? 2 * Np * head_qkv * 2 : 0, ulysses ? "2 x " + s(Np) + " x " + s(head_qkv) + " x 2" : "none");
+    // all-to-all bytes per step, each layer: q, k, v to heads and the output back in forward and again in the
+    // recompute, the output's gradient to heads and q, k, v's back in backward
+    plan.all_to_all_bytes = ulysses ? 3 * L * Np * (head_qkv + head_out) * 2 : 0;
     set(REGION_FINAL_NORM, plan.aliased ? 0 : N * C * 2 + N * 4,
         plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     // inputs, targets, with document masking the document starts, then the embedding backward's token
-    // buckets (token_buckets.h): (5N + 1) x 4, or (6N + 1) x 4
+    // buckets (token_buckets.h): (5N + 1) x 4, or (6N + 1) x 4. --sp with document masking: the whole
+    // sequences' inputs and document starts (2 Np), for attention over all of them
     size_t token_arrays = o.doc_mask ? 3 : 2;
-    set(REGION_TOKENS, (token_arrays * N + token_bucket_ints(N)) * 4, "(" + s(token_arrays + 3) + " x " + s(N) + " + 1) x 4");
-    set(REGION_ROPE_TABLES, 2 * (size_t)o.T * (hd / 2) * 4, "2 x " + s(o.T) + " x " + s(hd / 2) + " x 4");
+    if (ulysses && o.doc_mask) {
+        set(REGION_TOKENS, (5 * N + 2 * Np + 1) * 4, "(5 x " + s(N) + " + 2 x " + s(Np) + " + 1) x 4");
+    } else {
+        set(REGION_TOKENS, (token_arrays * N + token_bucket_ints(N)) * 4, "(" + s(token_arrays + 3) + " x " + s(N) + " + 1) x 4");
+    }
+    set(REGION_ROPE_TABLES, 2 * (size_t)u.Tp * (hd / 2) * 4, "2 x " + s(u.Tp) + " x " + s(hd / 2) + " x 4");
     // reduction partials: RMSNorm weight gradient's chunks x C fp32, then 1 MiB for the gradient norm's
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");
     set(REGION_CUBLASLT_WORKSPACE, CUBLASLT_WORKSPACE_BYTES, "32 MiB");
@@ -294,6 +323,11 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     if (o.T <= 0) return "-T must be positive (got " + std::to_string(o.T) + ")";
     if (o.mlp_chunks < 0) return "-m must be 0 (automatic) or a positive count (got " + std::to_string(o.mlp_chunks) + ")";
     if (o.lmhead_chunks < 0) return "-M must be 0 (automatic) or a positive count (got " + std::to_string(o.lmhead_chunks) + ")";
+    if (o.sp > 1) {
+        std::string problem = ulysses_problem(c, o.sp);
+        if (!problem.empty()) return "--sp " + std::to_string(o.sp) + ": " + problem;
+        if (!o.recompute) return "--sp with -r 0: not supported (Ulysses keeps one layer's attention heads: -r 1)";
+    }
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
@@ -336,11 +370,12 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
            offload_text(o.offload, plan.config.n_layer).c_str());
     int world = o.dp * o.sp;
-    if (world > 1) {  // ZeRO-1: each step's fp32 gradients reduce-scattered, the bf16 parameters all-gathered
+    if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered, the bf16 parameters all-gathered
         size_t padded = plan.bytes[REGION_PARAMETERS] / 2;
-        printf("one GPU of %d (--dp %d): ZeRO-1, AdamW state for %zu of the parameters; per step reduce-scatter "
-               "%.2f GiB (fp32 gradients), all-gather %.2f GiB (bf16 parameters)\n", world, o.dp, padded / world,
-               gib(padded * 4), gib(padded * 2));
+        printf("one GPU of %d (--sp %d x --dp %d): %d tokens of each sequence, AdamW state for %zu parameters (ZeRO-1);\n"
+               "             per step all-to-all %.2f GiB, reduce-scatter %.2f GiB, all-gather %.2f GiB (each GPU sends "
+               "(n-1)/n of each)\n", world, o.sp, o.dp, UlyssesShape(plan.config, o.sp, o.B, o.T).Tl, padded / world,
+               gib(plan.all_to_all_bytes), gib(padded * 4), gib(padded * 2));
     }
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
