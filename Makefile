@@ -28,11 +28,11 @@ COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phase
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h mst/comm.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
 # Where MPI and NCCL are (MULTI_GPU_FLAGS, below), the trainer runs on several GPUs under mpirun (--dp).
-train_llama: $(TRAINER_SOURCES) mst/comm.h | $(DEFAULT_SHARDS)
+train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
 	$(NVCC) $(NVCCFLAGS) $(MULTI_GPU_FLAGS) -o $@ $< $(CUDA_LIBS) $(MULTI_GPU_LIBS)
 
 # test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
@@ -193,7 +193,7 @@ CPU_LINK = $(CXX) $(CPU_DEVICE_FLAGS) $(CPU_EXTRA_FLAGS) -o $@ $(CPU_RUNTIME_OBJ
 test_llama_cpu: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/test_llama.o $<
 	$(CPU_LINK) $(CPU_BUILD)/test_llama.o
-train_llama_cpu: $(TRAINER_SOURCES) mst/comm.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_MULTI_GPU_OBJECTS) | $(DEFAULT_SHARDS)
+train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_MULTI_GPU_OBJECTS) | $(DEFAULT_SHARDS)
 	$(CXX) $(CPU_KERNEL_FLAGS) $(MULTI_GPU_FLAGS) -c -o $(CPU_BUILD)/train_llama.o $<
 	$(CPU_LINK) $(CPU_MULTI_GPU_OBJECTS) $(CPU_BUILD)/train_llama.o $(MPI_LIBS_IF_MULTI_GPU)
 # the same under AddressSanitizer + UBSan (no race tracker: ThreadSanitizer's instrumentation and ASan's

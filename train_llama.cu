@@ -1,4 +1,4 @@
-// train_llama.cu: Llama 3 training on one GPU with the Mini-Sequence Transformer (arXiv 2407.15892).
+// train_llama.cu: Llama 3 training on one GPU or several with the Mini-Sequence Transformer (arXiv 2407.15892).
 //
 // One step: embedding; per layer RMSNorm, q/k/v projections, RoPE, flash attention, output projection
 // + residual, RMSNorm, then the MLP (gate/up, SwiGLU, down + residual) over mini-sequences of the
@@ -28,6 +28,9 @@
 // the whole gradient stays on the GPU and is clipped and applied after backward. Gradient accumulation
 // (-d) runs micro-batches into the same gradients (fused: each group's host copy streamed back before
 // its next backward) with the loss normalized over the counted targets of all micro-batches.
+//
+// Several GPUs (--sp, --dp under mpirun; struct Parallel says how): Ulysses all-to-alls around attention, ZeRO-1
+// (gradients reduce-scattered, AdamW on each rank's shard, parameters all-gathered), checkpoints gathered by rank 0.
 //
 // The model code (structs, forward, backward, update) comes first, then the command line and main,
 // which test_llama.cu leaves out by defining TESTING before it includes this file (as llm.c's
@@ -1418,7 +1421,7 @@ static void print_usage() {
 "  --seed N        seed of the initial weights and random tokens (default 1337)\n"
 "  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
 "  --dp D          data-parallel ranks under mpirun or srun (one per GPU): each its own B x T batches,\n"
-"                  ZeRO-1 (AdamW state and update sharded over the ranks; needs -f 0) (default 1)\n"
+"                  ZeRO-1 (AdamW state and update sharded over the ranks; sets -f 0) (default 1)\n"
 "  --sp S          sequence-parallel ranks (Ulysses): each holds T / S tokens of every sequence and attends\n"
 "                  over all of them for 1/S of the heads; --sp x --dp ranks in all (default 1)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"

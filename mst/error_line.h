@@ -29,6 +29,7 @@ static std::string error_line_rank;      // "rank 3: " in a program of several r
         snprintf(escaped, sizeof escaped, "\\x%02x", c);
         line += escaped;
     }
+    fflush(stdout);  // what was printed comes first, whole lines, where stdout and stderr share a pipe
     fprintf(stderr, "%s\n", line.c_str());
     error_line_written = true;
     exit(1);
