@@ -2015,7 +2015,7 @@ static bool choose_attention(const CommandLine& cl, const cudaDeviceProp& prop) 
 // the end stops them all (MPI_Abort: no rank waits in a collective for one that left), and only rank 0 prints
 // (its stdout; the others' goes to /dev/null).
 static int launcher_world_size() {
-    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"})
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
         if (const char* value = getenv(name)) return atoi(value);
     return 1;
 }
@@ -2036,8 +2036,11 @@ static void abort_unfinished_ranks() {
 static void start_ranks(const CommandLine& cl) {
     ranks.dp = cl.options.dp;
     ranks.sp = cl.options.sp;
-    int wanted = ranks.dp * ranks.sp;
-    if (wanted == 1 && launcher_world_size() <= 1) return;
+    int wanted = ranks.dp * ranks.sp, launched = launcher_world_size();
+    if (wanted == 1 && launched <= 1) return;
+    if (launched <= 1)  // refused before MPI starts: a lone process would be an MPI singleton of one rank
+        usage_error("--sp %d x --dp %d = %d ranks, but no launcher started ranks (mpirun -np %d, or srun)", ranks.sp,
+                    ranks.dp, wanted, wanted);
 #ifndef MST_WITH_NCCL
     usage_error("--dp %d: this build has no MPI and NCCL (make builds them in where mpicxx and nccl.h are)", ranks.dp);
 #else

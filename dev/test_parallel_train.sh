@@ -25,9 +25,10 @@
 #   - a perturbed array (10 x the tolerance) fails the comparison (the comparison can fail);
 #   - rank 0 alone prints step lines and writes -L;
 #   - one error line (naming the rank under mpirun) and a nonzero exit for: --sp with -f 1, a world size that is
-#     not --dp x --sp, --sp not dividing the heads, --sp with -r 0, a missing shard; no hang (120 s timeouts).
+#     not --dp x --sp, --sp without a launcher, --sp not dividing the heads, --sp with -r 0, a missing shard;
+#     no hang (120 s timeouts).
 # Needs ./train_llama_cpu built with MPI (make train_llama_cpu where mpicxx and nccl.h are) and mpirun.
-# About 60 s on 2 cores. One line per check, then "N passed, N failed".
+# About 46 CPU-seconds (65 s of wall time measured on 2 shared cores). One line per check, then "N passed, N failed".
 set -u
 cd "$(dirname "$0")/.."
 export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 MST_CPU_THREADS=1
@@ -173,6 +174,9 @@ refused "--sp 2 -f 1: not supported yet" '^error: .*--sp 2 --dp 1 with -f 1: not
 refused "2 ranks for --dp 4: the world size is checked" '^error: rank [01]: 2 ranks were started, but --dp 4' 2 "${A[@]}" --random-tokens --dp 4
 refused "--sp 4 with 2 heads: refused" '^error: .*--sp 4: query heads (2) are not a multiple of --sp' 4 "${A[@]}" --random-tokens --sp 4
 refused "--sp 2 -r 0: refused" '^error: .*--sp with -r 0: not supported' 2 "${A[@]}" --random-tokens --sp 2 -r 0
+./train_llama_cpu "${A[@]}" -f 0 --random-tokens --sp 2 -n 1 > "$DIR/refused.log" 2>&1
+[ $? -eq 1 ] && [ "$(grep -c '^error: --sp 2 x --dp 1 = 2 ranks, but no launcher started ranks' "$DIR/refused.log")" -eq 1 ]
+check "--sp 2 without mpirun: one error line" $? "$(grep -m1 '^error' "$DIR/refused.log")"
 refused "an error on the ranks names them and stops the job" '^error: rank [01]: .*none_\*.bin: no shard matches' 2 "${A[@]}" --sp 2 -i "$DIR/none_*.bin"
 
 echo "$passed passed, $failed failed"
