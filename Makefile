@@ -34,11 +34,12 @@ COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phase
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h mst/comm.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
+# Where MPI and NCCL are (MULTI_GPU_FLAGS, below), the trainer runs on several GPUs under mpirun (--dp).
 train_llama: $(TRAINER_SOURCES) | $(DEFAULT_SHARDS)
-	$(NVCC) $(NVCCFLAGS) -o $@ $< $(CUDA_LIBS)
+	$(NVCC) $(NVCCFLAGS) $(MULTI_GPU_FLAGS) -o $@ $< $(CUDA_LIBS) $(MULTI_GPU_LIBS)
 
 # test_llama.cu includes train_llama.cu (with TESTING defined: the model code without main)
 test_llama: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES)
@@ -145,9 +146,12 @@ MPIRUN := $(shell command -v mpirun 2>/dev/null)
 MPI_CFLAGS := $(shell pkg-config --cflags ompi 2>/dev/null || $(MPICXX) --showme:compile 2>/dev/null)
 MPI_LIBS   := $(shell pkg-config --libs ompi 2>/dev/null || $(MPICXX) --showme:link 2>/dev/null)
 NCCL_HEADER := $(firstword $(wildcard $(CUDA_HOME)/include/nccl.h /usr/include/nccl.h))
-# (The trainer, once it runs on several GPUs, compiles with MULTI_GPU_FLAGS and links -lnccl $(MPI_LIBS).)
+# The trainer compiles with MULTI_GPU_FLAGS and links MULTI_GPU_LIBS (its CPU device build: the CPU device's NCCL).
 ifneq ($(and $(MPI_LIBS),$(NCCL_HEADER)),)
 MULTI_GPU_FLAGS = -DMST_WITH_MPI -DMST_WITH_NCCL $(MPI_CFLAGS)
+MULTI_GPU_LIBS = -lnccl $(MPI_LIBS)
+CPU_MULTI_GPU_OBJECTS = $(CPU_BUILD)/nccl.o
+MPI_LIBS_IF_MULTI_GPU = $(MPI_LIBS)
 COMM_NCCL_CHECK = comm_nccl_check
 endif
 # the NCCL backend of comm.h compiles (nothing runs it here: no GPU); part of make test where found
@@ -195,9 +199,9 @@ CPU_LINK = $(CXX) $(CPU_DEVICE_FLAGS) $(CPU_EXTRA_FLAGS) -o $@ $(CPU_RUNTIME_OBJ
 test_llama_cpu: test_llama.cu tests/golden.h mst/safetensors.h $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS)
 	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/test_llama.o $<
 	$(CPU_LINK) $(CPU_BUILD)/test_llama.o
-train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) | $(DEFAULT_SHARDS)
-	$(CXX) $(CPU_KERNEL_FLAGS) -c -o $(CPU_BUILD)/train_llama.o $<
-	$(CPU_LINK) $(CPU_BUILD)/train_llama.o
+train_llama_cpu: $(TRAINER_SOURCES) $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_MULTI_GPU_OBJECTS) | $(DEFAULT_SHARDS)
+	$(CXX) $(CPU_KERNEL_FLAGS) $(MULTI_GPU_FLAGS) -c -o $(CPU_BUILD)/train_llama.o $<
+	$(CPU_LINK) $(CPU_MULTI_GPU_OBJECTS) $(CPU_BUILD)/train_llama.o $(MPI_LIBS_IF_MULTI_GPU)
 # the same under AddressSanitizer + UBSan (no race tracker: ThreadSanitizer's instrumentation and ASan's
 # exclude each other): overruns of allocations and of the memory plan's regions, use after free, UB
 CPU_ASAN_FLAGS = $(SANITIZE_FLAGS)
@@ -256,7 +260,7 @@ CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev
                   "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu" \
                   "/usr/bin/python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses"
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev hopper_addresses $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
-	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py" "/usr/bin/python3 dev/readme_examples.py"
+	bash dev/run_tests.sh $(TEST_PROGRAMS) $(CPU_DEVICE_RUNS) $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "bash dev/test_parallel_train.sh" "bash dev/test_cli.sh" "/usr/bin/python3 dev/cuda/hopper_emulator.py" "/usr/bin/python3 dev/readme_examples.py"
 
 clean:
 	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf mst_hf_asan fuzz_inputs test_parallel

@@ -238,6 +238,18 @@ static inline void dataloader_next_batch(DataLoader* loader) {
     loader->batch_position++;
 }
 
+// A saved position for another split of the same batches (a run resumed on another number of ranks): rank
+// `rank` of `num_ranks` serving B windows each continues it when B x num_ranks is the saved B x ranks, as the
+// ranks' batches together are then the same groups of windows; any other split is left for dataloader_resume
+// to refuse.
+static inline DataLoaderState dataloader_state_for_ranks(DataLoaderState s, int B, int rank, int num_ranks) {
+    if ((int64_t)s.B * s.num_ranks != (int64_t)B * num_ranks) return s;
+    s.B = B;
+    s.rank = rank;
+    s.num_ranks = num_ranks;
+    return s;
+}
+
 static inline DataLoaderState dataloader_state(const DataLoader* loader) {
     DataLoaderState state = {loader->epoch, loader->batch_position, loader->seed, loader->B, loader->T, loader->rank,
                              loader->num_ranks, loader->shuffle ? 1 : 0};

@@ -88,12 +88,15 @@
 //   template <typename S> (S = float or bf16 optimizer state)
 //   void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t,
 //                     float lr, float beta1, float beta2, float eps, float weight_decay,
-//                     float grad_scale, const float* grad_scale_device, unsigned int seed, cudaStream_t)
+//                     float grad_scale, const float* grad_scale_device, unsigned int seed, cudaStream_t,
+//                     size_t index_base = 0)
 //        g = grads * grad_scale * (grad_scale_device ? *grad_scale_device : 1).
 //        master != null: master (fp32) is updated and params = round-to-nearest(master).
 //        master == null: the fp32 value read from params is updated, params written with stochastic rounding.
 //        bf16 m/v are written with stochastic rounding. Random bits = hash(seed, element index, which of
 //        m/v/param): pass a different seed every step (and every tensor); deterministic given the seed.
+//        The element index is i + index_base: a tensor updated in pieces (ZeRO-1's shards) with each
+//        piece's offset in the tensor as index_base gets the bits of one update of the whole tensor.
 //
 // Global gradient norm (sum_of_squares_cpu), deterministic two-stage reduction, result on the device:
 //   GLOBAL_NORM_BLOCKS partial sums (double) per slot.
@@ -776,7 +779,8 @@ __device__ __forceinline__ void mst_store_state(bf16* p, float x, unsigned int r
 template <typename S>
 __global__ void adamw_kernel(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, float lr,
                              float beta1, float beta2, float bias_correction1, float bias_correction2, float eps,
-                             float weight_decay, float grad_scale, const float* grad_scale_device, unsigned int seed) {
+                             float weight_decay, float grad_scale, const float* grad_scale_device, unsigned int seed,
+                             size_t index_base) {
     float scale = grad_scale * (grad_scale_device ? *grad_scale_device : 1.f);
     for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
         float g = grads[i] * scale;
@@ -786,7 +790,8 @@ __global__ void adamw_kernel(bf16* params, float* master, const float* grads, S*
         mi = beta1 * mi + (1.f - beta1) * g;
         vi = beta2 * vi + (1.f - beta2) * g * g;
         p -= lr * (mi / bias_correction1) / (sqrtf(vi / bias_correction2) + eps);
-        unsigned int h = mst_hash(seed ^ mst_hash((unsigned int)i ^ (unsigned int)(i >> 32) * 0x9e3779b9u));
+        size_t e = i + index_base;  // the element's index in its tensor: the same bits however the tensor is split
+        unsigned int h = mst_hash(seed ^ mst_hash((unsigned int)e ^ (unsigned int)(e >> 32) * 0x9e3779b9u));
         mst_store_state(m + i, mi, h);
         mst_store_state(v + i, vi, mst_hash(h ^ 0x68e31da4u));
         if (master) {
@@ -800,7 +805,8 @@ __global__ void adamw_kernel(bf16* params, float* master, const float* grads, S*
 template <typename S>
 static inline void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t, float lr,
                                 float beta1, float beta2, float eps, float weight_decay, float grad_scale,
-                                const float* grad_scale_device, unsigned int seed, cudaStream_t stream) {
+                                const float* grad_scale_device, unsigned int seed, cudaStream_t stream,
+                                size_t index_base = 0) {
     profile_phase(PHASE_OPTIMIZER, stream);
     if (count == 0) return;
     float bias_correction1 = 1.f - powf(beta1, (float)t);
@@ -808,7 +814,7 @@ static inline void adamw_update(bf16* params, float* master, const float* grads,
     int threads = 256;
     mst::launch<adamw_kernel<S>>(mst_elementwise_blocks(count, threads), threads, 0, stream,
         params, master, grads, m, v, count, lr, beta1, beta2, bias_correction1, bias_correction2, eps, weight_decay,
-        grad_scale, grad_scale_device, seed);
+        grad_scale, grad_scale_device, seed, index_base);
     CUDA_CHECK(cudaGetLastError());
 }
 

@@ -1,4 +1,4 @@
-// train_llama.cu: Llama 3 training on one GPU with the Mini-Sequence Transformer (arXiv 2407.15892).
+// train_llama.cu: Llama 3 training on one GPU or several with the Mini-Sequence Transformer (arXiv 2407.15892).
 //
 // One step: embedding; per layer RMSNorm, q/k/v projections, RoPE, flash attention, output projection
 // + residual, RMSNorm, then the MLP (gate/up, SwiGLU, down + residual) over mini-sequences of the
@@ -28,6 +28,9 @@
 // the whole gradient stays on the GPU and is clipped and applied after backward. Gradient accumulation
 // (-d) runs micro-batches into the same gradients (fused: each group's host copy streamed back before
 // its next backward) with the loss normalized over the counted targets of all micro-batches.
+//
+// Several GPUs (--sp, --dp under mpirun; struct Parallel says how): Ulysses all-to-alls around attention, ZeRO-1
+// (gradients reduce-scattered, AdamW on each rank's shard, parameters all-gathered), checkpoints gathered by rank 0.
 //
 // The model code (structs, forward, backward, update) comes first, then the command line and main,
 // which test_llama.cu leaves out by defining TESTING before it includes this file (as llm.c's
@@ -60,6 +63,7 @@
 #include "mst/checkpoint.h"  // and through it hf_io.h, tokenizer.h (decoding only), llama_reference.h
 #include "mst/generate.h"
 #include "mst/run_log.h"
+#include "mst/comm.h"
 
 // ----------------------------------------------------------------------------
 // the arena: the program's one device allocation
@@ -103,6 +107,31 @@ struct LayerActivationsGPU {
     bf16* attention_residual;                     // N x C: layer input + attention_out Wo^T
     bf16* mlp_norm; float* mlp_rstd;              // N x C, N
     bf16* gate_up; bf16* act;                     // one mini-sequence: n_mlp x 2F ([gate | up] rows), n_mlp x F
+    bf16* attention_heads;                        // --sp: the output in head layout, B x Tp x Hl x hd (q, k, v, lse
+                                                  // are then head layout too: B x Tp x (Hl, KVl, KVl) x hd, B x Hl x Tp)
+};
+
+// Several GPUs (issue 20): one process per GPU, started by mpirun or srun; --dp D data-parallel ranks, each on
+// its own batches. ZeRO-1 (memory_plan.h's zero_shard): rank r keeps AdamW m and v (and the master weights) for
+// parameters [shard_begin, shard_begin + shard) only. After backward the fp32 gradients are reduce-scattered
+// (each rank gets its shard summed over the ranks), the global norm sums every rank's shard, each rank updates
+// its shard and the bf16 parameters are all-gathered. One rank: the one-GPU trainer (shard = P, no collective).
+//
+// --sp S (Ulysses): the ranks rank - rank % S .. of a group share the same sequences, rank j of the group holding
+// tokens [j Tl, j Tl + Tl) of each (Tl = ceil(T / S); the last block padded past T: input 0, target -1, so no
+// loss, no gradient, and causal attention keeps every real token from them). Everything but attention runs
+// on the block; around attention two all-to-alls (forward, its recompute and backward) give each rank the
+// whole sequences for query heads [j Hl, j Hl + Hl) and the KV heads they read (UlyssesShape: replicated when
+// S exceeds the KV heads), and bring the output back. RoPE positions and document starts are the sequences'.
+// The loss is the mean over every rank's counted targets; the gradients are summed over all the ranks.
+struct Parallel {
+    int rank = 0, world = 1, dp = 1, sp = 1;
+    int local_rank = 0;  // among the ranks on this node: its GPU
+    Comm host;           // host values through MPI: counted targets, the loss, checkpoint gathers
+    Comm device;         // device buffers through NCCL (on the CPU device, its NCCL over MPI)
+    Comm sp_host, sp_device;  // this rank's Ulysses group (S ranks), host and device
+    int sp_rank() const { return rank % sp; }
+    int dp_rank() const { return rank / sp; }
 };
 
 struct Model {
@@ -111,7 +140,8 @@ struct Model {
     std::vector<ParameterTensor> tensors;  // for AdamW: weight decay on the 2-D ones only
     MemoryPlan plan;
     OptimizerSettings optimizer;
-    int B, T, N;
+    int B, T, N;                   // N = B x Tl: this rank's tokens (B x T on one rank)
+    UlyssesShape ulysses;          // --sp's split (S = 1: Tl = Tp = T, all heads)
     cudaStream_t stream;
     cublasLtHandle_t cublaslt;
     char* arena;
@@ -149,7 +179,8 @@ struct Model {
     bf16* logits;                  // n_lm x V: one LM-head mini-sequence
     float* losses;                 // N
     int* inputs; int* targets;     // N each
-    int* doc_start;                // N: each token's document start (document_starts), or null: no --doc-mask
+    int* doc_start;                // B x Tp: each token's document start (document_starts), or null: no --doc-mask
+    int* sequence_inputs;          // --sp with --doc-mask: the whole sequences' inputs (B x Tp), for doc_start
     int bos_token;                 // the token that starts a document: <|begin_of_text|> (a test's tiny vocabulary: its own)
     int* token_buckets;            // the embedding backward's buckets of the inputs (mst/token_buckets.h)
     TokenBuckets buckets;          // their host copy, rebuilt as each batch is uploaded
@@ -157,7 +188,9 @@ struct Model {
     // backward
     bf16* dresidual; bf16* dnorm;  // N x C each: the residual stream's gradient, a norm output's gradient
     bf16* dq; bf16* dk; bf16* dv; bf16* dattention_out;
-    void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out))
+    void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out)); --sp: B x Tp x Hl
+    bf16* dattention_heads;        // --sp: the attention output's gradient, head layout
+    bf16* all_to_all_send; bf16* all_to_all_recv;  // --sp: S blocks each, block j to / from group rank j
     bf16* dgate_up; bf16* dact;    // one mini-sequence
     void* norm_scratch;            // RMSNorm weight-gradient partials
     void* grad_norm_scratch;       // global-norm partials, one slot per gradient group
@@ -168,6 +201,11 @@ struct Model {
     int updates_applied;           // AdamW's t is updates_applied + 1 (a skipped step applies none)
     uint64_t seed;
     bool attention_sm90;           // the sm_90a attention forward (else mma.sync); backward is mma.sync either way
+    // several GPUs: the ranks, this rank's ZeRO-1 shard of the parameters (the state regions hold `shard`
+    // elements for [shard_begin, shard_begin + shard); the last rank's may end past P, in padding)
+    Parallel par;
+    size_t shard, shard_begin, shard_end;  // shard_end = min(P, shard_begin + shard)
+    cudaEvent_t collective_start, collective_done;  // order the NCCL stream's collectives with the compute stream
 };
 
 // layer l's activations: slot 0 with recomputation, slot l without (the slots are evenly spaced); with
@@ -187,7 +225,7 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
     return {at(a.attention_norm, b.attention_norm), at(a.attention_rstd, b.attention_rstd), at(a.q, b.q),
             at(a.k, b.k), at(a.v, b.v), at(a.attention_out, b.attention_out), at(a.lse, b.lse),
             at(a.attention_residual, b.attention_residual), at(a.mlp_norm, b.mlp_norm), at(a.mlp_rstd, b.mlp_rstd),
-            at(a.gate_up, b.gate_up), at(a.act, b.act)};
+            at(a.gate_up, b.gate_up), at(a.act, b.act), at(a.attention_heads, b.attention_heads)};
 }
 
 // layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
@@ -249,20 +287,46 @@ static void carve_arena(Model* m) {
     m->losses = (float*)region(REGION_LOSSES);
     m->inputs = (int*)region(REGION_TOKENS);
     m->targets = m->inputs + N;
+    // document starts over the whole sequences (B x Tp: N on one rank), with --sp their inputs beside them
+    const UlyssesShape& u = m->ulysses;
+    size_t Np = (size_t)m->B * u.Tp, hd = m->config.head_dim();
+    bool ulysses = u.S > 1;
     m->doc_start = p.options.doc_mask ? m->targets + N : nullptr;
-    m->token_buckets = m->targets + (p.options.doc_mask ? 2 : 1) * N;
+    m->sequence_inputs = p.options.doc_mask && ulysses ? m->doc_start + Np : nullptr;
+    m->token_buckets = m->targets + N + (p.options.doc_mask ? (ulysses ? 2 : 1) * Np : 0);
     m->rope_cos = (float*)region(REGION_ROPE_TABLES);
-    m->rope_sin = m->rope_cos + (size_t)m->T * (m->config.head_dim() / 2);
+    m->rope_sin = m->rope_cos + (size_t)u.Tp * (hd / 2);
+    char* attention_scratch_end = region(REGION_QKV_GRADIENT) + round_up_256(p.bytes[REGION_QKV_GRADIENT]);
+    if (ulysses) {  // recomputation: one layer's; q, k, v, lse, the output in head layout (memory_plan.h)
+        LayerActivationsGPU& a = m->layer_acts[0];
+        size_t qkv_heads = Np * (u.Hl + 2 * u.KVl) * hd, out_heads = Np * u.Hl * hd;
+        a.q = (bf16*)region(REGION_ULYSSES_HEADS);
+        a.k = a.q + Np * u.Hl * hd;
+        a.v = a.k + Np * u.KVl * hd;
+        m->dq = a.q + qkv_heads;
+        m->dk = m->dq + Np * u.Hl * hd;
+        m->dv = m->dk + Np * u.KVl * hd;
+        a.attention_heads = m->dq + qkv_heads;
+        m->dattention_heads = a.attention_heads + out_heads;
+        a.lse = (float*)(m->dattention_heads + out_heads);
+        m->attention_scratch = a.lse + Np * u.Hl;
+        a.attention_out = (bf16*)region(REGION_ATTENTION_OUT);
+        m->dattention_out = (bf16*)region(REGION_QKV_GRADIENT);
+        m->all_to_all_send = (bf16*)region(REGION_ALL_TO_ALL);
+        m->all_to_all_recv = m->all_to_all_send + qkv_heads;
+        m->layer_acts[1] = a;
+        attention_scratch_end = region(REGION_ULYSSES_HEADS) + round_up_256(p.bytes[REGION_ULYSSES_HEADS]);
+    }
     // scratch: RMSNorm partials (RMSNORM_GRADIENT_CHUNKS x C x 4), then in the last MiB the global-norm partials
     // and the two scalars
     size_t norm_scratch_bytes = rmsnorm_backward_scratch_bytes(m->N, C);
-    size_t grad_norm_bytes = global_norm_scratch_bytes(m->config.n_layer + 3);
+    // slots: one per gradient group (fused), or one per rank and this rank's own (ZeRO-1's global norm)
+    size_t grad_norm_bytes = global_norm_scratch_bytes(std::max(m->config.n_layer + 3, m->par.world + 1));
     size_t reserved_for_norm = (size_t)RMSNORM_GRADIENT_CHUNKS * C * 4;
     // the attention scratch ends its region; the region's 256-byte rounding is its own
-    size_t attention_scratch_room = round_up_256(p.bytes[REGION_QKV_GRADIENT]) -
-                                    ((char*)m->attention_scratch - region(REGION_QKV_GRADIENT));
+    size_t attention_scratch_room = attention_scratch_end - (char*)m->attention_scratch;
     if (norm_scratch_bytes > reserved_for_norm || round_up_256(grad_norm_bytes) + 256 > (1u << 20) ||
-        attention_backward_scratch_bytes(m->B, m->T, H, m->config.head_dim()) > attention_scratch_room) {
+        attention_backward_scratch_bytes(m->B, u.Tp, u.Hl, hd) > attention_scratch_room) {
         fprintf(stderr, "error: the memory plan's scratch is smaller than the kernels need\n");
         exit(1);
     }
@@ -294,8 +358,13 @@ static void declare_arena_regions(const Model* m) {
 // The one allocation, the views into it, the RoPE tables, zeroed optimizer state. The weights come
 // after: model_init_random (or, in test_llama.cu, model_set_parameters from fp32 host values).
 static void model_create(Model* m, const ModelConfig& config, const TrainingOptions& options,
-                         const OptimizerSettings& optimizer, uint64_t seed) {
+                         const OptimizerSettings& optimizer, uint64_t seed, const Parallel& par = Parallel()) {
+    if (options.dp * options.sp != par.world) {
+        fprintf(stderr, "internal error: the plan's --dp %d x --sp %d is not the %d ranks\n", options.dp, options.sp, par.world);
+        exit(1);
+    }
     m->config = config;
+    m->par = par;
     m->layout = parameter_layout(config);
     m->tensors = parameter_tensors(config);
     TrainingOptions planned = options;
@@ -304,10 +373,15 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->optimizer = optimizer;
     m->B = options.B;
     m->T = options.T;
-    m->N = options.B * options.T;
+    m->ulysses = UlyssesShape(config, options.sp, options.B, options.T);
+    m->N = options.B * m->ulysses.Tl;
     m->seed = seed;
+    m->shard = zero_shard(m->layout.total, par.world);
+    m->shard_begin = std::min(m->layout.total, (size_t)par.rank * m->shard);
+    m->shard_end = std::min(m->layout.total, m->shard_begin + m->shard);
     m->attention_sm90 = mst::device_major() == 9;  // train() decides with --attention and the self-test
-    m->bos_token = LLAMA3_BOS_TOKEN;
+    // <|begin_of_text|> starts a document; a vocabulary without it (a test's) has token 0, as samples begin with
+    m->bos_token = config.vocab_size > LLAMA3_BOS_TOKEN ? LLAMA3_BOS_TOKEN : 0;
     m->steps_done = 0;
     m->updates_applied = 0;
     m->update_pending = false;
@@ -323,7 +397,8 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
-                           &m->attention_stored[0], &m->attention_stored[1], &m->attention_fetched[0], &m->attention_fetched[1]})
+                           &m->attention_stored[0], &m->attention_stored[1], &m->attention_fetched[0], &m->attention_fetched[1],
+                           &m->collective_start, &m->collective_done})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_out[slot], cudaEventDisableTiming));
@@ -331,12 +406,13 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     }
     declare_arena_regions(m);
     carve_arena(m);
-    std::vector<float> cos_table((size_t)m->T * config.head_dim() / 2), sin_table(cos_table.size());
-    rope_tables(config, m->T, cos_table.data(), sin_table.data());
+    std::vector<float> cos_table((size_t)m->ulysses.Tp * config.head_dim() / 2), sin_table(cos_table.size());
+    rope_tables(config, m->ulysses.Tp, cos_table.data(), sin_table.data());
     CUDA_CHECK(cudaMemcpy(m->rope_cos, cos_table.data(), cos_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemcpy(m->rope_sin, sin_table.data(), sin_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
     CUDA_CHECK(cudaMemset(m->adam_v, 0, m->plan.bytes[REGION_ADAM_V]));
+    CUDA_CHECK(cudaMemset(m->params, 0, m->plan.bytes[REGION_PARAMETERS]));  // ZeRO-1's padding past P too
     float one = 1.f;
     CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));
 }
@@ -350,7 +426,8 @@ static void model_free(Model* m) {
         host_allocations--;
     }
     for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point,
-                          m->attention_stored[0], m->attention_stored[1], m->attention_fetched[0], m->attention_fetched[1]})
+                          m->attention_stored[0], m->attention_stored[1], m->attention_fetched[0], m->attention_fetched[1],
+                          m->collective_start, m->collective_done})
         CUDA_CHECK(cudaEventDestroy(e));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventDestroy(m->gradient_out[slot]));
@@ -388,9 +465,10 @@ static void model_init_random(Model* m) {
             m->params, t.offset, count, t.rows > 1 ? 0.02f : 0.f, m->seed);
         CUDA_CHECK(cudaGetLastError());
     }
-    if (m->master) {
-        mst::launch<widen_parameters_kernel>(mst_elementwise_blocks(m->layout.total, 256), 256, 0, m->stream,
-            m->master, m->params, m->layout.total);
+    if (m->master) {  // this rank's shard
+        size_t count = m->shard_end - m->shard_begin;
+        mst::launch<widen_parameters_kernel>(mst_elementwise_blocks(count, 256), 256, 0, m->stream,
+            m->master, m->params + m->shard_begin, count);
         CUDA_CHECK(cudaGetLastError());
     }
     CUDA_CHECK(cudaStreamSynchronize(m->stream));
@@ -507,6 +585,151 @@ static void segment_before_backward(Model* m, int l) {
     for (int j = m->segment.first(l); j < l; j++) layer_forward(m, j, true, false);
 }
 
+// A collective of a group's device buffers, on its NCCL stream, after the compute stream's work so far and
+// before its next (events: the host does not wait)
+template <typename Collective>
+static void device_collective(Model* m, const Comm& group, Collective run) {
+#ifdef MST_WITH_NCCL
+    CUDA_CHECK(cudaEventRecord(m->collective_start, m->stream));
+    CUDA_CHECK(cudaStreamWaitEvent(group.stream, m->collective_start, 0));
+    run();
+    CUDA_CHECK(cudaEventRecord(m->collective_done, group.stream));
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->collective_done, 0));
+#else
+    (void)group;
+    run();
+#endif
+}
+
+// --sp: S blocks of `block` elements, block j to group rank j, block i from group rank i
+static void ulysses_all_to_all(Model* m, size_t block) {
+    device_collective(m, m->par.sp_device, [&] {
+        comm_all_to_all(m->par.sp_device, m->all_to_all_send, m->all_to_all_recv, block, COMM_BF16);
+    });
+}
+
+// --sp: each received block's B x Tl rows of `width` elements (at `at` in the block: its q, k, v or output part)
+// to their place in the whole sequences, heads = B x Tp x width: block i's rows are positions i Tl .. of each
+static void blocks_to_sequences(Model* m, bf16* heads, size_t block, size_t at, int width) {
+    const UlyssesShape& u = m->ulysses;
+    size_t row = (size_t)u.Tl * width * 2;
+    for (int i = 0; i < u.S; i++)
+        CUDA_CHECK(cudaMemcpy2DAsync(heads + (size_t)i * u.Tl * width, (size_t)u.Tp * width * 2,
+                                     m->all_to_all_recv + i * block + at, row, row, u.B, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// the inverse: positions i Tl .. of each sequence of heads into send block i, at `at`
+static void sequences_to_blocks(Model* m, const bf16* heads, size_t block, size_t at, int width) {
+    const UlyssesShape& u = m->ulysses;
+    size_t row = (size_t)u.Tl * width * 2;
+    for (int i = 0; i < u.S; i++)
+        CUDA_CHECK(cudaMemcpy2DAsync(m->all_to_all_send + i * block + at, row, heads + (size_t)i * u.Tl * width,
+                                     (size_t)u.Tp * width * 2, row, u.B, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// --sp: columns [column, column + width) of this rank's token-layout matrix x (N rows of x_width) to send block j
+// at `at` (N x width), and the inverse from receive block j
+static void columns_to_block(Model* m, const bf16* x, int x_width, size_t block, size_t at, int width, int j, int column) {
+    CUDA_CHECK(cudaMemcpy2DAsync(m->all_to_all_send + j * block + at, (size_t)width * 2, x + column, (size_t)x_width * 2,
+                                 (size_t)width * 2, m->N, cudaMemcpyDeviceToDevice, m->stream));
+}
+static void block_to_columns(Model* m, bf16* x, int x_width, size_t block, size_t at, int width, int j, int column) {
+    CUDA_CHECK(cudaMemcpy2DAsync(x + column, (size_t)x_width * 2, m->all_to_all_recv + j * block + at, (size_t)width * 2,
+                                 (size_t)width * 2, m->N, cudaMemcpyDeviceToDevice, m->stream));
+}
+
+// --sp, forward: q, k, v of this rank's tokens by one rank's matmuls (token layout, in the receive buffer, free
+// until the all-to-all), group rank j's heads into send block j ([q_j | k_j | v_j]: query heads [j Hl, j Hl + Hl),
+// the KV heads from kv_first(j)), the all-to-all, the received blocks into the whole sequences (head layout),
+// RoPE at the sequences' positions, attention over them; then the output's blocks back into this rank's token
+// layout, rank j's heads at columns j Hl hd.
+static void ulysses_attention_forward(Model* m, const LayerActivationsGPU& a, const bf16* w) {
+    const UlyssesShape& u = m->ulysses;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim(), hd = u.hd;
+    int Hl = u.Hl * hd, KVl = u.KVl * hd;
+    cudaStream_t s = m->stream;
+    bf16* q = m->all_to_all_recv;
+    bf16* k = q + (size_t)N * Q;
+    bf16* v = k + (size_t)N * KV;
+    matmul_forward(q, a.attention_norm, w + o.q, N, C, Q, false, s);
+    matmul_forward(k, a.attention_norm, w + o.k, N, C, KV, false, s);
+    matmul_forward(v, a.attention_norm, w + o.v, N, C, KV, false, s);
+    size_t block = (size_t)N * (Hl + 2 * KVl);
+    for (int j = 0; j < u.S; j++) {
+        columns_to_block(m, q, Q, block, 0, Hl, j, j * Hl);
+        columns_to_block(m, k, KV, block, (size_t)N * Hl, KVl, j, u.kv_first(j) * hd);
+        columns_to_block(m, v, KV, block, (size_t)N * (Hl + KVl), KVl, j, u.kv_first(j) * hd);
+    }
+    ulysses_all_to_all(m, block);
+    blocks_to_sequences(m, a.q, block, 0, Hl);
+    blocks_to_sequences(m, a.k, block, (size_t)N * Hl, KVl);
+    blocks_to_sequences(m, a.v, block, (size_t)N * (Hl + KVl), KVl);
+    rope_forward(a.q, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, false, s);
+    rope_forward(a.k, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, false, s);
+    if (m->attention_sm90) attention_forward_sm90(a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    else attention_forward(a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    size_t out_block = (size_t)N * Hl;
+    sequences_to_blocks(m, a.attention_heads, out_block, 0, Hl);
+    ulysses_all_to_all(m, out_block);
+    for (int j = 0; j < u.S; j++) block_to_columns(m, a.attention_out, Q, out_block, 0, Hl, j, j * Hl);
+}
+
+// --sp, backward from the output's gradient (token layout, m->dattention_out) to dnorm and the q, k, v weight
+// gradients: rank j's columns to it (all-to-all) into the whole sequences, attention backward, RoPE's, the dq,
+// dk, dv blocks back (all-to-all) into this rank's token layout (in the send buffer, free again: N x (Q + 2 KV)
+// fits), then one rank's matmuls. A replicated KV head's gradient (S > KV) arrives from S / KV ranks: the
+// matmuls of each block accumulate instead.
+static void ulysses_attention_backward(Model* m, const LayerActivationsGPU& a, const bf16* w, float* grad) {
+    const UlyssesShape& u = m->ulysses;
+    const LayerOffsets& o = m->layout.layer;
+    int N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim(), hd = u.hd;
+    int Hl = u.Hl * hd, KVl = u.KVl * hd;
+    cudaStream_t s = m->stream;
+    size_t out_block = (size_t)N * Hl, block = (size_t)N * (Hl + 2 * KVl);
+    for (int j = 0; j < u.S; j++) columns_to_block(m, m->dattention_out, Q, out_block, 0, Hl, j, j * Hl);
+    ulysses_all_to_all(m, out_block);
+    blocks_to_sequences(m, m->dattention_heads, out_block, 0, Hl);
+    attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_heads, a.q, a.k, a.v, a.attention_heads,
+                       a.lse, u.B, u.Tp, u.Hl, u.KVl, hd, m->doc_start, 0, u.Tp, s);
+    rope_forward(m->dq, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, true, s);
+    rope_forward(m->dk, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, true, s);
+    sequences_to_blocks(m, m->dq, block, 0, Hl);
+    sequences_to_blocks(m, m->dk, block, (size_t)N * Hl, KVl);
+    sequences_to_blocks(m, m->dv, block, (size_t)N * (Hl + KVl), KVl);
+    ulysses_all_to_all(m, block);
+    bool replicated = m->config.n_kv_head < u.S;
+    bf16* dq = m->all_to_all_send;
+    bf16* dk = dq + (size_t)N * Q;
+    bf16* dv = dk + (size_t)N * KV;
+    for (int j = 0; j < u.S; j++) {
+        block_to_columns(m, dq, Q, block, 0, Hl, j, j * Hl);
+        if (replicated) continue;
+        block_to_columns(m, dk, KV, block, (size_t)N * Hl, KVl, j, u.kv_first(j) * hd);
+        block_to_columns(m, dv, KV, block, (size_t)N * (Hl + KVl), KVl, j, u.kv_first(j) * hd);
+    }
+    matmul_backward_input(m->dnorm, dq, w + o.q, N, C, Q, false, s);
+    if (!replicated) {
+        matmul_backward_input(m->dnorm, dk, w + o.k, N, C, KV, true, s);
+        matmul_backward_input(m->dnorm, dv, w + o.v, N, C, KV, true, s);
+    }
+    matmul_backward_weight(grad + o.q, dq, a.attention_norm, N, C, Q, s);
+    if (!replicated) {
+        matmul_backward_weight(grad + o.k, dk, a.attention_norm, N, C, KV, s);
+        matmul_backward_weight(grad + o.v, dv, a.attention_norm, N, C, KV, s);
+        return;
+    }
+    for (int j = 0; j < u.S; j++) {  // KVl = 1: block j's KV head kv_first(j)
+        const bf16* dk_j = m->all_to_all_recv + j * block + (size_t)N * Hl;
+        const bf16* dv_j = dk_j + (size_t)N * KVl;
+        size_t rows = (size_t)u.kv_first(j) * hd * C;
+        matmul_backward_input(m->dnorm, dk_j, w + o.k + rows, N, C, KVl, true, s);
+        matmul_backward_input(m->dnorm, dv_j, w + o.v + rows, N, C, KVl, true, s);
+        matmul_backward_weight(grad + o.k + rows, dk_j, a.attention_norm, N, C, KVl, s);
+        matmul_backward_weight(grad + o.v + rows, dv_j, a.attention_norm, N, C, KVl, s);
+    }
+}
+
 // gate and up for one MLP mini-sequence [start, start + n): one matmul over the contiguous gate and up
 // weights (2F x C) gives rows [gate | up]; then act = silu(gate) * up
 static void mlp_hidden_forward(Model* m, const bf16* w, const LayerActivationsGPU& a, int start, int n) {
@@ -528,17 +751,21 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     cudaStream_t s = m->stream;
     nvtx_push(with_mlp ? "layer %d forward" : "layer %d recompute", l);
     rmsnorm_forward(a.attention_norm, a.attention_rstd, x, w + o.input_norm, N, C, c.norm_eps, s);
-    matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
-    matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
-    matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
-    rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
-    rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
-    if (with_mlp) kept_attention_before_write(m, l);
-    if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
-        if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
-        else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+    if (m->ulysses.S > 1) {
+        ulysses_attention_forward(m, a, w);
+    } else {
+        matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
+        matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
+        matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
+        rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
+        rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
+        if (with_mlp) kept_attention_before_write(m, l);
+        if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
+            if (m->attention_sm90) attention_forward_sm90(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+            else attention_forward(a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+        }
+        if (backward_follows) kept_attention_store(m, l);
     }
-    if (backward_follows) kept_attention_store(m, l);
     // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
     profile_phase(PHASE_MEMORY_BOUND, s);
     CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
@@ -625,17 +852,41 @@ static int counted_targets(const int* targets, size_t count) {
     return counted;
 }
 
-static int upload_tokens(Model* m, const int* inputs, const int* targets) {
-    if (!bucket_tokens(&m->buckets, inputs, m->N, m->config.vocab_size))
+// This rank's tokens of B rows of T: with --sp, positions [j Tl, j Tl + Tl) of each row (group rank j), those
+// past T `pad`; on one rank, the rows. Positions 0 .. Tp - 1 of each row with first 0, Tl = Tp (the whole
+// sequences, padded).
+static std::vector<int> sequence_block(const Model* m, const int* rows, int first, int Tl, int pad) {
+    std::vector<int> block((size_t)m->B * Tl);
+    for (int b = 0; b < m->B; b++)
+        for (int t = 0; t < Tl; t++)
+            block[(size_t)b * Tl + t] = first + t < m->T ? rows[(size_t)b * m->T + first + t] : pad;
+    return block;
+}
+static std::vector<int> rank_block(const Model* m, const int* rows, int pad) {
+    return sequence_block(m, rows, m->par.sp_rank() * m->ulysses.Tl, m->ulysses.Tl, pad);
+}
+
+// B rows of T tokens (inputs, targets): this rank's block of them to the device, and with --doc-mask the
+// document starts of the whole sequences; returns the block's counted targets (padding has target -1)
+static int upload_tokens(Model* m, const int* input_rows, const int* target_rows) {
+    std::vector<int> inputs = rank_block(m, input_rows, 0), targets = rank_block(m, target_rows, -1);
+    if (!bucket_tokens(&m->buckets, inputs.data(), m->N, m->config.vocab_size))
         error_exit("an input token is outside [0, " + std::to_string(m->config.vocab_size) + ")");
     profile_phase(PHASE_HOST_COPIES, m->stream);
-    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
-    CUDA_CHECK(cudaMemcpyAsync(m->targets, targets, (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->inputs, inputs.data(), (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
+    CUDA_CHECK(cudaMemcpyAsync(m->targets, targets.data(), (size_t)m->N * 4, cudaMemcpyHostToDevice, m->stream));
     CUDA_CHECK(cudaMemcpyAsync(m->token_buckets, m->buckets.table.data(), m->buckets.table.size() * 4,
                                cudaMemcpyHostToDevice, m->stream));
-    if (m->doc_start) document_starts(m->doc_start, m->inputs, m->B, m->T, m->bos_token, m->stream);
+    std::vector<int> sequences;
+    if (m->sequence_inputs) {  // --sp: the starts over the whole sequences, from their inputs
+        sequences = sequence_block(m, input_rows, 0, m->ulysses.Tp, 0);
+        CUDA_CHECK(cudaMemcpyAsync(m->sequence_inputs, sequences.data(), sequences.size() * 4, cudaMemcpyHostToDevice, m->stream));
+        document_starts(m->doc_start, m->sequence_inputs, m->B, m->ulysses.Tp, m->bos_token, m->stream);
+    } else if (m->doc_start) {
+        document_starts(m->doc_start, m->inputs, m->B, m->T, m->bos_token, m->stream);
+    }
     CUDA_CHECK(cudaStreamSynchronize(m->stream));  // the host arrays may change after we return
-    return counted_targets(targets, m->N);
+    return counted_targets(targets.data(), m->N);
 }
 
 static void model_apply_pending_update(Model* m);
@@ -643,38 +894,72 @@ static void model_apply_pending_update(Model* m);
 // the loss of a batch, forward only (after any pending update: the weights as trained so far)
 static float model_loss(Model* m, const int* inputs, const int* targets) {
     model_apply_pending_update(m);
-    int counted = upload_tokens(m, inputs, targets);
+    double counted = comm_sum_scalar(m->par.sp_host, upload_tokens(m, inputs, targets));  // --sp: the whole rows'
     model_forward(m, false);
     lmhead_forward_backward(m, 1.f, nullptr);
-    return counted > 0 ? (float)(summed_loss(m) / counted) : 0.f;
+    double loss_sum = comm_sum_scalar(m->par.sp_host, summed_loss(m));
+    return counted > 0 ? (float)(loss_sum / counted) : 0.f;
 }
 
 // ----------------------------------------------------------------------------
 // optimizer
 
-// AdamW over the tensors inside [offset, offset + count), whose gradient starts at grad; weight decay on
-// 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, offset).
+// AdamW over the parameters [offset, offset + count) (whole tensors, or ZeRO-1's shard, which may cut two),
+// whose gradient starts at grad; the state regions hold the shard's elements from m->shard_begin. Weight decay
+// on 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, the tensor's
+// offset) and each element its index in the tensor, so a shard's piece of a tensor gets the bits of one update.
 static void adamw_group(Model* m, size_t offset, size_t count, const float* grad, float lr) {
     const OptimizerSettings& o = m->optimizer;
     int t = m->updates_applied + 1;
     nvtxRangePushA("AdamW");
     for (const ParameterTensor& tensor : m->tensors) {
-        if (tensor.offset < offset || tensor.offset >= offset + count) continue;
-        size_t n = tensor.rows * tensor.cols, at = tensor.offset;
-        const float* g = grad + (at - offset);
+        size_t begin = std::max(tensor.offset, offset), end = std::min(tensor.offset + tensor.rows * tensor.cols, offset + count);
+        if (begin >= end) continue;
+        size_t n = end - begin, state = begin - m->shard_begin;
+        const float* g = grad + (begin - offset);
         float decay = tensor.rows > 1 ? o.weight_decay : 0.f;
-        uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ at;
+        uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ tensor.offset;
         unsigned int seed = (unsigned int)splitmix64(&seed_state);
-        float* master = m->master ? m->master + at : nullptr;
+        float* master = m->master ? m->master + state : nullptr;
         if (m->plan.options.bf16_optimizer_state) {
-            adamw_update(m->params + at, master, g, (bf16*)m->adam_m + at, (bf16*)m->adam_v + at, n, t, lr, o.beta1,
-                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+            adamw_update(m->params + begin, master, g, (bf16*)m->adam_m + state, (bf16*)m->adam_v + state, n, t, lr,
+                         o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         } else {
-            adamw_update(m->params + at, master, g, (float*)m->adam_m + at, (float*)m->adam_v + at, n, t, lr, o.beta1,
-                         o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream);
+            adamw_update(m->params + begin, master, g, (float*)m->adam_m + state, (float*)m->adam_v + state, n, t, lr,
+                         o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         }
     }
     nvtxRangePop();
+}
+
+// After backward, not fused: the squares of the gradient into the global norm's partials. ZeRO-1 (several
+// ranks): first each rank's shard of the gradient summed over the ranks (reduce-scatter in place, into its
+// block of m->grads); each rank's partials of its shard go to slot `world`, then all of them to slots
+// 0 .. world-1 (all-gather), so every rank sums the same partials in the same order: the same norm, exactly.
+static void reduce_gradients_for_norm(Model* m) {
+    const Parallel& par = m->par;
+    if (par.world == 1) {
+        global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, m->layout.total, m->stream);
+        return;
+    }
+    float* shard_grad = m->grads + (size_t)par.rank * m->shard;
+    device_collective(m, par.device, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
+    double* partials = (double*)m->grad_norm_scratch;
+    global_norm_squared_partial(partials, par.world, shard_grad, m->shard, m->stream);
+    device_collective(m, par.device, [&] {
+        comm_all_gather(par.device, partials + (size_t)par.world * GLOBAL_NORM_BLOCKS, partials, GLOBAL_NORM_BLOCKS, COMM_F64);
+    });
+    m->grad_norm_slots = par.world;
+}
+
+// Not fused: this rank's shard of the update (all of it on one rank), then ZeRO-1's all-gather of the updated
+// bf16 parameters (in place: each rank's block of m->params is its shard)
+static void apply_update_after_backward(Model* m, float lr) {
+    adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr);
+    if (m->par.world > 1)
+        device_collective(m, m->par.device, [&] {
+            comm_all_gather(m->par.device, m->params + (size_t)m->par.rank * m->shard, m->params, m->shard, COMM_BF16);
+        });
 }
 
 // Gradient groups: the LM head, the final norm, each layer, the embedding (the LM head's when tied).
@@ -807,23 +1092,27 @@ static void layer_backward(Model* m, int l, float* grad) {
     // attention
     matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
     matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
-    attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
-                       a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
-    rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
-    rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
-    matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
-    matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
-    matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
-    matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
-    matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
-    matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+    if (m->ulysses.S > 1) {
+        ulysses_attention_backward(m, a, w, grad);
+    } else {
+        attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, m->dattention_out, a.q, a.k, a.v, a.attention_out,
+                           a.lse, m->B, m->T, c.n_head, c.n_kv_head, hd, m->doc_start, 0, m->T, s);
+        rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
+        rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
+        matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
+        matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
+        matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
+        matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
+        matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
+        matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+    }
     rmsnorm_backward(m->dresidual, grad + o.input_norm, m->norm_scratch, m->dnorm, x, w + o.input_norm,
                      a.attention_rstd, N, C, s);
     nvtxRangePop();
 }
 
-// One training step: forward and backward over micro_batches micro-batches of N tokens (inputs and
-// targets one after another), the gradient of the loss averaged over the counted targets of all of them,
+// One training step: forward and backward over micro_batches micro-batches of B rows of T tokens (inputs and
+// targets one after another; with --sp each rank takes its block of them), the gradient of the loss averaged over the counted targets of all of them,
 // then (apply_update) the AdamW update with lr, clipped with this step's norm. Fused, the update is
 // pending until the weights are next read (model_apply_pending_update); not fused, it is applied here.
 // A step whose loss or norm is not finite applies no update (*skipped). With apply_update false the
@@ -834,17 +1123,21 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
     const ModelConfig& c = m->config;
     const ParameterLayout& p = m->layout;
     bool fused = m->plan.options.fused_optimizer;
-    size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N;
+    size_t VC = (size_t)c.vocab_size * c.d_model, N = m->N, rows = (size_t)m->B * m->T;
     profile_step_begin();  // the last step's update, if pending, is applied by the first forward, group by group
-    int counted = counted_targets(targets, N * micro_batches);
-    float grad_scale = counted > 0 ? 1.f / counted : 0.f;
+    // the loss is the mean over the counted targets of every rank's batches (or blocks of them)
+    int counted_here = 0;
+    for (int micro = 0; micro < micro_batches; micro++)
+        counted_here += counted_targets(rank_block(m, targets + micro * rows, -1).data(), N);
+    double counted = comm_sum_scalar(m->par.host, counted_here);
+    float grad_scale = counted > 0 ? (float)(1.0 / counted) : 0.f;
     profile_phase(PHASE_MEMORY_BOUND, m->stream);
-    if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, p.total * 4, m->stream));
+    if (!fused) CUDA_CHECK(cudaMemsetAsync(m->grads, 0, m->plan.bytes[REGION_GRADIENTS], m->stream));
     m->grad_norm_slots = 0;
     double loss_sum = 0.0;
     for (int micro = 0; micro < micro_batches; micro++) {
         bool first = micro == 0, last = micro == micro_batches - 1;
-        upload_tokens(m, inputs + micro * N, targets + micro * N);
+        upload_tokens(m, inputs + micro * rows, targets + micro * rows);
         model_forward(m, true);
         // LM head + loss; the tied LM head's gradient is the embedding's, complete after the embedding backward
         float* lm_head_grad = begin_group(m, p.lm_head, VC, first);
@@ -867,8 +1160,9 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
         loss_sum += summed_loss(m);  // synchronizes the stream
     }
 
-    // the global norm: fused, of the groups' partials; not fused, of the whole gradient
-    if (!fused) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, p.total, m->stream);
+    loss_sum = comm_sum_scalar(m->par.host, loss_sum);
+    // the global norm: fused, of the groups' partials; not fused, of the whole gradient (summed over the ranks)
+    if (!fused) reduce_gradients_for_norm(m);
     global_norm_finish(m->grad_norm, m->clip_scale, m->grad_norm_scratch, m->grad_norm_slots,
                        m->optimizer.grad_clip, m->stream);
     CUDA_CHECK(cudaMemcpyAsync(grad_norm, m->grad_norm, 4, cudaMemcpyDeviceToHost, m->stream));
@@ -881,7 +1175,7 @@ static float model_step(Model* m, const int* inputs, const int* targets, float l
             m->update_pending = true;
             m->pending_lr = lr;
         } else {
-            adamw_group(m, 0, p.total, m->grads, lr);
+            apply_update_after_backward(m, lr);
             m->updates_applied++;
         }
     }
@@ -921,7 +1215,27 @@ static void model_set_parameters(Model* m, const std::vector<float>& params) {
     std::vector<bf16> rounded(params.size());
     for (size_t i = 0; i < params.size(); i++) rounded[i] = __float2bfloat16(params[i]);
     CUDA_CHECK(cudaMemcpy(m->params, rounded.data(), rounded.size() * 2, cudaMemcpyHostToDevice));
-    if (m->master) CUDA_CHECK(cudaMemcpy(m->master, params.data(), params.size() * 4, cudaMemcpyHostToDevice));
+    if (m->master)  // this rank's shard
+        CUDA_CHECK(cudaMemcpy(m->master, params.data() + m->shard_begin, (m->shard_end - m->shard_begin) * 4, cudaMemcpyHostToDevice));
+}
+
+// ZeRO-1 state (AdamW m or v, the master weights: `shard` elements of element_bytes each on every rank) whole on
+// the host of every rank: each rank's shard all-gathered through MPI, the padding past P cut off. One rank: the
+// download. (MPI counts are ints: at most 1 GiB a collective.)
+static std::vector<unsigned char> gather_shards(Model* m, const void* device, size_t element_bytes) {
+    std::vector<unsigned char> shard = download_bytes(device, m->shard * element_bytes);
+    int world = m->par.world;
+    if (world == 1) return shard;
+    size_t shard_bytes = shard.size(), chunk_bytes = 1ull << 30;
+    std::vector<unsigned char> whole(shard_bytes * world), received;
+    for (size_t at = 0; at < shard_bytes; at += chunk_bytes) {
+        size_t bytes = std::min(chunk_bytes, shard_bytes - at);  // even: element_bytes is 2 or 4
+        received.resize(bytes * world);
+        comm_all_gather(m->par.host, shard.data() + at, received.data(), bytes / 2, COMM_BF16);  // moved as 2-byte units
+        for (int r = 0; r < world; r++) memcpy(whole.data() + r * shard_bytes + at, received.data() + r * bytes, bytes);
+    }
+    whole.resize(m->layout.total * element_bytes);
+    return whole;
 }
 
 // the bf16 parameters, widened (exactly) to fp32
@@ -936,8 +1250,9 @@ static std::vector<float> download_params(Model* m) {
 
 static std::vector<float> download_master(Model* m) {
     model_apply_pending_update(m);
+    std::vector<unsigned char> bytes = gather_shards(m, m->master, 4);
     std::vector<float> out(m->layout.total);
-    CUDA_CHECK(cudaMemcpy(out.data(), m->master, out.size() * 4, cudaMemcpyDeviceToHost));
+    memcpy(out.data(), bytes.data(), out.size() * 4);
     return out;
 }
 
@@ -957,12 +1272,14 @@ static void model_import_hf(Model* m, const std::string& dir) {
 // a dir that holds files is replaced whole only with replace (hf_export)
 static void model_export_hf(Model* m, const std::string& dir, bool replace = false) {
     std::string error;
-    if (!hf_export(dir, m->config, download_weights(m).data(), "BF16", &error, replace)) safetensors_exit_on_error(error);
+    std::vector<float> weights = download_weights(m);  // every rank: ZeRO-1's master weights are gathered
+    if (m->par.rank == 0 && !hf_export(dir, m->config, weights.data(), "BF16", &error, replace)) safetensors_exit_on_error(error);
 }
 
 static const char* optimizer_state_dtype(const Model* m) { return m->plan.options.bf16_optimizer_state ? "BF16" : "F32"; }
 
-// Writes checkpoint steps_done into dir: the bf16 parameters, the master weights where kept, AdamW m and
+// Writes checkpoint steps_done into dir (several ranks: every rank gathers, rank 0 writes the whole state, the
+// file of one GPU's run): the bf16 parameters, the master weights where kept, AdamW m and
 // v as the arena holds them (bf16 or fp32) and the last step's clip scale (for the reader: a pending
 // update is applied before writing, so no later step depends on it). info brings the data loader, the RNG and options; the config, step and the choices a
 // resume must share (state dtype, master weights, seed of the stochastic rounding) are the model's.
@@ -975,11 +1292,12 @@ static std::string model_save_checkpoint(Model* m, const std::string& dir, Check
     info.options["master_weights"] = m->master ? "1" : "0";
     info.options["seed"] = std::to_string(m->seed);
     info.options["adamw_updates"] = std::to_string(m->updates_applied);  // fewer than steps after skipped steps
-    size_t P = m->layout.total, state_bytes = P * safetensors_dtype_size(optimizer_state_dtype(m));
+    size_t P = m->layout.total, state_size = safetensors_dtype_size(optimizer_state_dtype(m));
     std::vector<int64_t> shape = {(int64_t)P};
-    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = download_bytes(m->adam_m, state_bytes),
-                               adam_v = download_bytes(m->adam_v, state_bytes), clip = download_bytes(m->clip_scale, 4),
-                               master = m->master ? download_bytes(m->master, P * 4) : std::vector<unsigned char>();
+    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = gather_shards(m, m->adam_m, state_size),
+                               adam_v = gather_shards(m, m->adam_v, state_size), clip = download_bytes(m->clip_scale, 4),
+                               master = m->master ? gather_shards(m, m->master, 4) : std::vector<unsigned char>();
+    if (m->par.rank != 0) return checkpoint_path(dir, info.step);
     SafetensorsWriter arrays;
     arrays.add("params", "BF16", shape, params.data());
     arrays.add("adam_m", optimizer_state_dtype(m), shape, adam_m.data());
@@ -1034,9 +1352,13 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
     std::map<std::string, void*> device = {{"params", m->params}, {"adam_m", m->adam_m}, {"adam_v", m->adam_v},
                                            {"clip_scale", m->clip_scale}, {"master", m->master}};
     for (const CheckpointArray& a : checkpoint_arrays(m->config, m->plan.options)) {
-        std::vector<unsigned char> host(a.count * safetensors_dtype_size(a.dtype));
+        size_t element_bytes = safetensors_dtype_size(a.dtype);
+        std::vector<unsigned char> host(a.count * element_bytes);
         if (!checkpoint_read_array(reader, a.name, a.dtype, a.count, host.data(), &error)) safetensors_exit_on_error(error);
-        CUDA_CHECK(cudaMemcpy(device[a.name], host.data(), host.size(), cudaMemcpyHostToDevice));
+        bool sharded = a.count == m->layout.total && device[a.name] != m->params;  // ZeRO-1: this rank's shard
+        size_t begin = sharded ? m->shard_begin : 0, end = sharded ? m->shard_end : a.count;
+        CUDA_CHECK(cudaMemcpy(device[a.name], host.data() + begin * element_bytes, (end - begin) * element_bytes,
+                              cudaMemcpyHostToDevice));
     }
     m->steps_done = (int)info.step;
     m->updates_applied = checkpoint_adamw_updates(info, path);
@@ -1177,6 +1499,10 @@ static void print_usage() {
 "  --val-batches N batches per validation (default 4)\n"
 "  --seed N        seed of the initial weights and random tokens (default 1337)\n"
 "  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
+"  --dp D          data-parallel ranks under mpirun or srun (one per GPU): each its own B x T batches,\n"
+"                  ZeRO-1 (AdamW state and update sharded over the ranks; sets -f 0) (default 1)\n"
+"  --sp S          sequence-parallel ranks (Ulysses): each holds T / S tokens of every sequence and attends\n"
+"                  over all of them for 1/S of the heads; --sp x --dp ranks in all (default 1)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
 "  -L FILE         log every step as one JSON object per line\n"
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
@@ -1257,7 +1583,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--dp", "--sp"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1309,6 +1635,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-d") cl.tokens_per_update = flag_int64(f, value, 1, INT64_MAX, "a positive integer");
         else if (flag == "--nonfinite-limit") cl.nonfinite_limit = flag_int(f, value, 1, INT_MAX, "a positive integer");
         else if (flag == "-L") cl.log_path = value;
+        else if (flag == "--dp") o.dp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
+        else if (flag == "--sp") o.sp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
         else if (flag == "--attention") {
             if (strcmp(value, "mma") != 0 && strcmp(value, "sm90") != 0) usage_error("%s: must be mma or sm90 (got \"%s\")", f, value);
             cl.attention = value;
@@ -1339,6 +1667,11 @@ static CommandLine parse_command_line(int argc, char** argv) {
         cl.micro_batches = accumulation_micro_batches(cl.tokens_per_update, cl.options.B, cl.options.T, &problem);
         if (cl.micro_batches == 0) usage_error("%s", problem.c_str());
     }
+    if (cl.options.dp * cl.options.sp > 1) {  // ZeRO-1 shards the update that runs after backward; the fused path is one GPU's
+        if (cl.options.fused_optimizer == 1)
+            usage_error("--sp %d --dp %d with -f 1: not supported yet (give -f 0)", cl.options.sp, cl.options.dp);
+        cl.options.fused_optimizer = 0;
+    }
     std::string problem = training_options_problem(cl.config, cl.options);
     if (!problem.empty()) usage_error("%s", problem.c_str());
     int head_dim = cl.config.head_dim();
@@ -1359,8 +1692,9 @@ static CommandLine parse_command_line(int argc, char** argv) {
 static RunIdentity run_identity(const CommandLine& cl) {
     auto number = [](double x) { char text[32]; snprintf(text, sizeof text, "%.9g", x); return std::string(text); };
     const TrainingOptions& o = cl.options;
-    return {{"B", std::to_string(o.B)}, {"T", std::to_string(o.T)},
-            {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.T)},
+    // B: the rows of one step over the data-parallel ranks, so a run resumes on another number of them
+    return {{"B", std::to_string(o.B * o.dp)}, {"T", std::to_string(o.T)},
+            {"tokens_per_update", std::to_string((long long)cl.micro_batches * o.B * o.dp * o.T)},
             {"train_data", cl.random_tokens ? "random tokens" : cl.train_pattern}, {"doc_mask", o.doc_mask ? "1" : "0"},
             {"optimizer_state", o.bf16_optimizer_state ? "bf16" : "fp32"}, {"master_weights", o.master_weights ? "1" : "0"},
             {"fused_optimizer", o.fused_optimizer < 0 ? "automatic" : std::to_string(o.fused_optimizer)}, {"seed", std::to_string(cl.seed)},
@@ -1376,12 +1710,27 @@ static void ensure_writable_directory(const char* flag, const std::string& dir) 
     if (!make_directories(dir, &error) || !probe_directory_writable(dir, &error)) usage_error("%s: %s", flag, error.c_str());
 }
 
+// The ranks of this process: one, or those mpirun (srun) started (start_ranks)
+static Parallel ranks;
+
+// The training data's split: data-parallel rank dp_rank of dp reads its own batches (rank-strided); the
+// sequence-parallel ranks of a group would read the same ones
+static int dp_rank() { return ranks.dp_rank(); }
+
+// A checkpoint's data position, for this rank's split of the same batches (written on another number of ranks)
+static void resume_loader(DataLoader* loader, const DataLoaderState& saved) {
+    DataLoaderState state = dataloader_state_for_ranks(saved, loader->B, loader->rank, loader->num_ranks);
+    dataloader_resume(loader, &state);
+}
+
 // Shards: every header of the pattern's files, their sizes and enough windows (dataloader_init refuses
-// with one line), without reading their tokens; where given, a checkpoint's position in them.
+// with one line), without reading their tokens; where given, a checkpoint's position in them. Training data
+// is split over the data-parallel ranks; validation is read whole by each.
 static void check_shards(const CommandLine& cl, const char* pattern, bool shuffle, const DataLoaderState* resume = nullptr) {
     DataLoader loader;
-    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
-    if (resume) dataloader_resume(&loader, resume);
+    dataloader_init(&loader, pattern, cl.options.B, cl.options.T, shuffle ? dp_rank() : 0, shuffle ? ranks.dp : 1, shuffle,
+                    cl.seed, cl.config.vocab_size);
+    if (resume) resume_loader(&loader, *resume);
     dataloader_free(&loader);
 }
 
@@ -1436,8 +1785,8 @@ static std::vector<std::string> clean_checkpoint_directory(const CommandLine& cl
     std::vector<std::string> complete, temporary;
     if (!cl.checkpoint_dir) return complete;
     checkpoint_files(cl.checkpoint_dir, &complete, &temporary);
-    for (const std::string& path : temporary)
-        if (remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
+    for (const std::string& path : temporary)  // rank 0's to remove: the ranks share the directory
+        if (ranks.rank == 0 && remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
     if (!temporary.empty())
         printf("checkpoints: removed %zu temporary file(s) of an interrupted write from %s\n", temporary.size(), cl.checkpoint_dir);
     if (!cl.overwrite) complete.clear();
@@ -1597,26 +1946,34 @@ static double peak_bf16_flops(const cudaDeviceProp& prop) {
 }
 
 // A source of batches: shards through dataloader.h, or random tokens.
+// Rank `rank` of `ranks` reads every ranks-th batch from the rank-th (random tokens: the rows a run on one rank
+// with B x ranks rows would give it).
 struct Batches {
     bool random;
     DataLoader loader;
     std::vector<int> inputs, targets;
     uint64_t seed, served = 0;
+    int rank = 0, ranks = 1;
 };
 
-static void batches_init(Batches* b, const CommandLine& cl, const char* pattern, bool shuffle, uint64_t stream) {
+static void batches_init(Batches* b, const CommandLine& cl, const char* pattern, bool shuffle, uint64_t stream, int rank,
+                         int ranks) {
     int N = cl.options.B * cl.options.T;
     b->random = cl.random_tokens;
     b->seed = cl.seed ^ (stream << 56);
+    b->rank = rank;
+    b->ranks = ranks;
     b->inputs.resize(N);
     b->targets.resize(N);
-    if (!b->random) dataloader_init(&b->loader, pattern, cl.options.B, cl.options.T, 0, 1, shuffle, cl.seed, cl.config.vocab_size);
+    if (!b->random)
+        dataloader_init(&b->loader, pattern, cl.options.B, cl.options.T, rank, ranks, shuffle, cl.seed, cl.config.vocab_size);
 }
 
 static void batches_next(Batches* b, const CommandLine& cl) {
     int N = cl.options.B * cl.options.T;
     if (b->random) {
-        random_batch(b->inputs.data(), b->targets.data(), cl.options.B, cl.options.T, cl.config.vocab_size, b->seed, b->served);
+        random_batch(b->inputs.data(), b->targets.data(), cl.options.B, cl.options.T, cl.config.vocab_size, b->seed,
+                     b->served * b->ranks + b->rank);
     } else {
         dataloader_next_batch(&b->loader);
         std::copy(b->loader.inputs, b->loader.inputs + N, b->inputs.begin());
@@ -1647,7 +2004,7 @@ static void save_checkpoint(Model* m, const CommandLine& cl, const Batches& b, u
     set_run_identity(&info, run_identity(cl));
     std::string written = model_save_checkpoint(m, cl.checkpoint_dir, info);
     printf("checkpoint: %s\n", written.c_str());
-    if (replaced->empty()) return;
+    if (replaced->empty() || ranks.rank != 0) return;
     for (const std::string& path : *replaced)
         if (path != written && remove(path.c_str()) != 0) usage_error("-o: cannot remove %s (%s)", path.c_str(), strerror(errno));
     printf("checkpoints: --overwrite 1 replaced %zu checkpoint(s) of an earlier run in %s\n", replaced->size(), cl.checkpoint_dir);
@@ -1752,11 +2109,86 @@ static bool choose_attention(const CommandLine& cl, const cudaDeviceProp& prop) 
     return false;
 }
 
+// The ranks: one, or under a launcher (mpirun, srun: its world size in the environment) or with --dp above 1,
+// those MPI started, which must be --dp x --sp. Every rank's error line then names it, any rank's exit before
+// the end stops them all (MPI_Abort: no rank waits in a collective for one that left), and only rank 0 prints
+// (its stdout; the others' goes to /dev/null).
+static int launcher_world_size() {
+    for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_NUM_TASKS"})
+        if (const char* value = getenv(name)) return atoi(value);
+    return 1;
+}
+
+#ifdef MST_WITH_NCCL
+static void abort_unfinished_ranks() {
+    int initialized = 0, finalized = 0;
+    MPI_Initialized(&initialized);
+    MPI_Finalized(&finalized);
+    if (initialized && !finalized) {
+        fflush(stdout);
+        fflush(stderr);
+        MPI_Abort(MPI_COMM_WORLD, 1);
+    }
+}
+#endif
+
+static void start_ranks(const CommandLine& cl) {
+    ranks.dp = cl.options.dp;
+    ranks.sp = cl.options.sp;
+    int wanted = ranks.dp * ranks.sp, launched = launcher_world_size();
+    if (wanted == 1 && launched <= 1) return;
+    if (launched <= 1)  // refused before MPI starts: a lone process would be an MPI singleton of one rank
+        usage_error("--sp %d x --dp %d = %d ranks, but no launcher started ranks (mpirun -np %d, or srun)", ranks.sp,
+                    ranks.dp, wanted, wanted);
+#ifndef MST_WITH_NCCL
+    usage_error("--dp %d: this build has no MPI and NCCL (make builds them in where mpicxx and nccl.h are)", ranks.dp);
+#else
+    ranks.host = comm_init_mpi(nullptr, nullptr);
+    atexit(abort_unfinished_ranks);
+    ranks.rank = ranks.host.rank;
+    ranks.world = ranks.host.size;
+    error_line_rank = "rank " + std::to_string(ranks.rank) + ": ";
+    if (ranks.world != wanted)
+        usage_error("%d ranks were started, but --dp %d x --sp %d = %d (start --dp x --sp ranks: mpirun -np %d)", ranks.world,
+                    ranks.dp, ranks.sp, wanted, wanted);
+    MPI_Comm node;  // the ranks on this machine: the local rank picks the GPU
+    comm_mpi_check(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, ranks.rank, MPI_INFO_NULL, &node), "MPI_Comm_split_type");
+    comm_mpi_check(MPI_Comm_rank(node, &ranks.local_rank), "MPI_Comm_rank");
+    MPI_Comm_free(&node);
+    if (ranks.rank != 0 && !freopen("/dev/null", "w", stdout)) error_exit("cannot send rank " + std::to_string(ranks.rank) + "'s stdout to /dev/null");
+#endif
+}
+
+// The end of a run of several ranks: the NCCL group, then MPI
+static void finish_ranks() {
+#ifdef MST_WITH_NCCL
+    if (ranks.world == 1 && ranks.host.backend == COMM_SINGLE) return;
+    comm_free(ranks.sp_device);
+    comm_free(ranks.sp_host);
+    comm_free(ranks.device);
+    fflush(stdout);
+    MPI_Finalize();
+#endif
+}
+
 static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
-    cudaError_t no_gpu = cudaGetDeviceProperties(&prop, 0);
+    int device_count = 0;
+    cudaError_t no_gpu = cudaGetDeviceCount(&device_count);
+    int device = device_count > 0 ? ranks.local_rank % device_count : 0;  // one GPU per rank on a node
+    if (no_gpu == cudaSuccess) no_gpu = cudaSetDevice(device);
+    if (no_gpu == cudaSuccess) no_gpu = cudaGetDeviceProperties(&prop, device);
     if (no_gpu != cudaSuccess)
         usage_error("no usable GPU (%s); --dry-run and --max-T work without one", no_gpu_cause(no_gpu).c_str());
+#ifdef MST_WITH_NCCL
+    if (ranks.host.backend == COMM_MPI) {
+        ranks.device = comm_init_nccl(ranks.host);  // rank 0's id, broadcast over MPI
+        if (ranks.sp > 1) {  // the Ulysses groups: S consecutive ranks
+            ranks.sp_host = comm_split(ranks.host, ranks.dp_rank(), ranks.sp_rank());
+            ranks.sp_device = comm_split(ranks.device, ranks.dp_rank(), ranks.sp_rank());
+        }
+    }
+#endif
     if (cl.attention && !strcmp(cl.attention, "sm90") && prop.major != 9)
         usage_error("--attention sm90: needs a compute capability 9.0 card (H100, H200); %s is %d.%d", prop.name, prop.major, prop.minor);
     size_t free_bytes, total_bytes;
@@ -1769,20 +2201,24 @@ static int train(const CommandLine& cl) {
     if (!plan_fits(plan, budget)) usage_error("%s", shortfall(cl.config, cl.options, budget).c_str());
 
     Batches train_batches, val_batches;
-    batches_init(&train_batches, cl, cl.train_pattern, true, 1);
-    if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2);
+    batches_init(&train_batches, cl, cl.train_pattern, true, 1, dp_rank(), ranks.dp);
+    if (cl.val_interval > 0) batches_init(&val_batches, cl, cl.val_pattern, false, 2, 0, 1);
     std::string resume_from = cl.resume ? checkpoint_latest(cl.checkpoint_dir) : "";  // preflight: there is one
     std::vector<std::string> replaced_checkpoints = clean_checkpoint_directory(cl);
     Tokenizer tokenizer;
     bool decode = cl.sample_tokens > 0 && load_sample_tokenizer(cl.config, &tokenizer);
 
     printf("device: %s, %.1f GiB (planning for %.1f GiB)\n", prop.name, gib(total_bytes), card_gib);
+    if (ranks.world > 1)
+        printf("ranks: %d (--sp %d x --dp %d: each group of %d its own batches of %d x %d tokens, each rank %d tokens of each "
+               "sequence; ZeRO-1: the AdamW state and update sharded)\n", ranks.world, ranks.sp, ranks.dp, ranks.sp,
+               cl.options.B, cl.options.T, UlyssesShape(cl.config, ranks.sp, cl.options.B, cl.options.T).Tl);
     printf("attention: %s\n", options.doc_mask ? "within documents (--doc-mask 1: each <|begin_of_text|> starts one)"
                                                : "over the whole sequence (--doc-mask 0)");
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
     bool attention_sm90 = choose_attention(cl, prop);  // before the arena exists: the self-test allocates its own
     Model model;
-    model_create(&model, cl.config, options, cl.optimizer, cl.seed);
+    model_create(&model, cl.config, options, cl.optimizer, cl.seed, ranks);
     model.attention_sm90 = attention_sm90;
     profile_attach(model.stream, cl.profile);
     int start_step = 0;
@@ -1794,7 +2230,7 @@ static int train(const CommandLine& cl) {
         start_step = (int)info.step;
         sample_rng = info.rng_state;
         train_batches.served = info.step * (uint64_t)cl.micro_batches;
-        if (!train_batches.random) dataloader_resume(&train_batches.loader, &info.loader);
+        if (!train_batches.random) resume_loader(&train_batches.loader, info.loader);
         printf("resumed from %s: %d of %d steps done\n", resume_from.c_str(), start_step, cl.steps);
     } else if (cl.hf_dir) {
         printf("loading weights from %s\n", cl.hf_dir);
@@ -1806,16 +2242,17 @@ static int train(const CommandLine& cl) {
     }
     RunLog log;  // begun once the run has started; a resumed run keeps its log's records up to its step
     std::string error;
-    if (cl.log_path && !log.start(cl.log_path, cl.resume ? start_step : -1, &error)) usage_error("-L: %s", error.c_str());
+    if (cl.log_path && ranks.rank == 0 && !log.start(cl.log_path, cl.resume ? start_step : -1, &error))  // rank 0 logs
+        usage_error("-L: %s", error.c_str());
 
-    size_t tokens_per_step = (size_t)model.N * cl.micro_batches;
+    size_t tokens_per_step = (size_t)model.B * model.T * cl.micro_batches;  // this rank's rows (its group's, with --sp)
     if (cl.micro_batches > 1)
         printf("gradient accumulation: %d micro-batches of %d x %d tokens per update (-d %zu)\n", cl.micro_batches,
                cl.options.B, cl.options.T, tokens_per_step);
     if (plan.bytes[REGION_HOST_GRADIENTS] > 0)  // each micro-batch's groups go out; all but the first's come back, then the update's
         printf("exact clipping: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n", gib(plan.bytes[REGION_HOST_GRADIENTS]),
                gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
-    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step;
+    double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step / ranks.sp;  // one GPU's
     double peak = peak_bf16_flops(prop);
     // the step model's prediction for this card (mst/step_model.h), printed beside each measured step; none for
     // the CPU device's virtual card (its time is not a GPU's)
@@ -1842,7 +2279,7 @@ static int train(const CommandLine& cl) {
         guard.skip(loss, grad_norm);  // the same test model_step made: counts the skipped steps in a row
         CUDA_CHECK(cudaMemGetInfo(&free_bytes, &total_bytes));
         StepRecord r = {step + 1, loss, lr, grad_norm, clip_scale(grad_norm, cl.optimizer.grad_clip), skipped,
-                        seconds * 1e3, tokens_per_step / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
+                        seconds * 1e3, tokens_per_step * ranks.dp / seconds, peak > 0 ? 100.0 * flops_per_step / seconds / peak : -1.0,
                         gib(total_bytes - free_bytes), host_memory_gib(), cl.profile ? profiler.last_ms : nullptr};
         char mfu[32] = "-";
         if (peak > 0) snprintf(mfu, sizeof mfu, "%.1f%%", r.mfu_percent);
@@ -1866,6 +2303,7 @@ static int train(const CommandLine& cl) {
                     "stopping: the weights are those after step %d\n", guard.in_a_row, step + 2 - guard.in_a_row, step + 1,
                     guard.limit, step + 1 - guard.in_a_row);
             model_free(&model);
+            finish_ranks();
             return 1;
         }
         // the last step's sample and checkpoint come after the loop; the sample before the checkpoint,
@@ -1891,11 +2329,13 @@ static int train(const CommandLine& cl) {
     model_free(&model);
     if (!train_batches.random) dataloader_free(&train_batches.loader);
     if (cl.val_interval > 0 && !val_batches.random) dataloader_free(&val_batches.loader);
+    finish_ranks();
     return 0;
 }
 
 static int run(int argc, char** argv) {
     CommandLine cl = parse_command_line(argc, argv);
+    if (!cl.dry_run && !cl.print_max_T) start_ranks(cl);  // MPI before the checks, so any rank's error stops all
     preflight(cl);
     if (cl.dry_run || cl.print_max_T) return print_plan_on_paper(cl) ? 0 : 1;
     // a card smaller than the one present: refuse before touching the GPU

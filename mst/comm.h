@@ -19,7 +19,7 @@
 // (MPI_Allgather, MPI_Alltoall) and sums in ascending rank order, ((x_0 + x_1) + x_2) + ..., in the
 // element type, so every rank gets the same bits, run after run. NCCL's sums follow its ring/tree
 // schedule, which is fixed for a given NCCL version, topology and world size (not timing-dependent), but
-// is not rank order. An MPI or NCCL failure is one line, `error: comm: <call>: <message>`, and the whole
+// is not rank order. An MPI or NCCL failure is one line, `error: rank R: comm: <call>: <message>`, and the whole
 // job ends (MPI_Abort), since one rank leaving alone would hang the others.
 #pragma once
 #include <cstddef>
@@ -62,12 +62,15 @@ struct Comm {
 
 // one error line, then the whole job ends
 [[noreturn]] static inline void comm_fail(const char* call, const char* message) {
-    fprintf(stderr, "error: comm: %s: %s\n", call, message);
-    fflush(stderr);
 #ifdef MST_WITH_MPI
-    int initialized = 0;
+    int initialized = 0, rank = 0;
     MPI_Initialized(&initialized);
+    if (initialized) MPI_Comm_rank(MPI_COMM_WORLD, &rank);
+    fprintf(stderr, "error: rank %d: comm: %s: %s\n", rank, call, message);
+    fflush(stderr);
     if (initialized) MPI_Abort(MPI_COMM_WORLD, 1);
+#else
+    fprintf(stderr, "error: comm: %s: %s\n", call, message);
 #endif
     exit(1);
 }

@@ -18,9 +18,10 @@
 
 static const size_t ERROR_LINE_MAX = 400;
 static bool error_line_written = false;  // so the check of stdout at exit adds no second line
+static std::string error_line_rank;      // "rank 3: " in a program of several ranks (train_llama under mpirun)
 
 [[noreturn]] static inline void error_exit(const std::string& text) {
-    std::string line = "error: ";
+    std::string line = "error: " + error_line_rank;
     for (unsigned char c : text) {
         if (line.size() >= ERROR_LINE_MAX) { line += "..."; break; }
         if (c >= 0x20 && c != 0x7f) { line += (char)c; continue; }
@@ -28,6 +29,7 @@ static bool error_line_written = false;  // so the check of stdout at exit adds 
         snprintf(escaped, sizeof escaped, "\\x%02x", c);
         line += escaped;
     }
+    fflush(stdout);  // what was printed comes first, whole lines, where stdout and stderr share a pipe
     fprintf(stderr, "%s\n", line.c_str());
     error_line_written = true;
     exit(1);

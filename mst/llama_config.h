@@ -104,6 +104,30 @@ static inline int mini_sequence_length(int n, int chunks) {
     return n > 0 ? (int)std::max(1LL, (n + count - 1) / count) : 1;
 }
 
+// Ulysses sequence parallelism over S ranks (issue 20: the trainer's --sp, mst/reference_parallel.h's reference):
+// each sequence of T tokens is cut into S blocks of Tl = ceil(T / S) tokens (padded to Tp = S Tl), rank j holding
+// block j; for attention the all-to-all gives each rank the whole sequence for its heads.
+//
+// One group's split of the heads: rank j's attention gets query heads [j Hl, j Hl + Hl) and the KVl KV
+// heads from kv_first(j) they read (KVl = 1 with replication).
+struct UlyssesShape {
+    int S = 1, B = 1, Tl = 1, Tp = 1, H = 1, KV = 1, Hl = 1, KVl = 1, hd = 1;
+    UlyssesShape() = default;
+    UlyssesShape(const ModelConfig& c, int S_, int B_, int T)
+        : S(S_), B(B_), Tl(mini_sequence_length(T, S_)), Tp(S_ * Tl), H(c.n_head), KV(c.n_kv_head), Hl(H / S_),
+          KVl(std::max(1, KV / S_)), hd(c.head_dim()) {}
+    int kv_first(int j) const { return j * Hl / (H / KV); }
+};
+
+// "" or why S-way Ulysses cannot split this model's heads
+static inline std::string ulysses_problem(const ModelConfig& c, int S) {
+    if (S < 1) return "the sequence-parallel degree must be positive";
+    if (c.n_head % S != 0) return "query heads (" + std::to_string(c.n_head) + ") are not a multiple of --sp";
+    if (S <= c.n_kv_head ? c.n_kv_head % S != 0 : S % c.n_kv_head != 0)
+        return "--sp and the KV heads (" + std::to_string(c.n_kv_head) + ") must divide one another";
+    return "";
+}
+
 // The automatic rule (-m 0, -M 0; ReferenceOptions' 0): tokens per mini-sequence, not a count, so the
 // MLP's and the LM head's buffers stop growing with T. A mini-sequence holds as many tokens as keep its
 // widest intermediate within MINI_SEQUENCE_BYTES (MLP: gate, up, act, 3F bf16 = 6F bytes per token; LM

@@ -54,6 +54,8 @@ struct TrainingOptions {
                                  // a segment's other k - 1 recomputed into shared buffers as its backward begins;
                                  // 1 every input kept; 0 automatic (resolve_automatic()); needs -r 1, checkpoints
                                  // on the card (no --offload) and --keep-attention 0
+    int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
+    int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses): each holds T / sp tokens of each sequence
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
 };
@@ -96,6 +98,11 @@ enum Region {
     REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta;
                               // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions)
     REGION_MLP_HIDDEN_GRADIENT, // n_mlp x 3F x 2: gradients of gate, up, and silu(gate)*up
+    // --sp S (Ulysses, recomputation): attention over the whole sequence (Np = B Tp tokens) for this rank's Hl
+    // query heads and KVl KV heads; q, k, v, the output, lse stay from the layer's recompute to its backward
+    REGION_ULYSSES_HEADS,     // Np x (2 (Hl + 2 KVl) + 2 Hl) hd x 2: q, k, v and their gradients, the output and
+                              // its gradient; Np x Hl x 4 lse, the same for backward's delta
+    REGION_ALL_TO_ALL,        // 2 x Np x (Hl + 2 KVl) hd x 2: the all-to-all's send and receive buffers
     // LM head and loss
     REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the attention norm's)
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
@@ -113,7 +120,7 @@ static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
     "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention outputs, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
-    "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
+    "MLP hidden gradient", "attention heads (Ulysses)", "all-to-all buffers", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
 };
 
@@ -128,6 +135,7 @@ struct MemoryPlan {
     size_t total;                // the device arena
     size_t host_total;           // the pinned host arena (0 without offload)
     size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
+    size_t all_to_all_bytes;     // --sp: the Ulysses all-to-alls' buffers per step (each GPU sends (S-1)/S of them)
     // With recomputation one layer's buffers die at known points, so three buffers live in others' regions:
     // the final norm (+ rstd) in the attention norm's (the last layer's is dead after forward; layer L-1's
     // recompute comes after the final norm's backward); in a layer's backward the q gradient in the
@@ -214,6 +222,12 @@ static inline std::string offload_text(int h, int L) {
 }
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
+
+// ZeRO-1 over W = dp x sp ranks: rank r owns parameters [r x shard, (r + 1) x shard) of the P, shard = ceil(P / W);
+// it keeps AdamW m, v and master weights for those only, and updates only them. The parameters and the gradients
+// are padded to W x shard (the padding never read by the model) so the reduce-scatter and all-gather move equal
+// blocks in place. W = 1: shard = P, no padding.
+static inline size_t zero_shard(size_t P, int world) { return ceil_div(P, (size_t)std::max(world, 1)); }
 static inline double gib(size_t bytes) { return bytes / (double)(1ull << 30); }
 // regions start on 256-byte boundaries (cuBLASLt's and the kernels' vector loads want aligned pointers)
 static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 256; }
@@ -223,11 +237,16 @@ static inline size_t round_up_256(size_t bytes) { return ceil_div(bytes, 256) * 
 static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     MemoryPlan plan;
     plan.config = c;
-    size_t N = (size_t)o.B * o.T, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim;
+    // --sp: this rank's N = B Tl tokens (Tl = ceil(T / S)); attention's Np = B Tp over the whole (padded) sequences
+    UlyssesShape u(c, o.sp, o.B, o.T);
+    bool ulysses = o.sp > 1;
+    size_t N = (size_t)o.B * u.Tl, Np = (size_t)o.B * u.Tp, C = c.d_model, Q = c.q_dim(), KV = c.kv_dim(), F = c.ffn_dim;
     size_t V = c.vocab_size, L = c.n_layer, H = c.n_head, hd = c.head_dim();
     ParameterLayout layout = parameter_layout(c);
     size_t P = layout.total;
     if (o.fused_optimizer < 0) o.fused_optimizer = 1;  // unresolved automatic: planned fused
+    int world = o.dp * o.sp;
+    size_t shard = zero_shard(P, world), padded = shard * world;
 
     o.mlp_chunks = mlp_mini_sequences(c, (long)N, o.mlp_chunks);
     o.lmhead_chunks = lmhead_mini_sequences(c, (long)N, o.lmhead_chunks);
@@ -242,16 +261,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // to the host): the LM head (V x C), the final norm, each layer in turn, the embedding (V x C). Tied
     // embeddings share one V x C gradient from the LM head's backward to the embedding's, kept whole beside.
     GradientSlots slots = fused_gradient_slots(c);
-    size_t gradient_elements = !o.fused_optimizer ? P
+    size_t gradient_elements = !o.fused_optimizer ? padded
                              : (c.tied_embeddings ? V * C : 0) + slots.elements[0] + slots.elements[1];
 
     auto set = [&](Region r, size_t bytes, std::string shape) { plan.bytes[r] = bytes; plan.shape[r] = shape; };
     auto s = [](size_t x) { return std::to_string(x); };
     std::string per_layer = layers_live > 1 ? s(layers_live) + " x " : "";
-    set(REGION_PARAMETERS, P * 2, s(P) + " x 2");
-    set(REGION_MASTER_WEIGHTS, o.master_weights ? P * 4 : 0, o.master_weights ? s(P) + " x 4" : "none");
-    set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
-    set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
+    set(REGION_PARAMETERS, padded * 2, s(padded) + " x 2");
+    set(REGION_MASTER_WEIGHTS, o.master_weights ? shard * 4 : 0, o.master_weights ? s(shard) + " x 4" : "none");
+    set(REGION_ADAM_M, shard * state_bytes, s(shard) + " x " + s(state_bytes));
+    set(REGION_ADAM_V, shard * state_bytes, s(shard) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
     // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
     // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
@@ -276,31 +295,51 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION];
     plan.pcie_to_device = plan.pcie_to_host;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
-    set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
-    set(REGION_ATTENTION_OUT, attention_buffers * (N * Q * 2 + N * H * 4),
-        (attention_buffers > 1 ? s(attention_buffers) + " x " : "") + attention_shape);
+    if (ulysses) {  // q, k, v (head layout) in the attention heads region; the output's token layout here
+        set(REGION_QKV, 0, "in the attention heads");
+        set(REGION_ATTENTION_OUT, N * Q * 2, s(N) + " x " + s(Q) + " x 2");
+    } else {
+        set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
+        set(REGION_ATTENTION_OUT, attention_buffers * (N * Q * 2 + N * H * 4),
+            (attention_buffers > 1 ? s(attention_buffers) + " x " : "") + attention_shape);
+    }
     set(REGION_ATTENTION_RESIDUAL, layers_live * N * C * 2, per_layer + s(N) + " x " + s(C) + " x 2");
     set(REGION_MLP_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_MLP_HIDDEN, layers_live * n_mlp * 3 * F * 2, per_layer + s(n_mlp) + " x 3 x " + s(F) + " x 2");
     set(REGION_RESIDUAL_GRADIENT, 2 * N * C * 2, "2 x " + s(N) + " x " + s(C) + " x 2");
-    plan.aliased = o.recompute && Q == C;
+    plan.aliased = o.recompute && Q == C && !ulysses;
     plan.options = o;
-    if (plan.aliased) {
+    if (ulysses) {  // the attention-output gradient in token layout; the rest in the attention heads region
+        set(REGION_QKV_GRADIENT, N * Q * 2, s(N) + " x " + s(Q) + " x 2");
+    } else if (plan.aliased) {
         set(REGION_QKV_GRADIENT, N * 2 * KV * 2 + N * H * 4, s(N) + " x (" + s(2 * KV) + " x 2 + " + s(H) + " x 4) + 2 aliases");
     } else {
         set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
             s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
     }
     set(REGION_MLP_HIDDEN_GRADIENT, n_mlp * 3 * F * 2, s(n_mlp) + " x 3 x " + s(F) + " x 2");
+    size_t head_qkv = (size_t)(u.Hl + 2 * u.KVl) * hd, head_out = (size_t)u.Hl * hd;  // one token's, head layout
+    // (the delta last, in whole 256-byte units: attention_backward_scratch_bytes)
+    set(REGION_ULYSSES_HEADS, ulysses ? Np * (2 * head_qkv + 2 * head_out) * 2 + Np * u.Hl * 4 + round_up_256(Np * u.Hl * 4) : 0,
+        ulysses ? s(Np) + " x (" + s(2 * head_qkv + 2 * head_out) + " x 2 + 2 x " + s(u.Hl) + " x 4)" : "none");
+    set(REGION_ALL_TO_ALL, ulysses ? 2 * Np * head_qkv * 2 : 0, ulysses ? "2 x " + s(Np) + " x " + s(head_qkv) + " x 2" : "none");
+    // all-to-all bytes per step, each layer: q, k, v to heads and the output back in forward and again in the
+    // recompute, the output's gradient to heads and q, k, v's back in backward
+    plan.all_to_all_bytes = ulysses ? 3 * L * Np * (head_qkv + head_out) * 2 : 0;
     set(REGION_FINAL_NORM, plan.aliased ? 0 : N * C * 2 + N * 4,
         plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     // inputs, targets, with document masking the document starts, then the embedding backward's token
-    // buckets (token_buckets.h): (5N + 1) x 4, or (6N + 1) x 4
+    // buckets (token_buckets.h): (5N + 1) x 4, or (6N + 1) x 4. --sp with document masking: the whole
+    // sequences' inputs and document starts (2 Np), for attention over all of them
     size_t token_arrays = o.doc_mask ? 3 : 2;
-    set(REGION_TOKENS, (token_arrays * N + token_bucket_ints(N)) * 4, "(" + s(token_arrays + 3) + " x " + s(N) + " + 1) x 4");
-    set(REGION_ROPE_TABLES, 2 * (size_t)o.T * (hd / 2) * 4, "2 x " + s(o.T) + " x " + s(hd / 2) + " x 4");
+    if (ulysses && o.doc_mask) {
+        set(REGION_TOKENS, (5 * N + 2 * Np + 1) * 4, "(5 x " + s(N) + " + 2 x " + s(Np) + " + 1) x 4");
+    } else {
+        set(REGION_TOKENS, (token_arrays * N + token_bucket_ints(N)) * 4, "(" + s(token_arrays + 3) + " x " + s(N) + " + 1) x 4");
+    }
+    set(REGION_ROPE_TABLES, 2 * (size_t)u.Tp * (hd / 2) * 4, "2 x " + s(u.Tp) + " x " + s(hd / 2) + " x 4");
     // reduction partials: RMSNorm weight gradient's chunks x C fp32, then 1 MiB for the gradient norm's
     set(REGION_SCRATCH, RMSNORM_GRADIENT_CHUNKS * C * 4 + (1u << 20), s(RMSNORM_GRADIENT_CHUNKS) + " x " + s(C) + " x 4 + 1 MiB");
     set(REGION_CUBLASLT_WORKSPACE, CUBLASLT_WORKSPACE_BYTES, "32 MiB");
@@ -353,6 +392,7 @@ static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOpti
 // plan fits with it, so it never shortens --max-T.
 static inline TrainingOptions resolve_keep_attention_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.keep_attention < 0 && o.segment > 1) o.keep_attention = 0;  // the segment's forward would overwrite them
+    if (o.keep_attention < 0 && o.dp * o.sp > 1) o.keep_attention = 0;  // one GPU only, so far
     if (o.keep_attention < 0) {
         TrainingOptions kept = o;
         kept.keep_attention = 1;
@@ -378,6 +418,15 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     if (o.segment > 1 && o.keep_attention > 0)
         return "--segment " + std::to_string(o.segment) + " with --keep-attention 1: not supported (a segment's forward "
                "would overwrite the kept outputs); give --keep-attention 0 or --segment 1";
+    if (o.sp > 1) {
+        std::string problem = ulysses_problem(c, o.sp);
+        if (!problem.empty()) return "--sp " + std::to_string(o.sp) + ": " + problem;
+        if (!o.recompute) return "--sp with -r 0: not supported (Ulysses keeps one layer's attention heads: -r 1)";
+    }
+    if (o.dp * o.sp > 1 && o.keep_attention > 0)
+        return "--keep-attention 1 with --sp/--dp: not supported yet (one GPU only); give --keep-attention 0";
+    if (o.dp * o.sp > 1 && o.segment > 1)
+        return "--segment " + std::to_string(o.segment) + " with --sp/--dp: not supported yet (one GPU only); give --segment 1";
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
@@ -401,6 +450,7 @@ static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConf
 // automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 whose plan fits (with the
 // checkpoints on the card: no offload, no kept attention); else 1, the plan that reports the shortfall.
 static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.segment == 0 && o.dp * o.sp > 1) o.segment = 1;  // one GPU only, so far
     if (o.segment != 0) return resolve_optimizer_keep_and_offload(c, o, budget);
     TrainingOptions whole = o;
     whole.segment = 1;
@@ -438,6 +488,14 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
            offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
+    int world = o.dp * o.sp;
+    if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered, the bf16 parameters all-gathered
+        size_t padded = plan.bytes[REGION_PARAMETERS] / 2;
+        printf("one GPU of %d (--sp %d x --dp %d): %d tokens of each sequence, AdamW state for %zu parameters (ZeRO-1);\n"
+               "             per step all-to-all %.2f GiB, reduce-scatter %.2f GiB, all-gather %.2f GiB (each GPU sends "
+               "(n-1)/n of each)\n", world, o.sp, o.dp, UlyssesShape(plan.config, o.sp, o.B, o.T).Tl, padded / world,
+               gib(plan.all_to_all_bytes), gib(padded * 4), gib(padded * 2));
+    }
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");
     printf("|-----------------------------|------------------------------------------|------------|------------|--------------|\n");

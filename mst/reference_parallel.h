@@ -45,15 +45,6 @@ struct ParallelRanks {
     int step = 0;
 };
 
-// "" or why S-way Ulysses cannot split this model's heads
-static inline std::string ulysses_problem(const ModelConfig& c, int S) {
-    if (S < 1) return "the sequence-parallel degree must be positive";
-    if (c.n_head % S != 0) return "query heads (" + std::to_string(c.n_head) + ") are not a multiple of --sp";
-    if (S <= c.n_kv_head ? c.n_kv_head % S != 0 : S % c.n_kv_head != 0)
-        return "--sp and the KV heads (" + std::to_string(c.n_kv_head) + ") must divide one another";
-    return "";
-}
-
 static inline ParallelRanks parallel_ranks(const Comm& world, int S, const ModelConfig& config) {
     ParallelRanks p;
     p.world = world;
@@ -88,15 +79,6 @@ static inline void parallel_local_batch(const ParallelRanks& p, const int* input
 // ----------------------------------------------------------------------------
 // Ulysses all-to-alls
 
-// One group's split of the heads: rank j's attention gets query heads [j Hl, j Hl + Hl) and the KVl KV
-// heads from kv_first(j) they read (KVl = 1 with replication).
-struct UlyssesShape {
-    int S, B, Tl, Tp, H, KV, Hl, KVl, hd;
-    UlyssesShape(const ModelConfig& c, int S_, int B_, int T)
-        : S(S_), B(B_), Tl(mini_sequence_length(T, S_)), Tp(S_ * Tl), H(c.n_head), KV(c.n_kv_head), Hl(H / S_),
-          KVl(std::max(1, KV / S_)), hd(c.head_dim()) {}
-    int kv_first(int j) const { return j * Hl / (H / KV); }
-};
 
 // Copies between a sequence (B, S Tl, row) and S blocks of (B, Tl, row), block i holding tokens
 // [i Tl, i Tl + Tl): into the blocks (to_blocks) or out of them.

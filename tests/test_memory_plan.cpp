@@ -620,6 +620,85 @@ static void test_step_model() {
           plain.seconds[PHASE_MATMULS] < p.seconds[PHASE_MATMULS], "step model: recomputation adds one forward");
 }
 
+// ZeRO-1 over --dp D ranks: each GPU keeps AdamW m, v (and master weights) for ceil(P / D) parameters; the bf16
+// parameters and the fp32 gradients are padded to D x ceil(P / D) (equal blocks for the reduce-scatter and the
+// all-gather); the activations are one rank's B x T. Hand formulas from the 8B's P, checked at D = 8 and D = 3
+// (P = 8,030,261,248 is a multiple of 8, not of 3: padding of 2).
+static void test_zero1_shards() {
+    const size_t P = 8030261248ull;
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.fused_optimizer = 0;
+    o.master_weights = true;
+    MemoryPlan one = plan_memory(c, o);
+    for (int D : {8, 3}) {
+        o.dp = D;
+        MemoryPlan plan = plan_memory(c, o);
+        size_t shard = D == 8 ? P / 8 : P / 3 + 1, padded = shard * D;
+        char what[160];
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: AdamW m, v bf16 and master weights fp32 for %zu parameters", D, shard);
+        check(plan.bytes[REGION_ADAM_M] == shard * 2 && plan.bytes[REGION_ADAM_V] == shard * 2 &&
+              plan.bytes[REGION_MASTER_WEIGHTS] == shard * 4, what);
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: parameters x 2 and gradients x 4 padded to %zu (D x shard >= P)", D, padded);
+        check(padded >= P && padded - P < (size_t)D && plan.bytes[REGION_PARAMETERS] == padded * 2 &&
+              plan.bytes[REGION_GRADIENTS] == padded * 4, what);
+        snprintf(what, sizeof what, "ZeRO-1 --dp %d: activations as one GPU's (layer inputs, q/k/v, logits)", D);
+        check(plan.bytes[REGION_LAYER_INPUTS] == one.bytes[REGION_LAYER_INPUTS] && plan.bytes[REGION_QKV] == one.bytes[REGION_QKV] &&
+              plan.bytes[REGION_LMHEAD_LOGITS] == one.bytes[REGION_LMHEAD_LOGITS], what);
+        test_regions_are_laid_out(plan, "ZeRO-1: regions laid out in order, within the arena");
+    }
+    // 8 GPUs save 7/8 of the state: 8B's (2 + 2 + 4) x P bytes become a shard's
+    o.dp = 8;
+    double saved = gib(one.total) - gib(plan_memory(c, o).total);
+    check(fabs(saved - gib(P / 8 * 7 * 8)) < 0.01, "ZeRO-1 --dp 8: the plan shrinks by 7/8 of m, v and master weights");
+}
+
+// --sp S (Ulysses): one GPU's plan holds its N = B ceil(T / S) tokens everywhere but attention, which holds the
+// whole Np = B S ceil(T / S) tokens for its Hl = H / S query heads and KVl = max(1, KV / S) KV heads: q, k, v and
+// their gradients, the output and its gradient (bf16), lse and delta (fp32), and the all-to-all's send and
+// receive buffers of Np x (Hl + 2 KVl) x hd. Hand formulas for the 8B (H 32, KV 8, hd 128) at T = 1,000,003 on 8
+// GPUs (blocks of 125,001, the last padded) and at S = 16 (KV heads replicated: KVl = 1).
+static void test_ulysses_plan() {
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.fused_optimizer = 0;
+    o.offload = OFFLOAD_ALL;
+    o.T = 1000003;
+    for (int S : {8, 16}) {
+        o.sp = S;
+        MemoryPlan plan = plan_memory(c, o);
+        size_t Tl = (o.T + S - 1) / S, N = Tl, Np = S * Tl, C = 4096, Q = 4096, hd = 128, Hl = 32 / S, KVl = S <= 8 ? 8 / S : 1;
+        char what[200];
+        snprintf(what, sizeof what, "Ulysses --sp %d: per-token regions hold N = %zu tokens (layer inputs, norms, residual, "
+                 "output and its gradient in token layout)", S, N);
+        check(plan.bytes[REGION_ATTENTION_RESIDUAL] == N * C * 2 && plan.bytes[REGION_ATTENTION_OUT] == N * Q * 2 &&
+              plan.bytes[REGION_QKV_GRADIENT] == N * Q * 2 && plan.bytes[REGION_LAYER_INPUTS] == 2 * N * C * 2 &&
+              plan.bytes[REGION_QKV] == 0 && plan.bytes[REGION_LOSSES] == N * 4, what);
+        size_t heads = Np * (2 * (Hl + 2 * KVl) * hd + 2 * Hl * hd) * 2 + Np * Hl * 4 + round_up_256(Np * Hl * 4);
+        snprintf(what, sizeof what, "Ulysses --sp %d: attention heads Np = %zu x (Hl %zu, KVl %zu): %.2f GiB", S, Np, Hl, KVl, gib(heads));
+        check(plan.bytes[REGION_ULYSSES_HEADS] == heads, what);
+        snprintf(what, sizeof what, "Ulysses --sp %d: all-to-all send and receive 2 x Np x (Hl + 2 KVl) x hd x 2", S);
+        check(plan.bytes[REGION_ALL_TO_ALL] == 2 * Np * (Hl + 2 * KVl) * hd * 2, what);
+        snprintf(what, sizeof what, "Ulysses --sp %d: RoPE tables for Tp = %zu positions; all-to-all bytes 3 L Np (Hl + 2 KVl + Hl) hd x 2", S, Np);
+        check(plan.bytes[REGION_ROPE_TABLES] == 2 * Np * 64 * 4 && plan.all_to_all_bytes == 3 * 32 * Np * (2 * Hl + 2 * KVl) * hd * 2, what);
+        test_regions_are_laid_out(plan, "Ulysses: regions laid out in order, within the arena");
+    }
+    o.sp = 3;
+    check(training_options_problem(c, o).find("--sp 3: query heads (32) are not a multiple of --sp") == 0, "Ulysses: --sp 3 refused for 32 heads");
+    o.sp = 2;
+    o.recompute = false;
+    check(training_options_problem(c, o).find("--sp with -r 0") == 0, "Ulysses: --sp without recomputation refused");
+    // the longest T on 8 GPUs of 80 GiB and 120 GiB of pinned host memory each (ZeRO-1, -f 0): beyond one GPU's
+    TrainingOptions eight;
+    eight.fused_optimizer = 0;
+    eight.offload = -1;
+    int one_gpu = max_T_that_fits(c, eight, CARD_80);
+    eight.sp = 8;
+    int eight_gpus = max_T_that_fits(c, eight, CARD_80);
+    printf("llama3-8b --max-T, -f 0: %d on one GPU, %d with --sp 8 (80 GiB + 120 GiB host each)\n", one_gpu, eight_gpus);
+    check(eight_gpus > 4 * one_gpu && eight_gpus > 1000000, "Ulysses: --sp 8's longest T above 1M tokens and 4 x one GPU's");
+}
+
 int main() {
     test_llama3_8b_at_60000();
     test_options();
@@ -633,5 +712,7 @@ int main() {
     test_problems();
     test_automatic_optimizer_path();
     test_step_model();
+    test_zero1_shards();
+    test_ulysses_plan();
     return test_summary();
 }

@@ -125,23 +125,33 @@ static void check_update(size_t count, bool use_master) {
     d.free();
 }
 
-// same seed, same bits
+// same seed, same bits; and the same bits when the tensor is updated in pieces (ZeRO-1's shards) each given
+// its offset as index_base (run 2), which pieces without it (run 3: every piece's index from 0) do not give
 static void check_deterministic(size_t count) {
     std::vector<float> p = rand_uniform(count, -1.f, 1.f), g = rand_uniform(count, -1.f, 1.f);
-    std::vector<uint16_t> out[2];
-    for (int r = 0; r < 2; r++) {
+    std::vector<uint16_t> out[4];
+    size_t cuts[4] = {0, count / 3, count / 3 + 7, count};  // uneven pieces, one of 7 elements
+    for (int r = 0; r < 4; r++) {
         bf16* d_p = upload_bf16(p);
         float* d_g = upload(g);
         bf16 *d_m = dmalloc<bf16>(count), *d_v = dmalloc<bf16>(count);
         CUDA_CHECK(cudaMemset(d_m, 0, count * 2));
         CUDA_CHECK(cudaMemset(d_v, 0, count * 2));
-        for (int t = 1; t <= 3; t++) adamw_update<bf16>(d_p, nullptr, d_g, d_m, d_v, count, t, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, nullptr, 77u + t, 0);
+        for (int t = 1; t <= 3; t++) {
+            for (int piece = 0; piece < (r < 2 ? 1 : 3); piece++) {
+                size_t begin = r < 2 ? 0 : cuts[piece], end = r < 2 ? count : cuts[piece + 1];
+                adamw_update<bf16>(d_p + begin, nullptr, d_g + begin, d_m + begin, d_v + begin, end - begin, t, 1e-3f, 0.9f,
+                                   0.95f, 1e-8f, 0.1f, 1.f, nullptr, 77u + t, 0, r == 2 ? begin : 0);
+            }
+        }
         out[r].resize(count * 2);
         CUDA_CHECK(cudaMemcpy(out[r].data(), d_p, count * 2, cudaMemcpyDeviceToHost));
         CUDA_CHECK(cudaMemcpy(out[r].data() + count, d_m, count * 2, cudaMemcpyDeviceToHost));
         for (void* q : {(void*)d_p, (void*)d_g, (void*)d_m, (void*)d_v}) CUDA_CHECK(cudaFree(q));
     }
     check_true("adamw bf16 state deterministic given the seed", out[0] == out[1]);
+    check_true("adamw in 3 pieces with index_base: the bits of one update (ZeRO-1's shards)", out[2] == out[0]);
+    check_true("adamw in 3 pieces without index_base: other bits (the check can fail)", out[3] != out[0]);
 }
 
 template <typename S>

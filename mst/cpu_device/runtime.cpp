@@ -490,6 +490,20 @@ cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpy
     return cudaSuccess;
 }
 
+// device to device only (the trainer's Ulysses all-to-all packing): `height` rows of `width` bytes, row r from
+// src + r spitch to dst + r dpitch, every row's range checked as cudaMemcpyAsync checks one
+cudaError_t cudaMemcpy2DAsync(void* dst, size_t dpitch, const void* src, size_t spitch, size_t width, size_t height,
+                              cudaMemcpyKind kind, cudaStream_t stream) {
+    if (width == 0 || height == 0) return cudaSuccess;
+    if (kind != cudaMemcpyDeviceToDevice) mst_cpu::fatal("cudaMemcpy2DAsync: kind %d (the CPU device copies device to device only)", (int)kind);
+    if (width > dpitch || width > spitch) return cudaErrorInvalidPitchValue;
+    for (size_t r = 0; r < height; r++) check_copy((char*)dst + r * dpitch, (const char*)src + r * spitch, width, kind, "cudaMemcpy2DAsync");
+    mst_cpu::stream_enqueue(stream, "cudaMemcpy2DAsync", [=] {
+        for (size_t r = 0; r < height; r++) memmove((char*)dst + r * dpitch, (const char*)src + r * spitch, width);
+    });
+    return cudaSuccess;
+}
+
 cudaError_t cudaMemset(void* p, int value, size_t bytes) {
     if (bytes == 0) return cudaSuccess;
     if (!mst_cpu::is_device_memory(p, bytes)) mst_cpu::fatal("cudaMemset(%p, %zu bytes): not inside one device allocation and region", p, bytes);
