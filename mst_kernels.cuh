@@ -67,6 +67,8 @@
 //        the whole gradient. Blocks after the first need fp32 dk, dv (bf16 ones are refused: they would
 //        round once per block).
 //   q/k/v/out/dout/dq/dk/dv must be 16-byte aligned (hd*2 bytes per row is).
+//   attention_forward_sm90 / attention_backward_sm90 (mst/attention_sm90.cuh, included after this section): the
+//   sm_90a kernels with the same arguments.
 //   int& attention_forward_version(), int& attention_backward_version(): 2 (default: cp.async double
 //   buffering; measured 1.1-1.5x faster on an H200) or 1 (synchronous tile loads, kept for dev/cuda's history;
 //   the same arithmetic in the same order, so the same bits). Set once.

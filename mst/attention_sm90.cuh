@@ -1,6 +1,6 @@
-// mst/attention_sm90.cuh: the FA3-class attention forward for sm_90a (H100/H200): TMA, mbarriers, wgmma, warp
-// specialization. Included by mst_kernels.cuh (after its attention section); dev/cuda/hopper_blocks.cu builds its
-// checks of each building block from the same pieces, dev/cuda/attention_sm90.cu validates the forward.
+// mst/attention_sm90.cuh: the FA3-class attention forward and backward for sm_90a (H100/H200): TMA, mbarriers,
+// wgmma, warp specialization. Included by mst_kernels.cuh (after its attention section); dev/cuda/hopper_blocks.cu
+// builds its checks of each building block from the same pieces, dev/cuda/attention_sm90.cu validates both.
 //
 //   void attention_forward_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
 //                               int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
@@ -8,6 +8,13 @@
 //        (B, T, H, hd), k, v (B, T, KV, hd) bf16, lse (B, H, T) fp32 natural log; doc_start (B, T) per-row
 //        document start (null: none); query rows [q0, q0 + n) of every sequence (0 < n <= T - q0), the rest of out and
 //        lse untouched. hd 64 or 128. Refuses (one line, exit 1) a card that is not sm_90.
+//   template <GradKV = bf16 or float>
+//   void attention_backward_sm90(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
+//                                const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T,
+//                                int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
+//        matches attention_backward_cpu and is a drop-in for attention_backward (mst_kernels.cuh: the same
+//        arguments, scratch and query-block semantics: dq rows [q0, q0 + n) written; dk, dv written when q0 == 0,
+//        added to (fp32 only) after). Deterministic: dQ by a Q-stationary kernel, no atomics.
 //
 // Real code only in nvcc's sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL) and on the CPU device, which stands in for an
 // sm_90a card and runs the PTX by its semantics (mst/cpu_device/hopper.cpp); the sm_80 pass compiles empty bodies.

@@ -1,4 +1,4 @@
-// dev/cuda/attention_sm90.cu: the product's sm_90a attention forward (mst/attention_sm90.cuh: 128-key blocks,
+// dev/cuda/attention_sm90.cu: the product's sm_90a attention forward and backward (mst/attention_sm90.cuh: 128-key blocks,
 // TMA ring, ping-pong consumer warpgroups, intra-warpgroup overlap, document masking, query blocks) on fresh
 // random inputs against attention_forward_cpu (fp32) with FlashAttention-3's rule (dev/cuda/common.h,
 // check_fa3_rule), lse within 1e-3; every check also requires:
@@ -11,6 +11,8 @@
 // 2 (a tile's rows past T are the next sequence's), random document boundaries (one document of length 1, one
 // crossing a 128-row tile edge). --small: a subset (for the four-schedule runs of dev/cpu_device_kernels.sh);
 // --all (the last argument): the T = 1000 cases as well.
+// Then the backward (attention_backward_sm90: K/V-stationary dK/dV, Q-stationary dQ) against
+// attention_backward_cpu by the same rule for dq, dk, dv, reruns bitwise, query blocks (check_backward).
 // UNVERIFIED on a GPU until one runs it. Other cards: SKIP lines. On the CPU device (make
 // dev/cuda/bin/attention_sm90_cpu), which stands in for an sm_90a card: TMA tiles land only at their mbarrier
 // phase, wgmma results only at wgmma.wait_group, shared memory race-checked, named barriers' phases checked.
