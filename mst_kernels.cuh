@@ -67,6 +67,8 @@
 //        the whole gradient. Blocks after the first need fp32 dk, dv (bf16 ones are refused: they would
 //        round once per block).
 //   q/k/v/out/dout/dq/dk/dv must be 16-byte aligned (hd*2 bytes per row is).
+//   attention_forward_sm90 / attention_backward_sm90 (mst/attention_sm90.cuh, included after this section): the
+//   sm_90a kernels with the same arguments.
 //   int& attention_forward_version(), int& attention_backward_version(): 2 (default: cp.async double
 //   buffering; measured 1.1-1.5x faster on an H200) or 1 (synchronous tile loads, kept for dev/cuda's history;
 //   the same arithmetic in the same order, so the same bits). Set once.
@@ -1534,9 +1536,6 @@ static inline void attention_forward(bf16* out, float* lse, const bf16* q, const
     }
 }
 
-// the sm_90a forward (TMA, wgmma, warp specialization): attention_forward_sm90, same layouts
-#include "mst/attention_sm90.cuh"
-
 static inline size_t attention_backward_scratch_bytes(int B, int T, int H, int hd) {
     (void)hd;
     return ((size_t)B * H * T * sizeof(float) + 255) / 256 * 256;
@@ -1564,17 +1563,17 @@ static inline void attention_backward_hd(bf16* dq, GradKV* dk, GradKV* dv, float
                                                          q0 + n, T, H, KV, scale, scale * MST_LOG2E);
     CUDA_CHECK(cudaGetLastError());
 }
-// which backward kernels attention_backward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
-static inline int& attention_backward_version() { static int version = 2; return version; }
-template <typename GradKV>  // bf16 or float
-static inline void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
-                                      const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
-                                      int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
+// what every attention backward does first: the argument checks (query blocks after the first accumulate dk,
+// dv: fp32 only) and the preprocess D = rowsum(dout * out) of the rows [q0, q0 + n) into scratch; returns D
+template <typename GradKV>
+static inline float* attention_backward_prologue(const char* who, bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout,
+                                                 const bf16* q, const bf16* k, const bf16* v, const bf16* out, int B, int T, int H,
+                                                 int KV, int hd, int q0, int n, cudaStream_t stream) {
     profile_phase(PHASE_ATTENTION_BACKWARD, stream);
     const void* ptrs[] = {dq, dk, dv, dout, q, k, v, out};
-    attention_check_args("attention_backward", B, T, H, KV, hd, q0, n, ptrs, 8);
+    attention_check_args(who, B, T, H, KV, hd, q0, n, ptrs, 8);
     if (q0 > 0 && sizeof(GradKV) != sizeof(float)) {
-        fprintf(stderr, "attention_backward: query block q0=%d accumulates dk, dv: they must be fp32\n", q0);
+        fprintf(stderr, "%s: query block q0=%d accumulates dk, dv: they must be fp32\n", who, q0);
         exit(1);
     }
     float* D = (float*)scratch;
@@ -1582,6 +1581,15 @@ static inline void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* sc
     mst::launch<attention_backward_preprocess_kernel>((unsigned)((rows + 3) / 4), 128, 0, stream, D, dout, out, B, T, H, hd, q0,
                                                       q0 + n);
     CUDA_CHECK(cudaGetLastError());
+    return D;
+}
+// which backward kernels attention_backward runs: 1 (synchronous loads) or 2 (cp.async double buffering)
+static inline int& attention_backward_version() { static int version = 2; return version; }
+template <typename GradKV>  // bf16 or float
+static inline void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
+                                      const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
+                                      int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
+    float* D = attention_backward_prologue("attention_backward", dq, dk, dv, scratch, dout, q, k, v, out, B, T, H, KV, hd, q0, n, stream);
     bool async = attention_backward_version() == 2;
     if (hd == 64) {
         if (async) attention_backward_hd<64, true>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
@@ -1591,3 +1599,7 @@ static inline void attention_backward(bf16* dq, GradKV* dk, GradKV* dv, void* sc
         else attention_backward_hd<128, false>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, n, B, T, H, KV, stream);
     }
 }
+
+// the sm_90a forward and backward (TMA, wgmma, warp specialization): attention_forward_sm90,
+// attention_backward_sm90, same layouts
+#include "mst/attention_sm90.cuh"

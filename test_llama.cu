@@ -423,21 +423,27 @@ static void test_against_cpu_reference() {
     model_free(&m);
 }
 
-// The two attention forwards: on compute capability 9.0 the model runs the sm_90a forward (model_create's
-// default there, so every other test here runs it on such a card); its start-up self-test passes at hd 64 and 128
-// and fails on a planted disagreement; test-2layer's loss and gradients with each forward agree.
-static void test_attention_forwards() {
-    if (mst::device_major() != 9) { skip("attention forwards", "the sm_90a forward needs compute capability 9.0"); return; }
-    printf("attention forwards: the sm_90a start-up self-test, and test-2layer with each forward:\n");
+// The two attention paths: on compute capability 9.0 the model runs the sm_90a forward and backward (model_create's
+// default there, so every other test here runs them on such a card); their start-up self-test passes at hd 64 and
+// 128 and fails on a planted disagreement in the forward and in the backward; test-2layer's loss and gradients
+// with each path agree.
+static void test_attention_kernels() {
+    if (mst::device_major() != 9) { skip("attention kernels", "the sm_90a kernels need compute capability 9.0"); return; }
+    printf("attention kernels: the sm_90a start-up self-test, and test-2layer with each path:\n");
     std::string report;
     for (int hd : {64, 128}) {
-        bool ok = attention_selftest(hd, 0.f, &report);
+        bool ok = attention_selftest(hd, SelftestPerturbation(), &report);
         printf("  self-test hd %d: %s\n", hd, report.c_str());
         check(ok, hd == 64 ? "the sm_90a self-test passes at hd 64" : "the sm_90a self-test passes at hd 128");
     }
-    bool planted = attention_selftest(64, 0.05f, &report);
-    printf("  self-test with 0.05 added to one output: %s\n", report.c_str());
-    check(!planted, "the self-test fails on a planted disagreement of 0.05");
+    SelftestPerturbation forward, backward;
+    forward.forward = backward.backward = 0.05f;
+    bool planted = attention_selftest(64, forward, &report);
+    printf("  self-test with 0.05 added to one output of the forward: %s\n", report.c_str());
+    check(!planted, "the self-test fails on a planted disagreement of 0.05 in the forward");
+    planted = attention_selftest(64, backward, &report);
+    printf("  self-test with 0.05 added to one dq of the backward: %s\n", report.c_str());
+    check(!planted, "the self-test fails on a planted disagreement of 0.05 in the backward");
     ModelConfig c = two_layer_model();
     const int T = two_layer_T(1024);
     std::vector<int> inputs(T), targets(T);
@@ -447,15 +453,15 @@ static void test_attention_forwards() {
     for (int sm90 = 0; sm90 < 2; sm90++) {
         Model m;
         model_create(&m, c, options_for(1, T, 0, 0, true, false), OptimizerSettings(), 9);
-        check(m.attention_sm90, "model_create picks the sm_90a forward on compute capability 9.0");
+        check(m.attention_sm90, "model_create picks the sm_90a kernels on compute capability 9.0");
         m.attention_sm90 = sm90;
         model_init_random(&m);
         loss[sm90] = model_step(&m, inputs.data(), targets.data(), 0.f, false, &norm);
         grads[sm90] = download_grads(&m);
         model_free(&m);
     }
-    loss_close("loss: sm_90a vs mma.sync forward", loss[1], loss[0], 1e-3f);
-    close_to("gradients: sm_90a vs mma.sync forward", grads[1].data(), grads[0].data(), grads[0].size(), GRADIENT_TOLERANCE);
+    loss_close("loss: sm_90a vs mma.sync attention", loss[1], loss[0], 1e-3f);
+    close_to("gradients: sm_90a vs mma.sync attention", grads[1].data(), grads[0].data(), grads[0].size(), GRADIENT_TOLERANCE);
 }
 
 // Document masking: test-tiny at B = 2, T = 100 (not a multiple of the attention tiles) with documents
@@ -744,7 +750,7 @@ int main(int argc, char** argv) {
         {"non-finite guard", test_non_finite_guard},
         {"50 steps: defaults vs -f 0 -a fp32 -w 1", [](const Golden&) { test_defaults_against_fp32(); }},
         {"schedules", [](const Golden&) { test_schedules(); }},
-        {"attention forwards", [](const Golden&) { test_attention_forwards(); }},
+        {"attention kernels", [](const Golden&) { test_attention_kernels(); }},
     };
     auto selected = [&](const char* name) {
         if (argc < 2) return true;

@@ -9,9 +9,10 @@
 #   - the export reads back through ./mst_hf (the CPU reference), whose greedy continuation of
 #     <|begin_of_text|> is the trainer's sample;
 #   - --profile 1 times every phase (CUDA events on the CPU device's streams) and prints its table.
-#   - attention dispatch: the sm_90a forward after its self-test on the virtual H200, a planted disagreement
-#     (MST_ATTENTION_SELFTEST_PERTURB) falls back to mma.sync with one warning line, --attention sm90 on a
-#     virtual A100 is one error line, --attention mma's first loss within 2e-3 of the sm_90a run's.
+#   - attention dispatch: the sm_90a forward and backward after their self-test on the virtual H200, a planted
+#     disagreement in the forward or the backward (MST_ATTENTION_SELFTEST_PERTURB, _PERTURB_BACKWARD) falls back
+#     to mma.sync with one warning line, --attention sm90 on a virtual A100 is one error line, --attention mma's
+#     first loss within 2e-3 and first gradient norm within 1e-3 (relative) of the sm_90a kernels'.
 # Needs ./train_llama_cpu, ./mst_hf, ./tokenize and the shards (make train_llama_cpu mst_hf).
 # One line per check, then "N passed, N failed".
 set -u
@@ -72,22 +73,32 @@ check "--profile 1: six phases in -L, each > 0, adding up to the step's time" $?
 grep -q "^| optimizer  .*|$" "$DIR/p.log" && grep -q "^| step  " "$DIR/p.log" && grep -q "^copy stream: [0-9.]* ms per step" "$DIR/p.log" &&
     ! grep -q phases_ms "$DIR/a.jsonl"
 check "--profile 1: the table at the end; no phases in a log without --profile" $?
-# attention dispatch on the virtual card (h200, compute capability 9.0: the sm_90a forward after its self-test)
-grep -q '^attention forward: sm_90a (start-up self-test: ' "$DIR/a.log"
-check "the virtual H200 runs the sm_90a forward after its start-up self-test" $? "$(grep -m1 '^attention forward' "$DIR/a.log")"
+# attention dispatch on the virtual card (h200, compute capability 9.0: the sm_90a kernels after their self-test)
+grep -q '^attention kernels: sm_90a forward and backward (start-up self-test: ' "$DIR/a.log"
+check "the virtual H200 runs the sm_90a forward and backward after their start-up self-test" $? "$(grep -m1 '^attention kernels' "$DIR/a.log" | cut -c1-160)"
 ONE=(./train_llama_cpu --config 128256,64,2,1,1,160 -B 2 -T 128 -n 1 --seed 5)
-MST_ATTENTION_SELFTEST_PERTURB=0.5 "${ONE[@]}" > "$DIR/perturb.log" 2>&1 && [ "$(grep -c '^warning: the sm_90a attention forward failed its start-up self-test' "$DIR/perturb.log")" -eq 1 ] \
-    && grep -q '^step    1/1' "$DIR/perturb.log"
-check "a planted disagreement in the self-test: one warning line, the run goes on with mma.sync" $? "$(grep -m1 '^warning' "$DIR/perturb.log" | cut -c1-120)"
+for which in PERTURB PERTURB_BACKWARD; do
+    env MST_ATTENTION_SELFTEST_$which=0.5 "${ONE[@]}" > "$DIR/perturb.log" 2>&1 &&
+        [ "$(grep -c '^warning: the sm_90a attention kernels failed their start-up self-test' "$DIR/perturb.log")" -eq 1 ] &&
+        grep -q '^step    1/1' "$DIR/perturb.log"
+    check "a planted disagreement (MST_ATTENTION_SELFTEST_$which) in the self-test: one warning line, the run goes on with mma.sync" $? \
+        "$(grep -m1 '^warning' "$DIR/perturb.log" | cut -c1-120)"
+done
 out=$(MST_CPU_CARD=a100 "${ONE[@]}" --attention sm90 2>&1); rc=$?
 [ $rc -eq 1 ] && [ "$(printf '%s\n' "$out" | grep -c '')" -eq 1 ] && [[ "$out" == "error: --attention sm90"* ]]
 check "--attention sm90 on a virtual A100: one error line, exit 1" $? "$out"
-"${ONE[@]}" --attention mma -L "$DIR/mma.jsonl" > "$DIR/mma.log" 2>&1 && grep -q '^attention forward: mma.sync' "$DIR/mma.log"
+"${ONE[@]}" --attention mma -L "$DIR/mma.jsonl" > "$DIR/mma.log" 2>&1 && grep -q '^attention kernels: mma.sync' "$DIR/mma.log"
 check "--attention mma on the virtual H200" $?
-awk -v a="$(losses "$DIR/a.jsonl" | awk 'NR == 1 {print $2}')" -v b="$(losses "$DIR/mma.jsonl" | awk 'NR == 1 {print $2}')" \
-    'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && b > 0 && d < 2e-3)}'
-check "step 1's loss: sm_90a and mma.sync forwards within 2e-3" $? "$(losses "$DIR/a.jsonl" | awk 'NR == 1 {print $2}') vs $(losses "$DIR/mma.jsonl" | awk 'NR == 1 {print $2}')"
-"${ONE[@]}" --doc-mask 0 > "$DIR/nomask.log" 2>&1 && grep -q '^attention forward: sm_90a' "$DIR/nomask.log" && grep -q '^step    1/1' "$DIR/nomask.log"
-check "--doc-mask 0 with the sm_90a forward (the runs above: --doc-mask 1, the default on shards)" $?
+# step 1 of the first run (sm_90a) and of the mma.sync run: the loss (the forwards) within 2e-3, the gradient norm
+# before clipping (the backwards) within 1e-3 of each other, relative
+grad_norm() { sed -n 's/.*"step": 1, .*"grad_norm": \([^,]*\),.*/\1/p' "$1"; }
+a=$(losses "$DIR/a.jsonl" | awk 'NR == 1 {print $2}'); b=$(losses "$DIR/mma.jsonl" | awk 'NR == 1 {print $2}')
+awk -v a="$a" -v b="$b" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && b > 0 && d < 2e-3)}'
+check "step 1's loss: the sm_90a and mma.sync forwards within 2e-3" $? "$a vs $b"
+a=$(grad_norm "$DIR/a.jsonl"); b=$(grad_norm "$DIR/mma.jsonl")
+awk -v a="$a" -v b="$b" 'BEGIN {d = a - b; if (d < 0) d = -d; exit !(a > 0 && b > 0 && d < 1e-3 * b)}'
+check "step 1's gradient norm: the sm_90a and mma.sync backwards within 1e-3 (relative)" $? "$a vs $b"
+"${ONE[@]}" --doc-mask 0 > "$DIR/nomask.log" 2>&1 && grep -q '^attention kernels: sm_90a' "$DIR/nomask.log" && grep -q '^step    1/1' "$DIR/nomask.log"
+check "--doc-mask 0 with the sm_90a kernels (the runs above: --doc-mask 1, the default on shards)" $?
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

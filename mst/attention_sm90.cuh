@@ -1,6 +1,6 @@
-// mst/attention_sm90.cuh: the FA3-class attention forward for sm_90a (H100/H200): TMA, mbarriers, wgmma, warp
-// specialization. Included by mst_kernels.cuh (after its attention section); dev/cuda/hopper_blocks.cu builds its
-// checks of each building block from the same pieces, dev/cuda/attention_sm90.cu validates the forward.
+// mst/attention_sm90.cuh: the FA3-class attention forward and backward for sm_90a (H100/H200): TMA, mbarriers,
+// wgmma, warp specialization. Included by mst_kernels.cuh (after its attention section); dev/cuda/hopper_blocks.cu
+// builds its checks of each building block from the same pieces, dev/cuda/attention_sm90.cu validates both.
 //
 //   void attention_forward_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T,
 //                               int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
@@ -8,6 +8,13 @@
 //        (B, T, H, hd), k, v (B, T, KV, hd) bf16, lse (B, H, T) fp32 natural log; doc_start (B, T) per-row
 //        document start (null: none); query rows [q0, q0 + n) of every sequence (0 < n <= T - q0), the rest of out and
 //        lse untouched. hd 64 or 128. Refuses (one line, exit 1) a card that is not sm_90.
+//   template <GradKV = bf16 or float>
+//   void attention_backward_sm90(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
+//                                const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T,
+//                                int H, int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t)
+//        matches attention_backward_cpu and is a drop-in for attention_backward (mst_kernels.cuh: the same
+//        arguments, scratch and query-block semantics: dq rows [q0, q0 + n) written; dk, dv written when q0 == 0,
+//        added to (fp32 only) after). Deterministic: dQ by a Q-stationary kernel, no atomics.
 //
 // Real code only in nvcc's sm_90a pass (__CUDA_ARCH_FEAT_SM90_ALL) and on the CPU device, which stands in for an
 // sm_90a card and runs the PTX by its semantics (mst/cpu_device/hopper.cpp); the sm_80 pass compiles empty bodies.
@@ -172,10 +179,18 @@ __device__ __forceinline__ uint8_t* align1024(uint8_t* p) {
     return (uint8_t*)(((uintptr_t)p + 1023) & ~(uintptr_t)1023);
 }
 
+// the producer's i-th load into the ring: stage i % STAGES, once the consumers released the (i - STAGES)-th there
+// (empty completes once per release: release r of stage s is phase r, so the i-th waits for parity
+// (i / STAGES - 1) & 1); full[stage] then expects `bytes` (full of the i-th is phase i / STAGES). Returns the stage.
+__device__ __forceinline__ int ring_acquire(uint64_t* full, uint64_t* empty, int i, uint32_t bytes) {
+    int s = i % STAGES;
+    if (i >= STAGES) mbar_wait(&empty[s], (i / STAGES - 1) & 1);
+    mbar_expect_tx(&full[s], bytes);
+    return s;
+}
+
 // The producer warpgroup's loop: one thread loads Q once (q_full) and K/V blocks j0 .. nblocks - 1, the i-th
-// (i = j - j0) into stage i % STAGES after the consumers released the (i - STAGES)-th there (empty completes once
-// per release: release r of stage s is phase r, so the i-th waits for parity (i / STAGES - 1) & 1; full of the
-// i-th is phase i / STAGES). Rows are counted from row0 (b T: the maps see the batch as B T rows).
+// (i = j - j0) into stage ring_acquire(i). Rows are counted from row0 (b T: the maps see the batch as B T rows).
 template <int HD, int BN>
 __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_t* empty, const CUtensorMap* q_map,
                         const CUtensorMap* k_map, const CUtensorMap* v_map, int row0, int q_head, int q_row, int kv_head,
@@ -188,9 +203,7 @@ __device__ void produce(uint8_t* smem, uint64_t* q_full, uint64_t* full, uint64_
         tma_load_tile<HD>(smem, q_map, q_full, q_head, row0 + q_row, BM);
     }
     for (int j = j0; j < nblocks; j++) {
-        int i = j - j0, s = i % STAGES;
-        if (i >= STAGES) mbar_wait(&empty[s], (i / STAGES - 1) & 1);
-        mbar_expect_tx(&full[s], 2 * L::kv_bytes);
+        int s = ring_acquire(full, empty, j - j0, 2 * L::kv_bytes);
         tma_load_tile<HD>(smem + L::k_at(s), k_map, &full[s], kv_head, row0 + j * BN, BN);
         tma_load_tile<HD>(smem + L::v_at(s), v_map, &full[s], kv_head, row0 + j * BN, BN);
     }
@@ -373,6 +386,234 @@ __global__ void __launch_bounds__(THREADS, 1) attention_forward_sm90_kernel(bf16
 #endif
 }
 
+
+// ----------------------------------------------------------------------------
+// the product's backward (matches attention_backward_cpu, as attention_backward does): the preprocess
+// D = rowsum(dout * out) is attention_backward's (attention_backward_prologue); then two kernels, each one
+// producer warpgroup (TMA) and two consumer warpgroups of 64 rows, over tiles that stay in shared memory (two
+// of BM = 128 rows: K and V, or Q and dO) and a ring of STAGES x two tiles of RROWS rows streamed past them:
+//   - dK/dV, K/V-stationary: a CTA owns 128 keys of one kv head (64 per warpgroup) and streams the Q/dO tiles
+//     of 64 rows of every query head of the GQA group (heads outer), so dK and dV of the group are summed in
+//     registers in a fixed order. Per tile S^T = K Q^T and dP^T = V dO^T (wgmma, both from shared memory),
+//     P^T and dS^T = P^T (dP^T - D) computed in the accumulator registers, then dV += P^T dO and dK += dS^T Q
+//     with P^T and dS^T as register A fragments (the accumulator layout is the A layout: acc_to_a).
+//   - dQ, Q-stationary (deterministic, no atomics: each dQ row is summed by one CTA over the key blocks in
+//     order, like the forward): a CTA owns 128 query rows of one head and streams K/V blocks of 64 keys from
+//     the block of its earliest document start; S = Q K^T, dP = dO V^T, dS, dQ += dS K (dS from registers).
+// Skipping: dK/dV streams only query rows [max(key0, q0), first row whose document starts after the CTA's last
+// key); a warpgroup skips the GEMMs of a tile wholly before its keys or wholly in a later document. dQ's key
+// blocks end at the tile's last row; a warpgroup skips blocks wholly after its rows or before its documents.
+// The maps are 4-D {hd, heads, q1, B}: rows at or past q1 arrive as zeros (nothing at or after q0 + n is read,
+// and a tile's rows past it add exact zeros). No ping-pong or intra-warpgroup overlap yet: each warpgroup waits
+// for its GEMMs (a first version: correct before fast).
+constexpr int BWD_BQ = 64;  // query rows per streamed tile of the dK/dV kernel (the N of S^T = K Q^T)
+constexpr int BWD_BN = 64;  // keys per streamed block of the dQ kernel
+
+// shared memory: two stationary tiles (BM x HD each), then STAGES x two ring tiles (RROWS x HD each), then the
+// mbarriers (stationary_full, full[STAGES], empty[STAGES]). hd 128: 64 + 64 KiB + 1 KiB slack.
+template <int HD, int RROWS> struct BackwardLayout {
+    static constexpr int stationary_bytes = BM * HD * 2;
+    static constexpr int ring_bytes = RROWS * HD * 2;
+    static constexpr int stationary_at(int i) { return i * stationary_bytes; }
+    static constexpr int ring_at(int s, int i) { return 2 * stationary_bytes + (2 * s + i) * ring_bytes; }
+    static constexpr int bars_at = 2 * stationary_bytes + STAGES * 2 * ring_bytes;
+    static constexpr int bytes = bars_at + 8 * (1 + 2 * STAGES) + 1024;  // + alignment slack
+};
+
+#ifdef MST_SM90_CODE
+// the hd/64 boxes of a tile (rows x hd) at (head, row, sequence b) of a 4-D map into consecutive slabs of
+// rows x 128 bytes
+template <int HD>
+__device__ __forceinline__ void tma_load_tile_4d(uint8_t* dst, const CUtensorMap* map, uint64_t* bar, int head, int row, int b, int rows) {
+    for (int s = 0; s < HD / SLAB; s++) mst::cp_async_bulk_tensor_4d(dst + s * rows * 128, map, bar, s * SLAB, head, row, b);
+}
+
+// The backward's producer: one thread loads the two stationary tiles (maps stat[0], stat[1] at (stat_head,
+// stat_row) of sequence b) on stationary_full, then the n ring loads, the i-th the tiles of ring[0], ring[1] at
+// at(i) = (head, row) into stage ring_acquire(i).
+template <int HD, int RROWS, typename At>
+__device__ void produce_backward(uint8_t* smem, uint64_t* stationary_full, uint64_t* full, uint64_t* empty, const CUtensorMap* stat0,
+                                 const CUtensorMap* stat1, int stat_head, int stat_row, const CUtensorMap* ring0, const CUtensorMap* ring1,
+                                 int b, int n, At at) {
+    using L = BackwardLayout<HD, RROWS>;
+    mst::setmaxnreg_dec<40>();  // as the forward's producer
+    if (threadIdx.x != 0) return;
+    mbar_expect_tx(stationary_full, 2 * L::stationary_bytes);
+    tma_load_tile_4d<HD>(smem + L::stationary_at(0), stat0, stationary_full, stat_head, stat_row, b, BM);
+    tma_load_tile_4d<HD>(smem + L::stationary_at(1), stat1, stationary_full, stat_head, stat_row, b, BM);
+    for (int i = 0; i < n; i++) {
+        int s = ring_acquire(full, empty, i, 2 * L::ring_bytes);
+        int2 hr = at(i);
+        tma_load_tile_4d<HD>(smem + L::ring_at(s, 0), ring0, &full[s], hr.x, hr.y, b, RROWS);
+        tma_load_tile_4d<HD>(smem + L::ring_at(s, 1), ring1, &full[s], hr.x, hr.y, b, RROWS);
+    }
+}
+
+// the two GEMMs of a backward tile from shared memory, both in flight together: x = A0 B0^T, y = A1 B1^T
+// (A: this warpgroup's 64 rows of a stationary tile of BM rows, B: a ring tile of N rows)
+template <int HD, int N>
+__device__ __forceinline__ void wgmma_two_nt(float* x, float* y, const uint8_t* a0, const uint8_t* b0, const uint8_t* a1, const uint8_t* b1) {
+    wgmma_qk_issue<HD, N>(x, a0, BM, b0);
+    wgmma_qk_issue<HD, N>(y, a1, BM, b1);
+    wgmma_wait<0>();
+    fence_regs<N / 2>(x);
+    fence_regs<N / 2>(y);
+}
+#endif  // MST_SM90_CODE
+
+// dK, dV (GradKV = bf16 or float; written, or added to with accumulate) for 128 keys of kv head blockIdx.y of
+// sequence blockIdx.z; grid (key blocks, KV, B). Keys with no query in [q0, q1) get 0 written / nothing added.
+template <int HD, typename GradKV>
+__global__ void __launch_bounds__(THREADS, 1) attention_backward_dkdv_sm90_kernel(GradKV* dk, GradKV* dv, const __grid_constant__ CUtensorMap k_map,
+                                                                                  const __grid_constant__ CUtensorMap v_map,
+                                                                                  const __grid_constant__ CUtensorMap q_map,
+                                                                                  const __grid_constant__ CUtensorMap do_map, const float* lse,
+                                                                                  const float* Dbuf, const int* doc_start, int T, int H, int KV,
+                                                                                  int q0, int q1, bool accumulate) {
+#ifdef MST_SM90_CODE
+    constexpr int BQ = BWD_BQ;
+    using L = BackwardLayout<HD, BQ>;
+    uint8_t* smem = align1024(mst::dynamic_shared_memory());
+    int kvh = blockIdx.y, b = blockIdx.z, group = H / KV, k0 = blockIdx.x * BM;
+    // the query rows that see a key of this block: from max(k0, q0) (causal) to the first row whose document
+    // starts after the block's last key (as attention_backward_dkdv_kernel)
+    int qs = max(k0, q0);
+    int qe = qs < q1 ? mst::first_row_after(doc_start, b, T, qs, q1, min(k0 + BM, q1) - 1) : qs;
+    int n_qt = (qe - qs + BQ - 1) / BQ, iters = group * n_qt;  // (query head of the group, query tile), heads outer
+    uint64_t* bars = (uint64_t*)(smem + L::bars_at);
+    init_barriers(bars, 1 + STAGES, STAGES, 128 * CONSUMERS);
+    uint64_t *kv_full = bars, *full = bars + 1, *empty = bars + 1 + STAGES;
+    if (threadIdx.x / 128 == 0) {
+        produce_backward<HD, BQ>(smem, kv_full, full, empty, &k_map, &v_map, kvh, k0, &q_map, &do_map, b, iters,
+                                 [=](int i) { return make_int2(kvh * group + i / n_qt, qs + (i % n_qt) * BQ); });
+        return;
+    }
+    mst::setmaxnreg_inc<232>();
+    int c = threadIdx.x / 128 - 1, t = threadIdx.x % 128;
+    int key_wg = k0 + c * BM_WG;  // this warpgroup's 64 keys
+    int keys[2] = {key_wg + acc_row(t, 0), key_wg + acc_row(t, 2)};
+    const uint8_t* k_wg = smem + L::stationary_at(0) + c * BM_WG * 128;
+    const uint8_t* v_wg = smem + L::stationary_at(1) + c * BM_WG * 128;
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
+    float dk_acc[HD / 2], dv_acc[HD / 2];
+    for (int i = 0; i < HD / 2; i++) dk_acc[i] = dv_acc[i] = 0.f;
+    mbar_wait(kv_full, 0);
+    for (int it = 0; it < iters; it++) {
+        int s = it % STAGES, h = kvh * group + it / n_qt, qt = qs + (it % n_qt) * BQ;
+        const uint8_t *q_tile = smem + L::ring_at(s, 0), *do_tile = smem + L::ring_at(s, 1);
+        mbar_wait(&full[s], (it / STAGES) & 1);
+        // else every query of the tile is before this warpgroup's keys, or in a later document
+        if (qt + BQ - 1 >= key_wg && mst::first_key(doc_start, b, T, qt) < key_wg + BM_WG) {
+            float st[BQ / 2] = {}, dpt[BQ / 2] = {};
+            wgmma_two_nt<HD, BQ>(st, dpt, k_wg, q_tile, v_wg, do_tile);  // S^T = K Q^T, dP^T = V dO^T
+            const float *lse_h = lse + ((size_t)b * H + h) * T, *D_h = Dbuf + ((size_t)b * H + h) * T;
+            for (int i = 0; i < BQ / 2; i++) {  // P^T = exp(S^T scale - lse), dS^T = P^T (dP^T - D); 0 where masked
+                int query = qt + acc_col(t, i), key = keys[(i / 2) % 2];
+                bool seen = query < q1 && query >= key && mst::first_key(doc_start, b, T, query) <= key;
+                float p = seen ? exp2f(st[i] * scale_log2 - lse_h[query] * MST_LOG2E) : 0.f;
+                dpt[i] = seen ? p * (dpt[i] - D_h[query]) : 0.f;
+                st[i] = p;
+            }
+            uint32_t a_p[BQ / 16][4], a_ds[BQ / 16][4];
+            for (int kk = 0; kk < BQ / 16; kk++) {
+                acc_to_a(a_p[kk], st, kk);
+                acc_to_a(a_ds[kk], dpt, kk);
+            }
+            wgmma_pv_issue<HD, BQ>(dv_acc, a_p, do_tile);  // dV += P^T dO
+            wgmma_pv_issue<HD, BQ>(dk_acc, a_ds, q_tile);  // dK += dS^T Q   (scaled at the end)
+            wgmma_wait<0>();
+            fence_regs<HD / 2>(dv_acc);
+            fence_regs<HD / 2>(dk_acc);
+        }
+        mbar_arrive(&empty[s]);
+    }
+    const float scale = 1.f / sqrtf((float)HD);
+    int key_end = accumulate ? q1 : T;  // accumulating, keys from q1 on have nothing to add
+    for (int i = 0; i < HD / 2; i += 2) {
+        int key = keys[(i / 2) % 2];
+        if (key >= key_end) continue;
+        size_t off = (((size_t)b * T + key) * KV + kvh) * HD + acc_col(t, i);
+        mst::store_grad_pair(dk + off, dk_acc[i] * scale, dk_acc[i + 1] * scale, accumulate);
+        mst::store_grad_pair(dv + off, dv_acc[i], dv_acc[i + 1], accumulate);
+    }
+#endif
+}
+
+// dQ (written) for 128 query rows of [q0, q1) of head blockIdx.x of sequence blockIdx.y; grid (H, B, query
+// tiles), tiles slowest and last first, as the forward.
+template <int HD>
+__global__ void __launch_bounds__(THREADS, 1) attention_backward_dq_sm90_kernel(bf16* dq, const __grid_constant__ CUtensorMap q_map,
+                                                                                const __grid_constant__ CUtensorMap do_map,
+                                                                                const __grid_constant__ CUtensorMap k_map,
+                                                                                const __grid_constant__ CUtensorMap v_map, const float* lse,
+                                                                                const float* Dbuf, const int* doc_start, int T, int H, int KV,
+                                                                                int q0, int q1) {
+#ifdef MST_SM90_CODE
+    constexpr int BN = BWD_BN;
+    using L = BackwardLayout<HD, BN>;
+    uint8_t* smem = align1024(mst::dynamic_shared_memory());
+    int h = blockIdx.x, b = blockIdx.y, kvh = h / (H / KV);
+    int tile_row = q0 + (gridDim.z - 1 - blockIdx.z) * BM;
+    int j0 = mst::first_key(doc_start, b, T, tile_row) / BN;  // starts never decrease: the tile's first row has the smallest
+    int nblocks = (min(q1, tile_row + BM) + BN - 1) / BN;     // causal: keys up to the tile's last row
+    uint64_t* bars = (uint64_t*)(smem + L::bars_at);
+    init_barriers(bars, 1 + STAGES, STAGES, 128 * CONSUMERS);
+    uint64_t *q_full = bars, *full = bars + 1, *empty = bars + 1 + STAGES;
+    if (threadIdx.x / 128 == 0) {
+        produce_backward<HD, BN>(smem, q_full, full, empty, &q_map, &do_map, h, tile_row, &k_map, &v_map, b, nblocks - j0,
+                                 [=](int i) { return make_int2(kvh, (j0 + i) * BN); });
+        return;
+    }
+    mst::setmaxnreg_inc<232>();
+    int c = threadIdx.x / 128 - 1, t = threadIdx.x % 128;
+    int row_wg = tile_row + c * BM_WG;  // this warpgroup's 64 rows
+    int rows[2] = {row_wg + acc_row(t, 0), row_wg + acc_row(t, 2)};
+    float lse2[2], D[2];
+    int first[2];
+    for (int r = 0; r < 2; r++) {  // rows past q1: no key (first = T)
+        bool in = rows[r] < q1;
+        size_t at = ((size_t)b * H + h) * T + (in ? rows[r] : 0);
+        lse2[r] = in ? lse[at] * MST_LOG2E : 0.f;
+        D[r] = in ? Dbuf[at] : 0.f;
+        first[r] = in ? mst::first_key(doc_start, b, T, rows[r]) : T;
+    }
+    int first_wg = row_wg < q1 ? mst::first_key(doc_start, b, T, row_wg) : T;
+    const uint8_t* q_wg = smem + L::stationary_at(0) + c * BM_WG * 128;
+    const uint8_t* do_wg = smem + L::stationary_at(1) + c * BM_WG * 128;
+    const float scale_log2 = 1.4426950408889634f / sqrtf((float)HD);
+    float dq_acc[HD / 2];
+    for (int i = 0; i < HD / 2; i++) dq_acc[i] = 0.f;
+    mbar_wait(q_full, 0);
+    for (int j = j0; j < nblocks; j++) {
+        int i = j - j0, s = i % STAGES, key0 = j * BN;
+        const uint8_t *k_tile = smem + L::ring_at(s, 0), *v_tile = smem + L::ring_at(s, 1);
+        mbar_wait(&full[s], (i / STAGES) & 1);
+        // else every key of the block is after this warpgroup's rows, or before all their documents
+        if (key0 <= row_wg + BM_WG - 1 && key0 + BN > first_wg) {
+            float sc[BN / 2] = {}, dp[BN / 2] = {};
+            wgmma_two_nt<HD, BN>(sc, dp, q_wg, k_tile, do_wg, v_tile);  // S = Q K^T, dP = dO V^T
+            for (int e = 0; e < BN / 2; e++) {  // dS = P (dP - D), P = exp(S scale - lse); 0 where masked
+                int key = key0 + acc_col(t, e), r = (e / 2) % 2;
+                bool seen = key <= rows[r] && key >= first[r];
+                sc[e] = seen ? exp2f(sc[e] * scale_log2 - lse2[r]) * (dp[e] - D[r]) : 0.f;
+            }
+            uint32_t a_ds[BN / 16][4];
+            for (int kk = 0; kk < BN / 16; kk++) acc_to_a(a_ds[kk], sc, kk);
+            wgmma_pv_issue<HD, BN>(dq_acc, a_ds, k_tile);  // dQ += dS K   (scaled at the end)
+            wgmma_wait<0>();
+            fence_regs<HD / 2>(dq_acc);
+        }
+        mbar_arrive(&empty[s]);
+    }
+    const float scale = 1.f / sqrtf((float)HD);
+    for (int i = 0; i < HD / 2; i += 2) {
+        int row = rows[(i / 2) % 2];
+        if (row < q1)
+            *(__nv_bfloat162*)(dq + (((size_t)b * T + row) * H + h) * HD + acc_col(t, i)) = __floats2bfloat162_rn(dq_acc[i] * scale, dq_acc[i + 1] * scale);
+    }
+#endif
+}
+
 }  // namespace sm90
 
 // ----------------------------------------------------------------------------
@@ -387,19 +628,30 @@ static inline PFN_cuTensorMapEncodeTiled_v12000 tensor_map_encoder() {
     return fn;
 }
 
-// a bf16 tensor (rows, heads, hd) read in boxes of 64 columns x 1 head x box_rows rows, 128-byte swizzle, zeros
-// outside the tensor
-static inline CUtensorMap make_tensor_map(const bf16* base, int rows, int heads, int hd, int box_rows) {
+// a bf16 tensor of `rank` dimensions {hd, heads, rows(, sequences)} (strides in bytes of dimensions 1 ..) read in
+// boxes of 64 columns x 1 head x box_rows rows (x 1 sequence), 128-byte swizzle, zeros outside the tensor
+static inline CUtensorMap encode_tensor_map(const bf16* base, int rank, const cuuint64_t* dims, const cuuint64_t* strides, int box_rows) {
     CUtensorMap map;
-    cuuint64_t dims[3] = {(cuuint64_t)hd, (cuuint64_t)heads, (cuuint64_t)rows};
-    cuuint64_t strides[2] = {(cuuint64_t)hd * 2, (cuuint64_t)heads * hd * 2};  // bytes, dims 1 and 2
-    cuuint32_t box[3] = {sm90::SLAB, 1, (cuuint32_t)box_rows};
-    cuuint32_t element_strides[3] = {1, 1, 1};
-    CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, 3, (void*)base, dims, strides, box, element_strides,
+    cuuint32_t box[4] = {sm90::SLAB, 1, (cuuint32_t)box_rows, 1};
+    cuuint32_t element_strides[4] = {1, 1, 1, 1};
+    CUresult r = tensor_map_encoder()(&map, CU_TENSOR_MAP_DATA_TYPE_BFLOAT16, rank, (void*)base, dims, strides, box, element_strides,
                                       CU_TENSOR_MAP_INTERLEAVE_NONE, CU_TENSOR_MAP_SWIZZLE_128B, CU_TENSOR_MAP_L2_PROMOTION_L2_128B,
                                       CU_TENSOR_MAP_FLOAT_OOB_FILL_NONE);
     if (r != CUDA_SUCCESS) { fprintf(stderr, "error: cuTensorMapEncodeTiled failed (%d)\n", (int)r); exit(1); }
     return map;
+}
+// (rows, heads, hd): the forward's, which sees the batch as B T rows
+static inline CUtensorMap make_tensor_map(const bf16* base, int rows, int heads, int hd, int box_rows) {
+    cuuint64_t dims[3] = {(cuuint64_t)hd, (cuuint64_t)heads, (cuuint64_t)rows};
+    cuuint64_t strides[2] = {(cuuint64_t)hd * 2, (cuuint64_t)heads * hd * 2};
+    return encode_tensor_map(base, 3, dims, strides, box_rows);
+}
+// (B, T, heads, hd) cut to the rows [0, q1) of each sequence: the backward's, whose tiles' rows at or past q1
+// arrive as zeros
+static inline CUtensorMap make_block_tensor_map(const bf16* base, int B, int T, int q1, int heads, int hd, int box_rows) {
+    cuuint64_t dims[4] = {(cuuint64_t)hd, (cuuint64_t)heads, (cuuint64_t)q1, (cuuint64_t)B};
+    cuuint64_t strides[3] = {(cuuint64_t)hd * 2, (cuuint64_t)heads * hd * 2, (cuuint64_t)T * heads * hd * 2};
+    return encode_tensor_map(base, 4, dims, strides, box_rows);
 }
 
 // the current card's compute capability major (once per process: the trainer uses one kind of card)
@@ -434,20 +686,65 @@ static inline void attention_forward_sm90_hd(bf16* out, float* lse, const bf16* 
     CUDA_CHECK(cudaGetLastError());
 }
 
+// what both sm_90a entry points refuse (one line, exit 1): more query tiles than a grid dimension holds, a card
+// that is not sm_90
+static inline void attention_sm90_check(const char* who, int n) {
+    if (mst_ceil_div(n, mst::sm90::BM) > 65535) {
+        fprintf(stderr, "%s: %d query rows are more than 65535 tiles of %d\n", who, n, mst::sm90::BM);
+        exit(1);
+    }
+    if (mst::device_major() != 9) {
+        fprintf(stderr, "%s: needs an sm_90 card (H100/H200); this one is compute capability %d.x\n", who, mst::device_major());
+        exit(1);
+    }
+}
+
 static inline void attention_forward_sm90(bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v, int B, int T, int H,
                                           int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
     profile_phase(PHASE_ATTENTION_FORWARD, stream);
     const void* ptrs[] = {out, q, k, v};
     attention_check_args("attention_forward_sm90", B, T, H, KV, hd, q0, n, ptrs, 4);
+    attention_sm90_check("attention_forward_sm90", n);
     int q1 = q0 + n;
-    if (mst_ceil_div(q1 - q0, mst::sm90::BM) > 65535) {
-        fprintf(stderr, "attention_forward_sm90: %d query rows are more than 65535 tiles of %d\n", q1 - q0, mst::sm90::BM);
-        exit(1);
-    }
-    if (mst::device_major() != 9) {
-        fprintf(stderr, "attention_forward_sm90: needs an sm_90 card (H100/H200); this one is compute capability %d.x\n", mst::device_major());
-        exit(1);
-    }
     if (hd == 64) attention_forward_sm90_hd<64>(out, lse, q, k, v, B, T, H, KV, stream, doc_start, q0, q1);
     else attention_forward_sm90_hd<128>(out, lse, q, k, v, B, T, H, KV, stream, doc_start, q0, q1);
+}
+
+template <int HD, typename GradKV>
+static inline void attention_backward_sm90_hd(bf16* dq, GradKV* dk, GradKV* dv, const float* D, const bf16* dout, const bf16* q,
+                                              const bf16* k, const bf16* v, const float* lse, const int* doc_start, int q0, int q1,
+                                              int B, int T, int H, int KV, cudaStream_t stream) {
+    using namespace mst::sm90;
+    constexpr int smem_kv = BackwardLayout<HD, BWD_BQ>::bytes, smem_q = BackwardLayout<HD, BWD_BN>::bytes;
+    static bool attribute_set = false;
+    if (!attribute_set) {
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dkdv_sm90_kernel<HD, GradKV>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_kv));
+        CUDA_CHECK(cudaFuncSetAttribute(attention_backward_dq_sm90_kernel<HD>, cudaFuncAttributeMaxDynamicSharedMemorySize, smem_q));
+        attribute_set = true;
+    }
+    auto map = [&](const bf16* x, int heads, int box_rows) { return mst::make_block_tensor_map(x, B, T, q1, heads, HD, box_rows); };
+    // the first block (q0 == 0) writes every key's dk, dv (0 where no query sees it), later ones add to keys before q1
+    bool accumulate = q0 > 0;
+    dim3 grid_kv(mst_ceil_div(accumulate ? q1 : T, BM), KV, B);
+    mst::launch<attention_backward_dkdv_sm90_kernel<HD, GradKV>>(grid_kv, THREADS, smem_kv, stream, dk, dv, map(k, KV, BM), map(v, KV, BM),
+                                                                 map(q, H, BWD_BQ), map(dout, H, BWD_BQ), lse, D, doc_start, T, H, KV,
+                                                                 q0, q1, accumulate);
+    CUDA_CHECK(cudaGetLastError());
+    dim3 grid_q(H, B, mst_ceil_div(q1 - q0, BM));
+    mst::launch<attention_backward_dq_sm90_kernel<HD>>(grid_q, THREADS, smem_q, stream, dq, map(q, H, BM), map(dout, H, BM),
+                                                       map(k, KV, BWD_BN), map(v, KV, BWD_BN), lse, D, doc_start, T, H, KV, q0, q1);
+    CUDA_CHECK(cudaGetLastError());
+}
+
+// a drop-in for attention_backward (same arguments, layouts and query-block semantics; scratch of
+// attention_backward_scratch_bytes): the preprocess, then the dK/dV and the dQ kernels above. Deterministic.
+template <typename GradKV>  // bf16 or float
+static inline void attention_backward_sm90(bf16* dq, GradKV* dk, GradKV* dv, void* scratch, const bf16* dout, const bf16* q,
+                                           const bf16* k, const bf16* v, const bf16* out, const float* lse, int B, int T, int H,
+                                           int KV, int hd, const int* doc_start, int q0, int n, cudaStream_t stream) {
+    float* D = attention_backward_prologue("attention_backward_sm90", dq, dk, dv, scratch, dout, q, k, v, out, B, T, H, KV, hd, q0, n,
+                                           stream);
+    attention_sm90_check("attention_backward_sm90", n);
+    if (hd == 64) attention_backward_sm90_hd<64>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, q0 + n, B, T, H, KV, stream);
+    else attention_backward_sm90_hd<128>(dq, dk, dv, D, dout, q, k, v, lse, doc_start, q0, q0 + n, B, T, H, KV, stream);
 }

@@ -212,6 +212,19 @@ __device__ __forceinline__ void cp_async_bulk_tensor_3d(void* smem, const CUtens
 #endif
 }
 
+__device__ __forceinline__ void cp_async_bulk_tensor_4d(void* smem, const CUtensorMap* map, uint64_t* bar, int c0, int c1, int c2,
+                                                        int c3) {
+#ifdef MST_CPU_DEVICE
+    const int32_t coords[4] = {c0, c1, c2, c3};
+    mst_cpu::cp_async_bulk_tensor_load(4, smem, map, bar, coords);
+#else
+    asm volatile(
+        "cp.async.bulk.tensor.4d.shared::cluster.global.mbarrier::complete_tx::bytes [%0], [%1, {%2, %3, %4, %5}], [%6];"
+        ::"r"((uint32_t)__cvta_generic_to_shared(smem)), "l"(map), "r"(c0), "r"(c1), "r"(c2), "r"(c3),
+        "r"((uint32_t)__cvta_generic_to_shared(bar)) : "memory");
+#endif
+}
+
 // wgmma (9.7.15.7): fence before the first wgmma.mma_async and after touching its registers; commit_group
 // closes the group of the mma_async issued since; wait_group<N> waits until at most N groups are pending. The
 // accumulators (and register A fragments) may be read or written only after the wait that retires their group.

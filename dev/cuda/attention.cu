@@ -109,25 +109,10 @@ static void check_rule(const char* what, const AttnBuffers& a, const std::vector
     snprintf(name, sizeof name, "attention %s B=%d T=%d H=%d KV=%d hd=%d%s", what, a.B, a.T, a.H, a.KV, a.hd, a.docs() ? " docs" : "");
     check_fa3_rule(name, got, ref32, ref16, atol);
 }
-static double gradient_atol(const std::vector<float>& ref) { return 1e-3 * max_abs(ref) + 1e-6; }
 
 // the bits of a device buffer (bf16 or fp32)
 template <typename T> static std::vector<T> bits(const T* d, size_t n) { return download(d, n); }
 static std::vector<uint16_t> bits(const bf16* d, size_t n) { return download((const uint16_t*)d, n); }
-
-// a device copy of x (rows of `width` elements, `rows_per_seq` per sequence) with every row outside
-// [q0, q1) of each sequence poisoned: what a query block may not read
-template <typename E>
-static E* rows_only(const E* x, int seqs, int rows_per_seq, size_t width, int q0, int q1) {
-    size_t n = (size_t)seqs * rows_per_seq * width;
-    E* copy = dmalloc<E>(n);
-    poison(copy, n * sizeof(E));
-    for (int s = 0; s < seqs; s++) {
-        size_t at = ((size_t)s * rows_per_seq + q0) * width;
-        CUDA_CHECK(cudaMemcpy(copy + at, x + at, (size_t)(q1 - q0) * width * sizeof(E), cudaMemcpyDeviceToDevice));
-    }
-    return copy;
-}
 
 // Query blocks [ends[i-1], ends[i]) in order against the whole-sequence call (a's outputs): forward with
 // q, k, v present only up to the block's end, backward with q, dout, out, lse present only in the block

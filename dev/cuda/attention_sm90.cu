@@ -1,4 +1,4 @@
-// dev/cuda/attention_sm90.cu: the product's sm_90a attention forward (mst/attention_sm90.cuh: 128-key blocks,
+// dev/cuda/attention_sm90.cu: the product's sm_90a attention forward and backward (mst/attention_sm90.cuh: 128-key blocks,
 // TMA ring, ping-pong consumer warpgroups, intra-warpgroup overlap, document masking, query blocks) on fresh
 // random inputs against attention_forward_cpu (fp32) with FlashAttention-3's rule (dev/cuda/common.h,
 // check_fa3_rule), lse within 1e-3; every check also requires:
@@ -11,6 +11,8 @@
 // 2 (a tile's rows past T are the next sequence's), random document boundaries (one document of length 1, one
 // crossing a 128-row tile edge). --small: a subset (for the four-schedule runs of dev/cpu_device_kernels.sh);
 // --all (the last argument): the T = 1000 cases as well.
+// Then the backward (attention_backward_sm90: K/V-stationary dK/dV, Q-stationary dQ) against
+// attention_backward_cpu by the same rule for dq, dk, dv, reruns bitwise, query blocks (check_backward).
 // UNVERIFIED on a GPU until one runs it. Other cards: SKIP lines. On the CPU device (make
 // dev/cuda/bin/attention_sm90_cpu), which stands in for an sm_90a card: TMA tiles land only at their mbarrier
 // phase, wgmma results only at wgmma.wait_group, shared memory race-checked, named barriers' phases checked.
@@ -160,6 +162,95 @@ static void check_case(const Case& c) {
         if (p) CUDA_CHECK(cudaFree(p));
 }
 
+// The backward (attention_backward_sm90) on fresh random inputs, out and lse from attention_forward_cpu (out as
+// bf16): dq and bf16 dk, dv (the trainer's) against attention_backward_cpu (fp32) by the rule, the same bytes on a
+// rerun; then query blocks [ends[i-1], ends[i]) in order (empty: none), each with q, dout, out, lse present only
+// in the block and k, v only before its end (the rest poisoned), fp32 dk, dv accumulated over the blocks: dq
+// bitwise equal to the whole call's (its key blocks are the same), dk and dv by the rule.
+struct BackwardCase {
+    int B, T, H, KV, hd;
+    bool doc;
+    std::vector<int> ends;
+};
+
+static void check_backward(const BackwardCase& c) {
+    int B = c.B, T = c.T, H = c.H, KV = c.KV, hd = c.hd;
+    size_t nq = (size_t)B * T * H * hd, nkv = (size_t)B * T * KV * hd, nl = (size_t)B * H * T;
+    std::vector<float> q = rand_uniform(nq, -2.f, 2.f), k = rand_uniform(nkv, -2.f, 2.f), v = rand_uniform(nkv, -1.f, 1.f),
+                       dout = rand_uniform(nq, -1.f, 1.f);
+    std::vector<int> starts = c.doc ? random_doc_starts(B, T) : std::vector<int>();
+    const int* doc = c.doc ? starts.data() : nullptr;
+    bf16 *d_q = upload_bf16(q), *d_k = upload_bf16(k), *d_v = upload_bf16(v), *d_dout = upload_bf16(dout);
+    std::vector<float> out32(nq, 0.f), lse32(nl, 0.f);
+    attention_forward_cpu(out32.data(), lse32.data(), q.data(), k.data(), v.data(), B, T, H, KV, hd, doc);
+    std::vector<float> out_rounded = out32;
+    bf16* d_out = upload_bf16(out_rounded);
+    float* d_lse = upload(lse32);
+    int* d_starts = c.doc ? upload(starts) : nullptr;
+    void* scratch = dmalloc<char>(attention_backward_scratch_bytes(B, T, H, hd));
+    bf16 *dq = dmalloc<bf16>(nq), *dk = dmalloc<bf16>(nkv), *dv = dmalloc<bf16>(nkv);
+    char what[160], name[256];
+    snprintf(what, sizeof what, "hd=%d B=%d T=%d H=%d KV=%d%s", hd, B, T, H, KV, c.doc ? " docs" : "");
+
+    std::vector<uint16_t> bits[2][3];  // two runs on poisoned outputs: dq, dk, dv
+    for (int run = 0; run < 2; run++) {
+        poison(dq, nq * 2);
+        poison(dk, nkv * 2);
+        poison(dv, nkv * 2);
+        attention_backward_sm90(dq, dk, dv, scratch, d_dout, d_q, d_k, d_v, d_out, d_lse, B, T, H, KV, hd, d_starts, 0, T, 0);
+        CUDA_CHECK(cudaDeviceSynchronize());
+        bits[run][0] = download((const uint16_t*)dq, nq);
+        bits[run][1] = download((const uint16_t*)dk, nkv);
+        bits[run][2] = download((const uint16_t*)dv, nkv);
+    }
+    snprintf(name, sizeof name, "attention_sm90 backward %s: the same bytes on a rerun", what);
+    check_true(name, bits[0][0] == bits[1][0] && bits[0][1] == bits[1][1] && bits[0][2] == bits[1][2]);
+    std::vector<float> ref32[3] = {std::vector<float>(nq), std::vector<float>(nkv), std::vector<float>(nkv)};
+    std::vector<float> ref16[3] = {std::vector<float>(nq), std::vector<float>(nkv), std::vector<float>(nkv)};
+    attention_backward_cpu(ref32[0].data(), ref32[1].data(), ref32[2].data(), dout.data(), q.data(), k.data(), v.data(), out32.data(),
+                           lse32.data(), B, T, H, KV, hd, doc);
+    attention_backward_bf16_reference(ref16[0].data(), ref16[1].data(), ref16[2].data(), dout.data(), q.data(), k.data(), v.data(),
+                                      out32.data(), lse32.data(), B, T, H, KV, hd, doc);
+    const char* grad[3] = {"dq", "dk", "dv"};
+    for (int g = 0; g < 3; g++) {
+        std::vector<float> got(bits[0][g].size());
+        for (size_t i = 0; i < got.size(); i++) got[i] = bf2f_bits(bits[0][g][i]);
+        snprintf(name, sizeof name, "attention_sm90 backward %s %s", grad[g], what);
+        check_fa3_rule(name, got, ref32[g], ref16[g], gradient_atol(ref32[g]));
+    }
+
+    if (!c.ends.empty()) {
+        float *dk32 = dmalloc<float>(nkv), *dv32 = dmalloc<float>(nkv);
+        poison(dq, nq * 2);
+        poison(dk32, nkv * 4);
+        poison(dv32, nkv * 4);
+        int q0 = 0;
+        for (int q1 : c.ends) {
+            bf16 *bq = rows_only(d_q, B, T, (size_t)H * hd, q0, q1), *bdout = rows_only(d_dout, B, T, (size_t)H * hd, q0, q1),
+                 *bout = rows_only(d_out, B, T, (size_t)H * hd, q0, q1), *bk = rows_only(d_k, B, T, (size_t)KV * hd, 0, q1),
+                 *bv = rows_only(d_v, B, T, (size_t)KV * hd, 0, q1);
+            float* blse = rows_only(d_lse, B * H, T, 1, q0, q1);
+            attention_backward_sm90(dq, dk32, dv32, scratch, bdout, bq, bk, bv, bout, blse, B, T, H, KV, hd, d_starts, q0, q1 - q0, 0);
+            CUDA_CHECK(cudaDeviceSynchronize());
+            for (void* p : {(void*)bq, (void*)bdout, (void*)bout, (void*)bk, (void*)bv, (void*)blse}) CUDA_CHECK(cudaFree(p));
+            q0 = q1;
+        }
+        std::string blocks;
+        for (int e : c.ends) blocks += " " + std::to_string(e);
+        snprintf(name, sizeof name, "attention_sm90 backward query blocks (ends%s) %s: dq bitwise equal to the whole call's", blocks.c_str(), what);
+        check_true(name, download((const uint16_t*)dq, nq) == bits[0][0]);
+        snprintf(name, sizeof name, "attention_sm90 backward query blocks dk (fp32, accumulated) %s", what);
+        check_fa3_rule(name, download(dk32, nkv), ref32[1], ref16[1], gradient_atol(ref32[1]));
+        snprintf(name, sizeof name, "attention_sm90 backward query blocks dv (fp32, accumulated) %s", what);
+        check_fa3_rule(name, download(dv32, nkv), ref32[2], ref16[2], gradient_atol(ref32[2]));
+        CUDA_CHECK(cudaFree(dk32));
+        CUDA_CHECK(cudaFree(dv32));
+    }
+    for (void* p : {(void*)d_q, (void*)d_k, (void*)d_v, (void*)d_dout, (void*)d_out, (void*)d_lse, (void*)d_starts, scratch, (void*)dq,
+                    (void*)dk, (void*)dv})
+        if (p) CUDA_CHECK(cudaFree(p));
+}
+
 int main(int argc, char** argv) {
     std::string why = why_not_sm90();
     if (!why.empty()) {
@@ -195,5 +286,21 @@ int main(int argc, char** argv) {
         cases.push_back({2, 1000, 8, 2, 128, true, 256, 128});  // one tile, with documents
     }
     for (const Case& c : cases) check_case(c);
+    std::vector<BackwardCase> backward = {
+        {1, 37, 4, 1, 64, false, {}},
+        {1, 129, 2, 2, 128, false, {}},
+        {2, 300, 4, 2, 64, true, {129, 200, 300}},
+    };
+    if (!g_small) {
+        backward.push_back({1, 1, 4, 1, 128, false, {}});
+        backward.push_back({1, 300, 4, 1, 128, false, {}});
+        backward.push_back({2, 421, 4, 2, 128, true, {}});
+        backward.push_back({1, 421, 2, 2, 64, false, {37, 300, 421}});
+    }
+    if (all) {
+        for (int hd : {64, 128}) backward.push_back({2, 1000, 4, 2, hd, true, {}});
+        backward.push_back({1, 1000, 4, 1, 128, false, {256, 700, 1000}});
+    }
+    for (const BackwardCase& c : backward) check_backward(c);
     return finish("attention_sm90");
 }

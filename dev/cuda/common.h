@@ -240,6 +240,23 @@ static inline void attention_forward_bf16_reference(float* out, float* lse, cons
         }
 }
 
+// the rule's atol for a gradient: 1e-3 of its largest reference magnitude
+static inline double gradient_atol(const std::vector<float>& ref) { return 1e-3 * max_abs(ref) + 1e-6; }
+
+// a device copy of x (rows of `width` elements, `rows_per_seq` per sequence) with every row outside
+// [q0, q1) of each sequence poisoned: what a query block may not read
+template <typename E>
+static inline E* rows_only(const E* x, int seqs, int rows_per_seq, size_t width, int q0, int q1) {
+    size_t n = (size_t)seqs * rows_per_seq * width;
+    E* copy = dmalloc<E>(n);
+    poison(copy, n * sizeof(E));
+    for (int s = 0; s < seqs; s++) {
+        size_t at = ((size_t)s * rows_per_seq + q0) * width;
+        CUDA_CHECK(cudaMemcpy(copy + at, x + at, (size_t)(q1 - q0) * width * sizeof(E), cudaMemcpyDeviceToDevice));
+    }
+    return copy;
+}
+
 static inline void attention_backward_bf16_reference(float* dq, float* dk, float* dv, const float* dout, const float* q,
                                                      const float* k, const float* v, const float* out, const float* lse,
                                                      int B, int T, int H, int KV, int hd, const int* doc_start) {
