@@ -203,7 +203,8 @@ static void test_fused_optimizer(const Golden& g) {
             // largest: the same kernels, but cuBLASLt may pick another algorithm for another pointer alignment)
             float first_norm;
             model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &first_norm);
-            if (fused) gradients[1].assign(m.host_grads, m.host_grads + m.layout.total);
+            const float* held = (const float*)m.host_grads;  // fp32 state: held in fp32
+            if (fused) gradients[1].assign(held, held + m.layout.total);
             else gradients[0] = download_grads(&m);
             for (int step = 0; step < 3; step++) {
                 float norm;
@@ -541,6 +542,67 @@ static void test_accumulation(const Golden& g) {
     }
 }
 
+// Held in bf16 (--held-gradients bf16; fp32 state and master weights otherwise, the reference's arithmetic):
+// - the host copy is the unfused fp32 gradient rounded to nearest even: each element within half a bf16 ulp
+//   (2^-9 relative) of it, plus the 1e-6 of the largest that fused and unfused fp32 gradients differ by
+//   (cuBLASLt's choice per alignment). Truncation (up to 2^-8) or no rounding of the right slot fails;
+// - the step's norm is the rounded gradient's (what AdamW applies) within 1e-6 relative (summation order);
+// - 2 micro-batches (each partial sum rounded on its way to the host) against one batch of 2 rows: the master
+//   weights after 2 steps within 2 lr 2^-7 of the largest (each step's m/sqrt(v) within ~2^-8 relative; a lost
+//   micro-batch moves them by ~lr).
+static void test_held_gradients_bf16(const Golden& g) {
+    printf("held gradients in bf16 vs fp32 (golden batch, clip 0.1):\n");
+    OptimizerSettings o = GOLDEN_OPTIMIZER;
+    o.grad_clip = 0.1f;
+    auto held_bf16 = [&](int B) {
+        TrainingOptions t = options_for(B, g.T, 2, 3, true, true);
+        t.held_gradient_bytes = 2;
+        return t;
+    };
+    std::vector<float> fp32, rounded_held;
+    float held_norm = 0.f;
+    for (int held = 0; held < 2; held++) {
+        Model m;
+        model_create(&m, g.config, held ? held_bf16(g.B) : options_for(g.B, g.T, 2, 3, true, false), o, 7);
+        model_set_parameters(&m, g.params);
+        float norm;
+        model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &norm);
+        if (held) {
+            const bf16* h = (const bf16*)m.host_grads;
+            for (size_t i = 0; i < m.layout.total; i++) rounded_held.push_back(__bfloat162float(h[i]));
+            held_norm = norm;
+        } else {
+            fp32 = download_grads(&m);
+        }
+        model_free(&m);
+    }
+    float floor = 1e-6f * max_abs(fp32.data(), fp32.size());
+    size_t outside = 0;
+    double sum = 0.0;
+    for (size_t i = 0; i < fp32.size(); i++) {
+        outside += !(fabsf(rounded_held[i] - fp32[i]) <= ldexpf(fabsf(fp32[i]), -9) + floor);
+        sum += (double)rounded_held[i] * rounded_held[i];
+    }
+    printf("  %zu of %zu held elements outside half a bf16 ulp of the fp32 gradient\n", outside, fp32.size());
+    check(outside == 0, "bf16 held gradient = fp32 gradient rounded to nearest");
+    loss_close("the norm is the held (rounded) gradient's", held_norm, (float)sqrt(sum), 1e-6f);
+    std::vector<float> masters[2];
+    for (int micro_batches : {1, 2}) {
+        Model m;
+        model_create(&m, g.config, held_bf16(g.B / micro_batches), o, 7);
+        model_set_parameters(&m, g.params);
+        for (int step = 0; step < 2; step++) {
+            float norm;
+            model_step(&m, g.inputs.data(), g.targets.data(), o.lr, true, &norm, micro_batches);
+        }
+        masters[micro_batches - 1] = download_master(&m);
+        model_free(&m);
+    }
+    float tolerance = 2 * o.lr * ldexpf(1.f, -7) / max_abs(masters[0].data(), masters[0].size());
+    close_to("bf16 held: 2 micro-batches vs one batch, master weights", masters[1].data(), masters[0].data(),
+             masters[0].size(), tolerance);
+}
+
 // A step with a non-finite loss and gradient (one LM-head weight set to inf): no weight, master weight
 // or AdamW state changes (bitwise), the step says so, and AdamW's step count stays; fused and not.
 static void test_non_finite_guard(const Golden& g) {
@@ -667,6 +729,7 @@ int main(int argc, char** argv) {
         {"resume", [](const Golden&) { test_resume(); }},
         {"Hugging Face in and out", test_hugging_face_in_and_out},
         {"gradient accumulation", test_accumulation},
+        {"held gradients in bf16", test_held_gradients_bf16},
         {"non-finite guard", test_non_finite_guard},
         {"50 steps: defaults vs -f 0 -a fp32 -w 1", [](const Golden&) { test_defaults_against_fp32(); }},
         {"schedules", [](const Golden&) { test_schedules(); }},

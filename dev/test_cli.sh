@@ -479,6 +479,15 @@ if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$output" | grep -c '^error:')" -eq 1 ] &
 else
     failed=$((failed + 1)); echo "FAIL: a log write that fails must end the run with one error line:"; printf '%s\n' "$output" | tail -n 3
 fi
+# RoPE v2's start-up self-test (train_llama.cu's rope_selftest, against v1): a run without a planted disagreement
+# has no warning; with one (MST_ROPE_SELFTEST_PERTURB) one warning line, then the run goes on with v1
+output=$(MST_ROPE_SELFTEST_PERTURB=0.5 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 2>&1); rc=$?
+if [ $rc -eq 0 ] && [ "$(printf '%s\n' "$output" | grep -c '^warning: RoPE v2 failed its start-up self-test against v1')" -eq 1 ] &&
+   ! grep -q 'warning: RoPE' "$files/run.out"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: RoPE v2's self-test: a planted disagreement must fall back with one warning line:"; printf '%s\n' "$output" | tail -n 3
+fi
 
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ]

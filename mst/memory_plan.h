@@ -42,6 +42,8 @@ struct TrainingOptions {
                                  // pinned host memory until the exact clip is known (training.h); 0 every
                                  // gradient on the card, one update after backward, no host traffic; -1
                                  // automatic: 0 when that plan fits, else 1 (resolve_automatic(), before planning)
+    int held_gradient_bytes = 0; // --held-gradients, fused: the host copy of each gradient group in bf16 (2) or
+                                 // fp32 (4); 0: as the AdamW state (-a). plan_memory resolves it.
     bool doc_mask = false;       // --doc-mask: attention within documents; the tokens region holds doc_start
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
@@ -66,13 +68,15 @@ enum Region {
     REGION_ADAM_V,            // P x (2 or 4)
     REGION_GRADIENTS,         // fused: two slots that gradient groups alternate in (training.h), and the tied
                               // embedding's V x C; else P x 4
+    REGION_GRADIENT_STAGING,  // fused with bf16 held gradients: the gradient region's elements x 2, each group
+                              // rounded to bf16 here before its copy to the host (and fetched back here)
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
     REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: k x N x C x 2, inputs 0 .. k-1 (k = S - 2:
                               // OffloadSchedule::stored(); the last two staged ones never leave the card)
-    REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 4, every gradient group held from backward
-                              // until its exactly clipped update (mst/training.h)
+    REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 2 (bf16) or P x 4, every gradient group held
+                              // from backward until its exactly clipped update (mst/training.h)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -100,7 +104,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention norm", "q, k, v", "attention output + lse",
+    "held-gradient staging", "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -200,6 +204,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_M, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_ADAM_V, P * state_bytes, s(P) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
+    if (o.held_gradient_bytes != 2 && o.held_gradient_bytes != 4) o.held_gradient_bytes = o.bf16_optimizer_state ? 2 : 4;
+    size_t held = o.held_gradient_bytes;
+    bool staged = o.fused_optimizer && held == 2;
+    set(REGION_GRADIENT_STAGING, staged ? gradient_elements * 2 : 0, staged ? s(gradient_elements) + " x 2" : "none");
     // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
     // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
     // backward fetches them back (k = S - 2: the last two staged inputs are still there)
@@ -209,8 +217,8 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t k = OffloadSchedule((int)h, (int)L).stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
     set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
-    set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * 4 : 0, o.fused_optimizer ? s(P) + " x 4" : "none");
-    // checkpoints: k inputs out and back; held gradients: P x 4 out and back
+    set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * held : 0, o.fused_optimizer ? s(P) + " x " + s(held) : "none");
+    // checkpoints: k inputs out and back; held gradients: P x 2 or 4 out and back
     plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
     plan.pcie_to_device = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS];
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
@@ -323,7 +331,9 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
-           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
+           o.master_weights ? "fp32" : "none", !o.fused_optimizer ? "after backward, gradients on the card"
+           : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
+                                        : "fused into backward, gradients held on the host (fp32)",
            offload_text(o.offload, plan.config.n_layer).c_str());
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");

@@ -161,10 +161,11 @@ static void test_offload() {
     o.offload = OFFLOAD_ALL;  // --offload 1
     MemoryPlan offloaded = plan_memory(c, o);
     check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
-    // the fused optimizer (the default) also holds every gradient group on the host for the exact clip: P x 4
-    const size_t G = 8030261248ull * 4;
+    // the fused optimizer (the default) also holds every gradient group on the host for the exact clip, in bf16
+    // with the default bf16 AdamW state: P x 2
+    const size_t G = 8030261248ull * 2;
     check(offloaded.bytes[REGION_HOST_GRADIENTS] == G && kept.bytes[REGION_HOST_GRADIENTS] == G,
-          "fused optimizer: P x 4 held gradients on the host");
+          "fused optimizer, -a bf16: P x 2 held gradients on the host");
     check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == (L - 1) * T * C * 2 && offloaded.host_total == (L - 1) * T * C * 2 + G &&
           (L - 1) * T * C * 2 == 124ull << 30, "offload: (L - 1) x T x C x 2 = 124 GiB pinned on the host, plus the gradients");
     check(kept.host_total == G && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: only the gradients on the host");
@@ -411,9 +412,10 @@ static void test_step_model() {
     double backward_flops = 2.5 * 2.0 * 60000.0 * 60000 * 4096 * 32;
     check(fabs(p.seconds[PHASE_ATTENTION_BACKWARD] - backward_flops / (778e12 * 0.215)) < 1e-9 &&
           p.bound == PHASE_ATTENTION_BACKWARD, "step model: 8b at 60k bound by attention backward (hand-worked)");
-    // the held gradients: P x 4 out and back = 64.2 GB, 1.3 s at 50 GB/s, hidden behind ~27 s of compute
-    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 4 && p.seconds[PHASE_HOST_COPIES] == 0,
-          "step model: held gradients 2 x P x 4 bytes over PCIe, hidden");
+    // the held gradients (bf16 with -a bf16): P x 2 out and back = 32.1 GB, 0.64 s at 50 GB/s, hidden behind ~27 s
+    // of compute
+    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 2 && p.seconds[PHASE_HOST_COPIES] == 0,
+          "step model: held gradients 2 x P x 2 bytes over PCIe, hidden");
     // two micro-batches: twice the passes and copies, one update
     StepPrediction two = predict_step(plan, *h200, 2);
     check(fabs(two.seconds[PHASE_MATMULS] - 2 * p.seconds[PHASE_MATMULS]) < 1e-9 &&
@@ -425,12 +427,48 @@ static void test_step_model() {
           plain.seconds[PHASE_MATMULS] < p.seconds[PHASE_MATMULS], "step model: recomputation adds one forward");
 }
 
+// --held-gradients (fused): each gradient group's host copy in bf16 (the default with -a bf16) or fp32 (the default
+// with -a fp32). bf16 halves the pinned host region and the PCIe bytes (P x 2 out and back instead of P x 4) and
+// adds a bf16 staging copy of the gradient region on the card (the rounding happens there, before the copy).
+static void test_held_gradients() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t P = 8030261248ull;
+    TrainingOptions o;
+    o.fused_optimizer = 1;
+    MemoryPlan bf16_state = plan_memory(c, o);  // -a bf16, --held-gradients as the state
+    o.held_gradient_bytes = 4;
+    MemoryPlan fp32_held = plan_memory(c, o);   // -a bf16 --held-gradients fp32
+    o.held_gradient_bytes = 0;
+    o.bf16_optimizer_state = false;
+    MemoryPlan fp32_state = plan_memory(c, o);  // -a fp32
+    o.held_gradient_bytes = 2;
+    MemoryPlan bf16_held = plan_memory(c, o);   // -a fp32 --held-gradients bf16
+    size_t G = bf16_state.bytes[REGION_GRADIENTS];
+    check(bf16_state.options.held_gradient_bytes == 2 && fp32_state.options.held_gradient_bytes == 4 &&
+          fp32_held.options.held_gradient_bytes == 4 && bf16_held.options.held_gradient_bytes == 2,
+          "held gradients: as the AdamW state unless --held-gradients says");
+    check(bf16_state.bytes[REGION_HOST_GRADIENTS] == P * 2 && fp32_held.bytes[REGION_HOST_GRADIENTS] == P * 4 &&
+          bf16_held.bytes[REGION_HOST_GRADIENTS] == P * 2 && fp32_state.bytes[REGION_HOST_GRADIENTS] == P * 4,
+          "held gradients: P x 2 pinned host bytes in bf16, P x 4 in fp32");
+    check(bf16_state.pcie_to_host == P * 2 && bf16_state.pcie_to_device == P * 2 && fp32_held.pcie_to_host == P * 4 &&
+          fp32_held.pcie_to_device == P * 4, "held gradients: PCIe per step P x 2 each way in bf16, P x 4 in fp32");
+    check(bf16_state.bytes[REGION_GRADIENT_STAGING] == G / 2 && fp32_held.bytes[REGION_GRADIENT_STAGING] == 0 &&
+          bf16_state.total - fp32_held.total == round_up_256(G / 2),
+          "held gradients: bf16 adds a staging copy of the gradient region (elements x 2) on the card");
+    o.fused_optimizer = 0;
+    MemoryPlan unfused = plan_memory(c, o);
+    check(unfused.bytes[REGION_GRADIENT_STAGING] == 0 && unfused.bytes[REGION_HOST_GRADIENTS] == 0 && unfused.pcie_to_host == 0,
+          "held gradients: -f 0 holds none, stages none");
+    test_regions_are_laid_out(bf16_state, "held gradients bf16: device and host regions aligned and disjoint");
+}
+
 int main() {
     test_llama3_8b_at_60000();
     test_options();
     test_fixed_size_mini_sequences();
     test_max_T();
     test_offload();
+    test_held_gradients();
     test_max_T_both_budgets();
     test_offload_schedule();
     test_problems();
