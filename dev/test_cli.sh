@@ -72,9 +72,9 @@ expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
 expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 31 x 200000 x 4096 x 2 +\| +0.000 \| +47.302 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 77.2 GiB to the host, 77.2 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-24: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
-expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 67.2 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
+expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 62.3 GiB to the host, 62.3 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
+expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-25: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 52.3 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)
 expect_error "negative checkpoint interval" "-k" --dry-run -k -1
@@ -101,7 +101,9 @@ expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-
 expect_error "non-numeric -d" "-d" --dry-run -d lots
 expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
 expect_error "-L where no directory can be made (before any GPU use)" "/etc/hostname" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
-expect_output "dry run shows the held gradients' pinned host memory" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000
+expect_output "dry run shows the held gradients' pinned host memory (bf16 with -a bf16)" "^\| held gradients, host +\| 8030261248 x 2 +\| +0.000 \| +14.958 \|" --dry-run -e llama3-8b -T 60000
+expect_output "dry run: --held-gradients fp32 holds P x 4" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000 --held-gradients fp32
+expect_error "--held-gradients not fp32 or bf16" "--held-gradients: must be fp32 or bf16" --dry-run --held-gradients fp16
 
 # preflight (issue 13): everything checkable without a GPU is checked before it, and by --dry-run
 hf="$scratch/hf"
