@@ -533,18 +533,34 @@ __global__ void rmsnorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const
     }
 }
 
-// partial[chunk, c] = sum over the chunk's rows of dy[n,c] x[n,c] r[n]; grid (ceil(C/256), RMSNORM_GRADIENT_CHUNKS)
-static __global__ void rmsnorm_backward_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp,
+// partial[chunk, c] = sum over the chunk's rows of dy[n,c] x[n,c] r[n], rows in ascending order; each thread owns
+// VEC columns (8: 16-byte loads of dy and x per row; 1 when C % 8 != 0 or a pointer is not 16-byte aligned);
+// grid (ceil(C / (256 VEC)), RMSNORM_GRADIENT_CHUNKS)
+template <int VEC>
+__global__ void rmsnorm_backward_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp,
                                                         const float* rstd, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     int chunk = blockIdx.y;
     int rows = (N + gridDim.y - 1) / gridDim.y;
     int n0 = chunk * rows, n1 = min(N, n0 + rows);
     if (c >= C) return;
-    float sum = 0.f;
-    for (int n = n0; n < n1; n++)
-        sum += __bfloat162float(dout[(size_t)n * C + c]) * __bfloat162float(inp[(size_t)n * C + c]) * rstd[n];
-    partial[(size_t)chunk * C + c] = sum;
+    float sum[VEC], dy[VEC], x[VEC];
+    for (int j = 0; j < VEC; j++) sum[j] = 0.f;
+    for (int n = n0; n < n1; n++) {
+        const bf16* dy_row = dout + (size_t)n * C + c;
+        const bf16* x_row = inp + (size_t)n * C + c;
+        if (VEC == 8) {
+            mst::load8(dy_row, dy);
+            mst::load8(x_row, x);
+        } else {
+            dy[0] = __bfloat162float(dy_row[0]);
+            x[0] = __bfloat162float(x_row[0]);
+        }
+        float r = rstd[n];
+        for (int j = 0; j < VEC; j++) sum[j] += dy[j] * x[j] * r;
+    }
+    if (VEC == 8) mst::store8(partial + (size_t)chunk * C + c, sum);
+    else partial[(size_t)chunk * C + c] = sum[0];
 }
 static __global__ void rmsnorm_backward_dweight_reduce_kernel(float* dweight, const float* partial, int chunks, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -565,8 +581,13 @@ static inline void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, c
     else mst::launch<rmsnorm_backward_dinp_kernel<false>>(blocks, rows_per_block * 32, 0, stream, dinp, dout, inp, weight, rstd, N, C);
     CUDA_CHECK(cudaGetLastError());
     float* partial = (float*)scratch;
-    dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
-    mst::launch<rmsnorm_backward_dweight_partial_kernel>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    if (vec && mst::aligned16(partial)) {
+        dim3 grid(mst_ceil_div(C, 256 * 8), RMSNORM_GRADIENT_CHUNKS);
+        mst::launch<rmsnorm_backward_dweight_partial_kernel<8>>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    } else {
+        dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
+        mst::launch<rmsnorm_backward_dweight_partial_kernel<1>>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    }
     CUDA_CHECK(cudaGetLastError());
     mst::launch<rmsnorm_backward_dweight_reduce_kernel>(mst_ceil_div(C, 256), 256, 0, stream, dweight, partial, RMSNORM_GRADIENT_CHUNKS, C);
     CUDA_CHECK(cudaGetLastError());
