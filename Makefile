@@ -256,7 +256,7 @@ TEST_PROGRAMS = ./test_memory_plan ./test_reference ./test_training ./test_token
 ifeq ($(HAVE_GPU),1)
 TEST_PROGRAMS += ./test_llama
 endif
-CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh" \
+CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev/cpu_device_train.sh" "bash dev/held_gradients.sh 6" \
                   "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu" \
                   "/usr/bin/python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses"
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev hopper_addresses $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)

@@ -87,8 +87,8 @@
 //        logits (W, in place) = (softmax - onehot) * grad_scale, zero rows for target -1.
 //
 // AdamW (adamw_cpu), PyTorch's decoupled weight decay, bias correction, step t from 1:
-//   template <typename S> (S = float or bf16 optimizer state)
-//   void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t,
+//   template <typename S, typename G> (S = float or bf16 optimizer state, G = float or bf16 gradients)
+//   void adamw_update(bf16* params, float* master, const G* grads, S* m, S* v, size_t count, int t,
 //                     float lr, float beta1, float beta2, float eps, float weight_decay,
 //                     float grad_scale, const float* grad_scale_device, unsigned int seed, cudaStream_t,
 //                     size_t index_base = 0)
@@ -110,6 +110,10 @@
 //        norm_out[0] = sqrt(sum of all slots' partials, fixed order); clip_scale_out (may be null)
 //        = max_norm > 0 && norm > max_norm ? max_norm / (norm + 1e-6) : 1. Feed clip_scale_out to adamw_update
 //        as grad_scale_device to clip without a host sync.
+//   void gradient_to_bf16(bf16* rounded, void* scratch, int slot, const float* grad, size_t count, cudaStream_t)
+//        rounded (W) = round-to-nearest-even bf16 of grad; slot >= 0: writes that slot's partials from the
+//        rounded values (the held bf16 gradient's norm, exactly what AdamW will apply), slot < 0: none.
+//   void bf16_to_float(float* out, const bf16* in, size_t count, cudaStream_t)      out (W), exact
 // ---------------------------------------------------------------------------------------------------
 #pragma once
 #include <cstdint>
@@ -148,6 +152,12 @@ static inline void mst_cublas_check(cublasStatus_t status, const char* file, int
 #include "mst/profiler.h"  // every launch helper below marks its phase (--profile, NVTX)
 
 static inline int mst_ceil_div(long long a, long long b) { return (int)((a + b - 1) / b); }
+// blocks of `threads` for `work` items, one each, grid-stride beyond 65535 x 32 blocks
+static inline int mst_elementwise_blocks(size_t work, int threads) {
+    long long blocks = ((long long)work + threads - 1) / threads;
+    if (blocks > 65535LL * 32) blocks = 65535LL * 32;
+    return (int)(blocks < 1 ? 1 : blocks);
+}
 
 namespace mst {
 
@@ -164,12 +174,48 @@ __device__ __forceinline__ double warp_sum_double(double x) {
     return x;
 }
 
+// ----------------------------------------------------------------------------
+// Copy bandwidth. The memory-bound kernels (embedding, RMSNorm, RoPE, SwiGLU, cross-entropy, AdamW, the global
+// norm) move 16 bytes per load and store (LDG.128 / STG.128: 8 bf16 or 4 fp32) through the helpers below, with a
+// scalar path for the tail of a count that is not a multiple of 8 (or a row whose width is not).
+// Bytes in flight (Little's law): an H200's HBM3e streams 4.8 TB/s (an H100 SXM's HBM3 3.35) at ~1 us of loaded
+// latency, so 4.8 TB/s x 1 us = 4.8 MB must be in flight, over 132 SMs ~36 KB per SM. An SM runs at most 2048
+// threads: 36 KB / 2048 = 18 bytes per thread, one 16-byte load outstanding per thread at full occupancy and two
+// at half. So the elementwise kernels launch 256-thread blocks enough to fill every SM (grid-stride beyond) and a
+// thread issues all of its 16-byte loads for an element group (AdamW: p, g, m, v; up to 6 x 16 bytes) before it
+// uses any; the row kernels (RMSNorm, cross-entropy) keep 4-32 warps per block over long rows, each lane 16 bytes
+// per load. (4-byte loads would need 4x the threads in flight, more than an SM holds: ~25% of bandwidth.)
+
 // 8 bf16 in one 16-byte word
 union Pack8 {
     uint4 u;
     __nv_bfloat162 h2[4];
     bf16 h[8];
+    __host__ __device__ Pack8() {}  // copied as its 16 bytes (bf16's own copy operations make a union's non-trivial)
+    __host__ __device__ Pack8(const Pack8& o) { u = o.u; }
+    __host__ __device__ Pack8& operator=(const Pack8& o) { u = o.u; return *this; }
 };
+// 16-byte load / store of 8 bf16 (p 16-byte aligned)
+__device__ __forceinline__ Pack8 load_bf16x8(const bf16* p) { Pack8 v; v.u = *reinterpret_cast<const uint4*>(p); return v; }
+__device__ __forceinline__ void store_bf16x8(bf16* p, const Pack8& v) { *reinterpret_cast<uint4*>(p) = v.u; }
+// 8 consecutive values as fp32 from bf16 (one 16-byte load) or fp32 (two); and back (bf16: round to nearest even)
+__device__ __forceinline__ void load8(const bf16* p, float* x) {
+    Pack8 v = load_bf16x8(p);
+    for (int j = 0; j < 8; j++) x[j] = __bfloat162float(v.h[j]);
+}
+__device__ __forceinline__ void load8(const float* p, float* x) {
+    float4 a = *reinterpret_cast<const float4*>(p), b = *reinterpret_cast<const float4*>(p + 4);
+    x[0] = a.x; x[1] = a.y; x[2] = a.z; x[3] = a.w; x[4] = b.x; x[5] = b.y; x[6] = b.z; x[7] = b.w;
+}
+__device__ __forceinline__ void store8(bf16* p, const float* x) {
+    Pack8 v;
+    for (int j = 0; j < 8; j++) v.h[j] = __float2bfloat16(x[j]);
+    store_bf16x8(p, v);
+}
+__device__ __forceinline__ void store8(float* p, const float* x) {
+    *reinterpret_cast<float4*>(p) = make_float4(x[0], x[1], x[2], x[3]);
+    *reinterpret_cast<float4*>(p + 4) = make_float4(x[4], x[5], x[6], x[7]);
+}
 
 static inline bool aligned16(const void* p) { return ((uintptr_t)p & 15) == 0; }
 
@@ -300,7 +346,7 @@ static __global__ void embedding_forward_kernel(bf16* out, const int* tokens, co
     bf16* dst = out + (size_t)n * C;
     if ((C & 7) == 0) {
         for (int i = threadIdx.x * 8; i < C; i += blockDim.x * 8)
-            *reinterpret_cast<uint4*>(dst + i) = *reinterpret_cast<const uint4*>(src + i);
+            mst::store_bf16x8(dst + i, mst::load_bf16x8(src + i));
     } else {
         for (int i = threadIdx.x; i < C; i += blockDim.x) dst[i] = src[i];
     }
@@ -325,13 +371,13 @@ static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, 
     float* dw = dwte + (size_t)bucket_id[blockIdx.x] * C;
     if ((C & 7) == 0) {
         for (int c = threadIdx.x * 8; c < C; c += blockDim.x * 8) {
-            float4 lo = *reinterpret_cast<const float4*>(dw + c), hi = *reinterpret_cast<const float4*>(dw + c + 4);
-            float acc[8] = {lo.x, lo.y, lo.z, lo.w, hi.x, hi.y, hi.z, hi.w};
+            float acc[8];
+            mst::load8(dw + c, acc);
             for (int i = begin; i < end; i += EMBEDDING_UNROLL) {
                 mst::Pack8 rows[EMBEDDING_UNROLL];
 #pragma unroll
                 for (int u = 0; u < EMBEDDING_UNROLL; u++)
-                    if (i + u < end) rows[u].u = *reinterpret_cast<const uint4*>(dout + (size_t)__ldg(positions + i + u) * C + c);
+                    if (i + u < end) rows[u] = mst::load_bf16x8(dout + (size_t)__ldg(positions + i + u) * C + c);
 #pragma unroll
                 for (int u = 0; u < EMBEDDING_UNROLL; u++) {
                     if (i + u >= end) break;
@@ -339,8 +385,7 @@ static __global__ void embedding_backward_kernel(float* dwte, const bf16* dout, 
                     for (int k = 0; k < 8; k++) acc[k] += __bfloat162float(rows[u].h[k]);
                 }
             }
-            *reinterpret_cast<float4*>(dw + c) = make_float4(acc[0], acc[1], acc[2], acc[3]);
-            *reinterpret_cast<float4*>(dw + c + 4) = make_float4(acc[4], acc[5], acc[6], acc[7]);
+            mst::store8(dw + c, acc);
         }
     } else {
         for (int c = threadIdx.x; c < C; c += blockDim.x) {
@@ -381,12 +426,12 @@ __global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, bf16* residual_ou
     if (VEC) {
         for (int i = lane * 8; i < C; i += 32 * 8) {
             mst::Pack8 a;
-            a.u = *reinterpret_cast<const uint4*>(x + i);
+            a = mst::load_bf16x8(x + i);
             if (dx) {
                 mst::Pack8 d;
-                d.u = *reinterpret_cast<const uint4*>(dx + i);
+                d = mst::load_bf16x8(dx + i);
                 for (int j = 0; j < 8; j++) a.h[j] = __float2bfloat16(__bfloat162float(a.h[j]) + __bfloat162float(d.h[j]));
-                *reinterpret_cast<uint4*>(rx + i) = a.u;
+                mst::store_bf16x8(rx + i, a);
             }
             for (int j = 0; j < 8; j++) { float v = __bfloat162float(a.h[j]); ss += v * v; }
         }
@@ -405,10 +450,10 @@ __global__ void rmsnorm_forward_kernel(bf16* out, float* rstd, bf16* residual_ou
     if (VEC) {
         for (int i = lane * 8; i < C; i += 32 * 8) {
             mst::Pack8 a, w, o;
-            a.u = *reinterpret_cast<const uint4*>(src + i);
-            w.u = *reinterpret_cast<const uint4*>(weight + i);
+            a = mst::load_bf16x8(src + i);
+            w = mst::load_bf16x8(weight + i);
             for (int j = 0; j < 8; j++) o.h[j] = __float2bfloat16(__bfloat162float(w.h[j]) * (__bfloat162float(a.h[j]) * r));
-            *reinterpret_cast<uint4*>(y + i) = o.u;
+            mst::store_bf16x8(y + i, o);
         }
     } else {
         for (int i = lane; i < C; i += 32)
@@ -463,9 +508,9 @@ __global__ void rmsnorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const
     if (VEC) {
         for (int i = lane * 8; i < C; i += 256) {
             mst::Pack8 a, d, w;
-            a.u = *reinterpret_cast<const uint4*>(x + i);
-            d.u = *reinterpret_cast<const uint4*>(dy + i);
-            w.u = *reinterpret_cast<const uint4*>(weight + i);
+            a = mst::load_bf16x8(x + i);
+            d = mst::load_bf16x8(dy + i);
+            w = mst::load_bf16x8(weight + i);
             for (int j = 0; j < 8; j++) dot += __bfloat162float(w.h[j]) * __bfloat162float(d.h[j]) * __bfloat162float(a.h[j]);
         }
     } else {
@@ -477,14 +522,14 @@ __global__ void rmsnorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const
     if (VEC) {
         for (int i = lane * 8; i < C; i += 256) {
             mst::Pack8 a, d, w, o;
-            a.u = *reinterpret_cast<const uint4*>(x + i);
-            d.u = *reinterpret_cast<const uint4*>(dy + i);
-            w.u = *reinterpret_cast<const uint4*>(weight + i);
-            o.u = *reinterpret_cast<const uint4*>(dx + i);
+            a = mst::load_bf16x8(x + i);
+            d = mst::load_bf16x8(dy + i);
+            w = mst::load_bf16x8(weight + i);
+            o = mst::load_bf16x8(dx + i);
             for (int j = 0; j < 8; j++)
                 o.h[j] = __float2bfloat16(__bfloat162float(o.h[j]) + r * __bfloat162float(w.h[j]) * __bfloat162float(d.h[j]) -
                                           coefficient * __bfloat162float(a.h[j]));
-            *reinterpret_cast<uint4*>(dx + i) = o.u;
+            mst::store_bf16x8(dx + i, o);
         }
     } else {
         for (int i = lane; i < C; i += 32)
@@ -493,18 +538,34 @@ __global__ void rmsnorm_backward_dinp_kernel(bf16* dinp, const bf16* dout, const
     }
 }
 
-// partial[chunk, c] = sum over the chunk's rows of dy[n,c] x[n,c] r[n]; grid (ceil(C/256), RMSNORM_GRADIENT_CHUNKS)
-static __global__ void rmsnorm_backward_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp,
+// partial[chunk, c] = sum over the chunk's rows of dy[n,c] x[n,c] r[n], rows in ascending order; each thread owns
+// VEC columns (8: 16-byte loads of dy and x per row; 1 when C % 8 != 0 or a pointer is not 16-byte aligned);
+// grid (ceil(C / (256 VEC)), RMSNORM_GRADIENT_CHUNKS)
+template <int VEC>
+__global__ void rmsnorm_backward_dweight_partial_kernel(float* partial, const bf16* dout, const bf16* inp,
                                                         const float* rstd, int N, int C) {
-    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    int c = (blockIdx.x * blockDim.x + threadIdx.x) * VEC;
     int chunk = blockIdx.y;
     int rows = (N + gridDim.y - 1) / gridDim.y;
     int n0 = chunk * rows, n1 = min(N, n0 + rows);
     if (c >= C) return;
-    float sum = 0.f;
-    for (int n = n0; n < n1; n++)
-        sum += __bfloat162float(dout[(size_t)n * C + c]) * __bfloat162float(inp[(size_t)n * C + c]) * rstd[n];
-    partial[(size_t)chunk * C + c] = sum;
+    float sum[VEC], dy[VEC], x[VEC];
+    for (int j = 0; j < VEC; j++) sum[j] = 0.f;
+    for (int n = n0; n < n1; n++) {
+        const bf16* dy_row = dout + (size_t)n * C + c;
+        const bf16* x_row = inp + (size_t)n * C + c;
+        if (VEC == 8) {
+            mst::load8(dy_row, dy);
+            mst::load8(x_row, x);
+        } else {
+            dy[0] = __bfloat162float(dy_row[0]);
+            x[0] = __bfloat162float(x_row[0]);
+        }
+        float r = rstd[n];
+        for (int j = 0; j < VEC; j++) sum[j] += dy[j] * x[j] * r;
+    }
+    if (VEC == 8) mst::store8(partial + (size_t)chunk * C + c, sum);
+    else partial[(size_t)chunk * C + c] = sum[0];
 }
 static __global__ void rmsnorm_backward_dweight_reduce_kernel(float* dweight, const float* partial, int chunks, int C) {
     int c = blockIdx.x * blockDim.x + threadIdx.x;
@@ -525,15 +586,21 @@ static inline void rmsnorm_backward(bf16* dinp, float* dweight, void* scratch, c
     else mst::launch<rmsnorm_backward_dinp_kernel<false>>(blocks, rows_per_block * 32, 0, stream, dinp, dout, inp, weight, rstd, N, C);
     CUDA_CHECK(cudaGetLastError());
     float* partial = (float*)scratch;
-    dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
-    mst::launch<rmsnorm_backward_dweight_partial_kernel>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    if (vec && mst::aligned16(partial)) {
+        dim3 grid(mst_ceil_div(C, 256 * 8), RMSNORM_GRADIENT_CHUNKS);
+        mst::launch<rmsnorm_backward_dweight_partial_kernel<8>>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    } else {
+        dim3 grid(mst_ceil_div(C, 256), RMSNORM_GRADIENT_CHUNKS);
+        mst::launch<rmsnorm_backward_dweight_partial_kernel<1>>(grid, 256, 0, stream, partial, dout, inp, rstd, N, C);
+    }
     CUDA_CHECK(cudaGetLastError());
     mst::launch<rmsnorm_backward_dweight_reduce_kernel>(mst_ceil_div(C, 256), 256, 0, stream, dweight, partial, RMSNORM_GRADIENT_CHUNKS, C);
     CUDA_CHECK(cudaGetLastError());
 }
 
 // ----------------------------------------------------------------------------
-// RoPE: matches rope_cpu; one thread per rotated pair
+// RoPE: matches rope_cpu. v1: one thread per rotated pair, 2-byte loads, one tensor per launch (confirmed on an
+// H200); v2: q and k in one launch, 16-byte loads (below)
 
 static __global__ void rope_kernel(bf16* x, const float* cos_table, const float* sin_table, int B, int T, int heads, int hd,
                             bool inverse) {
@@ -564,6 +631,61 @@ static inline void rope_forward(bf16* x, const float* cos_table, const float* si
     CUDA_CHECK(cudaGetLastError());
 }
 
+// v2 (UNVERIFIED on a GPU until one has run it: the trainer uses it after its start-up self-test against v1,
+// rope_selftest in train_llama.cu): q (H heads) and k (KV heads) in one launch, one thread per 8 consecutive
+// pairs: 16-byte loads of x1 = v[i..i+7] and x2 = v[i+half..], 32 bytes each of cos and sin (48 bytes of
+// activations and 64 of (L2-resident) tables in flight per thread); the arithmetic of rope_cpu per pair, as v1's.
+// Needs half % 8 == 0 (hd 16, 64, 128) and 16-byte aligned q, k: rope_qk falls back to v1 otherwise.
+static __global__ void rope_qk_kernel(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T,
+                                      int H, int KV, int hd, bool inverse) {
+    int half = hd / 2, groups = half / 8;
+    size_t total = (size_t)B * T * (H + KV) * groups;
+    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
+        int i = (int)(idx % groups) * 8;
+        size_t row = idx / groups;  // ((b, t), head of q then k) flattened
+        int head = (int)(row % (H + KV));
+        size_t bt = row / (H + KV);
+        int t = (int)(bt % T);
+        bf16* v = head < H ? q + (bt * H + head) * hd : k + (bt * KV + head - H) * hd;
+        float x1[8], x2[8], c[8], sn[8];
+        mst::load8(v + i, x1);
+        mst::load8(v + i + half, x2);
+        mst::load8(cos_table + (size_t)t * half + i, c);
+        mst::load8(sin_table + (size_t)t * half + i, sn);
+        float y1[8], y2[8];
+        for (int j = 0; j < 8; j++) {
+            float s = inverse ? -sn[j] : sn[j];
+            y1[j] = x1[j] * c[j] - x2[j] * s;
+            y2[j] = x2[j] * c[j] + x1[j] * s;
+        }
+        mst::store8(v + i, y1);
+        mst::store8(v + i + half, y2);
+    }
+}
+static inline void rope_qk_v2(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T, int H, int KV,
+                              int hd, bool inverse, cudaStream_t stream) {
+    size_t total = (size_t)B * T * (H + KV) * (hd / 16);
+    if (total == 0) return;
+    int threads = 256;
+    mst::launch<rope_qk_kernel>(mst_elementwise_blocks(total, threads), threads, 0, stream, q, k, cos_table, sin_table,
+                                B, T, H, KV, hd, inverse);
+    CUDA_CHECK(cudaGetLastError());
+}
+// 2: v2 where it applies (default); 1: v1 only (the trainer's fallback when v2 fails its start-up self-test). Set once.
+static inline int& rope_version() { static int version = 2; return version; }
+// RoPE on q (B, T, H, hd) and k (B, T, KV, hd), in place; backward: inverse = true on their gradients
+static inline void rope_qk(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T, int H, int KV,
+                           int hd, bool inverse, cudaStream_t stream) {
+    if (rope_version() == 2 && (hd / 2) % 8 == 0 && mst::aligned16(q) && mst::aligned16(k) && mst::aligned16(cos_table) &&
+        mst::aligned16(sin_table)) {
+        profile_phase(PHASE_MEMORY_BOUND, stream);
+        rope_qk_v2(q, k, cos_table, sin_table, B, T, H, KV, hd, inverse, stream);
+        return;
+    }
+    rope_forward(q, cos_table, sin_table, B, T, H, hd, inverse, stream);
+    rope_forward(k, cos_table, sin_table, B, T, KV, hd, inverse, stream);
+}
+
 // ----------------------------------------------------------------------------
 // SwiGLU
 
@@ -581,10 +703,10 @@ __global__ void swiglu_forward_kernel(bf16* out, const bf16* gate, const bf16* u
         bf16* o = out + e;
         if (VEC == 8) {
             mst::Pack8 gp, upk, op;
-            gp.u = *reinterpret_cast<const uint4*>(g);
-            upk.u = *reinterpret_cast<const uint4*>(u);
+            gp = mst::load_bf16x8(g);
+            upk = mst::load_bf16x8(u);
             for (int j = 0; j < 8; j++) op.h[j] = __float2bfloat16(mst_silu(__bfloat162float(gp.h[j])) * __bfloat162float(upk.h[j]));
-            *reinterpret_cast<uint4*>(o) = op.u;
+            mst::store_bf16x8(o, op);
         } else {
             o[0] = __float2bfloat16(mst_silu(__bfloat162float(g[0])) * __bfloat162float(u[0]));
         }
@@ -602,9 +724,9 @@ __global__ void swiglu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout,
         float gv[VEC], uv[VEC], dv[VEC];
         if (VEC == 8) {
             mst::Pack8 gp, upk, dp;
-            gp.u = *reinterpret_cast<const uint4*>(gate + gi);
-            upk.u = *reinterpret_cast<const uint4*>(up + gi);
-            dp.u = *reinterpret_cast<const uint4*>(dout + e);
+            gp = mst::load_bf16x8(gate + gi);
+            upk = mst::load_bf16x8(up + gi);
+            dp = mst::load_bf16x8(dout + e);
             for (int j = 0; j < VEC; j++) { gv[j] = __bfloat162float(gp.h[j]); uv[j] = __bfloat162float(upk.h[j]); dv[j] = __bfloat162float(dp.h[j]); }
         } else {
             gv[0] = __bfloat162float(gate[gi]); uv[0] = __bfloat162float(up[gi]); dv[0] = __bfloat162float(dout[e]);
@@ -618,18 +740,13 @@ __global__ void swiglu_backward_kernel(bf16* dgate, bf16* dup, const bf16* dout,
         if (VEC == 8) {
             mst::Pack8 a, b;
             for (int j = 0; j < VEC; j++) { a.h[j] = __float2bfloat16(dg[j]); b.h[j] = __float2bfloat16(du[j]); }
-            *reinterpret_cast<uint4*>(dgate + gi) = a.u;
-            *reinterpret_cast<uint4*>(dup + gi) = b.u;
+            mst::store_bf16x8(dgate + gi, a);
+            mst::store_bf16x8(dup + gi, b);
         } else {
             dgate[gi] = __float2bfloat16(dg[0]);
             dup[gi] = __float2bfloat16(du[0]);
         }
     }
-}
-static inline int mst_elementwise_blocks(size_t work, int threads) {
-    long long blocks = ((long long)work + threads - 1) / threads;
-    if (blocks > 65535LL * 32) blocks = 65535LL * 32;
-    return (int)(blocks < 1 ? 1 : blocks);
 }
 static inline void swiglu_forward(bf16* out, const bf16* gate, const bf16* up, int N, int F, int ld_gu, cudaStream_t stream) {
     profile_phase(PHASE_MEMORY_BOUND, stream);
@@ -677,8 +794,9 @@ __global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(bf16* logits, 
     if (target < 0) {
         // ignored: zero gradient, no loss
         if (VEC) {
-            uint4 z = make_uint4(0, 0, 0, 0);
-            for (int i = tid * 8; i < V; i += CE_THREADS * 8) *reinterpret_cast<uint4*>(row + i) = z;
+            mst::Pack8 z;
+            z.u = make_uint4(0, 0, 0, 0);
+            for (int i = tid * 8; i < V; i += CE_THREADS * 8) mst::store_bf16x8(row + i, z);
         } else {
             for (int i = tid; i < V; i += CE_THREADS) row[i] = __float2bfloat16(0.f);
         }
@@ -691,7 +809,7 @@ __global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(bf16* logits, 
     if (VEC) {
         for (int i = tid * 8; i < V; i += CE_THREADS * 8) {
             mst::Pack8 p;
-            p.u = *reinterpret_cast<const uint4*>(row + i);
+            p = mst::load_bf16x8(row + i);
             float x[8], mx = -INFINITY;
             for (int j = 0; j < 8; j++) { x[j] = __bfloat162float(p.h[j]); mx = fmaxf(mx, x[j]); }
             float mn = fmaxf(m, mx);
@@ -731,13 +849,13 @@ __global__ void __launch_bounds__(CE_THREADS) crossentropy_kernel(bf16* logits, 
     if (VEC) {
         for (int i = tid * 8; i < V; i += CE_THREADS * 8) {
             mst::Pack8 p;
-            p.u = *reinterpret_cast<const uint4*>(row + i);
+            p = mst::load_bf16x8(row + i);
             for (int j = 0; j < 8; j++) {
                 float g = __expf(__bfloat162float(p.h[j]) - lse) * grad_scale;
                 if (i + j == target) g -= grad_scale;
                 p.h[j] = __float2bfloat16(g);
             }
-            *reinterpret_cast<uint4*>(row + i) = p.u;
+            mst::store_bf16x8(row + i, p);
         }
     } else {
         for (int i = tid; i < V; i += CE_THREADS) {
@@ -772,51 +890,101 @@ __device__ __forceinline__ bf16 mst_stochastic_round(float x, unsigned int rando
     bits &= 0xffff0000u;
     return __ushort_as_bfloat16((unsigned short)(bits >> 16));
 }
+// an AdamW state or gradient element as fp32
 __device__ __forceinline__ float mst_load_state(const float* p) { return *p; }
 __device__ __forceinline__ float mst_load_state(const bf16* p) { return __bfloat162float(*p); }
+// bf16 m and v are stored with stochastic rounding (fp32 ones as they are)
 __device__ __forceinline__ void mst_store_state(float* p, float x, unsigned int) { *p = x; }
 __device__ __forceinline__ void mst_store_state(bf16* p, float x, unsigned int random) { *p = mst_stochastic_round(x, random); }
 
-// matches adamw_cpu
-template <typename S>
-__global__ void adamw_kernel(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, float lr,
-                             float beta1, float beta2, float bias_correction1, float bias_correction2, float eps,
-                             float weight_decay, float grad_scale, const float* grad_scale_device, unsigned int seed,
-                             size_t index_base) {
-    float scale = grad_scale * (grad_scale_device ? *grad_scale_device : 1.f);
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
-        float g = grads[i] * scale;
-        float p = master ? master[i] : __bfloat162float(params[i]);
-        float mi = mst_load_state(m + i), vi = mst_load_state(v + i);
-        p -= lr * weight_decay * p;
-        mi = beta1 * mi + (1.f - beta1) * g;
-        vi = beta2 * vi + (1.f - beta2) * g * g;
-        p -= lr * (mi / bias_correction1) / (sqrtf(vi / bias_correction2) + eps);
-        size_t e = i + index_base;  // the element's index in its tensor: the same bits however the tensor is split
-        unsigned int h = mst_hash(seed ^ mst_hash((unsigned int)e ^ (unsigned int)(e >> 32) * 0x9e3779b9u));
-        mst_store_state(m + i, mi, h);
-        mst_store_state(v + i, vi, mst_hash(h ^ 0x68e31da4u));
-        if (master) {
-            master[i] = p;
-            params[i] = __float2bfloat16(p);
-        } else {
-            params[i] = mst_stochastic_round(p, mst_hash(h ^ 0xb5297a4du));
+struct AdamwStep {
+    float lr, beta1, beta2, bias_correction1, bias_correction2, eps, weight_decay, scale;
+    unsigned int seed;
+    size_t index_base;  // the first element's index in its tensor (ZeRO-1's shards: one update's bits however split)
+};
+// one element of matches adamw_cpu: p, m, v updated in place from g (already scaled); returns element i's random
+// bits (hash of the seed and i + index_base: the same whichever path, vector or scalar, handles i)
+__device__ __forceinline__ unsigned int adamw_element(const AdamwStep& a, size_t i, float& p, float g, float& m, float& v) {
+    p -= a.lr * a.weight_decay * p;
+    m = a.beta1 * m + (1.f - a.beta1) * g;
+    v = a.beta2 * v + (1.f - a.beta2) * g * g;
+    p -= a.lr * (m / a.bias_correction1) / (sqrtf(v / a.bias_correction2) + a.eps);
+    size_t e = i + a.index_base;  // the element's index in its tensor
+    return mst_hash(a.seed ^ mst_hash((unsigned int)e ^ (unsigned int)(e >> 32) * 0x9e3779b9u));
+}
+// 8 consecutive states: bf16 with stochastic rounding (random bits per element), fp32 as they are
+__device__ __forceinline__ void adamw_store8_state(float* p, const float* x, const unsigned int*) { mst::store8(p, x); }
+__device__ __forceinline__ void adamw_store8_state(bf16* p, const float* x, const unsigned int* random) {
+    mst::Pack8 v;
+    for (int j = 0; j < 8; j++) v.h[j] = mst_stochastic_round(x[j], random[j]);
+    mst::store_bf16x8(p, v);
+}
+static const unsigned int ADAMW_V_SALT = 0x68e31da4u, ADAMW_PARAM_SALT = 0xb5297a4du;
+
+// matches adamw_cpu; G: fp32 gradients, or bf16 ones (held on the host in bf16). VEC 8: each thread loads 8
+// elements of every array with 16-byte loads (issued together: up to 6 x 16 bytes in flight per thread), the
+// tail past the last multiple of 8 element by element; VEC 1 (an array not 16-byte aligned): element by element.
+// m at random bits h, v at hash(h ^ ADAMW_V_SALT), a parameter without master at hash(h ^ ADAMW_PARAM_SALT).
+template <typename S, typename G, int VEC>
+__global__ void adamw_kernel(bf16* params, float* master, const G* grads, S* m, S* v, size_t count, AdamwStep a,
+                             const float* grad_scale_device) {
+    if (grad_scale_device) a.scale *= *grad_scale_device;
+    size_t groups = (count + VEC - 1) / VEC;
+    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < groups; k += (size_t)gridDim.x * blockDim.x) {
+        size_t e = k * VEC;
+        if (VEC == 8 && e + 8 <= count) {
+            float p[8], g[8], mi[8], vi[8];
+            unsigned int h[8], hv[8], hp[8];
+            if (master) mst::load8(master + e, p); else mst::load8(params + e, p);
+            mst::load8(grads + e, g);
+            mst::load8(m + e, mi);
+            mst::load8(v + e, vi);
+            for (int j = 0; j < 8; j++) {
+                h[j] = adamw_element(a, e + j, p[j], g[j] * a.scale, mi[j], vi[j]);
+                hv[j] = mst_hash(h[j] ^ ADAMW_V_SALT);
+                hp[j] = mst_hash(h[j] ^ ADAMW_PARAM_SALT);
+            }
+            adamw_store8_state(m + e, mi, h);
+            adamw_store8_state(v + e, vi, hv);
+            if (master) {
+                mst::store8(master + e, p);
+                mst::store8(params + e, p);
+            } else {
+                adamw_store8_state(params + e, p, hp);
+            }
+            continue;
+        }
+        for (size_t i = e; i < e + VEC && i < count; i++) {
+            float p = master ? master[i] : __bfloat162float(params[i]);
+            float mi = mst_load_state(m + i), vi = mst_load_state(v + i);
+            unsigned int h = adamw_element(a, i, p, mst_load_state(grads + i) * a.scale, mi, vi);
+            mst_store_state(m + i, mi, h);
+            mst_store_state(v + i, vi, mst_hash(h ^ ADAMW_V_SALT));
+            if (master) {
+                master[i] = p;
+                params[i] = __float2bfloat16(p);
+            } else {
+                params[i] = mst_stochastic_round(p, mst_hash(h ^ ADAMW_PARAM_SALT));
+            }
         }
     }
 }
-template <typename S>
-static inline void adamw_update(bf16* params, float* master, const float* grads, S* m, S* v, size_t count, int t, float lr,
+template <typename S, typename G>
+static inline void adamw_update(bf16* params, float* master, const G* grads, S* m, S* v, size_t count, int t, float lr,
                                 float beta1, float beta2, float eps, float weight_decay, float grad_scale,
                                 const float* grad_scale_device, unsigned int seed, cudaStream_t stream,
                                 size_t index_base = 0) {
     profile_phase(PHASE_OPTIMIZER, stream);
     if (count == 0) return;
-    float bias_correction1 = 1.f - powf(beta1, (float)t);
-    float bias_correction2 = 1.f - powf(beta2, (float)t);
+    AdamwStep a = {lr, beta1, beta2, 1.f - powf(beta1, (float)t), 1.f - powf(beta2, (float)t), eps, weight_decay,
+                   grad_scale, seed, index_base};
+    bool vec = mst::aligned16(params) && (!master || mst::aligned16(master)) && mst::aligned16(grads) &&
+               mst::aligned16(m) && mst::aligned16(v);
     int threads = 256;
-    mst::launch<adamw_kernel<S>>(mst_elementwise_blocks(count, threads), threads, 0, stream,
-        params, master, grads, m, v, count, lr, beta1, beta2, bias_correction1, bias_correction2, eps, weight_decay,
-        grad_scale, grad_scale_device, seed, index_base);
+    if (vec) mst::launch<adamw_kernel<S, G, 8>>(mst_elementwise_blocks((count + 7) / 8, threads), threads, 0, stream,
+                                                params, master, grads, m, v, count, a, grad_scale_device);
+    else mst::launch<adamw_kernel<S, G, 1>>(mst_elementwise_blocks(count, threads), threads, 0, stream,
+                                            params, master, grads, m, v, count, a, grad_scale_device);
     CUDA_CHECK(cudaGetLastError());
 }
 
@@ -829,17 +997,35 @@ static const int GLOBAL_NORM_THREADS = 512;
 static inline size_t global_norm_scratch_bytes(int num_slots) {
     return (size_t)num_slots * GLOBAL_NORM_BLOCKS * sizeof(double);
 }
-static __global__ void __launch_bounds__(GLOBAL_NORM_THREADS) global_norm_partial_kernel(double* partial, const float* x, size_t count) {
+// matches sum_of_squares_cpu; with `rounded`, each element is first rounded to bf16 (round-to-nearest-even,
+// round_bf16 on the CPU) and written there, and the rounded value is squared: the norm of what the held bf16
+// gradient will apply. partial null: only the rounding (a micro-batch's partial sum on its way to the host).
+// VEC 8: 8 elements per thread per iteration (two 16-byte loads, one 16-byte store of the rounded), the tail past
+// the last multiple of 8 element by element; VEC 1: arrays not 16-byte aligned. (GLOBAL_NORM_BLOCKS x 512
+// threads = 256K threads x 32 bytes: 8 MB in flight, the 4.8 MB an H200 needs.)
+template <int VEC>
+__global__ void __launch_bounds__(GLOBAL_NORM_THREADS) global_norm_partial_kernel(double* partial, const float* x,
+                                                                                 bf16* rounded, size_t count) {
     __shared__ double sm[GLOBAL_NORM_THREADS / 32];
     double sum = 0.0;
-    for (size_t i = (size_t)blockIdx.x * blockDim.x + threadIdx.x; i < count; i += (size_t)gridDim.x * blockDim.x) {
-        double v = x[i];
-        sum += v * v;
+    size_t groups = (count + VEC - 1) / VEC;
+    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < groups; k += (size_t)gridDim.x * blockDim.x) {
+        size_t e = k * VEC;
+        float f[VEC];
+        int n = (int)(count - e < (size_t)VEC ? count - e : VEC);
+        if (VEC == 8 && n == 8) mst::load8(x + e, f);
+        else for (int j = 0; j < n; j++) f[j] = x[e + j];
+        if (rounded) {
+            for (int j = 0; j < n; j++) f[j] = __bfloat162float(__float2bfloat16(f[j]));
+            if (VEC == 8 && n == 8) mst::store8(rounded + e, f);  // exact: f holds bf16 values
+            else for (int j = 0; j < n; j++) rounded[e + j] = __float2bfloat16(f[j]);
+        }
+        for (int j = 0; j < n; j++) sum += (double)f[j] * f[j];
     }
     sum = mst::warp_sum_double(sum);
     if (threadIdx.x % 32 == 0) sm[threadIdx.x / 32] = sum;
     __syncthreads();
-    if (threadIdx.x == 0) {
+    if (threadIdx.x == 0 && partial) {
         double total = 0.0;
         for (int w = 0; w < GLOBAL_NORM_THREADS / 32; w++) total += sm[w];
         partial[blockIdx.x] = total;
@@ -860,10 +1046,49 @@ static __global__ void global_norm_finish_kernel(float* norm_out, float* clip_sc
         if (clip_scale_out) clip_scale_out[0] = (max_norm > 0.f && norm > max_norm) ? max_norm / (norm + 1e-6f) : 1.f;
     }
 }
+static inline void global_norm_partial_launch(double* partial, const float* x, bf16* rounded, size_t count,
+                                              cudaStream_t stream) {
+    if (mst::aligned16(x) && (!rounded || mst::aligned16(rounded)))
+        mst::launch<global_norm_partial_kernel<8>>(GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream, partial, x, rounded, count);
+    else mst::launch<global_norm_partial_kernel<1>>(GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream, partial, x, rounded, count);
+    CUDA_CHECK(cudaGetLastError());
+}
 static inline void global_norm_squared_partial(void* scratch, int slot, const float* grad, size_t count, cudaStream_t stream) {
     profile_phase(PHASE_OPTIMIZER, stream);
     double* partial = (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS;
-    mst::launch<global_norm_partial_kernel>(GLOBAL_NORM_BLOCKS, GLOBAL_NORM_THREADS, 0, stream, partial, grad, count);
+    global_norm_partial_launch(partial, grad, nullptr, count, stream);
+}
+// rounded = bf16(grad) (round-to-nearest-even); slot >= 0: that slot's partials are the sum of squares of the
+// rounded values (one pass: the rounding and the norm read grad once)
+static inline void gradient_to_bf16(bf16* rounded, void* scratch, int slot, const float* grad, size_t count,
+                                    cudaStream_t stream) {
+    profile_phase(PHASE_OPTIMIZER, stream);
+    double* partial = slot >= 0 ? (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS : nullptr;
+    global_norm_partial_launch(partial, grad, rounded, count, stream);
+}
+// out = float(in), exact: a held bf16 gradient back into an fp32 gradient buffer (gradient accumulation)
+// VEC 8: 16 bytes in, 32 out per thread; the tail element by element
+template <int VEC>
+__global__ void bf16_to_float_kernel(float* out, const bf16* in, size_t count) {
+    size_t groups = (count + VEC - 1) / VEC;
+    for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < groups; k += (size_t)gridDim.x * blockDim.x) {
+        size_t e = k * VEC;
+        if (VEC == 8 && e + 8 <= count) {
+            float f[8];
+            mst::load8(in + e, f);
+            mst::store8(out + e, f);
+        } else {
+            for (size_t i = e; i < e + VEC && i < count; i++) out[i] = __bfloat162float(in[i]);
+        }
+    }
+}
+static inline void bf16_to_float(float* out, const bf16* in, size_t count, cudaStream_t stream) {
+    profile_phase(PHASE_MEMORY_BOUND, stream);
+    if (count == 0) return;
+    int threads = 256;
+    if (mst::aligned16(out) && mst::aligned16(in))
+        mst::launch<bf16_to_float_kernel<8>>(mst_elementwise_blocks((count + 7) / 8, threads), threads, 0, stream, out, in, count);
+    else mst::launch<bf16_to_float_kernel<1>>(mst_elementwise_blocks(count, threads), threads, 0, stream, out, in, count);
     CUDA_CHECK(cudaGetLastError());
 }
 static inline void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,

@@ -203,7 +203,8 @@ static void test_fused_optimizer(const Golden& g) {
             // largest: the same kernels, but cuBLASLt may pick another algorithm for another pointer alignment)
             float first_norm;
             model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, &first_norm);
-            if (fused) gradients[1].assign(m.host_grads, m.host_grads + m.layout.total);
+            const float* held = (const float*)m.host_grads;  // fp32 state: held in fp32
+            if (fused) gradients[1].assign(held, held + m.layout.total);
             else gradients[0] = download_grads(&m);
             for (int step = 0; step < 3; step++) {
                 float norm;
@@ -304,11 +305,15 @@ static void test_offload() {
 }
 
 // The gradient of the last step: not fused, the gradient region; fused, the groups' host copies (once the
-// copy stream has delivered them)
+// copy stream has delivered them), fp32 or bf16 (widened exactly)
 static std::vector<float> last_gradient(Model* m) {
     if (!m->plan.options.fused_optimizer) return download_grads(m);
     CUDA_CHECK(cudaStreamSynchronize(m->copy_stream));
-    return std::vector<float>(m->host_grads, m->host_grads + m->layout.total);
+    size_t P = m->layout.total;
+    if (held_bytes(m) == 4) return std::vector<float>((const float*)m->host_grads, (const float*)m->host_grads + P);
+    std::vector<float> widened(P);
+    for (size_t i = 0; i < P; i++) widened[i] = __bfloat162float(((const bf16*)m->host_grads)[i]);
+    return widened;
 }
 
 // --keep-attention: each layer's attention output and lse kept from forward (outputs 0 .. L-3 through pinned
@@ -620,6 +625,59 @@ static void test_accumulation(const Golden& g) {
     }
 }
 
+// Held in bf16 (--held-gradients bf16; fp32 state and master weights otherwise, the reference's arithmetic), against
+// the unfused fp32 gradient g of the golden batch:
+// - one batch: the host copy is g rounded to nearest: each element within half a bf16 ulp of g (2^(e-9) for
+//   |g| in [2^(e-1), 2^e)), plus the 1e-6 of the largest that fused and unfused fp32 gradients differ by
+//   (cuBLASLt's choice per alignment). Truncation (up to a whole ulp) fails;
+// - the step's norm is the rounded gradient's (what AdamW applies) within 1e-6 relative (summation order);
+// - 2 micro-batches of one row: the first row's partial sum g1 is rounded on its way to the host and back, then
+//   the sum: each element within 2^-8 (|g1| + |g|) of g, so ||held - g|| <= 2^-8 (||g1|| + ||g||), 2^-7 ||g|| when
+//   ||g1|| <= ||g|| (two rows of like gradients: ||g1|| ~ ||g|| / sqrt(2)). A lost or doubled micro-batch is
+//   ~0.5-1 of ||g|| off. (Element by element there is no tighter bound: where g1 and the second
+//   row's g2 nearly cancel, g1's rounding error can exceed |g|.)
+static void test_held_gradients_bf16(const Golden& g) {
+    printf("held gradients in bf16 vs fp32 (golden batch):\n");
+    auto gradient = [&](bool fused, int micro_batches, float* norm) {
+        TrainingOptions t = options_for(g.B / micro_batches, g.T, 2, 3, true, fused);
+        t.held_gradient_bytes = 2;
+        Model m;
+        model_create(&m, g.config, t, GOLDEN_OPTIMIZER, 7);
+        model_set_parameters(&m, g.params);
+        model_step(&m, g.inputs.data(), g.targets.data(), 0.f, false, norm, micro_batches);
+        std::vector<float> out;
+        if (fused) {
+            const bf16* h = (const bf16*)m.host_grads;
+            for (size_t i = 0; i < m.layout.total; i++) out.push_back(__bfloat162float(h[i]));
+        } else {
+            out = download_grads(&m);
+        }
+        model_free(&m);
+        return out;
+    };
+    float fp32_norm, held_norm, accumulated_norm;
+    std::vector<float> fp32 = gradient(false, 1, &fp32_norm), held = gradient(true, 1, &held_norm);
+    std::vector<float> accumulated = gradient(true, 2, &accumulated_norm);
+    float floor = 1e-6f * max_abs(fp32.data(), fp32.size());
+    size_t outside = 0;
+    double sum = 0.0, error2 = 0.0, g2 = 0.0;
+    for (size_t i = 0; i < fp32.size(); i++) {
+        int e;
+        frexpf(fp32[i], &e);
+        float half_ulp = fp32[i] == 0.f ? 0.f : ldexpf(1.f, e - 9);
+        outside += !(fabsf(held[i] - fp32[i]) <= half_ulp + floor);
+        sum += (double)held[i] * held[i];
+        error2 += ((double)accumulated[i] - fp32[i]) * ((double)accumulated[i] - fp32[i]);
+        g2 += (double)fp32[i] * fp32[i];
+    }
+    printf("  %zu of %zu held elements outside half a bf16 ulp of the fp32 gradient\n", outside, fp32.size());
+    check(outside == 0, "bf16 held gradient = fp32 gradient rounded to nearest");
+    loss_close("the norm is the held (rounded) gradient's", held_norm, (float)sqrt(sum), 1e-6f);
+    double relative = sqrt(error2 / g2);
+    printf("  2 micro-batches, bf16 held: ||held - g|| / ||g|| = %.3e (allowed 2^-7 = %.3e)\n", relative, 1.0 / 128);
+    check(relative <= 1.0 / 128, "bf16 held, 2 micro-batches: the accumulated gradient within 2^-7 of g");
+}
+
 // A step with a non-finite loss and gradient (one LM-head weight set to inf): no weight, master weight
 // or AdamW state changes (bitwise), the step says so, and AdamW's step count stays; fused and not.
 static void test_non_finite_guard(const Golden& g) {
@@ -747,6 +805,7 @@ int main(int argc, char** argv) {
         {"resume", [](const Golden&) { test_resume(); }},
         {"Hugging Face in and out", test_hugging_face_in_and_out},
         {"gradient accumulation", test_accumulation},
+        {"held gradients in bf16", test_held_gradients_bf16},
         {"non-finite guard", test_non_finite_guard},
         {"50 steps: defaults vs -f 0 -a fp32 -w 1", [](const Golden&) { test_defaults_against_fp32(); }},
         {"schedules", [](const Golden&) { test_schedules(); }},

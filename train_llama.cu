@@ -165,7 +165,8 @@ struct Model {
     float* master;                 // fp32 master weights, or null
     void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state)
     float* grads;                  // fused: one gradient group at a time; else all P
-    float* host_grads;             // fused: pinned host P x 4, each group's gradient held for the exact clip
+    void* host_grads;              // fused: pinned host P x 2 (bf16) or P x 4, each group's gradient held for the exact clip
+    bf16* grad_staging;            // fused, held in bf16: each gradient slot's bf16 copy on the card, or null
     std::vector<GradientGroup> groups;  // gradient_groups(): the order backward completes them
     GradientSlots gradient_slots;  // fused: the two slots' sizes (training.h)
     cudaEvent_t gradient_out[3], gradient_in[3];  // fused: a slot's copy to / from the host has finished
@@ -251,9 +252,10 @@ static void carve_arena(Model* m) {
     m->grads = (float*)region(REGION_GRADIENTS);
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
     m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
-    m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? (float*)(m->host_arena + p.offset[REGION_HOST_GRADIENTS]) : nullptr;
+    m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? m->host_arena + p.offset[REGION_HOST_GRADIENTS] : nullptr;
     m->host_attention = p.bytes[REGION_HOST_ATTENTION] ? m->host_arena + p.offset[REGION_HOST_ATTENTION] : nullptr;
     size_t attention_slots = p.options.keep_attention ? 2 : L_live;  // --keep-attention: two buffers
+    m->grad_staging = p.bytes[REGION_GRADIENT_STAGING] ? (bf16*)region(REGION_GRADIENT_STAGING) : nullptr;
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
         LayerActivationsGPU& a = m->layer_acts[slot];
@@ -773,8 +775,7 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
         matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
         matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
         matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
-        rope_forward(a.q, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, false, s);
-        rope_forward(a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, false, s);
+        rope_qk(a.q, a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, false, s);
         if (with_mlp) kept_attention_before_write(m, l);
         if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
             chosen_attention_forward(m, a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head);
@@ -920,10 +921,12 @@ static float model_loss(Model* m, const int* inputs, const int* targets) {
 // optimizer
 
 // AdamW over the parameters [offset, offset + count) (whole tensors, or ZeRO-1's shard, which may cut two),
-// whose gradient starts at grad; the state regions hold the shard's elements from m->shard_begin. Weight decay
-// on 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, the tensor's
-// offset) and each element its index in the tensor, so a shard's piece of a tensor gets the bits of one update.
-static void adamw_group(Model* m, size_t offset, size_t count, const float* grad, float lr) {
+// whose gradient (fp32, or bf16 when held in bf16) starts at grad; the state regions hold the shard's elements
+// from m->shard_begin. Weight decay on 2-D tensors only. Each tensor's stochastic rounding gets its own seed from
+// (seed, step, the tensor's offset) and each element its index in the tensor, so a shard's piece of a tensor gets
+// the bits of one update.
+template <typename G>
+static void adamw_group(Model* m, size_t offset, size_t count, const G* grad, float lr) {
     const OptimizerSettings& o = m->optimizer;
     int t = m->updates_applied + 1;
     nvtxRangePushA("AdamW");
@@ -931,7 +934,7 @@ static void adamw_group(Model* m, size_t offset, size_t count, const float* grad
         size_t begin = std::max(tensor.offset, offset), end = std::min(tensor.offset + tensor.rows * tensor.cols, offset + count);
         if (begin >= end) continue;
         size_t n = end - begin, state = begin - m->shard_begin;
-        const float* g = grad + (begin - offset);
+        const G* g = grad + (begin - offset);
         float decay = tensor.rows > 1 ? o.weight_decay : 0.f;
         uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ tensor.offset;
         unsigned int seed = (unsigned int)splitmix64(&seed_state);
@@ -1000,10 +1003,29 @@ static float* group_gradient(const Model* m, size_t offset) {
     return m->grads + (c.tied_embeddings ? VC : 0) + (slot == 1 ? m->gradient_slots.elements[0] : 0);
 }
 
-// the copy stream fetches a group's held gradient into its slot; gradient_in[slot] marks its arrival
+// Held in bf16 (--held-gradients, default with -a bf16): half the pinned host bytes and half the PCIe bytes.
+// Each group's fp32 gradient is rounded on the card into its slot's bf16 staging copy (the same place in
+// REGION_GRADIENT_STAGING as the slot's in REGION_GRADIENTS) and copied from there; it comes back there, and
+// AdamW reads it there. Rounding: to nearest even, not stochastic. The held gradient is read once, by one
+// update, never accumulated into across steps, so stochastic rounding's unbiasedness (which the AdamW state
+// needs: it adds a small change to itself every step) buys nothing, while nearest-even halves the error (2^-9
+// relative at most) and needs no random bits. With gradient accumulation (-d) each micro-batch's partial sum is
+// rounded too, so the held sum carries up to one such error per micro-batch. The global norm is taken from the
+// rounded values (gradient_to_bf16, in the same pass): the clip is exact for the gradient AdamW applies.
+static bool held_in_bf16(const Model* m) { return m->grad_staging != nullptr; }
+static size_t held_bytes(const Model* m) { return (size_t)m->plan.options.held_gradient_bytes; }
+static void* held_gradient(const Model* m, size_t offset) { return (char*)m->host_grads + offset * held_bytes(m); }
+static bf16* group_staging(const Model* m, size_t offset) { return m->grad_staging + (group_gradient(m, offset) - m->grads); }
+// what crosses PCIe for a group: its bf16 staging copy, or its fp32 gradient
+static void* group_on_card(const Model* m, size_t offset) {
+    return held_in_bf16(m) ? (void*)group_staging(m, offset) : (void*)group_gradient(m, offset);
+}
+
+// the copy stream fetches a group's held gradient into its slot (its staging copy in bf16); gradient_in[slot]
+// marks its arrival
 static void fetch_group_gradient(Model* m, size_t offset, size_t count) {
     // after the compute point: the slot's last reader (the AdamW two groups back) has run
-    copy_after_compute(m, group_gradient(m, offset), m->host_grads + offset, count * 4, cudaMemcpyHostToDevice,
+    copy_after_compute(m, group_on_card(m, offset), held_gradient(m, offset), count * held_bytes(m), cudaMemcpyHostToDevice,
                        m->gradient_in[group_slot(m, offset)]);
 }
 
@@ -1022,18 +1044,22 @@ static float* begin_group(Model* m, size_t offset, size_t count, bool first_micr
     } else {
         fetch_group_gradient(m, offset, count);
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_in[slot], 0));
+        if (held_in_bf16(m)) bf16_to_float(grad, group_staging(m, offset), count, m->stream);
     }
     return grad;
 }
 
-// A group's gradient is complete for this micro-batch. Fused: after the last micro-batch its share of the
-// global norm is taken; then the copy stream sends it to its host copy (count x 4 bytes over PCIe) while
-// backward goes on; gradient_out[slot] marks it gone. Not fused: nothing until backward has finished.
+// A group's gradient is complete for this micro-batch. Fused: held in bf16, it is rounded into its staging
+// copy; after the last micro-batch its share of the global norm is taken (of the rounded values when held in
+// bf16); then the copy stream sends it to its host copy (count x 2 or 4 bytes over PCIe) while backward goes on;
+// gradient_out[slot] marks it gone. Not fused: nothing until backward has finished.
 static void end_group(Model* m, size_t offset, size_t count, bool last_micro_batch) {
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
-    if (last_micro_batch) global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, grad, count, m->stream);
-    copy_after_compute(m, m->host_grads + offset, grad, count * 4, cudaMemcpyDeviceToHost,
+    int norm_slot = last_micro_batch ? m->grad_norm_slots++ : -1;
+    if (held_in_bf16(m)) gradient_to_bf16(group_staging(m, offset), m->grad_norm_scratch, norm_slot, grad, count, m->stream);
+    else if (norm_slot >= 0) global_norm_squared_partial(m->grad_norm_scratch, norm_slot, grad, count, m->stream);
+    copy_after_compute(m, held_gradient(m, offset), group_on_card(m, offset), count * held_bytes(m), cudaMemcpyDeviceToHost,
                        m->gradient_out[group_slot(m, offset)]);
 }
 
@@ -1054,7 +1080,8 @@ static void apply_pending_groups(Model* m, int through) {
         GradientGroup g = forward_group(j);
         profile_phase(PHASE_HOST_COPIES, m->stream);
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_in[group_slot(m, g.offset)], 0));
-        adamw_group(m, g.offset, g.count, group_gradient(m, g.offset), m->pending_lr);
+        if (held_in_bf16(m)) adamw_group(m, g.offset, g.count, group_staging(m, g.offset), m->pending_lr);
+        else adamw_group(m, g.offset, g.count, group_gradient(m, g.offset), m->pending_lr);
     }
     if (m->groups_applied < n) return;
     m->updates_applied++;
@@ -1111,8 +1138,7 @@ static void layer_backward(Model* m, int l, float* grad) {
         ulysses_attention_backward(m, a, w, grad);
     } else {
         chosen_attention_backward(m, m->dattention_out, a.q, a.k, a.v, a.attention_out, a.lse, m->B, m->T, c.n_head, c.n_kv_head);
-        rope_forward(m->dq, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, hd, true, s);
-        rope_forward(m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, hd, true, s);
+        rope_qk(m->dq, m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, true, s);
         matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
         matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
         matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
@@ -1486,6 +1512,50 @@ static bool attention_selftest(int hd, SelftestPerturbation perturb, std::string
     return finite && ok;
 }
 
+// The start-up self-test of RoPE v2 (rope_qk_v2: q and k in one launch, 16-byte loads), which no GPU has run yet
+// (UNVERIFIED until one has): at a small shape (B = 2, T = 37: odd; 4 query heads, 2 KV heads; the model's head dim
+// and tables) on seeded inputs, forward and inverse, against v1 (rope_forward, confirmed on an H200): every output
+// within one bf16 ulp of v1's (2^-8 of |v1|: the same fp32 arithmetic per pair, rounded once; the compiler may
+// contract it into other FMAs), no NaN. perturb is added to one v2 output first (a planted disagreement:
+// MST_ROPE_SELFTEST_PERTURB in train()). Its own small allocations, freed. *report: the numbers.
+static bool rope_selftest(const ModelConfig& c, float perturb, std::string* report) {
+    const int B = 2, T = 37, H = 4, KV = 2, hd = c.head_dim();
+    size_t nq = (size_t)B * T * H * hd, nk = (size_t)B * T * KV * hd, half_table = (size_t)T * (hd / 2);
+    std::vector<float> cos_table(half_table), sin_table(half_table);
+    rope_tables(c, T, cos_table.data(), sin_table.data());
+    std::vector<bf16> x(nq + nk);
+    uint64_t state = 0x0fe5eed5ull;
+    for (bf16& e : x) e = __float2bfloat16(2.f * (splitmix64(&state) >> 40) / 16777216.f - 1.f);
+    bf16 *v1, *v2;
+    float* tables;
+    CUDA_CHECK(cudaMalloc(&v1, x.size() * 2)); CUDA_CHECK(cudaMalloc(&v2, x.size() * 2));
+    CUDA_CHECK(cudaMalloc(&tables, 2 * half_table * 4));
+    CUDA_CHECK(cudaMemcpy(tables, cos_table.data(), half_table * 4, cudaMemcpyHostToDevice));
+    CUDA_CHECK(cudaMemcpy(tables + half_table, sin_table.data(), half_table * 4, cudaMemcpyHostToDevice));
+    double worst = 0;  // max |v2 - v1| / ulp(v1)
+    bool finite = true;
+    for (int inverse = 0; inverse < 2; inverse++) {
+        CUDA_CHECK(cudaMemcpy(v1, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemcpy(v2, x.data(), x.size() * 2, cudaMemcpyHostToDevice));
+        rope_forward(v1, tables, tables + half_table, B, T, H, hd, inverse, 0);
+        rope_forward(v1 + nq, tables, tables + half_table, B, T, KV, hd, inverse, 0);
+        rope_qk_v2(v2, v2 + nq, tables, tables + half_table, B, T, H, KV, hd, inverse, 0);
+        std::vector<bf16> a(x.size()), b(x.size());
+        CUDA_CHECK(cudaMemcpy(a.data(), v1, a.size() * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(b.data(), v2, b.size() * 2, cudaMemcpyDeviceToHost));
+        for (size_t i = 0; i < a.size(); i++) {
+            double want = __bfloat162float(a[i]), got = __bfloat162float(b[i]) + (i == a.size() / 2 ? perturb : 0.f);
+            finite = finite && std::isfinite(got);
+            worst = std::max(worst, fabs(got - want) / std::max(fabs(want) / 256.0, 1e-30));
+        }
+    }
+    for (void* p : {(void*)v1, (void*)v2, (void*)tables}) CUDA_CHECK(cudaFree(p));
+    char text[96];
+    snprintf(text, sizeof text, "max difference from v1 %.3g bf16 ulps (allowed 1)", worst);
+    *report = text;
+    return finite && worst <= 1.0;
+}
+
 // ----------------------------------------------------------------------------
 // command line (no CUDA call in this part: --dry-run and --max-T work on a machine without a GPU)
 #ifndef TESTING
@@ -1547,6 +1617,8 @@ static void print_usage() {
 "  -f 0|1          1: each group's update fused into backward, its gradient held on the host for the exact\n"
 "                  clip; 0: every gradient on the card, the update after backward (default: 0 when it fits)\n"
 "  -a fp32|bf16    AdamW state precision (default bf16; also --state)\n"
+"  --held-gradients fp32|bf16  -f 1: the precision of the gradients held on the host (default: as -a; fp32\n"
+"                  when bf16's staging copy on the card would not fit)\n"
 "  -w 0|1          fp32 master weights (default 0)\n"
 "  -n N            training steps (default 10)\n"
 "  -l LR           peak learning rate (default 3e-4)\n"
@@ -1640,7 +1712,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         if (flag == "--max-T") { cl.print_max_T = true; continue; }
         if (flag == "--random-tokens") { cl.random_tokens = true; continue; }
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
-            "-a", "--state", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
+            "-a", "--state", "--held-gradients", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
             "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--dp", "--sp"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
@@ -1665,6 +1737,11 @@ static CommandLine parse_command_line(int argc, char** argv) {
             if (strcmp(value, "bf16") != 0 && strcmp(value, "fp32") != 0)
                 usage_error("%s: must be fp32 or bf16 (got \"%s\")", f, value);
             o.bf16_optimizer_state = strcmp(value, "bf16") == 0;
+        }
+        else if (flag == "--held-gradients") {
+            if (strcmp(value, "bf16") != 0 && strcmp(value, "fp32") != 0)
+                usage_error("%s: must be fp32 or bf16 (got \"%s\")", f, value);
+            o.held_gradient_bytes = strcmp(value, "bf16") == 0 ? 2 : 4;
         }
         else if (flag == "-n") cl.steps = flag_int(f, value, 1, INT_MAX, "a positive integer");
         else if (flag == "-l") cl.optimizer.lr = flag_float(f, value, 0.f, FLT_MAX, "a non-negative number");
@@ -1938,6 +2015,8 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     if (given.fused_optimizer < 0)
         said.push_back(resolved.fused_optimizer ? "-f 1: the gradients do not fit on the card, held on the host"
                                                 : "-f 0: every gradient on the card, no host copies");
+    if (given.held_gradient_bytes == 0 && resolved.fused_optimizer && resolved.bf16_optimizer_state && resolved.held_gradient_bytes == 4)
+        said.push_back("--held-gradients fp32: bf16's staging copy of the gradient slots would not fit on the card");
     int h = std::min(resolved.offload, c.n_layer);
     if (given.offload < 0 && h > 0)
         said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
@@ -2232,6 +2311,17 @@ static void finish_ranks() {
 #endif
 }
 
+// RoPE v2 where it applies (half the head dim a multiple of 8) once its self-test passes, else v1; a failed
+// self-test is one warning line
+static void choose_rope(const CommandLine& cl) {
+    if ((cl.config.head_dim() / 2) % 8 != 0) return;  // rope_qk uses v1 here
+    const char* perturb = getenv("MST_ROPE_SELFTEST_PERTURB");  // a planted disagreement (dev/test_cli.sh)
+    std::string report;
+    if (rope_selftest(cl.config, perturb ? (float)atof(perturb) : 0.f, &report)) return;
+    printf("warning: RoPE v2 failed its start-up self-test against v1 (%s): using v1\n", report.c_str());
+    rope_version() = 1;
+}
+
 static int train(const CommandLine& cl) {
     cudaDeviceProp prop;
     int device_count = 0;
@@ -2277,7 +2367,8 @@ static int train(const CommandLine& cl) {
     printf("attention: %s\n", options.doc_mask ? "within documents (--doc-mask 1: each <|begin_of_text|> starts one)"
                                                : "over the whole sequence (--doc-mask 0)");
     print_memory_plan(plan, plan_memory(cl.config, standard_options(cl.options)));
-    bool attention_sm90 = choose_attention(cl, prop);  // before the arena exists: the self-test allocates its own
+    bool attention_sm90 = choose_attention(cl, prop);
+    choose_rope(cl);  // before the arena exists: the self-test allocates its own
     Model model;
     model_create(&model, cl.config, options, cl.optimizer, cl.seed, ranks);
     model.attention_sm90 = attention_sm90;

@@ -64,8 +64,8 @@ expect_output "dry run: 8b at 60000 fits 80 GB" "^MST plan: fits a card of 80.0 
 expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard plan .*: does not fit a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_refusal "dry run of llama3-70b (plan only): the plan, and a nonzero exit" "^MST plan: does not fit" --dry-run -e llama3-70b -T 8192
-expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --offload turned on" --dry-run -e llama3-8b --gpu-mem 80 --max-T
-expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
+expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --offload turned on" --dry-run -e llama3-8b --gpu-mem 80 --max-T
+expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
 expect_error "non-numeric host memory" "--host-mem" --dry-run --host-mem lots
 expect_error "negative host memory" "--host-mem" --dry-run --host-mem -3
 expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
@@ -78,16 +78,16 @@ expect_error "segment with keep-attention" "--segment 2 with --keep-attention 1"
 expect_error "segment without recomputation" "--segment 2: needs -r 1" --dry-run --segment 2 -r 0
 expect_output "dry run: segment checkpoints, their inputs and extra forwards" "^\| layer inputs \(checkpoints\) +\| 12 x 200000 x 4096 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
 expect_output "dry run: the extra forwards named" "in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
-expect_output "--max-T: automatic segments on 139 GiB, and why" "^longest T on a card of 139.0 GiB .*--segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 120 --max-T
+expect_output "--max-T: automatic segments on 139 GiB where the host binds, and why" "^longest T on a card of 139.0 GiB .*--segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 60 --max-T
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 31 x 200000 x 4096 x 2 +\| +0.000 \| +47.302 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 77.2 GiB to the host, 77.2 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
-expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-25: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 62.3 GiB to the host, 62.3 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1 --keep-attention 0
+expect_output "dry run: automatic offload says so" "^MST plan: fits a card of 80.0 GiB and 120.0 GiB of pinned host memory .*--offload turned on for layers 0-26: the plan needs it" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120
 expect_output "dry run: kept attention outputs in the host column" "^\| attention outputs, host +\| 30 x 60000 x \(4096 x 2 \+ 32 x 4\) +\| +0.000 \| +13.947 \|" --dry-run --random-tokens -e llama3-8b -T 60000 --gpu-mem 80 --host-mem 120
 expect_output "dry run: automatic keep-attention on, and why" "^MST plan: fits .*--keep-attention 1: the plan fits with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 60000 --gpu-mem 80 --host-mem 120
 expect_output "dry run: automatic keep-attention off where it would not fit, and why" "^MST plan: fits .*--keep-attention 0: the plan would not fit with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120
 expect_refusal "dry run: --keep-attention 1 that does not fit is refused, --keep-attention 0 named" "^MST plan: does not fit .*--keep-attention 0: fits" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120 --keep-attention 1
-expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 67.2 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
+expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 52.3 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)
 expect_error "negative checkpoint interval" "-k" --dry-run -k -1
@@ -114,7 +114,9 @@ expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-
 expect_error "non-numeric -d" "-d" --dry-run -d lots
 expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
 expect_error "-L where no directory can be made (before any GPU use)" "/etc/hostname" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
-expect_output "dry run shows the held gradients' pinned host memory" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000
+expect_output "dry run shows the held gradients' pinned host memory (bf16 with -a bf16)" "^\| held gradients, host +\| 8030261248 x 2 +\| +0.000 \| +14.958 \|" --dry-run -e llama3-8b -T 60000
+expect_output "dry run: --held-gradients fp32 holds P x 4" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000 --held-gradients fp32
+expect_error "--held-gradients not fp32 or bf16" "--held-gradients: must be fp32 or bf16" --dry-run --held-gradients fp16
 
 # preflight (issue 13): everything checkable without a GPU is checked before it, and by --dry-run
 hf="$scratch/hf"
@@ -491,6 +493,15 @@ if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$output" | grep -c '^error:')" -eq 1 ] &
     passed=$((passed + 1))
 else
     failed=$((failed + 1)); echo "FAIL: a log write that fails must end the run with one error line:"; printf '%s\n' "$output" | tail -n 3
+fi
+# RoPE v2's start-up self-test (train_llama.cu's rope_selftest, against v1): a run without a planted disagreement
+# has no warning; with one (MST_ROPE_SELFTEST_PERTURB) one warning line, then the run goes on with v1
+output=$(MST_ROPE_SELFTEST_PERTURB=0.5 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 2>&1); rc=$?
+if [ $rc -eq 0 ] && [ "$(printf '%s\n' "$output" | grep -c '^warning: RoPE v2 failed its start-up self-test against v1')" -eq 1 ] &&
+   ! grep -q 'warning: RoPE' "$files/run.out"; then
+    passed=$((passed + 1))
+else
+    failed=$((failed + 1)); echo "FAIL: RoPE v2's self-test: a planted disagreement must fall back with one warning line:"; printf '%s\n' "$output" | tail -n 3
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"

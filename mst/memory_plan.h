@@ -42,6 +42,9 @@ struct TrainingOptions {
                                  // pinned host memory until the exact clip is known (training.h); 0 every
                                  // gradient on the card, one update after backward, no host traffic; -1
                                  // automatic: 0 when that plan fits, else 1 (resolve_automatic(), before planning)
+    int held_gradient_bytes = 0; // --held-gradients, fused: the host copy of each gradient group in bf16 (2) or
+                                 // fp32 (4); 0: automatic, as the AdamW state (-a), but fp32 where only that plan
+                                 // fits (resolve_held_keep_and_offload()); plan_memory takes a 0 as the state
     bool doc_mask = false;       // --doc-mask: attention within documents; the tokens region holds doc_start
     int offload = 0;             // layers 0 .. offload-1 keep their input checkpoints in pinned host memory
                                  // (clamped to L; --offload 1 gives OFFLOAD_ALL, 0 none); -1: automatic, the
@@ -76,13 +79,15 @@ enum Region {
     REGION_ADAM_V,            // P x (2 or 4)
     REGION_GRADIENTS,         // fused: two slots that gradient groups alternate in (training.h), and the tied
                               // embedding's V x C; else P x 4
+    REGION_GRADIENT_STAGING,  // fused with bf16 held gradients: the gradient region's elements x 2, each group
+                              // rounded to bf16 here before its copy to the host (and fetched back here)
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
     REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: k x N x C x 2, inputs 0 .. k-1 (k = S - 2:
                               // OffloadSchedule::stored(); the last two staged ones never leave the card)
-    REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 4, every gradient group held from backward
-                              // until its exactly clipped update (mst/training.h)
+    REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 2 (bf16) or P x 4, every gradient group held
+                              // from backward until its exactly clipped update (mst/training.h)
     REGION_HOST_ATTENTION,    // pinned host, --keep-attention: (L - 2) x N x (Q x 2 + H x 4), layers 0 .. L-3's
                               // attention output and lse (kept_attention_schedule(): the last two stay staged)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
@@ -118,7 +123,7 @@ enum Region {
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
     "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention outputs, host", "attention norm", "q, k, v", "attention output + lse",
+    "held-gradient staging", "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention outputs, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "attention heads (Ulysses)", "all-to-all buffers", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -272,6 +277,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     set(REGION_ADAM_M, shard * state_bytes, s(shard) + " x " + s(state_bytes));
     set(REGION_ADAM_V, shard * state_bytes, s(shard) + " x " + s(state_bytes));
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
+    if (o.held_gradient_bytes != 2 && o.held_gradient_bytes != 4) o.held_gradient_bytes = o.bf16_optimizer_state ? 2 : 4;
+    size_t held = o.held_gradient_bytes;
+    bool staged = o.fused_optimizer && held == 2;
+    set(REGION_GRADIENT_STAGING, staged ? gradient_elements * 2 : 0, staged ? s(gradient_elements) + " x 2" : "none");
     // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
     // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
     // backward fetches them back (k = S - 2: the last two staged inputs are still there)
@@ -283,7 +292,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t k = OffloadSchedule((int)h, (int)L).stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
     set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
-    set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * 4 : 0, o.fused_optimizer ? s(P) + " x 4" : "none");
+    set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * held : 0, o.fused_optimizer ? s(P) + " x " + s(held) : "none");
     // --keep-attention (with recomputation only): outputs 0 .. L-3 out in forward and back in backward, the
     // last two in the two device buffers of the attention-output region
     o.keep_attention = o.keep_attention > 0 && o.recompute;
@@ -291,7 +300,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t kept = o.keep_attention ? kept_attention_schedule((int)L).stored() : 0;
     std::string attention_shape = s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)";
     set(REGION_HOST_ATTENTION, kept * N * (Q * 2 + H * 4), kept > 0 ? s(kept) + " x " + attention_shape : "none");
-    // checkpoints: k inputs out and back; held gradients: P x 4 out and back; kept attention outputs
+    // checkpoints: k inputs out and back; held gradients: P x 2 or 4 out and back; kept attention outputs
     plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION];
     plan.pcie_to_device = plan.pcie_to_host;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
@@ -435,6 +444,22 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
 // card, so no host traffic, when that plan fits with the automatic offload; else fused, the gradients held on
 // the host), then --keep-attention with the offload. Offloaded checkpoints are copied on the copy stream beside the compute, the held
 // gradients on the compute stream (step_model.h), so the gradients on the card win even with more offload.
+// --held-gradients' automatic choice (0) with the fused optimizer and bf16 AdamW state: bf16 (half the pinned
+// host bytes and the PCIe traffic) when that plan fits; else fp32 when that one fits, since bf16's rounding
+// needs a staging copy of the gradient slots on the card (where the card binds, fp32 fits longer T)
+static inline TrainingOptions resolve_held_keep_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.held_gradient_bytes != 0 || o.fused_optimizer != 1 || !o.bf16_optimizer_state)
+        return resolve_keep_attention_and_offload(c, o, budget);
+    TrainingOptions held[2] = {o, o};
+    held[0].held_gradient_bytes = 2;
+    held[1].held_gradient_bytes = 4;
+    for (TrainingOptions& h : held) {
+        h = resolve_keep_attention_and_offload(c, h, budget);
+        if (plan_fits(plan_memory(c, h), budget)) return h;
+    }
+    return held[0];
+}
+
 static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.fused_optimizer < 0) {
         TrainingOptions on_card = o;
@@ -443,7 +468,7 @@ static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConf
         if (plan_fits(plan_memory(c, on_card), budget)) return on_card;
         o.fused_optimizer = 1;
     }
-    return resolve_keep_attention_and_offload(c, o, budget);
+    return resolve_held_keep_and_offload(c, o, budget);
 }
 
 // --segment's automatic choice (0), before the others: 1 (every input kept) when that plan fits with the other
@@ -486,7 +511,9 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            "             attention output %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
-           o.master_weights ? "fp32" : "none", o.fused_optimizer ? "fused into backward, gradients held on the host" : "after backward, gradients on the card",
+           o.master_weights ? "fp32" : "none", !o.fused_optimizer ? "after backward, gradients on the card"
+           : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
+                                        : "fused into backward, gradients held on the host (fp32)",
            offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
     int world = o.dp * o.sp;
     if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered, the bf16 parameters all-gathered

@@ -138,11 +138,11 @@ static void test_fixed_size_mini_sequences() {
 static void test_max_T() {
     ModelConfig c = config_named("llama3-8b");
     TrainingOptions o;
-    int max_T = max_T_that_fits(c, o, CARD_80);
+    int max_T = max_T_that_fits(c, o, CARD_80);  // the automatic choices resolved at each T, as --max-T does
     o.T = max_T;
-    bool fits_at = plan_fits(plan_memory(c, o), CARD_80);
+    bool fits_at = plan_fits(plan_memory(c, resolve_automatic(c, o, CARD_80)), CARD_80);
     o.T = max_T + 1;
-    bool fits_after = plan_fits(plan_memory(c, o), CARD_80);
+    bool fits_after = plan_fits(plan_memory(c, resolve_automatic(c, o, CARD_80)), CARD_80);
     check(max_T > 60000 && fits_at && !fits_after, "8b: --max-T is the last T that fits 80 GB, beyond 60000");
     int standard_max_T = max_T_that_fits(c, standard_options(TrainingOptions()), CARD_80);
     check(standard_max_T > 0 && standard_max_T * 8 < max_T, "8b: MST reaches over 8x the standard plan's T");
@@ -161,10 +161,11 @@ static void test_offload() {
     o.offload = OFFLOAD_ALL;  // --offload 1
     MemoryPlan offloaded = plan_memory(c, o);
     check(offloaded.bytes[REGION_LAYER_INPUTS] == 2 * T * C * 2, "offload: 2 x T x C x 2 staging on the device");
-    // the fused optimizer (the default) also holds every gradient group on the host for the exact clip: P x 4
-    const size_t G = 8030261248ull * 4;
+    // the fused optimizer (the default) also holds every gradient group on the host for the exact clip, in bf16
+    // with the default bf16 AdamW state: P x 2
+    const size_t G = 8030261248ull * 2;
     check(offloaded.bytes[REGION_HOST_GRADIENTS] == G && kept.bytes[REGION_HOST_GRADIENTS] == G,
-          "fused optimizer: P x 4 held gradients on the host");
+          "fused optimizer, -a bf16: P x 2 held gradients on the host");
     check(offloaded.bytes[REGION_HOST_CHECKPOINTS] == (L - 1) * T * C * 2 && offloaded.host_total == (L - 1) * T * C * 2 + G &&
           (L - 1) * T * C * 2 == 124ull << 30, "offload: (L - 1) x T x C x 2 = 124 GiB pinned on the host, plus the gradients");
     check(kept.host_total == G && kept.bytes[REGION_HOST_CHECKPOINTS] == 0, "no offload: only the gradients on the host");
@@ -506,7 +507,7 @@ static void test_segments() {
     if (!ok) printf("segment schedule: %s\n", problem.c_str());
     check(ok, "segment schedule: every forward and backward reads its own input, recomputed from the segment's checkpoint");
 
-    const MemoryBudget card_139 = {139.0, 120.0};
+    const MemoryBudget card_139 = {139.0, 60.0};  // where the host binds: offloading more checkpoints is no way out
     TrainingOptions automatic, one;
     automatic.segment = 0;
     automatic.offload = -1;
@@ -519,15 +520,15 @@ static void test_segments() {
     automatic.T = longest;
     TrainingOptions chosen = resolve_automatic(c, automatic, card_139);
     check(longest > longest_one && chosen.segment > 1 && chosen.offload == 0 && plan_fits(plan_memory(c, chosen), card_139),
-          "automatic segment: llama3-8b on 139 GiB + 120 GiB reaches past --segment 1's T with segments on the card");
-    printf("llama3-8b on 139 GiB + 120 GiB: longest T %d with --segment 1, %d automatic (segments of %d)\n", longest_one,
+          "automatic segment: llama3-8b on 139 GiB + 60 GiB reaches past --segment 1's T with segments on the card");
+    printf("llama3-8b on 139 GiB + 60 GiB: longest T %d with --segment 1, %d automatic (segments of %d)\n", longest_one,
            longest, chosen.segment);
 }
 
 // -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
 // explicit -f stays; --max-T takes whichever fits the longer T
 static void test_automatic_optimizer_path() {
-    const MemoryBudget card_139 = {139.0, 120.0};
+    const MemoryBudget card_139 = {139.0, 60.0};  // where the host binds: offloading more checkpoints is no way out
     TrainingOptions o;
     o.T = 8192;
     TrainingOptions small = resolve_automatic(config_named("llama3.2-1b"), o, CARD_80);
@@ -606,9 +607,10 @@ static void test_step_model() {
     double backward_flops = 2.5 * 2.0 * 60000.0 * 60000 * 4096 * 32;
     check(fabs(p.seconds[PHASE_ATTENTION_BACKWARD] - backward_flops / (778e12 * 0.215)) < 1e-9 &&
           p.bound == PHASE_ATTENTION_BACKWARD, "step model: 8b at 60k bound by attention backward (hand-worked)");
-    // the held gradients: P x 4 out and back = 64.2 GB, 1.3 s at 50 GB/s, hidden behind ~27 s of compute
-    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 4 && p.seconds[PHASE_HOST_COPIES] == 0,
-          "step model: held gradients 2 x P x 4 bytes over PCIe, hidden");
+    // the held gradients (bf16 with -a bf16): P x 2 out and back = 32.1 GB, 0.64 s at 50 GB/s, hidden behind ~27 s
+    // of compute
+    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 2 && p.seconds[PHASE_HOST_COPIES] == 0,
+          "step model: held gradients 2 x P x 2 bytes over PCIe, hidden");
     // two micro-batches: twice the passes and copies, one update
     StepPrediction two = predict_step(plan, *h200, 2);
     check(fabs(two.seconds[PHASE_MATMULS] - 2 * p.seconds[PHASE_MATMULS]) < 1e-9 &&
@@ -699,12 +701,65 @@ static void test_ulysses_plan() {
     check(eight_gpus > 4 * one_gpu && eight_gpus > 1000000, "Ulysses: --sp 8's longest T above 1M tokens and 4 x one GPU's");
 }
 
+// --held-gradients (fused): each gradient group's host copy in bf16 (the default with -a bf16) or fp32 (the default
+// with -a fp32). bf16 halves the pinned host region and the PCIe bytes (P x 2 out and back instead of P x 4) and
+// adds a bf16 staging copy of the gradient region on the card (the rounding happens there, before the copy).
+static void test_held_gradients() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t P = 8030261248ull;
+    TrainingOptions o;
+    o.fused_optimizer = 1;
+    MemoryPlan bf16_state = plan_memory(c, o);  // -a bf16, --held-gradients as the state
+    o.held_gradient_bytes = 4;
+    MemoryPlan fp32_held = plan_memory(c, o);   // -a bf16 --held-gradients fp32
+    o.held_gradient_bytes = 0;
+    o.bf16_optimizer_state = false;
+    MemoryPlan fp32_state = plan_memory(c, o);  // -a fp32
+    o.held_gradient_bytes = 2;
+    MemoryPlan bf16_held = plan_memory(c, o);   // -a fp32 --held-gradients bf16
+    size_t G = bf16_state.bytes[REGION_GRADIENTS];
+    check(bf16_state.options.held_gradient_bytes == 2 && fp32_state.options.held_gradient_bytes == 4 &&
+          fp32_held.options.held_gradient_bytes == 4 && bf16_held.options.held_gradient_bytes == 2,
+          "held gradients: as the AdamW state unless --held-gradients says");
+    check(bf16_state.bytes[REGION_HOST_GRADIENTS] == P * 2 && fp32_held.bytes[REGION_HOST_GRADIENTS] == P * 4 &&
+          bf16_held.bytes[REGION_HOST_GRADIENTS] == P * 2 && fp32_state.bytes[REGION_HOST_GRADIENTS] == P * 4,
+          "held gradients: P x 2 pinned host bytes in bf16, P x 4 in fp32");
+    check(bf16_state.pcie_to_host == P * 2 && bf16_state.pcie_to_device == P * 2 && fp32_held.pcie_to_host == P * 4 &&
+          fp32_held.pcie_to_device == P * 4, "held gradients: PCIe per step P x 2 each way in bf16, P x 4 in fp32");
+    check(bf16_state.bytes[REGION_GRADIENT_STAGING] == G / 2 && fp32_held.bytes[REGION_GRADIENT_STAGING] == 0 &&
+          bf16_state.total - fp32_held.total == round_up_256(G / 2),
+          "held gradients: bf16 adds a staging copy of the gradient region (elements x 2) on the card");
+    o.fused_optimizer = 0;
+    MemoryPlan unfused = plan_memory(c, o);
+    check(unfused.bytes[REGION_GRADIENT_STAGING] == 0 && unfused.bytes[REGION_HOST_GRADIENTS] == 0 && unfused.pcie_to_host == 0,
+          "held gradients: -f 0 holds none, stages none");
+    test_regions_are_laid_out(bf16_state, "held gradients bf16: device and host regions aligned and disjoint");
+    // automatic (0) with -a bf16: bf16 where its plan fits, fp32 where only that one does (on 80 GiB + 120 GiB the
+    // card binds at the longest T, and bf16's staging copy costs card bytes); --max-T takes the longer of the two
+    TrainingOptions a;
+    a.fused_optimizer = 1;
+    a.offload = -1;
+    a.T = 60000;
+    check(resolve_automatic(c, a, CARD_80).held_gradient_bytes == 2, "held gradients automatic: bf16 at T = 60000 on 80 GiB");
+    int longest[3];
+    for (int bytes : {0, 2, 4}) {
+        a.held_gradient_bytes = bytes;
+        longest[bytes / 2] = max_T_that_fits(c, a, CARD_80);
+    }
+    a.held_gradient_bytes = 0;
+    a.T = longest[0];
+    printf("llama3-8b on 80 GiB + 120 GiB: longest T %d held in bf16, %d in fp32, %d automatic\n", longest[1], longest[2], longest[0]);
+    check(longest[2] > longest[1] && longest[0] == longest[2] && resolve_automatic(c, a, CARD_80).held_gradient_bytes == 4,
+          "held gradients automatic: fp32 where only it fits, so --max-T is the longer of the two");
+}
+
 int main() {
     test_llama3_8b_at_60000();
     test_options();
     test_fixed_size_mini_sequences();
     test_max_T();
     test_offload();
+    test_held_gradients();
     test_max_T_both_budgets();
     test_offload_schedule();
     test_keep_attention();

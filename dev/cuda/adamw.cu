@@ -154,6 +154,82 @@ static void check_deterministic(size_t count) {
     check_true("adamw in 3 pieces without index_base: other bits (the check can fail)", out[3] != out[0]);
 }
 
+// bf16 gradients (held on the host in bf16, --held-gradients): the update from a bf16 gradient is bitwise the
+// update from the fp32 gradient holding the same values (the kernel widens exactly); 3 steps, bf16 state
+// (stochastic rounding: same seed, same bits), with and without master weights
+static void check_bf16_gradients(size_t count, bool use_master) {
+    std::vector<float> p = rand_uniform(count, -1.f, 1.f);
+    to_bf16(p);
+    std::vector<float> grads[3];
+    for (auto& g : grads) {
+        g = rand_uniform(count, -1.f, 1.f);
+        to_bf16(g);
+    }
+    std::vector<uint16_t> out[2];
+    for (int bf16_grad = 0; bf16_grad < 2; bf16_grad++) {
+        DeviceAdamw<bf16> d(p, use_master, 0.5f);
+        for (int t = 1; t <= 3; t++) {
+            std::vector<float>& g = grads[t - 1];
+            bf16* g16 = upload_bf16(g);
+            CUDA_CHECK(cudaMemcpy(d.g, g.data(), count * 4, cudaMemcpyHostToDevice));
+            if (bf16_grad) adamw_update<bf16>(d.p, d.master, (const bf16*)g16, d.m, d.v, count, t, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, d.clip, 55u + t, 0);
+            else adamw_update<bf16>(d.p, d.master, (const float*)d.g, d.m, d.v, count, t, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, d.clip, 55u + t, 0);
+            CUDA_CHECK(cudaDeviceSynchronize());
+            CUDA_CHECK(cudaFree(g16));
+        }
+        out[bf16_grad].resize(count * 3);
+        CUDA_CHECK(cudaMemcpy(out[bf16_grad].data(), d.p, count * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(out[bf16_grad].data() + count, d.m, count * 2, cudaMemcpyDeviceToHost));
+        CUDA_CHECK(cudaMemcpy(out[bf16_grad].data() + 2 * count, d.v, count * 2, cudaMemcpyDeviceToHost));
+        d.free();
+    }
+    char name[128];
+    snprintf(name, sizeof name, "adamw bf16 gradients = fp32 gradients of the same values%s, count=%zu (bitwise)",
+             use_master ? " (master)" : "", count);
+    check_true(name, out[0] == out[1]);
+}
+
+// The vector path (16-byte loads, 8 elements a thread, the tail one by one) against the element-by-element one
+// (taken when an array is not 16-byte aligned: here every array starts one element past an aligned address):
+// 3 steps from the same values, bitwise the same parameters, master weights and state (same arithmetic per
+// element, random bits from the element's index)
+template <typename S>
+static void check_vector_vs_scalar(size_t count, bool use_master) {
+    std::vector<float> p = rand_uniform(count, -1.f, 1.f), pm = p;
+    std::vector<float> grads[3];
+    for (auto& g : grads) g = rand_uniform(count, -1.f, 1.f);
+    std::vector<uint16_t> pbits = to_bf16(p);
+    std::vector<std::vector<char>> out[2];
+    for (int shift = 0; shift < 2; shift++) {
+        bf16* d_p = dmalloc<bf16>(count + 1);
+        float* d_master = use_master ? dmalloc<float>(count + 1) : nullptr;
+        float* d_g = dmalloc<float>(count + 1);
+        S *d_m = dmalloc<S>(count + 1), *d_v = dmalloc<S>(count + 1);
+        CUDA_CHECK(cudaMemcpy(d_p + shift, pbits.data(), count * 2, cudaMemcpyHostToDevice));
+        if (use_master) CUDA_CHECK(cudaMemcpy(d_master + shift, pm.data(), count * 4, cudaMemcpyHostToDevice));
+        CUDA_CHECK(cudaMemset(d_m, 0, (count + 1) * sizeof(S)));
+        CUDA_CHECK(cudaMemset(d_v, 0, (count + 1) * sizeof(S)));
+        for (int t = 1; t <= 3; t++) {
+            CUDA_CHECK(cudaMemcpy(d_g + shift, grads[t - 1].data(), count * 4, cudaMemcpyHostToDevice));
+            adamw_update<S>(d_p + shift, use_master ? d_master + shift : nullptr, (const float*)(d_g + shift), d_m + shift,
+                            d_v + shift, count, t, 1e-3f, 0.9f, 0.95f, 1e-8f, 0.1f, 1.f, nullptr, 31u + t, 0);
+        }
+        CUDA_CHECK(cudaDeviceSynchronize());
+        auto bytes = [&](const void* d, size_t size) {
+            std::vector<char> h(size);
+            CUDA_CHECK(cudaMemcpy(h.data(), d, size, cudaMemcpyDeviceToHost));
+            return h;
+        };
+        out[shift] = {bytes(d_p + shift, count * 2), bytes(d_m + shift, count * sizeof(S)), bytes(d_v + shift, count * sizeof(S))};
+        if (use_master) out[shift].push_back(bytes(d_master + shift, count * 4));
+        for (void* q : {(void*)d_p, (void*)d_master, (void*)d_g, (void*)d_m, (void*)d_v}) CUDA_CHECK(cudaFree(q));
+    }
+    char name[160];
+    snprintf(name, sizeof name, "adamw 16-byte path = element path (unaligned arrays), %s state%s, count=%zu (bitwise)",
+             sizeof(S) == 2 ? "bf16" : "fp32", use_master ? " + master" : "", count);
+    check_true(name, out[0] == out[1]);
+}
+
 template <typename S>
 static void bench(size_t count, bool use_master) {
     bf16* d_p = device_random_bf16(count);
@@ -167,13 +243,13 @@ static void bench(size_t count, bool use_master) {
     double bytes = (double)count * (2 * 2 + 4 + 4 * sizeof(S) + (use_master ? 8 : 0));
     char name[96];
     snprintf(name, sizeof name, "adamw %s state%s count=%zuM", sizeof(S) == 2 ? "bf16" : "fp32", use_master ? " + master" : "", count >> 20);
-    report_bandwidth(name, "grid-stride v1", ms, bytes);
+    report_bandwidth(name, "16-byte x8 v2", ms, bytes);
     for (void* q : {(void*)d_p, (void*)d_master, (void*)d_m, (void*)d_v, (void*)d_g}) CUDA_CHECK(cudaFree(q));
 }
 
 int main(int argc, char** argv) {
     parse_args(argc, argv);
-    size_t n = g_small ? 1000 : 1000003;
+    size_t n = g_small ? 1003 : 1000003;  // not a multiple of 8: the vector path's tail
     check<float>(n, false, 3);
     check<float>(n, true, 3);
     check<bf16>(n, false, 3);
@@ -183,6 +259,12 @@ int main(int argc, char** argv) {
     check_update<bf16>(n, false);
     check_update<bf16>(n, true);
     check_deterministic(n);
+    check_bf16_gradients(n, false);
+    check_bf16_gradients(n, true);
+    for (size_t count : {(size_t)1, (size_t)7, n}) {
+        check_vector_vs_scalar<bf16>(count, false);
+        check_vector_vs_scalar<float>(count, true);
+    }
     if (g_bench) {
         bench<float>(256ull << 20, false);
         bench<bf16>(256ull << 20, false);

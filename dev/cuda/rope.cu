@@ -1,53 +1,13 @@
 // dev/cuda/rope.cu: rotate-half RoPE in place, forward and inverse (the backward), tables from
-// rope_tables() (Llama 3.1 scaling lives in the tables). CPU reference: rope_cpu. Product kernel: rope_forward.
+// rope_tables() (Llama 3.1 scaling lives in the tables). CPU reference: rope_cpu. Product kernels: rope_forward (v1),
+// rope_qk_v2 (v2), rope_qk (v2 where half the head dim is a multiple of 8, else v1).
 #include "common.h"
 
-// v2 (dev only, UNVERIFIED on a GPU): q and k in one launch, one thread per 8 consecutive pairs (16-byte
-// loads of x1 = v[i..i+7] and x2 = v[i+half..], two float4 of cos and of sin); the arithmetic of rope_cpu per
-// pair, as v1's. Needs half % 8 == 0 (hd 16, 64, 128); otherwise v1 twice.
-static __global__ void rope_qk_kernel(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T,
-                                      int H, int KV, int hd, bool inverse) {
-    int half = hd / 2, groups = half / 8;
-    size_t total = (size_t)B * T * (H + KV) * groups;
-    for (size_t idx = (size_t)blockIdx.x * blockDim.x + threadIdx.x; idx < total; idx += (size_t)gridDim.x * blockDim.x) {
-        int i = (int)(idx % groups) * 8;
-        size_t row = idx / groups;       // ((b, t), head of q then k) flattened
-        int head = (int)(row % (H + KV));
-        size_t bt = row / (H + KV);
-        int t = (int)(bt % T);
-        bf16* v = head < H ? q + (bt * H + head) * hd : k + (bt * KV + head - H) * hd;
-        uint4 raw1 = *reinterpret_cast<const uint4*>(v + i), raw2 = *reinterpret_cast<const uint4*>(v + i + half);
-        const float4* cp = reinterpret_cast<const float4*>(cos_table + (size_t)t * half + i);
-        const float4* sp = reinterpret_cast<const float4*>(sin_table + (size_t)t * half + i);
-        float4 c4[2] = {__ldg(cp), __ldg(cp + 1)}, s4[2] = {__ldg(sp), __ldg(sp + 1)};
-        const float* cf = reinterpret_cast<const float*>(c4);
-        const float* sf = reinterpret_cast<const float*>(s4);
-        bf16* a = reinterpret_cast<bf16*>(&raw1);
-        bf16* b = reinterpret_cast<bf16*>(&raw2);
-        #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            float c = cf[j], s = inverse ? -sf[j] : sf[j];
-            float x1 = __bfloat162float(a[j]), x2 = __bfloat162float(b[j]);
-            a[j] = __float2bfloat16(x1 * c - x2 * s);
-            b[j] = __float2bfloat16(x2 * c + x1 * s);
-        }
-        *reinterpret_cast<uint4*>(v + i) = raw1;
-        *reinterpret_cast<uint4*>(v + i + half) = raw2;
-    }
-}
+// v1 (rope_forward: one thread per pair, one tensor per launch) and v2 (rope_qk_v2: q and k in one launch, 8 pairs
+// a thread, 16-byte loads) are both product kernels now; the trainer's rope_qk uses v2 after its start-up self-test.
 static void rope_qk(bf16* q, bf16* k, const float* cos_table, const float* sin_table, int B, int T, int H, int KV, int hd,
                     bool inverse) {
-    if ((hd / 2) % 8 != 0) {
-        rope_forward(q, cos_table, sin_table, B, T, H, hd, inverse, 0);
-        rope_forward(k, cos_table, sin_table, B, T, KV, hd, inverse, 0);
-        return;
-    }
-    size_t total = (size_t)B * T * (H + KV) * (hd / 16);
-    if (total == 0) return;
-    int threads = 256;
-    long long blocks = std::min(((long long)total + threads - 1) / threads, 65535LL * 16);
-    mst::launch<rope_qk_kernel>((int)blocks, threads, 0, 0, q, k, cos_table, sin_table, B, T, H, KV, hd, inverse);
-    CUDA_CHECK(cudaGetLastError());
+    rope_qk_v2(q, k, cos_table, sin_table, B, T, H, KV, hd, inverse, 0);
 }
 
 // the model's cos/sin tables for T positions, on the host and uploaded
