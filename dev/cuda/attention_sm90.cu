@@ -296,9 +296,12 @@ int main(int argc, char** argv) {
         backward.push_back({1, 300, 4, 1, 128, false, {}});
         backward.push_back({2, 421, 4, 2, 128, true, {}});
         backward.push_back({1, 421, 2, 2, 64, false, {37, 300, 421}});
+        backward.push_back({1, 129, 32, 8, 128, false, {}});  // llama3-8b's GQA: 4 query heads a KV head
     }
     if (all) {
         for (int hd : {64, 128}) backward.push_back({2, 1000, 4, 2, hd, true, {}});
+        backward.push_back({1, 1000, 8, 8, 128, false, {}});
+        backward.push_back({1, 300, 32, 8, 64, false, {}});
         backward.push_back({1, 1000, 4, 1, 128, false, {256, 700, 1000}});
     }
     for (const BackwardCase& c : backward) check_backward(c);
