@@ -261,7 +261,7 @@ CPU_DEVICE_RUNS = "bash dev/cpu_device_kernels.sh $(CPU_DEV_PROGRAMS)" "bash dev
                   "/usr/bin/python3 dev/cuda/fragments_check.py dev/cuda/bin/fragments_cpu" \
                   "/usr/bin/python3 dev/cuda/hopper_addresses_check.py ./hopper_addresses"
 test: $(patsubst ./%,%,$(TEST_PROGRAMS)) test_llama train_llama train_llama_cpu tokenize mst_hf cpu_dev hopper_addresses $(PARALLEL_TEST_BUILD) $(COMM_NCCL_CHECK) $(NCCL_CPU_TEST_BUILD)
-	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh" $(CPU_DEVICE_RUNS) "bash dev/test_parallel_train.sh" $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "/usr/bin/python3 dev/cuda/hopper_emulator.py" "/usr/bin/python3 dev/readme_examples.py"
+	bash dev/run_tests.sh $(TEST_PROGRAMS) "bash dev/test_cli.sh" $(CPU_DEVICE_RUNS) "bash dev/test_parallel_train.sh" $(PARALLEL_TEST_RUN) $(NCCL_CPU_TEST_RUN) "/usr/bin/python3 dev/cuda/hopper_emulator.py" "/usr/bin/python3 dev/readme_examples.py" "bash dev/ptx_check.sh"
 
 clean:
 	rm -f train_llama test_llama test_cpu_gemm test_reference test_training test_memory_plan tokenize test_tokenizer bench_tokenizer test_checkpoint tokenize_asan mst_hf mst_hf_asan fuzz_inputs test_parallel
