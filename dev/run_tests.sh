@@ -42,6 +42,7 @@ report() {
 }
 
 programs=("$@")
+begin=$(date +%s)
 next_report=0
 for i in "${!programs[@]}"; do
     while [ "$(jobs -rp | wc -l)" -ge "$jobs" ]; do wait -n; done
@@ -54,5 +55,6 @@ wait
 while [ "$next_report" -lt "${#programs[@]}" ]; do
     report "$next_report" "${programs[$next_report]}"; next_report=$((next_report + 1))
 done
+echo "-- $(( $(date +%s) - begin )) s in all, $jobs at a time"
 echo "$passed passed, $failed failed, $skipped skipped"
 [ "$failed" -eq 0 ] && exit $status || exit 1
