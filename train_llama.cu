@@ -2029,6 +2029,7 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
         said.push_back(resolved.keep_attention ? "--keep-attention 1: the plan fits with the attention outputs kept, so "
                                                  "the recomputation skips the attention forward"
                        : !resolved.recompute ? "--keep-attention 0: nothing is recomputed (-r 0)"
+                       : resolved.dp * resolved.sp > 1 ? "--keep-attention 0: not with --sp/--dp yet (one GPU only)"
                        : segments.k > 1 ? "--keep-attention 0: a segment's forward would overwrite the kept outputs"
                                         : "--keep-attention 0: the plan would not fit with the attention outputs kept");
     std::string text;
