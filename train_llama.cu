@@ -685,8 +685,7 @@ static void ulysses_attention_forward(Model* m, const LayerActivationsGPU& a, co
     blocks_to_sequences(m, a.q, block, 0, Hl);
     blocks_to_sequences(m, a.k, block, (size_t)N * Hl, KVl);
     blocks_to_sequences(m, a.v, block, (size_t)N * (Hl + KVl), KVl);
-    rope_forward(a.q, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, false, s);
-    rope_forward(a.k, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, false, s);
+    rope_qk(a.q, a.k, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, u.KVl, hd, false, s);
     chosen_attention_forward(m, a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl);
     size_t out_block = (size_t)N * Hl;
     sequences_to_blocks(m, a.attention_heads, out_block, 0, Hl);
@@ -710,8 +709,7 @@ static void ulysses_attention_backward(Model* m, const LayerActivationsGPU& a, c
     ulysses_all_to_all(m, out_block);
     blocks_to_sequences(m, m->dattention_heads, out_block, 0, Hl);
     chosen_attention_backward(m, m->dattention_heads, a.q, a.k, a.v, a.attention_heads, a.lse, u.B, u.Tp, u.Hl, u.KVl);
-    rope_forward(m->dq, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, hd, true, s);
-    rope_forward(m->dk, m->rope_cos, m->rope_sin, u.B, u.Tp, u.KVl, hd, true, s);
+    rope_qk(m->dq, m->dk, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, u.KVl, hd, true, s);
     sequences_to_blocks(m, m->dq, block, 0, Hl);
     sequences_to_blocks(m, m->dk, block, (size_t)N * Hl, KVl);
     sequences_to_blocks(m, m->dv, block, (size_t)N * (Hl + KVl), KVl);
