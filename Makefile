@@ -34,7 +34,7 @@ COMMON_HEADERS = mst/llama_config.h mst/memory_plan.h mst/step_model.h mst/phase
 all: train_llama test_llama tokenize
 
 # ---- the trainer and its GPU test (issues 2, 4, 5) ----
-TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h mst/comm.h $(COMMON_HEADERS)
+TRAINER_SOURCES = train_llama.cu mst_kernels.cuh mst/attention_sm90.cuh mst/lr_schedule.h dataloader.h tokenizer.h mst/checkpoint.h mst/hf_io.h mst/generate.h mst/safetensors.h mst/run_log.h mst/comm.h mst/comm_watchdog.h $(COMMON_HEADERS)
 # A fresh clone's `make train_llama && ./train_llama -T 60000` needs nothing else: when the default shards
 # are missing, the trainer's build makes them first (and with them ./tokenize and tokenizer.model).
 # Where MPI and NCCL are (MULTI_GPU_FLAGS, below), the trainer runs on several GPUs under mpirun (--dp).
@@ -156,12 +156,12 @@ COMM_NCCL_CHECK = comm_nccl_check
 endif
 # the NCCL backend of comm.h compiles (nothing runs it here: no GPU); part of make test where found
 .PHONY: comm_nccl_check
-comm_nccl_check: mst/comm.h
+comm_nccl_check: mst/comm.h mst/comm_watchdog.h
 	printf '#include "mst/comm.h"\n' > .comm_nccl_check.cu
 	$(NVCC) -std=c++17 -I. $(MULTI_GPU_FLAGS) -diag-suppress 177 -c .comm_nccl_check.cu -o /dev/null; \
 	    status=$$?; rm -f .comm_nccl_check.cu; exit $$status
 # the CPU reference split across 4 MPI ranks (OpenMPI runs as root, as CI does, only when told so)
-PARALLEL_HEADERS = mst/comm.h mst/reference_parallel.h mst/llama_reference.h mst/llama_config.h tests/test_util.h
+PARALLEL_HEADERS = mst/comm.h mst/comm_watchdog.h mst/reference_parallel.h mst/llama_reference.h mst/llama_config.h tests/test_util.h
 test_parallel: tests/test_parallel.cpp $(PARALLEL_HEADERS)
 	$(MPICXX) $(CXXFLAGS) -DMST_WITH_MPI -o $@ $<
 ifneq ($(and $(MPICXX),$(MPIRUN)),)
@@ -229,10 +229,10 @@ dev/cuda/bin/%_cpu: dev/cuda/%.cu dev/cuda/common.h mst_kernels.cuh mst/attentio
 
 # comm.h's NCCL backend on the CPU device, whose NCCL runs over MPI (mst/cpu_device/nccl.cpp), against its
 # MPI backend under mpirun -np 4 (where MPI and nccl.h are)
-$(CPU_BUILD)/nccl.o: mst/cpu_device/nccl.cpp mst/cpu_device/runtime.h
+$(CPU_BUILD)/nccl.o: mst/cpu_device/nccl.cpp mst/cpu_device/runtime.h mst/comm_watchdog.h
 	@mkdir -p $(CPU_BUILD)
 	$(CXX) $(CPU_DEVICE_FLAGS) $(MPI_CFLAGS) -O2 -c -o $@ $<
-test_comm_nccl_cpu: tests/test_comm_nccl_cpu.cu mst/comm.h tests/test_util.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_BUILD)/nccl.o
+test_comm_nccl_cpu: tests/test_comm_nccl_cpu.cu mst/comm.h mst/comm_watchdog.h tests/test_util.h $(CPU_DEVICE_HEADERS) $(CPU_RUNTIME_OBJECTS) $(CPU_BUILD)/nccl.o
 	$(CXX) $(CPU_KERNEL_FLAGS) $(MULTI_GPU_FLAGS) -c -o $(CPU_BUILD)/test_comm_nccl.o $<
 	$(CPU_LINK) $(CPU_BUILD)/nccl.o $(CPU_BUILD)/test_comm_nccl.o $(MPI_LIBS)
 ifneq ($(and $(MPICXX),$(MPIRUN),$(MULTI_GPU_FLAGS)),)

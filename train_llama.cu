@@ -1577,6 +1577,7 @@ struct CommandLine {
     int64_t tokens_per_update = 0;    // -d: 0 = one batch of B x T
     int micro_batches = 1;            // tokens_per_update / (B x T)
     int nonfinite_limit = 5;          // --nonfinite-limit: stop after this many non-finite steps in a row
+    double comm_timeout_s = 600;      // --comm-timeout: a rank waiting this long in a collective stops the job; 0 = never
     const char* attention = nullptr;  // --attention mma|sm90; null: sm90 on compute capability 9.0, else mma
     bool attention_selftest = true;   // --attention-selftest 0: no start-up self-test of the sm90 kernels
     const char* log_path = nullptr;   // -L: one JSON object per line per step
@@ -1632,6 +1633,8 @@ static void print_usage() {
 "                  ZeRO-1 (AdamW state and update sharded over the ranks; sets -f 0) (default 1)\n"
 "  --sp S          sequence-parallel ranks (Ulysses): each holds T / S tokens of every sequence and attends\n"
 "                  over all of them for 1/S of the heads; --sp x --dp ranks in all (default 1)\n"
+"  --comm-timeout SECONDS  with several ranks: a rank that waits this long in a collective (another rank stopped\n"
+"                  or is stuck) prints one line and stops every rank; 0 = wait forever (default 600)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
 "  -L FILE         log every step as one JSON object per line\n"
 "  -o DIR          write checkpoints into DIR (every -k steps and at the end)\n"
@@ -1712,7 +1715,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "--held-gradients", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--dp", "--sp"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--dp", "--sp", "--comm-timeout"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1771,6 +1774,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-L") cl.log_path = value;
         else if (flag == "--dp") o.dp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
         else if (flag == "--sp") o.sp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
+        else if (flag == "--comm-timeout") cl.comm_timeout_s = flag_double(f, value, 0, 1e9, "0 (never) or a number of seconds");
         else if (flag == "--attention") {
             if (strcmp(value, "mma") != 0 && strcmp(value, "sm90") != 0) usage_error("%s: must be mma or sm90 (got \"%s\")", f, value);
             cl.attention = value;
@@ -2287,6 +2291,7 @@ static void start_ranks(const CommandLine& cl) {
     ranks.rank = ranks.host.rank;
     ranks.world = ranks.host.size;
     error_line_rank = "rank " + std::to_string(ranks.rank) + ": ";
+    comm_watchdog_start(cl.comm_timeout_s, ranks.rank);  // no rank hangs in a collective for one that left
     if (ranks.world != wanted)
         usage_error("%d ranks were started, but --dp %d x --sp %d = %d (start --dp x --sp ranks: mpirun -np %d)", ranks.world,
                     ranks.dp, ranks.sp, wanted, wanted);

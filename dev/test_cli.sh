@@ -113,6 +113,8 @@ expect_output "--doc-mask 0 on shards plans none" "^\| tokens +\| \(5 x 60000 \+
 expect_error "-d not a multiple of B x T" "multiple of B x T" --dry-run -e test-tiny -B 2 -T 64 -d 200
 expect_error "non-numeric -d" "-d" --dry-run -d lots
 expect_error "non-finite limit 0" "--nonfinite-limit" --dry-run --nonfinite-limit 0
+expect_error "negative --comm-timeout" "--comm-timeout" --dry-run --comm-timeout -1
+expect_error "non-numeric --comm-timeout" "--comm-timeout" --dry-run --comm-timeout soon
 expect_error "-L where no directory can be made (before any GPU use)" "/etc/hostname" -e test-tiny -T 64 -L /etc/hostname/dir/log.jsonl
 expect_output "dry run shows the held gradients' pinned host memory (bf16 with -a bf16)" "^\| held gradients, host +\| 8030261248 x 2 +\| +0.000 \| +14.958 \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: --held-gradients fp32 holds P x 4" "^\| held gradients, host +\| 8030261248 x 4 +\| +0.000 \| +29.915 \|" --dry-run -e llama3-8b -T 60000 --held-gradients fp32

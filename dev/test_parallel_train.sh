@@ -26,7 +26,9 @@
 #   - rank 0 alone prints step lines and writes -L;
 #   - one error line (naming the rank under mpirun) and a nonzero exit for: --sp with -f 1, a world size that is
 #     not --dp x --sp, --sp without a launcher, --sp not dividing the heads, --sp with -r 0, a missing shard;
-#     no hang (120 s timeouts).
+#     no hang (120 s timeouts);
+#   - a rank stopped mid-training (SIGSTOP): the other's next collective times out (--comm-timeout 3), one line
+#     from rank 0, every rank stopped, well within a minute.
 # Needs ./train_llama_cpu built with MPI (make train_llama_cpu where mpicxx and nccl.h are) and mpirun.
 # About 46 CPU-seconds (65 s of wall time measured on 2 shared cores). One line per check, then "N passed, N failed".
 set -u
@@ -178,6 +180,31 @@ refused "--sp 2 -r 0: refused" '^error: .*--sp with -r 0: not supported' 2 "${A[
 [ $? -eq 1 ] && [ "$(grep -c '^error: --sp 2 x --dp 1 = 2 ranks, but no launcher started ranks' "$DIR/refused.log")" -eq 1 ]
 check "--sp 2 without mpirun: one error line" $? "$(grep -m1 '^error' "$DIR/refused.log")"
 refused "an error on the ranks names them and stops the job" '^error: rank [01]: .*none_\*.bin: no shard matches' 2 "${A[@]}" --sp 2 -i "$DIR/none_*.bin"
+
+# a rank that stops (SIGSTOP: alive, never reaching the next collective) stops the job within --comm-timeout:
+# rank 0 waits in the next collective, its watchdog prints one line and aborts every rank (no hang)
+timeout 120 mpirun --oversubscribe -np 2 ./train_llama_cpu "${COMMON[@]}" "${A[@]}" --random-tokens --dp 2 -B 1 -n 100000 \
+    --comm-timeout 3 > "$DIR/hang.log" 2>&1 &
+job=$!
+stopped=""
+for _ in $(seq 600); do  # rank 1, once rank 0 has printed a step (training under way)
+    if grep -q '^step ' "$DIR/hang.log"; then
+        for pid in $(pgrep -f 'train_llama_cpu .*--comm-timeout 3'); do
+            if tr '\0' '\n' < /proc/$pid/environ 2> /dev/null | grep -qx 'OMPI_COMM_WORLD_RANK=1'; then kill -STOP "$pid"; stopped=$pid; fi
+        done
+        break
+    fi
+    sleep 0.1
+done
+start=$(date +%s)
+wait $job
+rc=$?
+took=$(( $(date +%s) - start ))
+[ -n "$stopped" ] && kill -KILL "$stopped" 2> /dev/null
+[ -n "$stopped" ] && [ $rc -ne 0 ] && [ $rc -ne 124 ] && [ $took -lt 60 ] &&
+    [ "$(grep -c '^error: rank 0: comm: .*no progress for 3 s (--comm-timeout)' "$DIR/hang.log")" -eq 1 ]
+check "a stopped rank: the other's collective times out, one line, every rank stopped" $? \
+    "rank 1 pid ${stopped:-not found}, exit $rc after ${took} s: $(grep -m1 '^error' "$DIR/hang.log")"
 
 echo "$passed passed, $failed failed"
 [ "$failed" -eq 0 ]

@@ -30,6 +30,8 @@
 #include <climits>
 #include <vector>
 
+#include "mst/comm_watchdog.h"
+
 #ifdef MST_WITH_NCCL
 #ifndef MST_WITH_MPI
 #error "MST_WITH_NCCL needs MST_WITH_MPI (MPI starts the ranks and broadcasts the NCCL id)"
@@ -137,6 +139,17 @@ static inline void comm_nccl_check(ncclResult_t result, const char* call) {
 static inline void comm_cuda_check(cudaError_t result, const char* call) {
     if (result != cudaSuccess) comm_fail(call, cudaGetErrorString(result));
 }
+// an NCCL collective enqueued on c.stream; on a GPU the watchdog times it (the CPU device's NCCL waits on the host)
+template <typename Enqueue>
+static inline void comm_nccl_collective(const Comm& c, const char* call, Enqueue enqueue) {
+#ifdef MST_WATCH_DEVICE_COLLECTIVES
+    comm_watch_device_collective(c.stream, call, enqueue);
+#else
+    (void)c;
+    (void)call;
+    enqueue();
+#endif
+}
 static inline ncclDataType_t comm_nccl_type(CommDtype t) {
     return t == COMM_F64 ? ncclFloat64 : t == COMM_BF16 ? ncclBfloat16 : t == COMM_I32 ? ncclInt32 : ncclFloat32;
 }
@@ -148,6 +161,7 @@ static inline Comm comm_init_nccl(const Comm& mpi_group) {
     c.backend = COMM_NCCL;
     ncclUniqueId id;
     if (c.rank == 0) comm_nccl_check(ncclGetUniqueId(&id), "ncclGetUniqueId");
+    CommWait wait("ncclCommInitRank");  // every rank joins
     comm_mpi_check(MPI_Bcast(&id, sizeof(id), MPI_BYTE, 0, c.mpi), "MPI_Bcast (NCCL id)");
     comm_nccl_check(ncclCommInitRank(&c.nccl, c.size, id, c.rank), "ncclCommInitRank");
     comm_cuda_check(cudaStreamCreateWithFlags(&c.stream, cudaStreamNonBlocking), "cudaStreamCreate");
@@ -160,6 +174,7 @@ static inline Comm comm_init_nccl(const Comm& mpi_group) {
 static inline Comm comm_split(const Comm& parent, int color, int key) {
     if (parent.backend == COMM_SINGLE) return parent;
     Comm c = parent;
+    CommWait wait("comm_split");  // every rank of the parent group takes part
 #ifdef MST_WITH_MPI
     comm_mpi_check(MPI_Comm_split(parent.mpi, color, key, &c.mpi), "MPI_Comm_split");
     comm_mpi_check(MPI_Comm_set_errhandler(c.mpi, MPI_ERRORS_RETURN), "MPI_Comm_set_errhandler");
@@ -199,17 +214,19 @@ static inline void comm_all_to_all(const Comm& c, const void* send, void* recv, 
 #ifdef MST_WITH_NCCL
     if (c.backend == COMM_NCCL) {  // ncclSend/ncclRecv pairs in one group: NCCL's all-to-all
         size_t bytes = count * comm_type_size(type);
-        comm_nccl_check(ncclGroupStart(), "ncclGroupStart");
-        for (int peer = 0; peer < c.size; peer++) {
-            comm_nccl_check(ncclSend((const char*)send + peer * bytes, count, comm_nccl_type(type), peer, c.nccl, c.stream), "ncclSend");
-            comm_nccl_check(ncclRecv((char*)recv + peer * bytes, count, comm_nccl_type(type), peer, c.nccl, c.stream), "ncclRecv");
-        }
-        comm_nccl_check(ncclGroupEnd(), "ncclGroupEnd (all-to-all)");
-        return;
+        return comm_nccl_collective(c, "all-to-all (ncclSend/ncclRecv)", [&] {
+            comm_nccl_check(ncclGroupStart(), "ncclGroupStart");
+            for (int peer = 0; peer < c.size; peer++) {
+                comm_nccl_check(ncclSend((const char*)send + peer * bytes, count, comm_nccl_type(type), peer, c.nccl, c.stream), "ncclSend");
+                comm_nccl_check(ncclRecv((char*)recv + peer * bytes, count, comm_nccl_type(type), peer, c.nccl, c.stream), "ncclRecv");
+            }
+            comm_nccl_check(ncclGroupEnd(), "ncclGroupEnd (all-to-all)");
+        });
     }
 #endif
 #ifdef MST_WITH_MPI
     int bytes = comm_mpi_bytes(count, type, "MPI_Alltoall");
+    CommWait wait("MPI_Alltoall");
     comm_mpi_check(MPI_Alltoall(send, bytes, MPI_BYTE, recv, bytes, MPI_BYTE, c.mpi), "MPI_Alltoall");
 #endif
 }
@@ -218,10 +235,13 @@ static inline void comm_all_gather(const Comm& c, const void* send, void* recv, 
     if (c.backend == COMM_SINGLE) return comm_single_copy(recv, send, count, type);
 #ifdef MST_WITH_NCCL
     if (c.backend == COMM_NCCL)
-        return comm_nccl_check(ncclAllGather(send, recv, count, comm_nccl_type(type), c.nccl, c.stream), "ncclAllGather");
+        return comm_nccl_collective(c, "ncclAllGather", [&] {
+            comm_nccl_check(ncclAllGather(send, recv, count, comm_nccl_type(type), c.nccl, c.stream), "ncclAllGather");
+        });
 #endif
 #ifdef MST_WITH_MPI
     int bytes = comm_mpi_bytes(count, type, "MPI_Allgather");
+    CommWait wait("MPI_Allgather");
     comm_mpi_check(MPI_Allgather(send, bytes, MPI_BYTE, recv, bytes, MPI_BYTE, c.mpi), "MPI_Allgather");
 #endif
 }
@@ -230,8 +250,9 @@ static inline void comm_reduce_scatter(const Comm& c, const void* send, void* re
     if (c.backend == COMM_SINGLE) return comm_single_copy(recv, send, count, type);
 #ifdef MST_WITH_NCCL
     if (c.backend == COMM_NCCL)
-        return comm_nccl_check(ncclReduceScatter(send, recv, count, comm_nccl_type(type), ncclSum, c.nccl, c.stream),
-                               "ncclReduceScatter");
+        return comm_nccl_collective(c, "ncclReduceScatter", [&] {
+            comm_nccl_check(ncclReduceScatter(send, recv, count, comm_nccl_type(type), ncclSum, c.nccl, c.stream), "ncclReduceScatter");
+        });
 #endif
 #ifdef MST_WITH_MPI
     // every rank's block for this rank (all-to-all), then their sum in rank order
@@ -245,7 +266,9 @@ static inline void comm_all_reduce(const Comm& c, const void* send, void* recv, 
     if (c.backend == COMM_SINGLE) return comm_single_copy(recv, send, count, type);
 #ifdef MST_WITH_NCCL
     if (c.backend == COMM_NCCL)
-        return comm_nccl_check(ncclAllReduce(send, recv, count, comm_nccl_type(type), ncclSum, c.nccl, c.stream), "ncclAllReduce");
+        return comm_nccl_collective(c, "ncclAllReduce", [&] {
+            comm_nccl_check(ncclAllReduce(send, recv, count, comm_nccl_type(type), ncclSum, c.nccl, c.stream), "ncclAllReduce");
+        });
 #endif
 #ifdef MST_WITH_MPI
     // every rank's contribution (all-gather), then their sum in rank order
@@ -259,10 +282,13 @@ static inline void comm_broadcast(const Comm& c, void* buffer, size_t count, Com
     if (c.backend == COMM_SINGLE) return;
 #ifdef MST_WITH_NCCL
     if (c.backend == COMM_NCCL)
-        return comm_nccl_check(ncclBroadcast(buffer, buffer, count, comm_nccl_type(type), root, c.nccl, c.stream), "ncclBroadcast");
+        return comm_nccl_collective(c, "ncclBroadcast", [&] {
+            comm_nccl_check(ncclBroadcast(buffer, buffer, count, comm_nccl_type(type), root, c.nccl, c.stream), "ncclBroadcast");
+        });
 #endif
 #ifdef MST_WITH_MPI
     int bytes = comm_mpi_bytes(count, type, "MPI_Bcast");
+    CommWait wait("MPI_Bcast");
     comm_mpi_check(MPI_Bcast(buffer, bytes, MPI_BYTE, root, c.mpi), "MPI_Bcast");
 #endif
 }

@@ -13,6 +13,10 @@
 #include <nccl.h>
 
 #include "mst/cpu_device/runtime.h"
+#ifndef MST_WITH_MPI
+#define MST_WITH_MPI 1  // this file is MPI's: the watchdog's timeout ends the job with MPI_Abort
+#endif
+#include "mst/comm_watchdog.h"  // each MPI call that waits for the other ranks is timed (--comm-timeout)
 
 struct ncclComm {
     MPI_Comm mpi;
@@ -69,6 +73,7 @@ void sum_blocks(void* out, const unsigned char* blocks, int ranks, size_t stride
 std::vector<unsigned char> gather_all(const void* send, size_t bytes, const ncclComm* c, const char* call) {
     if (bytes > (size_t)INT32_MAX) mst_cpu::fatal("%s: %zu bytes per rank, more than MPI's int counts", call, bytes);
     std::vector<unsigned char> all(bytes * c->size);
+    CommWait wait(call);
     check(MPI_Allgather(send, (int)bytes, MPI_BYTE, all.data(), (int)bytes, MPI_BYTE, c->mpi), call);
     return all;
 }
@@ -92,6 +97,7 @@ void run_point_to_point(const std::vector<PointToPoint>& ops) {
         if (p.send) check(MPI_Isend(p.buffer, (int)p.bytes, MPI_BYTE, p.peer, 77, p.comm->mpi, &requests[i]), "ncclSend");
         else check(MPI_Irecv(p.buffer, (int)p.bytes, MPI_BYTE, p.peer, 77, p.comm->mpi, &requests[i]), "ncclRecv");
     }
+    CommWait wait("ncclGroupEnd (ncclSend/ncclRecv)");
     check(MPI_Waitall((int)requests.size(), requests.data(), MPI_STATUSES_IGNORE), "ncclGroupEnd");
 }
 
@@ -112,6 +118,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
     uint32_t color = 2166136261u;
     for (char ch : id.internal) color = (color ^ (unsigned char)ch) * 16777619u;
     ncclComm* c = new ncclComm;
+    CommWait wait("ncclCommInitRank");
     check(MPI_Comm_split(MPI_COMM_WORLD, (int)(color & 0x7fffffff), rank, &c->mpi), "ncclCommInitRank");
     MPI_Comm_rank(c->mpi, &c->rank);
     MPI_Comm_size(c->mpi, &c->size);
@@ -123,6 +130,7 @@ ncclResult_t ncclCommInitRank(ncclComm_t* comm, int nranks, ncclUniqueId id, int
 
 ncclResult_t ncclCommSplit(ncclComm_t comm, int color, int key, ncclComm_t* newcomm, ncclConfig_t*) {
     ncclComm* c = new ncclComm;
+    CommWait wait("ncclCommSplit");
     check(MPI_Comm_split(comm->mpi, color, key, &c->mpi), "ncclCommSplit");
     MPI_Comm_rank(c->mpi, &c->rank);
     MPI_Comm_size(c->mpi, &c->size);
@@ -173,6 +181,7 @@ ncclResult_t ncclBroadcast(const void* send, void* recv, size_t count, ncclDataT
         size_t bytes = count * type_size(type);
         if (comm->rank == root && recv != send) memmove(recv, send, bytes);
         if (bytes > (size_t)INT32_MAX) mst_cpu::fatal("ncclBroadcast: %zu bytes, more than MPI's int counts", bytes);
+        CommWait wait("ncclBroadcast");
         check(MPI_Bcast(recv, (int)bytes, MPI_BYTE, root, comm->mpi), "ncclBroadcast");
     });
     return ncclSuccess;
