@@ -69,6 +69,7 @@ struct StepPrediction {
     double seconds[NUM_PHASES];
     double work[NUM_PHASES];   // FLOPs (matmuls, attention) or bytes (the others) per update
     double total_s, tokens_per_s, mfu;  // mfu: training_flops_per_token's model FLOPs / total_s / peak
+    double compute_s, copy_s;  // the kernels' time; the host copies' whole time (one copy stream: both directions in turn)
     int bound;                 // the phase with the largest share
 };
 
@@ -129,10 +130,11 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
                                  P * adamw.bytes_per_element / (copy_rate * adamw.of_ceiling);
     // host copies at the card's PCIe rate, each micro-batch's (the held gradients' P x 4 out and back,
     // training.h; the checkpoints'): on the copy stream, so only what exceeds the compute shows
-    double compute_s = 0;
-    for (int phase = 0; phase < PHASE_HOST_COPIES; phase++) compute_s += p.seconds[phase];
+    p.compute_s = 0;
+    for (int phase = 0; phase < PHASE_HOST_COPIES; phase++) p.compute_s += p.seconds[phase];
     p.work[PHASE_HOST_COPIES] = (double)(plan.pcie_to_host + plan.pcie_to_device) * micro_batches;
-    p.seconds[PHASE_HOST_COPIES] = std::max(0.0, p.work[PHASE_HOST_COPIES] / card.pcie_bytes - compute_s);
+    p.copy_s = p.work[PHASE_HOST_COPIES] / card.pcie_bytes;
+    p.seconds[PHASE_HOST_COPIES] = std::max(0.0, p.copy_s - p.compute_s);
 
     for (int phase = 0; phase < NUM_PHASES; phase++) {
         p.total_s += p.seconds[phase];
@@ -162,7 +164,13 @@ static inline void print_step_prediction(const MemoryPlan& plan, int micro_batch
     printf("| %-20s |", "step");
     for (int i = 0; i < n; i++) printf(" %12.2f |", 1e3 * p[i].total_s);
     printf("\n");
-    for (int i = 0; i < n; i++)
-        printf("%s: %.0f tokens/s, MFU %.1f%%, bound by %s (%.0f%% of the step)\n", KNOWN_CARDS[DRY_RUN_CARDS[i]].name,
-               p[i].tokens_per_s, 100.0 * p[i].mfu, PHASE_NAMES[p[i].bound], 100.0 * p[i].seconds[p[i].bound] / p[i].total_s);
+    for (int i = 0; i < n; i++) {
+        const CardRates& card = KNOWN_CARDS[DRY_RUN_CARDS[i]];
+        printf("%s: %.0f tokens/s, MFU %.1f%%, bound by %s (%.0f%% of the step)", card.name, p[i].tokens_per_s,
+               100.0 * p[i].mfu, PHASE_NAMES[p[i].bound], 100.0 * p[i].seconds[p[i].bound] / p[i].total_s);
+        if (p[i].copy_s > 0)  // the PCIe copies against the kernels they run beside
+            printf("; host copies %.2f s at %.0f GB/s beside %.2f s of kernels: %s", p[i].copy_s, card.pcie_bytes / 1e9,
+                   p[i].compute_s, p[i].copy_s <= p[i].compute_s ? "hidden" : "not hidden");
+        printf("\n");
+    }
 }

@@ -609,8 +609,15 @@ static void test_step_model() {
           p.bound == PHASE_ATTENTION_BACKWARD, "step model: 8b at 60k bound by attention backward (hand-worked)");
     // the held gradients (bf16 with -a bf16): P x 2 out and back = 32.1 GB, 0.64 s at 50 GB/s, hidden behind ~27 s
     // of compute
-    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 2 && p.seconds[PHASE_HOST_COPIES] == 0,
-          "step model: held gradients 2 x P x 2 bytes over PCIe, hidden");
+    check(p.work[PHASE_HOST_COPIES] == 2 * 8030261248.0 * 2 && p.seconds[PHASE_HOST_COPIES] == 0 &&
+          fabs(p.copy_s - 2 * 8030261248.0 * 2 / 50e9) < 1e-12 && p.compute_s > 20 && p.compute_s < 40,
+          "step model: held gradients 2 x P x 2 bytes over PCIe, 0.64 s beside ~27 s of kernels: hidden");
+    // copies longer than the kernels: only the excess shows in the step
+    MemoryPlan heavy = plan;
+    heavy.pcie_to_host = heavy.pcie_to_device = (size_t)(50e9 * p.compute_s);  // 2 x compute_s at 50 GB/s
+    StepPrediction slow = predict_step(heavy, *h200);
+    check(fabs(slow.seconds[PHASE_HOST_COPIES] - slow.compute_s) < 1e-6 && fabs(slow.total_s - 2 * slow.compute_s) < 1e-6,
+          "step model: copies of twice the kernels' time add their excess, once");
     // two micro-batches: twice the passes and copies, one update
     StepPrediction two = predict_step(plan, *h200, 2);
     check(fabs(two.seconds[PHASE_MATMULS] - 2 * p.seconds[PHASE_MATMULS]) < 1e-9 &&
