@@ -87,8 +87,9 @@ static char* host_malloc_pinned_counted(size_t bytes) {
     void* p;
     cudaError_t error = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
     if (error != cudaSuccess) {
-        fprintf(stderr, "error: --offload: cannot pin %.1f GiB of host memory for the layer checkpoints (%s); "
-                "give --host-mem what the machine can pin, or --offload 0\n", gib(bytes), cudaGetErrorString(error));
+        fprintf(stderr, "error: --host-mem: cannot pin %.1f GiB of host memory for the plan's host regions (checkpoints, "
+                "held gradients, AdamW state) (%s); give --host-mem what the machine can pin\n", gib(bytes),
+                cudaGetErrorString(error));
         exit(1);
     }
     host_allocations++;
@@ -932,12 +933,12 @@ static float model_loss(Model* m, const int* inputs, const int* targets) {
 // Where AdamW finds the m and v of parameters from `begin` on: the state regions (begin = m->shard_begin), or a
 // --state-offload staging slot holding a group's state (begin = the group's offset)
 struct StateView { void* m; void* v; size_t begin; };
+static StateView state_on_card(const Model* m) { return {m->adam_m, m->adam_v, m->shard_begin}; }
 
 // AdamW over the parameters [offset, offset + count) (whole tensors, or ZeRO-1's shard, which may cut two),
-// whose gradient (fp32, or bf16 when held in bf16) starts at grad, their m and v in `state`. Weight decay on 2-D
-// tensors only. Each tensor's stochastic rounding gets its own seed from
-// (seed, step, the tensor's offset) and each element its index in the tensor, so a shard's piece of a tensor gets
-// the bits of one update.
+// whose gradient (fp32, or bf16 when held in bf16) starts at grad, their m and v where `at` says. Weight decay on
+// 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, the tensor's offset) and
+// each element its index in the tensor, so a shard's piece of a tensor (or a group's) gets the bits of one update.
 template <typename G>
 static void adamw_group(Model* m, size_t offset, size_t count, const G* grad, float lr, const StateView& at) {
     const OptimizerSettings& o = m->optimizer;
@@ -997,7 +998,7 @@ template <typename G>
 static void update_group(Model* m, int j, const G* grad, float lr) {
     GradientGroup g = forward_group(m, j);
     if (!m->host_state) {
-        adamw_group(m, g.offset, g.count, grad, lr, {m->adam_m, m->adam_v, m->shard_begin});
+        adamw_group(m, g.offset, g.count, grad, lr, state_on_card(m));
         return;
     }
     if (j == 0) state_copy(m, 0, false, m->state_in[0]);
@@ -1035,8 +1036,7 @@ static void apply_update_after_backward(Model* m, float lr) {
     if (m->host_state) {
         for (int j = 0; j < (int)m->groups.size(); j++) update_group(m, j, m->grads + forward_group(m, j).offset, lr);
     } else {
-        StateView state = {m->adam_m, m->adam_v, m->shard_begin};
-        adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr, state);
+        adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr, state_on_card(m));
     }
     if (m->par.world > 1)
         device_collective(m, m->par.device, [&] {
@@ -2493,6 +2493,9 @@ static int train(const CommandLine& cl) {
     if (plan.bytes[REGION_HOST_GRADIENTS] > 0)  // each micro-batch's groups go out; all but the first's come back, then the update's
         printf("exact clipping: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n", gib(plan.bytes[REGION_HOST_GRADIENTS]),
                gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
+    if (plan.bytes[REGION_HOST_ADAM_STATE] > 0)  // in for the update and back out, once per update
+        printf("AdamW state on the host: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n",
+               gib(plan.bytes[REGION_HOST_ADAM_STATE]), gib(plan.bytes[REGION_HOST_ADAM_STATE]) * 2);
     double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step / ranks.sp;  // one GPU's
     double peak = peak_bf16_flops(prop);
     // the step model's prediction for this card (mst/step_model.h), printed beside each measured step; none for
