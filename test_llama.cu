@@ -316,6 +316,23 @@ static std::vector<float> last_gradient(Model* m) {
     return widened;
 }
 
+// The CPU device's high-water marks of device and pinned bytes since reset_high_water(): the plan's totals
+static void reset_high_water() {
+    mst::allocation_high_water(false, true);
+    mst::allocation_high_water(true, true);
+}
+static void check_high_water(const Model& m, const std::string& what) {
+    long long device_high = mst::allocation_high_water(false, false), pinned_high = mst::allocation_high_water(true, false);
+    if (device_high < 0) {
+        skip((what + "high-water marks").c_str(), "the CPU device's count");
+        return;
+    }
+    printf("  %-52s device %lld, pinned %lld bytes (plan %zu, %zu)\n", (what + "high-water marks").c_str(), device_high,
+           pinned_high, m.plan.total, m.plan.host_total);
+    check(device_high == (long long)m.plan.total && pinned_high == (long long)m.plan.host_total,
+          (what + "allocation high-water marks equal the plan's device and host totals").c_str());
+}
+
 // --keep-attention: each layer's attention output and lse kept from forward (outputs 0 .. L-3 through pinned
 // host memory) instead of recomputed in backward, against the same model recomputing them: losses (a
 // forward-only loss after the first step, as validation does), the first step's gradient and the weights after
@@ -343,8 +360,7 @@ static void test_keep_attention_and_segments() {
         o.keep_attention = run.keep;
         o.offload = run.offload;
         o.segment = run.segment;
-        mst::allocation_high_water(false, true);
-        mst::allocation_high_water(true, true);
+        reset_high_water();
         Model m;
         model_create(&m, c, o, OptimizerSettings(), 23);
         model_init_random(&m);
@@ -359,15 +375,7 @@ static void test_keep_attention_and_segments() {
         }
         weights = download_params(&m);
         std::string what = std::string(run.name) + ": ";
-        long long device_high = mst::allocation_high_water(false, false), pinned_high = mst::allocation_high_water(true, false);
-        if (device_high < 0) {
-            skip((what + "high-water marks").c_str(), "the CPU device's count");
-        } else {
-            printf("  %-52s device %lld, pinned %lld bytes (plan %zu, %zu)\n", (what + "high-water marks").c_str(),
-                   device_high, pinned_high, m.plan.total, m.plan.host_total);
-            check(device_high == (long long)m.plan.total && pinned_high == (long long)m.plan.host_total,
-                  (what + "allocation high-water marks equal the plan's device and host totals").c_str());
-        }
+        check_high_water(m, what);
         if (run.keep) check(m.plan.bytes[REGION_HOST_ATTENTION] > 0, (what + "the plan holds outputs 0 and 1 on the host").c_str());
         check(m.segment.k == run.segment, (what + "the model runs segments of the layers asked for").c_str());
         model_free(&m);
@@ -566,6 +574,64 @@ static void test_resume() {
                       straight_weights.size() * 4);
         model_free(&m);
         std::filesystem::remove_all(dir);
+    }
+}
+
+// --state-offload 1: AdamW m and v in pinned host memory, each group's streamed through a staging slot for its
+// update, against the state on the card: losses, gradient norms and the weights after 3 steps bitwise equal, with
+// -f 1 and bf16 state (the defaults) and with -f 0 and fp32 state with master weights (each path and each state
+// size once: the other two pairings cost another 9 CPU-seconds and share every line of these). test-tiny (2 layers: 5 groups of 4 sizes, so both
+// staging slots are reused) at T = 40 (not a multiple of the tiles). The run with the state on the host writes a
+// checkpoint after step 2 (the state read from the host copy; -f 1: the pending update applied at once, where the
+// run with the state on the card applies it group by group in step 3's forward); a fresh model reads it (into its
+// host copy) and runs step 3: its loss, norm and weights bitwise the straight run's. The CPU device's high-water
+// marks equal the plan's totals.
+static void test_state_offload() {
+    ModelConfig c = config_named("test-tiny");
+    const int T = 40, steps = 3;
+    printf("--state-offload 1 vs the state on the card (test-tiny, T=%d, %d steps, a resume before the last):\n", T, steps);
+    std::vector<int> inputs(T), targets(T);
+    auto step = [&](Model* m, int s, std::vector<float>* out) {
+        random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 29, s);
+        float norm;
+        out->push_back(model_step(m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+        out->push_back(norm);
+    };
+    for (bool fp32 : {false, true}) {
+        bool fused = !fp32;
+        TrainingOptions o = default_options(1, T);
+        o.fused_optimizer = fused;
+        o.bf16_optimizer_state = !fp32;
+        o.master_weights = fp32;
+        std::string what = std::string(fused ? "-f 1" : "-f 0") + (fp32 ? " -a fp32 -w 1" : " -a bf16");
+        std::string dir = temporary_directory("mst_state_offload");
+        std::vector<float> numbers[3], weights[3];  // the state on the card, on the host, resumed on the host
+        for (int run = 0; run < 3; run++) {
+            o.state_offload = run > 0;
+            reset_high_water();
+            Model m;
+            model_create(&m, c, o, OptimizerSettings(), 29);
+            if (run < 2) model_init_random(&m);
+            else model_load_checkpoint(&m, checkpoint_latest(dir));
+            for (int s = run < 2 ? 0 : steps - 1; s < steps; s++) {
+                step(&m, s, &numbers[run]);
+                if (run == 1 && s == steps - 2) model_save_checkpoint(&m, dir, CheckpointInfo());
+            }
+            weights[run] = download_params(&m);
+            if (run == 1) check_high_water(m, what + " --state-offload 1: ");
+            check((m.host_state != nullptr) == (run > 0) && (m.plan.bytes[REGION_ADAM_M] == 0) == (run > 0),
+                  (what + (run ? " --state-offload 1" : "") + ": the AdamW state where the plan says").c_str());
+            model_free(&m);
+        }
+        std::filesystem::remove_all(dir);
+        bitwise_equal((what + ": losses and gradient norms, state on the host vs the card").c_str(), numbers[1].data(),
+                      numbers[0].data(), numbers[0].size() * 4);
+        bitwise_equal((what + ": weights after 3 steps, state on the host vs the card").c_str(), weights[1].data(),
+                      weights[0].data(), weights[0].size() * 4);
+        bitwise_equal((what + " --state-offload 1: resumed, the last step's loss and norm").c_str(), numbers[2].data(),
+                      numbers[0].data() + numbers[0].size() - 2, 2 * 4);
+        bitwise_equal((what + " --state-offload 1: resumed, the weights after 3 steps").c_str(), weights[2].data(),
+                      weights[0].data(), weights[0].size() * 4);
     }
 }
 
@@ -800,6 +866,7 @@ int main(int argc, char** argv) {
         {"determinism and no allocation", [](const Golden&) { test_determinism_and_no_allocation(); }},
         {"offload", [](const Golden&) { test_offload(); }},
         {"keep attention and segments", [](const Golden&) { test_keep_attention_and_segments(); }},
+        {"state offload", [](const Golden&) { test_state_offload(); }},
         {"test-2layer vs CPU reference", [](const Golden&) { test_against_cpu_reference(); }},
         {"document masking", [](const Golden&) { test_document_masking(); }},
         {"resume", [](const Golden&) { test_resume(); }},

@@ -29,6 +29,11 @@
 // (-d) runs micro-batches into the same gradients (fused: each group's host copy streamed back before
 // its next backward) with the loss normalized over the counted targets of all micro-batches.
 //
+// AdamW state on the host (--state-offload 1, one GPU): m and v live in pinned host memory; each update streams
+// them group by group through two device staging slots (the copy stream fetches the next group's state while
+// AdamW updates this one's, then writes it back), so the card holds two groups' state instead of all of it. The
+// update is the same kernel on the same values: the weights are bitwise those with the state on the card.
+//
 // Several GPUs (--sp, --dp under mpirun; struct Parallel says how): Ulysses all-to-alls around attention, ZeRO-1
 // (gradients reduce-scattered, AdamW on each rank's shard, parameters all-gathered), checkpoints gathered by rank 0.
 //
@@ -82,8 +87,9 @@ static char* host_malloc_pinned_counted(size_t bytes) {
     void* p;
     cudaError_t error = cudaHostAlloc(&p, bytes, cudaHostAllocDefault);
     if (error != cudaSuccess) {
-        fprintf(stderr, "error: --offload: cannot pin %.1f GiB of host memory for the layer checkpoints (%s); "
-                "give --host-mem what the machine can pin, or --offload 0\n", gib(bytes), cudaGetErrorString(error));
+        fprintf(stderr, "error: --host-mem: cannot pin %.1f GiB of host memory for the plan's host regions (checkpoints, "
+                "held gradients, AdamW state) (%s); give --host-mem what the machine can pin\n", gib(bytes),
+                cudaGetErrorString(error));
         exit(1);
     }
     host_allocations++;
@@ -163,7 +169,10 @@ struct Model {
     // persistent
     bf16* params;
     float* master;                 // fp32 master weights, or null
-    void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state)
+    void* adam_m; void* adam_v;    // bf16 or fp32 (plan.options.bf16_optimizer_state); --state-offload: unused
+    char* host_state;              // --state-offload: pinned host m (P elements), then v; else null
+    char* state_staging;           // --state-offload: 2 slots of [m | v], each largest_gradient_group() elements
+    cudaEvent_t state_in[2];       // --state-offload: a group's state has landed in staging slot i
     float* grads;                  // fused: one gradient group at a time; else all P
     void* host_grads;              // fused: pinned host P x 2 (bf16) or P x 4, each group's gradient held for the exact clip
     bf16* grad_staging;            // fused, held in bf16: each gradient slot's bf16 copy on the card, or null
@@ -254,6 +263,8 @@ static void carve_arena(Model* m) {
     m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? m->host_arena + p.offset[REGION_HOST_GRADIENTS] : nullptr;
     m->host_attention = p.bytes[REGION_HOST_ATTENTION] ? m->host_arena + p.offset[REGION_HOST_ATTENTION] : nullptr;
+    m->host_state = p.bytes[REGION_HOST_ADAM_STATE] ? m->host_arena + p.offset[REGION_HOST_ADAM_STATE] : nullptr;
+    m->state_staging = region(REGION_STATE_STAGING);
     size_t attention_slots = p.options.keep_attention ? 2 : L_live;  // --keep-attention: two buffers
     m->grad_staging = p.bytes[REGION_GRADIENT_STAGING] ? (bf16*)region(REGION_GRADIENT_STAGING) : nullptr;
     for (int slot = 0; slot < 2; slot++) {
@@ -400,7 +411,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
                            &m->attention_stored[0], &m->attention_stored[1], &m->attention_fetched[0], &m->attention_fetched[1],
-                           &m->collective_start, &m->collective_done})
+                           &m->collective_start, &m->collective_done, &m->state_in[0], &m->state_in[1]})
         CUDA_CHECK(cudaEventCreateWithFlags(e, cudaEventDisableTiming));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventCreateWithFlags(&m->gradient_out[slot], cudaEventDisableTiming));
@@ -414,6 +425,7 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaMemcpy(m->rope_sin, sin_table.data(), sin_table.size() * 4, cudaMemcpyHostToDevice));
     CUDA_CHECK(cudaMemset(m->adam_m, 0, m->plan.bytes[REGION_ADAM_M]));
     CUDA_CHECK(cudaMemset(m->adam_v, 0, m->plan.bytes[REGION_ADAM_V]));
+    if (m->host_state) memset(m->host_state, 0, m->plan.bytes[REGION_HOST_ADAM_STATE]);
     CUDA_CHECK(cudaMemset(m->params, 0, m->plan.bytes[REGION_PARAMETERS]));  // ZeRO-1's padding past P too
     float one = 1.f;
     CUDA_CHECK(cudaMemcpy(m->clip_scale, &one, 4, cudaMemcpyHostToDevice));
@@ -429,7 +441,7 @@ static void model_free(Model* m) {
     }
     for (cudaEvent_t e : {m->stored[0], m->stored[1], m->fetched[0], m->fetched[1], m->compute_point,
                           m->attention_stored[0], m->attention_stored[1], m->attention_fetched[0], m->attention_fetched[1],
-                          m->collective_start, m->collective_done})
+                          m->collective_start, m->collective_done, m->state_in[0], m->state_in[1]})
         CUDA_CHECK(cudaEventDestroy(e));
     for (int slot = 0; slot < 3; slot++) {
         CUDA_CHECK(cudaEventDestroy(m->gradient_out[slot]));
@@ -497,15 +509,15 @@ static void nvtx_push(const char* format, int index) {
 // waits per layer.
 
 // A copy on the copy stream (offloaded checkpoints, held gradients) once the compute stream has reached this
-// point: what it reads is written, what it overwrites has been read. Timed by --profile; `done` marks its end
-// for the compute stream to wait on.
+// point: what it reads is written, what it overwrites has been read. Timed by --profile; `done` (unless null)
+// marks its end for the compute stream to wait on.
 static void copy_after_compute(Model* m, void* dst, const void* src, size_t bytes, cudaMemcpyKind kind, cudaEvent_t done) {
     CUDA_CHECK(cudaEventRecord(m->compute_point, m->stream));
     CUDA_CHECK(cudaStreamWaitEvent(m->copy_stream, m->compute_point, 0));
     profile_copy_mark(m->copy_stream);
     CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, kind, m->copy_stream));
     profile_copy_mark(m->copy_stream);
-    CUDA_CHECK(cudaEventRecord(done, m->copy_stream));
+    if (done) CUDA_CHECK(cudaEventRecord(done, m->copy_stream));
 }
 
 static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints + (size_t)l * m->N * m->config.d_model; }
@@ -918,34 +930,83 @@ static float model_loss(Model* m, const int* inputs, const int* targets) {
 // ----------------------------------------------------------------------------
 // optimizer
 
+// Where AdamW finds the m and v of parameters from `begin` on: the state regions (begin = m->shard_begin), or a
+// --state-offload staging slot holding a group's state (begin = the group's offset)
+struct StateView { void* m; void* v; size_t begin; };
+static StateView state_on_card(const Model* m) { return {m->adam_m, m->adam_v, m->shard_begin}; }
+
 // AdamW over the parameters [offset, offset + count) (whole tensors, or ZeRO-1's shard, which may cut two),
-// whose gradient (fp32, or bf16 when held in bf16) starts at grad; the state regions hold the shard's elements
-// from m->shard_begin. Weight decay on 2-D tensors only. Each tensor's stochastic rounding gets its own seed from
-// (seed, step, the tensor's offset) and each element its index in the tensor, so a shard's piece of a tensor gets
-// the bits of one update.
+// whose gradient (fp32, or bf16 when held in bf16) starts at grad, their m and v where `at` says. Weight decay on
+// 2-D tensors only. Each tensor's stochastic rounding gets its own seed from (seed, step, the tensor's offset) and
+// each element its index in the tensor, so a shard's piece of a tensor (or a group's) gets the bits of one update.
 template <typename G>
-static void adamw_group(Model* m, size_t offset, size_t count, const G* grad, float lr) {
+static void adamw_group(Model* m, size_t offset, size_t count, const G* grad, float lr, const StateView& at) {
     const OptimizerSettings& o = m->optimizer;
     int t = m->updates_applied + 1;
     nvtxRangePushA("AdamW");
     for (const ParameterTensor& tensor : m->tensors) {
         size_t begin = std::max(tensor.offset, offset), end = std::min(tensor.offset + tensor.rows * tensor.cols, offset + count);
         if (begin >= end) continue;
-        size_t n = end - begin, state = begin - m->shard_begin;
+        size_t n = end - begin, state = begin - at.begin;
         const G* g = grad + (begin - offset);
         float decay = tensor.rows > 1 ? o.weight_decay : 0.f;
         uint64_t seed_state = m->seed ^ ((uint64_t)t << 40) ^ tensor.offset;
         unsigned int seed = (unsigned int)splitmix64(&seed_state);
-        float* master = m->master ? m->master + state : nullptr;
+        float* master = m->master ? m->master + (begin - m->shard_begin) : nullptr;
         if (m->plan.options.bf16_optimizer_state) {
-            adamw_update(m->params + begin, master, g, (bf16*)m->adam_m + state, (bf16*)m->adam_v + state, n, t, lr,
+            adamw_update(m->params + begin, master, g, (bf16*)at.m + state, (bf16*)at.v + state, n, t, lr,
                          o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         } else {
-            adamw_update(m->params + begin, master, g, (float*)m->adam_m + state, (float*)m->adam_v + state, n, t, lr,
+            adamw_update(m->params + begin, master, g, (float*)at.m + state, (float*)at.v + state, n, t, lr,
                          o.beta1, o.beta2, o.eps, decay, 1.f, m->clip_scale, seed, m->stream, begin - tensor.offset);
         }
     }
     nvtxRangePop();
+}
+
+// --state-offload: AdamW m and v in pinned host memory (m for the shard, then v). An update takes the groups in
+// forward order (j = 0, 1, ..., so a fused update's groups come as the forward reads them); group j's state passes
+// through staging slot j % 2: the copy stream fetches it one group ahead (so the fetch overlaps the AdamW before),
+// AdamW waits for state_in[j % 2], and the copy stream writes the slot back once AdamW has run. The copy stream is
+// in order, so group j + 2's fetch into the slot follows that write-back: only events order the two streams, the
+// host never waits per group.
+static GradientGroup forward_group(const Model* m, int j) { return m->groups[m->groups.size() - 1 - j]; }
+
+// staging slot j % 2 as the state of the group at `offset`: [m | v], each of the largest group's bytes
+static StateView state_slot(const Model* m, int j, size_t offset) {
+    size_t array_bytes = m->plan.bytes[REGION_STATE_STAGING] / 4;
+    char* slot = m->state_staging + (size_t)(j % 2) * 2 * array_bytes;
+    return {slot, slot + array_bytes, offset};
+}
+
+// group j's m and v between staging slot j % 2 and the host copy (two copies; `done` marks the second's end)
+static void state_copy(Model* m, int j, bool to_host, cudaEvent_t done) {
+    GradientGroup g = forward_group(m, j);
+    size_t element = m->plan.options.bf16_optimizer_state ? 2 : 4;
+    StateView slot = state_slot(m, j, g.offset);
+    void* device[2] = {slot.m, slot.v};
+    for (int i = 0; i < 2; i++) {
+        char* host = m->host_state + (i * m->shard + g.offset - m->shard_begin) * element;
+        copy_after_compute(m, to_host ? (void*)host : device[i], to_host ? device[i] : (void*)host, g.count * element,
+                           to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice, done);
+    }
+}
+
+// AdamW for group j of an update (forward order), its gradient at grad: the state in its regions, or streamed
+// through a staging slot (--state-offload)
+template <typename G>
+static void update_group(Model* m, int j, const G* grad, float lr) {
+    GradientGroup g = forward_group(m, j);
+    if (!m->host_state) {
+        adamw_group(m, g.offset, g.count, grad, lr, state_on_card(m));
+        return;
+    }
+    if (j == 0) state_copy(m, 0, false, m->state_in[0]);
+    if (j + 1 < (int)m->groups.size()) state_copy(m, j + 1, false, m->state_in[(j + 1) % 2]);
+    profile_phase(PHASE_HOST_COPIES, m->stream);  // waiting here is a copy not hidden
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->state_in[j % 2], 0));
+    adamw_group(m, g.offset, g.count, grad, lr, state_slot(m, j, g.offset));
+    state_copy(m, j, true, nullptr);  // read back only by a later fetch on the same stream, or after a synchronize
 }
 
 // After backward, not fused: the squares of the gradient into the global norm's partials. ZeRO-1 (several
@@ -968,10 +1029,15 @@ static void reduce_gradients_for_norm(Model* m) {
     m->grad_norm_slots = par.world;
 }
 
-// Not fused: this rank's shard of the update (all of it on one rank), then ZeRO-1's all-gather of the updated
-// bf16 parameters (in place: each rank's block of m->params is its shard)
+// Not fused: this rank's shard of the update (all of it on one rank; --state-offload, one GPU: group by group,
+// the state streamed through), then ZeRO-1's all-gather of the updated bf16 parameters (in place: each rank's
+// block of m->params is its shard)
 static void apply_update_after_backward(Model* m, float lr) {
-    adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr);
+    if (m->host_state) {
+        for (int j = 0; j < (int)m->groups.size(); j++) update_group(m, j, m->grads + forward_group(m, j).offset, lr);
+    } else {
+        adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr, state_on_card(m));
+    }
     if (m->par.world > 1)
         device_collective(m, m->par.device, [&] {
             comm_all_gather(m->par.device, m->params + (size_t)m->par.rank * m->shard, m->params, m->shard, COMM_BF16);
@@ -1070,16 +1136,15 @@ static void end_group(Model* m, size_t offset, size_t count, bool last_micro_bat
 static void apply_pending_groups(Model* m, int through) {
     if (!m->update_pending) return;
     int n = (int)m->groups.size();
-    auto forward_group = [&](int j) { return m->groups[n - 1 - j]; };
     for (; m->groups_applied <= std::min(through, n - 1); m->groups_applied++) {
         int j = m->groups_applied;
-        if (j == 0) fetch_group_gradient(m, forward_group(0).offset, forward_group(0).count);
-        if (j + 1 < n) fetch_group_gradient(m, forward_group(j + 1).offset, forward_group(j + 1).count);
-        GradientGroup g = forward_group(j);
+        if (j == 0) fetch_group_gradient(m, forward_group(m, 0).offset, forward_group(m, 0).count);
+        if (j + 1 < n) fetch_group_gradient(m, forward_group(m, j + 1).offset, forward_group(m, j + 1).count);
+        GradientGroup g = forward_group(m, j);
         profile_phase(PHASE_HOST_COPIES, m->stream);
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->gradient_in[group_slot(m, g.offset)], 0));
-        if (held_in_bf16(m)) adamw_group(m, g.offset, g.count, group_staging(m, g.offset), m->pending_lr);
-        else adamw_group(m, g.offset, g.count, group_gradient(m, g.offset), m->pending_lr);
+        if (held_in_bf16(m)) update_group(m, j, group_staging(m, g.offset), m->pending_lr);
+        else update_group(m, j, group_gradient(m, g.offset), m->pending_lr);
     }
     if (m->groups_applied < n) return;
     m->updates_applied++;
@@ -1260,8 +1325,7 @@ static void model_set_parameters(Model* m, const std::vector<float>& params) {
 // ZeRO-1 state (AdamW m or v, the master weights: `shard` elements of element_bytes each on every rank) whole on
 // the host of every rank: each rank's shard all-gathered through MPI, the padding past P cut off. One rank: the
 // download. (MPI counts are ints: at most 1 GiB a collective.)
-static std::vector<unsigned char> gather_shards(Model* m, const void* device, size_t element_bytes) {
-    std::vector<unsigned char> shard = download_bytes(device, m->shard * element_bytes);
+static std::vector<unsigned char> gather_shards(Model* m, std::vector<unsigned char> shard, size_t element_bytes) {
     int world = m->par.world;
     if (world == 1) return shard;
     size_t shard_bytes = shard.size(), chunk_bytes = 1ull << 30;
@@ -1274,6 +1338,21 @@ static std::vector<unsigned char> gather_shards(Model* m, const void* device, si
     }
     whole.resize(m->layout.total * element_bytes);
     return whole;
+}
+static std::vector<unsigned char> gather_shards(Model* m, const void* device, size_t element_bytes) {
+    return gather_shards(m, download_bytes(device, m->shard * element_bytes), element_bytes);
+}
+
+// AdamW m (which = 0) or v (1) of this rank's shard as the arena holds it: its region, or with --state-offload
+// its host copy, once the copy stream has written back the last update's groups
+static char* host_state_array(const Model* m, int which) {
+    return m->host_state + which * m->shard * (m->plan.options.bf16_optimizer_state ? 2 : 4);
+}
+static std::vector<unsigned char> gather_state(Model* m, int which, size_t element_bytes) {
+    if (!m->host_state) return gather_shards(m, which ? m->adam_v : m->adam_m, element_bytes);
+    CUDA_CHECK(cudaStreamSynchronize(m->copy_stream));
+    const unsigned char* host = (const unsigned char*)host_state_array(m, which);
+    return gather_shards(m, std::vector<unsigned char>(host, host + m->shard * element_bytes), element_bytes);
 }
 
 // the bf16 parameters, widened (exactly) to fp32
@@ -1332,8 +1411,8 @@ static std::string model_save_checkpoint(Model* m, const std::string& dir, Check
     info.options["adamw_updates"] = std::to_string(m->updates_applied);  // fewer than steps after skipped steps
     size_t P = m->layout.total, state_size = safetensors_dtype_size(optimizer_state_dtype(m));
     std::vector<int64_t> shape = {(int64_t)P};
-    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = gather_shards(m, m->adam_m, state_size),
-                               adam_v = gather_shards(m, m->adam_v, state_size), clip = download_bytes(m->clip_scale, 4),
+    std::vector<unsigned char> params = download_bytes(m->params, P * 2), adam_m = gather_state(m, 0, state_size),
+                               adam_v = gather_state(m, 1, state_size), clip = download_bytes(m->clip_scale, 4),
                                master = m->master ? gather_shards(m, m->master, 4) : std::vector<unsigned char>();
     if (m->par.rank != 0) return checkpoint_path(dir, info.step);
     SafetensorsWriter arrays;
@@ -1387,16 +1466,20 @@ static CheckpointInfo model_load_checkpoint(Model* m, const std::string& path) {
                    "(-a, -w and --seed must match)", info.options["optimizer_state"].c_str(),
                    info.options["master_weights"].c_str(), info.options["seed"].c_str(), state.c_str(), master.c_str(),
                    seed.c_str());
-    std::map<std::string, void*> device = {{"params", m->params}, {"adam_m", m->adam_m}, {"adam_v", m->adam_v},
-                                           {"clip_scale", m->clip_scale}, {"master", m->master}};
+    // --state-offload: m and v go to their host copy
+    bool state_on_host = m->host_state != nullptr;
+    std::map<std::string, void*> device = {{"params", m->params}, {"clip_scale", m->clip_scale}, {"master", m->master},
+                                           {"adam_m", state_on_host ? host_state_array(m, 0) : m->adam_m},
+                                           {"adam_v", state_on_host ? host_state_array(m, 1) : m->adam_v}};
     for (const CheckpointArray& a : checkpoint_arrays(m->config, m->plan.options)) {
         size_t element_bytes = safetensors_dtype_size(a.dtype);
         std::vector<unsigned char> host(a.count * element_bytes);
         if (!checkpoint_read_array(reader, a.name, a.dtype, a.count, host.data(), &error)) safetensors_exit_on_error(error);
         bool sharded = a.count == m->layout.total && device[a.name] != m->params;  // ZeRO-1: this rank's shard
         size_t begin = sharded ? m->shard_begin : 0, end = sharded ? m->shard_end : a.count;
+        bool to_host = state_on_host && strncmp(a.name, "adam_", 5) == 0;
         CUDA_CHECK(cudaMemcpy(device[a.name], host.data() + begin * element_bytes, (end - begin) * element_bytes,
-                              cudaMemcpyHostToDevice));
+                              to_host ? cudaMemcpyHostToHost : cudaMemcpyHostToDevice));
     }
     m->steps_done = (int)info.step;
     m->updates_applied = checkpoint_adamw_updates(info, path);
@@ -1654,6 +1737,8 @@ static void print_usage() {
 "                  recomputation skips the attention forward; needs -r 1 (default: on when the plan fits with it)\n"
 "  --segment K     keep every K-th layer input; backward recomputes a segment's other K-1 inputs first (one more\n"
 "                  forward of them); 1 keeps all; checkpoints on the card (default 0: 1, or the smallest K that fits)\n"
+"  --state-offload 0|1  AdamW m and v in pinned host memory, streamed through the card group by group for each\n"
+"                  update (one GPU) (default: on only when the plan fits with it and not without)\n"
 "  --attention mma|sm90  attention forward and backward: mma.sync (any card) or the sm_90a kernels (TMA, wgmma;\n"
 "                  compute capability 9.0); default sm90 on 9.0 after a start-up self-test, mma elsewhere\n"
 "  --attention-selftest 0|1  check the sm90 kernels against mma.sync at start-up, falling back to mma with a\n"
@@ -1706,6 +1791,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
     cl.options.offload = -1;  // --offload: automatic unless given
     cl.options.keep_attention = -1;  // --keep-attention: automatic unless given
     cl.options.segment = 0;          // --segment: automatic unless given
+    cl.options.state_offload = -1;   // --state-offload: automatic unless given
     for (int i = 1; i < argc; i++) {
         std::string flag = argv[i];
         if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
@@ -1715,7 +1801,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "--held-gradients", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--dp", "--sp", "--comm-timeout"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--state-offload", "--dp", "--sp",
+            "--comm-timeout"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1757,6 +1844,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--host-mem") cl.host_mem_gib = parse_gib(f, value);
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "--keep-attention") o.keep_attention = parse_bool(f, value);
+        else if (flag == "--state-offload") o.state_offload = parse_bool(f, value);
         else if (flag == "--segment") o.segment = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive count of layers");
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "--doc-mask") o.doc_mask = parse_bool(f, value);
@@ -1986,6 +2074,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.offload != 0, "--offload 1", [](TrainingOptions& a) { a.offload = OFFLOAD_ALL; });
     consider(o.keep_attention <= 0, "--keep-attention 0", [](TrainingOptions& a) { a.keep_attention = 0; });
     consider(o.segment == 0, "--segment 0", [](TrainingOptions& a) { a.segment = 0; });
+    consider(o.state_offload != 0 || o.dp * o.sp > 1, "--state-offload 1", [](TrainingOptions& a) { a.state_offload = 1; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
         MemoryPlan plan = plan_memory(c, resolve_automatic(c, options, budget));
@@ -2023,6 +2112,8 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     if (given.offload < 0 && h > 0)
         said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
                                                       "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
+    if (given.state_offload < 0 && resolved.state_offload > 0)
+        said.push_back("--state-offload 1: the plan fits only with AdamW m and v in pinned host memory");
     SegmentSchedule segments(resolved.segment, c.n_layer);
     if (given.segment == 0 && segments.k > 1)
         said.push_back("--segment " + std::to_string(segments.k) + ": the plan fits only with segment checkpoints, at one more "
@@ -2408,6 +2499,9 @@ static int train(const CommandLine& cl) {
     if (plan.bytes[REGION_HOST_GRADIENTS] > 0)  // each micro-batch's groups go out; all but the first's come back, then the update's
         printf("exact clipping: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n", gib(plan.bytes[REGION_HOST_GRADIENTS]),
                gib(plan.bytes[REGION_HOST_GRADIENTS]) * 2 * cl.micro_batches);
+    if (plan.bytes[REGION_HOST_ADAM_STATE] > 0)  // in for the update and back out, once per update
+        printf("AdamW state on the host: %.2f GiB pinned host memory, %.2f GiB over PCIe per update\n",
+               gib(plan.bytes[REGION_HOST_ADAM_STATE]), gib(plan.bytes[REGION_HOST_ADAM_STATE]) * 2);
     double flops_per_step = training_flops_per_token(cl.config, cl.options.T) * tokens_per_step / ranks.sp;  // one GPU's
     double peak = peak_bf16_flops(prop);
     // the step model's prediction for this card (mst/step_model.h), printed beside each measured step; none for

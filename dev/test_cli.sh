@@ -64,8 +64,8 @@ expect_output "dry run: 8b at 60000 fits 80 GB" "^MST plan: fits a card of 80.0 
 expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard plan .*: does not fit a card of 80.0 GiB" --dry-run -e llama3-8b -T 60000 --gpu-mem 80
 expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_refusal "dry run of llama3-70b (plan only): the plan, and a nonzero exit" "^MST plan: does not fit" --dry-run -e llama3-70b -T 8192
-expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --offload turned on" --dry-run -e llama3-8b --gpu-mem 80 --max-T
-expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
+expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --offload turned on [^;]*; --state-offload 1: [^;]*; " --dry-run -e llama3-8b --gpu-mem 80 --max-T
+expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --state-offload 1: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
 expect_error "non-numeric host memory" "--host-mem" --dry-run --host-mem lots
 expect_error "negative host memory" "--host-mem" --dry-run --host-mem -3
 expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
@@ -73,6 +73,11 @@ expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_error "keep-attention not 0 or 1" "--keep-attention" --dry-run --keep-attention 2
 expect_error "keep-attention without recomputation" "--keep-attention 1: needs -r 1" --dry-run -r 0 --keep-attention 1
 expect_error "negative segment" "--segment" --dry-run --segment -1
+expect_error "state-offload not 0 or 1" "--state-offload" --dry-run --state-offload 2
+expect_error "state-offload with --dp" "--state-offload 1 with --sp/--dp" --dry-run --dp 2 --state-offload 1
+expect_output "dry run: automatic state offload on where only it fits, named, its PCIe bytes" "^PCIe per step: .*; of each, AdamW m and v 29.9 GiB" --dry-run --random-tokens -e llama3-8b -T 400000 --gpu-mem 80 --host-mem 120
+expect_output "dry run: automatic state offload named" "^MST plan: fits .*--state-offload 1: the plan fits only with AdamW m and v in pinned host memory" --dry-run --random-tokens -e llama3-8b -T 400000 --gpu-mem 80 --host-mem 120
+expect_refusal "dry run: --state-offload 0 that does not fit is refused, --state-offload 1 named" "^MST plan: does not fit .*--state-offload 1: fits" --dry-run --random-tokens -e llama3-8b -T 400000 --gpu-mem 80 --host-mem 120 --state-offload 0
 expect_error "segment with offload" "--segment 3 with --offload 1: not supported" --dry-run --segment 3 --offload 1
 expect_error "segment with keep-attention" "--segment 2 with --keep-attention 1" --dry-run --segment 2 --keep-attention 1
 expect_error "segment without recomputation" "--segment 2: needs -r 1" --dry-run --segment 2 -r 0

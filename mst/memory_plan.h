@@ -57,6 +57,9 @@ struct TrainingOptions {
                                  // a segment's other k - 1 recomputed into shared buffers as its backward begins;
                                  // 1 every input kept; 0 automatic (resolve_automatic()); needs -r 1, checkpoints
                                  // on the card (no --offload) and --keep-attention 0
+    int state_offload = 0;       // --state-offload: AdamW m and v in pinned host memory, each group's streamed through two
+                                 // device staging slots for its update (one GPU only); -1: automatic, on only when the
+                                 // plan does not fit without it and fits with it (resolve_automatic())
     int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
     int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses): each holds T / sp tokens of each sequence
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
@@ -76,7 +79,9 @@ enum Region {
     REGION_PARAMETERS,        // P x 2
     REGION_MASTER_WEIGHTS,    // P x 4, or nothing
     REGION_ADAM_M,            // P x (2 or 4)
-    REGION_ADAM_V,            // P x (2 or 4)
+    REGION_ADAM_V,            // P x (2 or 4); both nothing with --state-offload
+    REGION_STATE_STAGING,     // --state-offload: 2 slots x (m, v) x the largest gradient group x (2 or 4): the state of
+                              // the group being updated and of the next, in flight
     REGION_GRADIENTS,         // fused: two slots that gradient groups alternate in (training.h), and the tied
                               // embedding's V x C; else P x 4
     REGION_GRADIENT_STAGING,  // fused with bf16 held gradients: the gradient region's elements x 2, each group
@@ -90,6 +95,7 @@ enum Region {
                               // from backward until its exactly clipped update (mst/training.h)
     REGION_HOST_ATTENTION,    // pinned host, --keep-attention: (L - 2) x N x (Q x 2 + H x 4), layers 0 .. L-3's
                               // attention output and lse (kept_attention_schedule(): the last two stay staged)
+    REGION_HOST_ADAM_STATE,   // pinned host, --state-offload: AdamW m, then v: 2 x P x (2 or 4)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
     REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
     REGION_QKV,               // N x (Q + 2 KV) x 2
@@ -122,8 +128,9 @@ enum Region {
 };
 
 static const char* const REGION_NAMES[NUM_REGIONS] = {
-    "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "parameter gradients (fp32)",
-    "held-gradient staging", "layer inputs (checkpoints)", "layer inputs, host", "held gradients, host", "attention outputs, host", "attention norm", "q, k, v", "attention output + lse",
+    "parameters (bf16)", "master weights (fp32)", "AdamW m", "AdamW v", "AdamW state staging",
+    "parameter gradients (fp32)", "held-gradient staging", "layer inputs (checkpoints)", "layer inputs, host",
+    "held gradients, host", "attention outputs, host", "AdamW m + v, host", "attention norm", "q, k, v", "attention output + lse",
     "attention residual", "MLP norm", "MLP hidden (gate, up, act)", "residual gradient", "q, k, v gradient",
     "MLP hidden gradient", "attention heads (Ulysses)", "all-to-all buffers", "final norm", "LM-head logits", "per-token loss", "tokens", "RoPE tables",
     "scratch", "cuBLASLt workspace",
@@ -155,7 +162,8 @@ static const char* const ALIASES_TEXT =
 
 // the regions in pinned host memory; every other is on the device
 static inline bool region_on_host(int r) {
-    return r == REGION_HOST_CHECKPOINTS || r == REGION_HOST_GRADIENTS || r == REGION_HOST_ATTENTION;
+    return r == REGION_HOST_CHECKPOINTS || r == REGION_HOST_GRADIENTS || r == REGION_HOST_ATTENTION ||
+           r == REGION_HOST_ADAM_STATE;
 }
 
 // With h layers offloaded, layer inputs 0 .. S-1 pass through the two staging buffers (input l in
@@ -274,8 +282,16 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     std::string per_layer = layers_live > 1 ? s(layers_live) + " x " : "";
     set(REGION_PARAMETERS, padded * 2, s(padded) + " x 2");
     set(REGION_MASTER_WEIGHTS, o.master_weights ? shard * 4 : 0, o.master_weights ? s(shard) + " x 4" : "none");
-    set(REGION_ADAM_M, shard * state_bytes, s(shard) + " x " + s(state_bytes));
-    set(REGION_ADAM_V, shard * state_bytes, s(shard) + " x " + s(state_bytes));
+    // --state-offload: m and v on the host, two slots of (m, v) for the largest group on the card
+    o.state_offload = o.state_offload > 0;
+    size_t card_state = o.state_offload ? 0 : shard, slot = largest_gradient_group(c);
+    std::string state_shape = o.state_offload ? "in pinned host memory" : s(shard) + " x " + s(state_bytes);
+    set(REGION_ADAM_M, card_state * state_bytes, state_shape);
+    set(REGION_ADAM_V, card_state * state_bytes, state_shape);
+    set(REGION_STATE_STAGING, o.state_offload ? 4 * slot * state_bytes : 0,
+        o.state_offload ? "2 x 2 x " + s(slot) + " x " + s(state_bytes) : "none");
+    set(REGION_HOST_ADAM_STATE, o.state_offload ? 2 * shard * state_bytes : 0,
+        o.state_offload ? "2 x " + s(shard) + " x " + s(state_bytes) : "none");
     set(REGION_GRADIENTS, gradient_elements * 4, s(gradient_elements) + " x 4");
     if (o.held_gradient_bytes != 2 && o.held_gradient_bytes != 4) o.held_gradient_bytes = o.bf16_optimizer_state ? 2 : 4;
     size_t held = o.held_gradient_bytes;
@@ -300,8 +316,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t kept = o.keep_attention ? kept_attention_schedule((int)L).stored() : 0;
     std::string attention_shape = s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)";
     set(REGION_HOST_ATTENTION, kept * N * (Q * 2 + H * 4), kept > 0 ? s(kept) + " x " + attention_shape : "none");
-    // checkpoints: k inputs out and back; held gradients: P x 2 or 4 out and back; kept attention outputs
-    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION];
+    // checkpoints: k inputs out and back; held gradients: P x 2 or 4 out and back; kept attention outputs; the
+    // AdamW state: m and v in for each update and back out
+    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION] +
+                        plan.bytes[REGION_HOST_ADAM_STATE];
     plan.pcie_to_device = plan.pcie_to_host;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
     if (ulysses) {  // q, k, v (head layout) in the attention heads region; the output's token layout here
@@ -370,6 +388,7 @@ static inline TrainingOptions standard_options(TrainingOptions o) {
     o.recompute = false;
     o.offload = 0;
     o.keep_attention = 0;
+    o.state_offload = 0;
     return o;
 }
 
@@ -434,6 +453,9 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     }
     if (o.dp * o.sp > 1 && o.keep_attention > 0)
         return "--keep-attention 1 with --sp/--dp: not supported yet (one GPU only); give --keep-attention 0";
+    if (o.dp * o.sp > 1 && o.state_offload > 0)
+        return "--state-offload 1 with --sp/--dp: not supported yet (one GPU only; ZeRO-1 already shards the AdamW "
+               "state); give --state-offload 0";
     if (o.dp * o.sp > 1 && o.segment > 1)
         return "--segment " + std::to_string(o.segment) + " with --sp/--dp: not supported yet (one GPU only); give --segment 1";
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
@@ -474,7 +496,7 @@ static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConf
 // --segment's automatic choice (0), before the others: 1 (every input kept) when that plan fits with the other
 // automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 whose plan fits (with the
 // checkpoints on the card: no offload, no kept attention); else 1, the plan that reports the shortfall.
-static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+static inline TrainingOptions resolve_segment_and_rest(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.segment == 0 && o.dp * o.sp > 1) o.segment = 1;  // one GPU only, so far
     if (o.segment != 0) return resolve_optimizer_keep_and_offload(c, o, budget);
     TrainingOptions whole = o;
@@ -488,6 +510,20 @@ static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOp
         if (plan_fits(plan_memory(c, segmented), budget)) return segmented;
     }
     return whole;
+}
+
+// Every automatic choice, before planning. --state-offload's (-1) comes first: off (no PCIe traffic for the
+// state) when the plan fits without it, with the other choices resolved; on when only the plan with it fits; off
+// when neither fits (it costs as many host bytes as it saves on the card, so it never makes a miss smaller).
+static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.state_offload >= 0) return resolve_segment_and_rest(c, o, budget);
+    TrainingOptions on_card = o, on_host = o;
+    on_card.state_offload = 0;
+    on_card = resolve_segment_and_rest(c, on_card, budget);
+    if (plan_fits(plan_memory(c, on_card), budget) || o.dp * o.sp > 1) return on_card;
+    on_host.state_offload = 1;
+    on_host = resolve_segment_and_rest(c, on_host, budget);
+    return plan_fits(plan_memory(c, on_host), budget) ? on_host : on_card;
 }
 
 // The longest T (with options' B, chunk rules, optimizer path and offload, the automatic ones resolved at each
@@ -507,10 +543,11 @@ static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s, master weights %s, optimizer %s, checkpoints %s%s,\n"
+           "             AdamW state %s%s, master weights %s, optimizer %s, checkpoints %s%s,\n"
            "             attention output %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
+           o.state_offload ? " in pinned host memory (streamed per group)" : "",
            o.master_weights ? "fp32" : "none", !o.fused_optimizer ? "after backward, gradients on the card"
            : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
                                         : "fused into backward, gradients held on the host (fp32)",
@@ -534,6 +571,8 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
     printf("| %-27s | %-40s | %10.3f | %10.3f | %12.3f |\n", "total", "", gib(plan.total), gib(plan.host_total),
            gib(standard.total));
     if (plan.aliased) printf("%s\n", ALIASES_TEXT);
-    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back, on the copy stream beside the compute\n",
+    printf("PCIe per step: %.1f GiB to the host, %.1f GiB back, on the copy stream beside the compute",
            gib(plan.pcie_to_host), gib(plan.pcie_to_device));
+    if (o.state_offload) printf("; of each, AdamW m and v %.1f GiB", gib(plan.bytes[REGION_HOST_ADAM_STATE]));
+    printf("\n");
 }

@@ -129,10 +129,12 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     p.seconds[PHASE_OPTIMIZER] = P * GLOBAL_NORM.bytes_per_element / (copy_rate * GLOBAL_NORM.of_ceiling) +
                                  P * adamw.bytes_per_element / (copy_rate * adamw.of_ceiling);
     // host copies at the card's PCIe rate, each micro-batch's (the held gradients' P x 4 out and back,
-    // training.h; the checkpoints'): on the copy stream, so only what exceeds the compute shows
+    // training.h; the checkpoints'), and once per update the AdamW state's (--state-offload): on the copy stream,
+    // so only what exceeds the compute shows
     p.compute_s = 0;
     for (int phase = 0; phase < PHASE_HOST_COPIES; phase++) p.compute_s += p.seconds[phase];
-    p.work[PHASE_HOST_COPIES] = (double)(plan.pcie_to_host + plan.pcie_to_device) * micro_batches;
+    double state_bytes = 2.0 * plan.bytes[REGION_HOST_ADAM_STATE];
+    p.work[PHASE_HOST_COPIES] = (plan.pcie_to_host + plan.pcie_to_device - state_bytes) * micro_batches + state_bytes;
     p.copy_s = p.work[PHASE_HOST_COPIES] / card.pcie_bytes;
     p.seconds[PHASE_HOST_COPIES] = std::max(0.0, p.copy_s - p.compute_s);
 

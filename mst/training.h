@@ -48,6 +48,13 @@ static inline GradientSlots fused_gradient_slots(const ModelConfig& c) {
     return slots;
 }
 
+// --state-offload's staging slots: each holds the AdamW state of one group, so the largest one's element count
+static inline size_t largest_gradient_group(const ModelConfig& c) {
+    size_t largest = 0;
+    for (const GradientGroup& g : gradient_groups(c)) largest = std::max(largest, g.count);
+    return largest;
+}
+
 // clip_grad_norm_'s factor as the GPU's global_norm_finish computes it: max_norm / (norm + 1e-6) when
 // the norm exceeds max_norm, else 1; max_norm 0 is no clipping
 static inline float clip_scale(float norm, float max_norm) {

@@ -175,8 +175,8 @@ static void test_offload() {
           "offload: PCIe per step L - 1 inputs out and back; the gradients out and back");
     int on_host = 0;
     for (int r = 0; r < NUM_REGIONS; r++) on_host += region_on_host(r);
-    check(on_host == 3 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS) &&
-          region_on_host(REGION_HOST_ATTENTION), "three regions in pinned host memory");
+    check(on_host == 4 && region_on_host(REGION_HOST_CHECKPOINTS) && region_on_host(REGION_HOST_GRADIENTS) &&
+          region_on_host(REGION_HOST_ATTENTION) && region_on_host(REGION_HOST_ADAM_STATE), "four regions in pinned host memory");
     test_regions_are_laid_out(offloaded, "offload: device and host regions aligned and disjoint");
     // the predicted step: the copies (2 G and 2 (L - 1) checkpoints at 50 GB/s on an H200, 5.8 s) hide behind
     // the compute (minutes at this T); on a card with no compute to speak of they would all show
@@ -760,6 +760,69 @@ static void test_held_gradients() {
           "held gradients automatic: fp32 where only it fits, so --max-T is the longer of the two");
 }
 
+// --state-offload: AdamW m and v (2 x P x 2 in bf16, x 4 in fp32) leave the card for pinned host memory; the card keeps
+// 2 slots of (m, v) for the largest group, the embedding's V x C = 128256 x 4096 = 525336576 elements; each update
+// moves the state in and out once (PCIe 2 x P x state bytes each way, once per update however many micro-batches).
+// Refused with --sp/--dp. Automatic: on only where the plan fits with it and not without, so --max-T is the
+// longer of the two.
+static void test_state_offload() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t P = 8030261248ull, VC = 128256ull * 4096;
+    bool ok = true;
+    for (bool bf16 : {true, false}) {
+        TrainingOptions o;
+        o.bf16_optimizer_state = bf16;
+        size_t b = bf16 ? 2 : 4;
+        MemoryPlan card = plan_memory(c, o);
+        o.state_offload = 1;
+        MemoryPlan host = plan_memory(c, o);
+        ok &= card.bytes[REGION_ADAM_M] == P * b && host.bytes[REGION_ADAM_M] == 0 && host.bytes[REGION_ADAM_V] == 0 &&
+              host.bytes[REGION_STATE_STAGING] == 4 * VC * b && card.bytes[REGION_STATE_STAGING] == 0 &&
+              host.bytes[REGION_HOST_ADAM_STATE] == 2 * P * b && card.bytes[REGION_HOST_ADAM_STATE] == 0 &&
+              card.total - host.total == 2 * round_up_256(P * b) - round_up_256(4 * VC * b) &&
+              host.host_total - card.host_total == round_up_256(2 * P * b) &&
+              host.pcie_to_host - card.pcie_to_host == 2 * P * b && host.pcie_to_device - card.pcie_to_device == 2 * P * b &&
+              host.shape[REGION_STATE_STAGING] == "2 x 2 x 525336576 x " + std::to_string(b);
+        test_regions_are_laid_out(host, bf16 ? "state offload, bf16: regions aligned and disjoint"
+                                             : "state offload, fp32: regions aligned and disjoint");
+        const CardRates& h200 = *card_rates_for("NVIDIA H200");
+        double per_update = 2.0 * 2 * P * b;  // in and out
+        ok &= fabs(predict_step(host, h200, 3).work[PHASE_HOST_COPIES] - predict_step(card, h200, 3).work[PHASE_HOST_COPIES] -
+                   per_update) < 1.0;
+    }
+    check(ok, "state offload: m, v on the host (2 P x b), 2 x 2 x V C x b staging on the card, 2 P x b over PCIe each way per update");
+    TrainingOptions bad;
+    bad.state_offload = 1;
+    bad.dp = 2;
+    bad.fused_optimizer = 0;
+    check(training_options_problem(c, bad).find("--state-offload 1 with --sp/--dp: not supported") == 0,
+          "state offload: refused with --dp 2, naming the flag");
+
+    TrainingOptions a, off, on;
+    a.offload = a.keep_attention = a.fused_optimizer = -1;
+    a.segment = 0;
+    a.state_offload = -1;
+    a.T = 60000;
+    check(resolve_automatic(c, a, CARD_80).state_offload == 0, "state offload automatic: off at T = 60000 on 80 GiB (it fits without)");
+    off = on = a;
+    off.state_offload = 0;
+    on.state_offload = 1;
+    for (const MemoryBudget& budget : {CARD_80, MemoryBudget{139.0, 120.0}}) {
+        int longest = max_T_that_fits(c, a, budget), without = max_T_that_fits(c, off, budget), with = max_T_that_fits(c, on, budget);
+        TrainingOptions at = a;
+        at.T = longest;
+        TrainingOptions chosen = resolve_automatic(c, at, budget);
+        off.T = longest;
+        printf("llama3-8b on %.0f GiB + %.0f GiB host: longest T %d with the state on the card, %d on the host, %d automatic\n",
+               budget.gpu_gib, budget.host_gib, without, with, longest);
+        check(longest == std::max(without, with) && longest > without && chosen.state_offload == 1 &&
+              !plan_fits(plan_memory(c, resolve_automatic(c, off, budget)), budget),
+              "state offload automatic: on at --max-T only where the state on the card does not fit; the longer T of the two");
+    }
+    MemoryBudget tiny = {20.0, 120.0};  // nothing fits: the state stays on the card (host bytes no better)
+    check(resolve_automatic(c, a, tiny).state_offload == 0, "state offload automatic: off where neither plan fits");
+}
+
 int main() {
     test_llama3_8b_at_60000();
     test_options();
@@ -776,5 +839,6 @@ int main() {
     test_step_model();
     test_zero1_shards();
     test_ulysses_plan();
+    test_state_offload();
     return test_summary();
 }
