@@ -114,6 +114,7 @@
 //        rounded (W) = round-to-nearest-even bf16 of grad; slot >= 0: writes that slot's partials from the
 //        rounded values (the held bf16 gradient's norm, exactly what AdamW will apply), slot < 0: none.
 //   void bf16_to_float(float* out, const bf16* in, size_t count, cudaStream_t)      out (W), exact
+//   void float_accumulate(float* out, const float* in, size_t count, cudaStream_t)  out += in (RW), bitwise
 // ---------------------------------------------------------------------------------------------------
 #pragma once
 #include <cstdint>
@@ -1066,30 +1067,43 @@ static inline void gradient_to_bf16(bf16* rounded, void* scratch, int slot, cons
     double* partial = slot >= 0 ? (double*)scratch + (size_t)slot * GLOBAL_NORM_BLOCKS : nullptr;
     global_norm_partial_launch(partial, grad, rounded, count, stream);
 }
-// out = float(in), exact: a held bf16 gradient back into an fp32 gradient buffer (gradient accumulation)
-// VEC 8: 16 bytes in, 32 out per thread; the tail element by element
-template <int VEC>
-__global__ void bf16_to_float_kernel(float* out, const bf16* in, size_t count) {
+// out = float(in) (ADD false), exact: a held bf16 gradient back into an fp32 gradient buffer (gradient
+// accumulation); out += in (ADD true, fp32 in): --zero 2 adds each micro-batch's all-reduced group gradient into
+// the rank's shard, one fp32 add per element as a CPU loop does (bitwise). VEC 8: 8 elements per thread by
+// 16-byte loads and stores; the tail element by element
+template <int VEC, typename In, bool ADD>
+__global__ void to_float_kernel(float* out, const In* in, size_t count) {
     size_t groups = (count + VEC - 1) / VEC;
     for (size_t k = (size_t)blockIdx.x * blockDim.x + threadIdx.x; k < groups; k += (size_t)gridDim.x * blockDim.x) {
         size_t e = k * VEC;
         if (VEC == 8 && e + 8 <= count) {
-            float f[8];
+            float f[8], o[8];
             mst::load8(in + e, f);
+            if (ADD) {
+                mst::load8(out + e, o);
+                for (int i = 0; i < 8; i++) f[i] = o[i] + f[i];
+            }
             mst::store8(out + e, f);
         } else {
-            for (size_t i = e; i < e + VEC && i < count; i++) out[i] = __bfloat162float(in[i]);
+            for (size_t i = e; i < e + VEC && i < count; i++) out[i] = (ADD ? out[i] : 0.f) + mst_load_state(in + i);
         }
     }
 }
-static inline void bf16_to_float(float* out, const bf16* in, size_t count, cudaStream_t stream) {
+template <typename In, bool ADD>
+static inline void to_float_launch(float* out, const In* in, size_t count, cudaStream_t stream) {
     profile_phase(PHASE_MEMORY_BOUND, stream);
     if (count == 0) return;
     int threads = 256;
     if (mst::aligned16(out) && mst::aligned16(in))
-        mst::launch<bf16_to_float_kernel<8>>(mst_elementwise_blocks((count + 7) / 8, threads), threads, 0, stream, out, in, count);
-    else mst::launch<bf16_to_float_kernel<1>>(mst_elementwise_blocks(count, threads), threads, 0, stream, out, in, count);
+        mst::launch<to_float_kernel<8, In, ADD>>(mst_elementwise_blocks((count + 7) / 8, threads), threads, 0, stream, out, in, count);
+    else mst::launch<to_float_kernel<1, In, ADD>>(mst_elementwise_blocks(count, threads), threads, 0, stream, out, in, count);
     CUDA_CHECK(cudaGetLastError());
+}
+static inline void bf16_to_float(float* out, const bf16* in, size_t count, cudaStream_t stream) {
+    to_float_launch<bf16, false>(out, in, count, stream);
+}
+static inline void float_accumulate(float* out, const float* in, size_t count, cudaStream_t stream) {
+    to_float_launch<float, true>(out, in, count, stream);
 }
 static inline void global_norm_finish(float* norm_out, float* clip_scale_out, const void* scratch, int num_slots,
                                       float max_norm, cudaStream_t stream) {

@@ -177,7 +177,8 @@ struct Model {
     void* host_grads;              // fused: pinned host P x 2 (bf16) or P x 4, each group's gradient held for the exact clip
     bf16* grad_staging;            // fused, held in bf16: each gradient slot's bf16 copy on the card, or null
     std::vector<GradientGroup> groups;  // gradient_groups(): the order backward completes them
-    GradientSlots gradient_slots;  // fused: the two slots' sizes (training.h)
+    GradientSlots gradient_slots;  // fused and --zero 2: the two slots' sizes (training.h)
+    float* grad_shard;             // --zero 2: this rank's shard of the gradient, [shard_begin, shard_end), after the slots
     cudaEvent_t gradient_out[3], gradient_in[3];  // fused: a slot's copy to / from the host has finished
     bool update_pending;           // fused: the last step's update, applied before the weights are next read
     int groups_applied;            // of it, in forward order (apply_pending_groups)
@@ -259,6 +260,8 @@ static void carve_arena(Model* m) {
     m->adam_m = region(REGION_ADAM_M);
     m->adam_v = region(REGION_ADAM_V);
     m->grads = (float*)region(REGION_GRADIENTS);
+    m->grad_shard = p.options.zero == 2 ? m->grads + (m->config.tied_embeddings ? (size_t)m->config.vocab_size * m->config.d_model : 0) +
+                                              m->gradient_slots.elements[0] + m->gradient_slots.elements[1] : nullptr;
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
     m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? m->host_arena + p.offset[REGION_HOST_GRADIENTS] : nullptr;
@@ -1009,18 +1012,24 @@ static void update_group(Model* m, int j, const G* grad, float lr) {
     state_copy(m, j, true, nullptr);  // read back only by a later fetch on the same stream, or after a synchronize
 }
 
+// Not fused: this rank's shard of the gradient, summed over the ranks after reduce_gradients_for_norm: ZeRO-1 (and one
+// rank) its place in the whole gradient, ZeRO-2 its own buffer
+static float* shard_gradient(const Model* m) { return m->grad_shard ? m->grad_shard : m->grads + (size_t)m->par.rank * m->shard; }
+
 // After backward, not fused: the squares of the gradient into the global norm's partials. ZeRO-1 (several
 // ranks): first each rank's shard of the gradient summed over the ranks (reduce-scatter in place, into its
 // block of m->grads); each rank's partials of its shard go to slot `world`, then all of them to slots
 // 0 .. world-1 (all-gather), so every rank sums the same partials in the same order: the same norm, exactly.
+// ZeRO-2: the shard is summed over the ranks already (zero2_reduce_group).
 static void reduce_gradients_for_norm(Model* m) {
     const Parallel& par = m->par;
     if (par.world == 1) {
         global_norm_squared_partial(m->grad_norm_scratch, m->grad_norm_slots++, m->grads, m->layout.total, m->stream);
         return;
     }
-    float* shard_grad = m->grads + (size_t)par.rank * m->shard;
-    device_collective(m, par.device, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
+    float* shard_grad = shard_gradient(m);
+    if (!m->grad_shard)
+        device_collective(m, par.device, [&] { comm_reduce_scatter(par.device, m->grads, shard_grad, m->shard, COMM_F32); });
     double* partials = (double*)m->grad_norm_scratch;
     global_norm_squared_partial(partials, par.world, shard_grad, m->shard, m->stream);
     device_collective(m, par.device, [&] {
@@ -1036,7 +1045,7 @@ static void apply_update_after_backward(Model* m, float lr) {
     if (m->host_state) {
         for (int j = 0; j < (int)m->groups.size(); j++) update_group(m, j, m->grads + forward_group(m, j).offset, lr);
     } else {
-        adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, m->grads + m->shard_begin, lr, state_on_card(m));
+        adamw_group(m, m->shard_begin, m->shard_end - m->shard_begin, shard_gradient(m), lr, state_on_card(m));
     }
     if (m->par.world > 1)
         device_collective(m, m->par.device, [&] {
@@ -1059,7 +1068,7 @@ static int group_slot(const Model* m, size_t offset) {
     exit(1);
 }
 static float* group_gradient(const Model* m, size_t offset) {
-    if (!m->plan.options.fused_optimizer) return m->grads + offset;
+    if (!m->plan.options.fused_optimizer && !m->grad_shard) return m->grads + offset;
     const ModelConfig& c = m->config;
     size_t VC = (size_t)c.vocab_size * c.d_model;
     int slot = group_slot(m, offset);
@@ -1093,11 +1102,28 @@ static void fetch_group_gradient(Model* m, size_t offset, size_t count) {
                        m->gradient_in[group_slot(m, offset)]);
 }
 
+// --zero 2: a group's gradient (this micro-batch's, in its slot) is complete: summed over the ranks in place
+// (all-reduce), then the part in this rank's shard added into m->grad_shard (zeroed at the step's start), so the
+// slot is free for the group after the next. The compute stream waits for the all-reduce (device_collective):
+// not overlapped with the next group's backward yet.
+static void zero2_reduce_group(Model* m, size_t offset, size_t count) {
+    float* grad = group_gradient(m, offset);
+    const Parallel& par = m->par;
+    device_collective(m, par.device, [&] { comm_all_reduce(par.device, grad, grad, count, COMM_F32); });
+    size_t begin = std::max(offset, m->shard_begin), end = std::min(offset + count, m->shard_end);
+    if (begin < end) float_accumulate(m->grad_shard + (begin - m->shard_begin), grad + (begin - offset), end - begin, m->stream);
+}
+
 // A group's backward begins. Fused: once its slot's last copy to the host has left, its gradient buffer is
 // zeroed in the first micro-batch, and in a later one holds the sum so far, fetched back from its host copy.
 // Not fused: backward zeroed them all before the first micro-batch.
 static float* begin_group(Model* m, size_t offset, size_t count, bool first_micro_batch) {
     float* grad = group_gradient(m, offset);
+    if (m->grad_shard) {  // ZeRO-2: the slot's last group was all-reduced and taken into the shard before now
+        profile_phase(PHASE_MEMORY_BOUND, m->stream);
+        CUDA_CHECK(cudaMemsetAsync(grad, 0, count * 4, m->stream));
+        return grad;
+    }
     if (!m->plan.options.fused_optimizer) return grad;
     int slot = group_slot(m, offset);
     profile_phase(PHASE_HOST_COPIES, m->stream);  // waiting here is a copy not hidden
@@ -1118,6 +1144,7 @@ static float* begin_group(Model* m, size_t offset, size_t count, bool first_micr
 // bf16); then the copy stream sends it to its host copy (count x 2 or 4 bytes over PCIe) while backward goes on;
 // gradient_out[slot] marks it gone. Not fused: nothing until backward has finished.
 static void end_group(Model* m, size_t offset, size_t count, bool last_micro_batch) {
+    if (m->grad_shard) return zero2_reduce_group(m, offset, count);
     if (!m->plan.options.fused_optimizer) return;
     const float* grad = group_gradient(m, offset);
     int norm_slot = last_micro_batch ? m->grad_norm_slots++ : -1;
@@ -1713,9 +1740,12 @@ static void print_usage() {
 "  --seed N        seed of the initial weights and random tokens (default 1337)\n"
 "  -d TOKENS       tokens per update, a multiple of B x T: gradient accumulation (default B x T)\n"
 "  --dp D          data-parallel ranks under mpirun or srun (one per GPU): each its own B x T batches,\n"
-"                  ZeRO-1 (AdamW state and update sharded over the ranks; sets -f 0) (default 1)\n"
+"                  ZeRO (AdamW state and update sharded over the ranks, --zero; sets -f 0) (default 1)\n"
 "  --sp S          sequence-parallel ranks (Ulysses): each holds T / S tokens of every sequence and attends\n"
 "                  over all of them for 1/S of the heads; --sp x --dp ranks in all (default 1)\n"
+"  --zero 0|1|2    several ranks: ZeRO stage; 1 each rank holds the whole fp32 gradient, reduce-scattered after\n"
+"                  backward; 2 each group's gradient all-reduced as backward completes it, only this rank's shard\n"
+"                  kept (default 0: 1 when it fits, else 2)\n"
 "  --comm-timeout SECONDS  with several ranks: a rank that waits this long in a collective (another rank stopped\n"
 "                  or is stuck) prints one line and stops every rank; 0 = wait forever (default 600)\n"
 "  --nonfinite-limit N  stop after N steps in a row with a NaN/inf loss or gradient norm (default 5)\n"
@@ -1802,7 +1832,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
             "-a", "--state", "--held-gradients", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
             "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--state-offload", "--dp", "--sp",
-            "--comm-timeout"};
+            "--comm-timeout", "--zero"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1862,6 +1892,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "-L") cl.log_path = value;
         else if (flag == "--dp") o.dp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
         else if (flag == "--sp") o.sp = flag_int(f, value, 1, 4096, "a positive integer (ranks)");
+        else if (flag == "--zero") o.zero = flag_int(f, value, 0, 2, "0 (automatic), 1 or 2");
         else if (flag == "--comm-timeout") cl.comm_timeout_s = flag_double(f, value, 0, 1e9, "0 (never) or a number of seconds");
         else if (flag == "--attention") {
             if (strcmp(value, "mma") != 0 && strcmp(value, "sm90") != 0) usage_error("%s: must be mma or sm90 (got \"%s\")", f, value);

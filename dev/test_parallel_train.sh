@@ -145,6 +145,21 @@ compare checkpoints "$(step1 one_A)" "$(step1 sp2dp2_A)" perturb > /dev/null
 [ $? -ne 0 ]; check "a perturbed AdamW m element (10 x the tolerance) fails the comparison" $?
 [ "$(grep -c '^step ' "$DIR/sp2dp2_A.log")" -eq 4 ] && [ "$(wc -l < "$DIR/sp2dp2_A.jsonl")" -eq 4 ]
 check "rank 0 alone prints the step lines and writes -L" $? "$(grep -c '^step ' "$DIR/sp2dp2_A.log") step lines of 4 ranks"
+# ZeRO-2: each group's gradient all-reduced as backward completes it, only the rank's shard kept. With one micro-batch
+# the same sums in the same order as ZeRO-1's reduce-scatter (rank order, on the CPU device): losses and norms
+# bitwise equal; with two micro-batches per rank (-d) the ranks are summed before the micro-batches (ZeRO-1: after),
+# one fp32 rounding apart: within the tolerances above against the ZeRO-1 run
+run sp2dp2_zero2_A 4 "${A[@]}" --sp 2 --dp 2 -B 2 -n 4 -k 1 --zero 2; same sp2dp2_zero2_A one_A
+python3 - "$DIR/sp2dp2_A.jsonl" "$DIR/sp2dp2_zero2_A.jsonl" <<'PY'
+import json, sys
+a, b = ([(r["loss"], r["grad_norm"]) for r in map(json.loads, open(p)) if "grad_norm" in r] for p in sys.argv[1:])
+sys.exit(0 if a == b and len(a) == 4 else 1)
+PY
+check "--zero 2: losses and norms bitwise equal to --zero 1's (one micro-batch)" $?
+run dp2_accumulate_A 2 "${A[@]}" --dp 2 -B 1 -d 60 -n 2 -k 1 --zero 1
+run dp2_accumulate_zero2_A 2 "${A[@]}" --dp 2 -B 1 -d 60 -n 2 -k 1 --zero 2; same dp2_accumulate_zero2_A dp2_accumulate_A
+grep -q 'ZeRO-2' "$DIR/dp2_accumulate_zero2_A.log" && ! grep -q 'ZeRO-2' "$DIR/dp2_accumulate_A.log"
+check "--zero 2 is what ran (the start-up plan line says ZeRO-2), --zero 1 not" $?
 # the world-size-4 checkpoint of step 2 resumed on 1 rank and on 2: steps 3 and 4 as the world-size-4 run's
 for np in 1 2; do
     name=resume_$np
@@ -175,6 +190,7 @@ refused() {  # refused NAME PATTERN RANKS ARGS...
 refused "--sp 2 -f 1: not supported yet" '^error: .*--sp 2 --dp 1 with -f 1: not supported yet' 2 "${A[@]}" --random-tokens --sp 2 -f 1
 refused "2 ranks for --dp 4: the world size is checked" '^error: rank [01]: 2 ranks were started, but --dp 4' 2 "${A[@]}" --random-tokens --dp 4
 refused "--sp 4 with 2 heads: refused" '^error: .*--sp 4: query heads (2) are not a multiple of --sp' 4 "${A[@]}" --random-tokens --sp 4
+refused "--zero 3: refused" '^error: .*--zero' 2 "${A[@]}" --random-tokens --dp 2 --zero 3
 refused "--sp 2 -r 0: refused" '^error: .*--sp with -r 0: not supported' 2 "${A[@]}" --random-tokens --sp 2 -r 0
 ./train_llama_cpu "${A[@]}" -f 0 --random-tokens --sp 2 -n 1 > "$DIR/refused.log" 2>&1
 [ $? -eq 1 ] && [ "$(grep -c '^error: --sp 2 x --dp 1 = 2 ranks, but no launcher started ranks' "$DIR/refused.log")" -eq 1 ]

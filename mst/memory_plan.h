@@ -61,6 +61,10 @@ struct TrainingOptions {
                                  // device staging slots for its update (one GPU only); -1: automatic, on only when the
                                  // plan does not fit without it and fits with it (resolve_automatic())
     int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
+    int zero = 0;                // --zero, several ranks: the ZeRO stage. 1: every rank holds the whole model's fp32
+                                 // gradient, reduce-scattered after backward; 2: each group's gradient is all-reduced
+                                 // as backward completes it (two slots, as fused) and only this rank's shard is kept;
+                                 // 0 automatic: 1 when that plan fits, else 2 (resolve_automatic())
     int sp = 1;                  // --sp: sequence-parallel ranks (Ulysses): each holds T / sp tokens of each sequence
     size_t region_guard_bytes = 0;  // left unused after every region: the CPU device's overrun guards
                                     // (mst::region_guard_bytes(); 0 on a GPU and in every printed plan)
@@ -273,9 +277,12 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // fused: gradients exist for two groups at a time, in two slots (one computed while the other is copied
     // to the host): the LM head (V x C), the final norm, each layer in turn, the embedding (V x C). Tied
     // embeddings share one V x C gradient from the LM head's backward to the embedding's, kept whole beside.
+    // --zero 2 (several ranks, -f 0): the fused path's slots, each group all-reduced as it completes, and beside them
+    // this rank's shard of the gradient (fp32, accumulated over micro-batches)
+    o.zero = world > 1 && o.zero == 2 ? 2 : 1;
     GradientSlots slots = fused_gradient_slots(c);
-    size_t gradient_elements = !o.fused_optimizer ? padded
-                             : (c.tied_embeddings ? V * C : 0) + slots.elements[0] + slots.elements[1];
+    size_t slot_elements = (c.tied_embeddings ? V * C : 0) + slots.elements[0] + slots.elements[1];
+    size_t gradient_elements = o.fused_optimizer ? slot_elements : o.zero == 2 ? slot_elements + shard : padded;
 
     auto set = [&](Region r, size_t bytes, std::string shape) { plan.bytes[r] = bytes; plan.shape[r] = shape; };
     auto s = [](size_t x) { return std::to_string(x); };
@@ -458,6 +465,8 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
                "state); give --state-offload 0";
     if (o.dp * o.sp > 1 && o.segment > 1)
         return "--segment " + std::to_string(o.segment) + " with --sp/--dp: not supported yet (one GPU only); give --segment 1";
+    if (o.zero < 0 || o.zero > 2) return "--zero must be 0 (automatic), 1 or 2 (got " + std::to_string(o.zero) + ")";
+    if (o.zero == 2 && o.dp * o.sp == 1) return "--zero 2: needs several ranks (--sp/--dp); one GPU holds its whole gradient";
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
@@ -515,7 +524,15 @@ static inline TrainingOptions resolve_segment_and_rest(const ModelConfig& c, Tra
 // Every automatic choice, before planning. --state-offload's (-1) comes first: off (no PCIe traffic for the
 // state) when the plan fits without it, with the other choices resolved; on when only the plan with it fits; off
 // when neither fits (it costs as many host bytes as it saves on the card, so it never makes a miss smaller).
+// With several ranks --zero's (0) comes before it: ZeRO-1 (one reduce-scatter per step) when that plan fits, else 2.
 static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.zero == 0 && o.dp * o.sp > 1) {
+        TrainingOptions one = o;
+        one.zero = 1;
+        one = resolve_automatic(c, one, budget);
+        if (plan_fits(plan_memory(c, one), budget)) return one;
+        o.zero = 2;
+    }
     if (o.state_offload >= 0) return resolve_segment_and_rest(c, o, budget);
     TrainingOptions on_card = o, on_host = o;
     on_card.state_offload = 0;
@@ -548,17 +565,21 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.state_offload ? " in pinned host memory (streamed per group)" : "",
-           o.master_weights ? "fp32" : "none", !o.fused_optimizer ? "after backward, gradients on the card"
+           o.master_weights ? "fp32" : "none", !o.fused_optimizer ? (o.zero == 2 ? "after backward, each group's gradient all-reduced and this rank's shard kept (ZeRO-2)"
+                                                         : "after backward, gradients on the card")
            : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
                                         : "fused into backward, gradients held on the host (fp32)",
            offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
     int world = o.dp * o.sp;
-    if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered, the bf16 parameters all-gathered
+    if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered (ZeRO-2: all-reduced group by
+                      // group, twice the bytes), the bf16 parameters all-gathered
         size_t padded = plan.bytes[REGION_PARAMETERS] / 2;
-        printf("one GPU of %d (--sp %d x --dp %d): %d tokens of each sequence, AdamW state for %zu parameters (ZeRO-1);\n"
-               "             per step all-to-all %.2f GiB, reduce-scatter %.2f GiB, all-gather %.2f GiB (each GPU sends "
-               "(n-1)/n of each)\n", world, o.sp, o.dp, UlyssesShape(plan.config, o.sp, o.B, o.T).Tl, padded / world,
-               gib(plan.all_to_all_bytes), gib(padded * 4), gib(padded * 2));
+        printf("one GPU of %d (--sp %d x --dp %d): %d tokens of each sequence, AdamW state for %zu parameters (ZeRO-%d%s);\n"
+               "             per step all-to-all %.2f GiB, %s %.2f GiB, all-gather %.2f GiB (each GPU sends "
+               "(n-1)/n of each%s)\n", world, o.sp, o.dp, UlyssesShape(plan.config, o.sp, o.B, o.T).Tl, padded / world,
+               o.zero, o.zero == 2 ? ", and only its shard of the fp32 gradient" : "", gib(plan.all_to_all_bytes),
+               o.zero == 2 ? "all-reduce" : "reduce-scatter", gib(padded * 4), gib(padded * 2),
+               o.zero == 2 ? "; of the all-reduce 2(n-1)/n, once per micro-batch" : "");
     }
     printf("| %-27s | %-40s | %10s | %10s | %12s |\n", "region", "shape (elements x bytes)", "device GiB", "host GiB",
            "standard GiB");

@@ -662,6 +662,42 @@ static void test_zero1_shards() {
     check(fabs(saved - gib(P / 8 * 7 * 8)) < 0.01, "ZeRO-1 --dp 8: the plan shrinks by 7/8 of m, v and master weights");
 }
 
+// ZeRO-2 (--zero 2): the gradient region is the fused path's two slots (8B: the LM head's 128256 x 4096 in slot 0,
+// one layer's 218,112,000 in slot 1) and the rank's shard of ceil(P / D), x 4 bytes, in place of D x shard x 4;
+// --zero 2 on one GPU is refused; the automatic stage (0) is 1 where that plan fits, else 2.
+static void test_zero2_shards() {
+    const size_t P = 8030261248ull, VC = 128256ull * 4096, layer = 218112000;
+    ModelConfig c = config_named("llama3-8b");
+    TrainingOptions o;
+    o.fused_optimizer = 0;
+    o.dp = 8;
+    o.zero = 2;
+    MemoryPlan plan = plan_memory(c, o);
+    check(plan.options.zero == 2 && plan.bytes[REGION_GRADIENTS] == (VC + layer + P / 8) * 4,
+          "ZeRO-2 --dp 8: gradients = (LM head slot + layer slot + P / 8 shard) x 4");
+    o.zero = 1;
+    check(plan_memory(c, o).bytes[REGION_GRADIENTS] - plan.bytes[REGION_GRADIENTS] == (P - VC - layer - P / 8) * 4,
+          "ZeRO-2 --dp 8: saves the whole gradient less the slots and the shard");
+    test_regions_are_laid_out(plan, "ZeRO-2: regions laid out in order, within the arena");
+    TrainingOptions single;
+    single.zero = 2;
+    check(training_options_problem(c, single).find("--zero 2: needs several ranks") == 0, "--zero 2 on one GPU: refused");
+    single.zero = 3;
+    check(!training_options_problem(c, single).empty(), "--zero 3: refused");
+    // automatic: --sp 8 at T = 500,000 fits 80 GiB with ZeRO-1; at 2,000,000 only with ZeRO-2
+    MemoryBudget budget = {80.0, 120.0};
+    TrainingOptions automatic;
+    automatic.sp = 8;
+    automatic.fused_optimizer = 0;
+    automatic.offload = -1;  // automatic, as train_llama's default
+    automatic.T = 500000;
+    TrainingOptions small = resolve_automatic(c, automatic, budget);
+    automatic.T = 2000000;
+    TrainingOptions large = resolve_automatic(c, automatic, budget);
+    check(small.zero == 1 && large.zero == 2 && plan_fits(plan_memory(c, large), budget),
+          "--zero automatic: 1 where it fits (T = 500,000 on 8 GPUs), 2 where only that fits (T = 2,000,000)");
+}
+
 // --sp S (Ulysses): one GPU's plan holds its N = B ceil(T / S) tokens everywhere but attention, which holds the
 // whole Np = B S ceil(T / S) tokens for its Hl = H / S query heads and KVl = max(1, KV / S) KV heads: q, k, v and
 // their gradients, the output and its gradient (bf16), lse and delta (fp32), and the all-to-all's send and
@@ -838,6 +874,7 @@ int main() {
     test_automatic_optimizer_path();
     test_step_model();
     test_zero1_shards();
+    test_zero2_shards();
     test_ulysses_plan();
     test_state_offload();
     return test_summary();

@@ -85,6 +85,12 @@ static void check_rounding(size_t count, int shift) {
     check_true("gradient_to_bf16 slot -1: no partials written", before == after);
     snprintf(name, sizeof name, "bf16_to_float count=%zu: exact", count);
     check_true(name, bitwise_equal(back.data(), rounded.data(), count * 4));
+    // float_accumulate: back += h, one fp32 add per element as this loop does
+    float_accumulate(d_back, d, count, 0);
+    std::vector<float> sum = download(d_back, count), want_sum(count);
+    for (size_t i = 0; i < count; i++) want_sum[i] = rounded[i] + h[i];
+    snprintf(name, sizeof name, "float_accumulate count=%zu shift %d: out += in (bitwise)", count, shift);
+    check_true(name, bitwise_equal(sum.data(), want_sum.data(), count * 4));
     for (void* q : {(void*)d_base, (void*)d_bf16_base, (void*)d_back_base, scratch, (void*)d_out}) CUDA_CHECK(cudaFree(q));
 }
 
