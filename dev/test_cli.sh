@@ -73,12 +73,15 @@ expect_error "offload not 0 or 1" "--offload" --dry-run --offload 2
 expect_error "keep-attention not 0 or 1" "--keep-attention" --dry-run --keep-attention 2
 expect_error "keep-attention without recomputation" "--keep-attention 1: needs -r 1" --dry-run -r 0 --keep-attention 1
 expect_error "negative segment" "--segment" --dry-run --segment -1
-expect_error "segment with offload" "--segment 3 with --offload 1: not supported" --dry-run --segment 3 --offload 1
+expect_output "dry run: segments with offload, checkpoints 0, 4, .., 24 in the host column" "^\| layer inputs, host +\| 7 x 200000 x 4096 x 2 +\| +0.000 \| +10.681 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4 --offload 1
+expect_output "dry run: segments with offload, 2 staging and 3 shared buffers on the card" "^\| layer inputs \(checkpoints\) +\| 5 x 200000 x 4096 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4 --offload 1
+expect_output "dry run: segments with offload named" "^ +checkpoints inputs 0, 4, \.\., 24 in pinned host memory in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)," --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4 --offload 1
 expect_error "segment with keep-attention" "--segment 2 with --keep-attention 1" --dry-run --segment 2 --keep-attention 1
 expect_error "segment without recomputation" "--segment 2: needs -r 1" --dry-run --segment 2 -r 0
 expect_output "dry run: segment checkpoints, their inputs and extra forwards" "^\| layer inputs \(checkpoints\) +\| 12 x 200000 x 4096 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
 expect_output "dry run: the extra forwards named" "in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
-expect_output "--max-T: automatic segments on 139 GiB where the host binds, and why" "^longest T on a card of 139.0 GiB .*--segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 60 --max-T
+expect_output "--max-T: automatic segments on 139 GiB where the host binds, and why" "^longest T on a card of 139.0 GiB .*--offload turned on for the segment checkpoints: the plan needs it; --segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 60 --max-T
+expect_output "--max-T on 139 GiB + 120 GiB: segments of 3 offloaded" "^longest T on a card of 139.0 GiB and 120.0 GiB .*: 946170 with these options \(.*--offload turned on for the segment checkpoints: the plan needs it; --segment 3: " --dry-run -e llama3-8b --gpu-mem 139 --host-mem 120 --max-T
 expect_output "dry run prints device and host columns" "^\| region .*\| device GiB \| +host GiB \|" --dry-run -e llama3-8b -T 60000
 expect_output "dry run: offloaded checkpoints in the host column" "^\| layer inputs, host +\| 31 x 200000 x 4096 x 2 +\| +0.000 \| +47.302 \|" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1
 expect_output "dry run: PCIe bytes (L - 1 checkpoints and the held gradients, each way)" "^PCIe per step: 62.3 GiB to the host, 62.3 GiB back, on the copy stream beside the compute" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 120 --offload 1 --keep-attention 0
