@@ -585,8 +585,8 @@ static void kept_attention_before_backward(Model* m, int l) {
 
 // --segment k: forward kept only each segment's first input (and wrote the others into k - 1 shared buffers, since
 // overwritten); the backward of a segment's last layer l begins by running the forward of layers first .. l - 1
-// again from that checkpoint (offloaded: fetched back first), so inputs first + 1 .. l are there, bit for bit as forward made them, for the
-// segment's layers' backward (each of which then recomputes its own layer as always).
+// again from that checkpoint (offloaded: once its fetch has landed), so inputs first + 1 .. l are there, bit for
+// bit as forward made them, for the segment's layers' backward (each of which then recomputes its own layer as always).
 static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows);
 static void segment_before_backward(Model* m, int l) {
     if (!m->checkpoints.segment.recomputes(l)) return;

@@ -85,8 +85,8 @@ enum Region {
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
                               // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers());
                               // --segment k: the n + 1 kept inputs' buffers (n + 1, or 2 offloaded), k - 1 shared
-    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: k x N x C x 2, kept inputs 0 .. k-1 (k = S - 2:
-                              // OffloadSchedule::stored(); the last two staged ones never leave the card)
+    REGION_HOST_CHECKPOINTS,  // pinned host, offloaded: stored x N x C x 2, kept inputs 0 .. stored-1 (stored =
+                              // S - 2, OffloadSchedule::stored(); the last two staged ones never leave the card)
     REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 2 (bf16) or P x 4, every gradient group held
                               // from backward until its exactly clipped update (mst/training.h)
     REGION_HOST_ATTENTION,    // pinned host, --keep-attention: (L - 2) x N x (Q x 2 + H x 4), layers 0 .. L-3's
