@@ -317,10 +317,10 @@ static std::vector<float> last_gradient(Model* m) {
 }
 
 // --keep-attention: each layer's attention output and lse kept from forward (outputs 0 .. L-3 through pinned
-// host memory) instead of recomputed in backward, against the same model recomputing them: losses (a
-// forward-only loss after the first step, as validation does), the first step's gradient and the weights after
-// 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two schedules
-// share the copy stream). test-tiny with 5 layers (outputs 0, 1 and 2 go to the host, through both buffers and
+// host memory) instead of recomputed in backward, against the same model recomputing them: losses and gradient
+// norms (a forward-only loss after the first step, as validation does), the first step's gradient and the
+// weights after 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two
+// schedules share the copy stream). test-tiny with 5 layers (outputs 0, 1 and 2 go to the host, through both buffers and
 // both pairs of events) at T = 40 (not a multiple of the attention tiles). --segment k (every k-th input kept,
 // the others recomputed as a segment's backward begins) likewise against k = 1: k = 2 fused (segments of 2, 2
 // and 1; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed), on the card and with --offload 1
@@ -356,6 +356,7 @@ static void test_keep_attention_and_segments() {
             random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 23, step);
             float norm;
             losses.push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            losses.push_back(norm);
             if (step > 0) continue;
             gradient = last_gradient(&m);
             losses.push_back(model_loss(&m, inputs.data(), targets.data()));  // a forward-only pass between steps
@@ -382,7 +383,7 @@ static void test_keep_attention_and_segments() {
             baseline[0] = losses; baseline[1] = gradient; baseline[2] = weights;
             continue;
         }
-        bitwise_equal((what + "losses vs recomputed").c_str(), losses.data(), baseline[0].data(), losses.size() * 4);
+        bitwise_equal((what + "losses, gradient norms vs recomputed").c_str(), losses.data(), baseline[0].data(), losses.size() * 4);
         bitwise_equal((what + "gradient vs recomputed").c_str(), gradient.data(), baseline[1].data(), gradient.size() * 4);
         bitwise_equal((what + "weights vs recomputed").c_str(), weights.data(), baseline[2].data(), weights.size() * 4);
     }
