@@ -78,6 +78,7 @@ expect_output "dry run: segments with offload, 2 staging and 3 shared buffers on
 expect_output "dry run: segments with offload named" "^ +checkpoints inputs 0, 4, \.\., 24 in pinned host memory in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)," --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4 --offload 1
 expect_error "segment with keep-attention" "--segment 2 with --keep-attention 1" --dry-run --segment 2 --keep-attention 1
 expect_error "segment without recomputation" "--segment 2: needs -r 1" --dry-run --segment 2 -r 0
+expect_error "segment with sequence parallelism" "--segment 2 with --sp/--dp: not supported yet" --dry-run --segment 2 --offload 1 --sp 2
 expect_output "dry run: segment checkpoints, their inputs and extra forwards" "^\| layer inputs \(checkpoints\) +\| 12 x 200000 x 4096 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
 expect_output "dry run: the extra forwards named" "in segments of 4 layers \(one input in 4 kept; 24 layers' forward again per step\)" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --segment 4
 expect_output "--max-T: automatic segments on 139 GiB where the host binds, and why" "^longest T on a card of 139.0 GiB .*--offload turned on for the segment checkpoints: the plan needs it; --segment [0-9]+: the plan fits only with segment checkpoints" --dry-run -e llama3-8b --gpu-mem 139 --host-mem 60 --max-T
