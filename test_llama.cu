@@ -334,24 +334,27 @@ static void check_high_water(const Model& m, const std::string& what) {
 }
 
 // --keep-attention: each layer's attention output and lse kept from forward (outputs 0 .. L-3 through pinned
-// host memory) instead of recomputed in backward, against the same model recomputing them: losses (a
-// forward-only loss after the first step, as validation does), the first step's gradient and the weights after
-// 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two schedules
-// share the copy stream). test-tiny with 4 layers (outputs 0 and 1 go to the host, through both buffers and
+// host memory) instead of recomputed in backward, against the same model recomputing them: losses and gradient
+// norms (a forward-only loss after the first step, as validation does), the first step's gradient and the
+// weights after 3 steps bitwise equal, unfused and fused, and fused with every checkpoint offloaded too (the two
+// schedules share the copy stream). test-tiny with 5 layers (outputs 0, 1 and 2 go to the host, through both buffers and
 // both pairs of events) at T = 40 (not a multiple of the attention tiles). --segment k (every k-th input kept,
-// the others recomputed as a segment's backward begins) likewise against k = 1: k = 3 (segments of 3 and 1
-// layers, unfused) and k = 2 (fused; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed).
+// the others recomputed as a segment's backward begins) likewise against k = 1: k = 2 fused (segments of 2, 2
+// and 1; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed), on the card and with --offload 1
+// (checkpoints 0 and 2 to the host through both staging buffers, each fetched back while the segment above runs
+// its backward), and k = 3 unfused with --offload 1 (segments of 3 and 2, checkpoint 0 to the host and back).
 // The CPU device's high-water marks of device and pinned bytes equal the plan's totals.
 static void test_keep_attention_and_segments() {
     ModelConfig c = config_named("test-tiny");
-    c.n_layer = 4;
+    c.n_layer = 5;
     const int T = 40, steps = 3;
     printf("--keep-attention and --segment vs recomputing (test-tiny with %d layers, T=%d, %d steps):\n", c.n_layer, T, steps);
     struct Run { const char* name; bool fused, keep; int offload, segment; };
     const Run runs[] = {{"-f 0", false, false, 0, 1}, {"-f 0 --keep-attention 1", false, true, 0, 1},
-                        {"-f 0 --segment 3", false, false, 0, 3}, {"-f 1", true, false, 0, 1},
-                        {"-f 1 --keep-attention 1", true, true, 0, 1},
-                        {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL, 1}, {"-f 1 --segment 2", true, false, 0, 2}};
+                        {"-f 0 --segment 3 --offload 1", false, false, OFFLOAD_ALL, 3},
+                        {"-f 1", true, false, 0, 1}, {"-f 1 --keep-attention 1", true, true, 0, 1},
+                        {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL, 1}, {"-f 1 --segment 2", true, false, 0, 2},
+                        {"-f 1 --segment 2 --offload 1", true, false, OFFLOAD_ALL, 2}};
     std::vector<int> inputs(T), targets(T);
     std::vector<float> losses, gradient, weights, baseline[3];
     for (const Run& run : runs) {
@@ -369,6 +372,7 @@ static void test_keep_attention_and_segments() {
             random_batch(inputs.data(), targets.data(), 1, T, c.vocab_size, 23, step);
             float norm;
             losses.push_back(model_step(&m, inputs.data(), targets.data(), 1e-3f, true, &norm));
+            losses.push_back(norm);
             if (step > 0) continue;
             gradient = last_gradient(&m);
             losses.push_back(model_loss(&m, inputs.data(), targets.data()));  // a forward-only pass between steps
@@ -376,14 +380,18 @@ static void test_keep_attention_and_segments() {
         weights = download_params(&m);
         std::string what = std::string(run.name) + ": ";
         check_high_water(m, what);
-        if (run.keep) check(m.plan.bytes[REGION_HOST_ATTENTION] > 0, (what + "the plan holds outputs 0 and 1 on the host").c_str());
-        check(m.segment.k == run.segment, (what + "the model runs segments of the layers asked for").c_str());
+        if (run.keep) check(m.plan.bytes[REGION_HOST_ATTENTION] > 0, (what + "the plan holds outputs 0 .. 2 on the host").c_str());
+        check(m.checkpoints.segment.k == run.segment, (what + "the model runs segments of the layers asked for").c_str());
+        if (run.segment > 1 && run.offload)
+            check(m.checkpoints.offload.stored() == (run.segment == 2 ? 2 : 1) &&
+                  m.plan.bytes[REGION_HOST_CHECKPOINTS] == (size_t)m.checkpoints.offload.stored() * T * c.d_model * 2,
+                  (what + "the plan holds the stored checkpoints on the host").c_str());
         model_free(&m);
         if (!run.keep && run.segment == 1) {
             baseline[0] = losses; baseline[1] = gradient; baseline[2] = weights;
             continue;
         }
-        bitwise_equal((what + "losses vs recomputed").c_str(), losses.data(), baseline[0].data(), losses.size() * 4);
+        bitwise_equal((what + "losses, gradient norms vs recomputed").c_str(), losses.data(), baseline[0].data(), losses.size() * 4);
         bitwise_equal((what + "gradient vs recomputed").c_str(), gradient.data(), baseline[1].data(), gradient.size() * 4);
         bitwise_equal((what + "weights vs recomputed").c_str(), weights.data(), baseline[2].data(), weights.size() * 4);
     }

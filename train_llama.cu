@@ -155,9 +155,9 @@ struct Model {
     // events: stored[i] = the copy of a layer input out of staging buffer i has finished, fetched[i] =
     // one into buffer i has; compute_point marks the compute stream for the copy stream to wait on
     char* host_arena;              // null when the plan has no host regions
-    OffloadSchedule offload;       // h = plan.options.offload layers' inputs on the host (memory_plan.h)
-    SegmentSchedule segment;       // --segment k: which inputs forward keeps (memory_plan.h); k = 1 all
-    bf16* host_checkpoints;        // h x N x C: layer l's input at l x N x C
+    CheckpointSchedule checkpoints; // which layer inputs forward keeps (--segment k; k = 1 all) and which of those
+                                   // go to the host (--offload), memory_plan.h
+    bf16* host_checkpoints;        // stored x N x C: kept input i (layer i x k's input) at i x N x C
     cudaStream_t copy_stream;
     cudaEvent_t stored[2], fetched[2], compute_point;
     // --keep-attention: the layers' attention outputs and lse through two device buffers (kept_attention_schedule),
@@ -239,12 +239,11 @@ static LayerActivationsGPU layer_activations(const Model* m, int l) {
             at(a.gate_up, b.gate_up), at(a.act, b.act), at(a.attention_heads, b.attention_heads)};
 }
 
-// layer l's input (l = L: the last layer's output). Offloaded, inputs 0 .. S-1 pass through staging
-// buffer l % 2, the others have buffers 2 .. of their own (memory_plan.h's layer-inputs region).
-// With --segment k, input l is in buffer segment.buffer(l): checkpoints, the last output, the segment's others.
+// layer l's input (l = L: the last layer's output), in buffer checkpoints.buffer(l) of the layer-inputs region
+// (memory_plan.h's CheckpointSchedule). Offloaded, kept inputs 0 .. S-1 pass through staging buffer i % 2, the
+// others have buffers 2 .. of their own; with --segment k the recomputed inputs share the k - 1 buffers after them.
 static bf16* layer_input(const Model* m, int l) {
-    int buffer = m->offload.h > 0 ? m->offload.buffer(l) : m->segment.buffer(l);
-    return m->layer_inputs + (size_t)buffer * m->N * m->config.d_model;
+    return m->layer_inputs + (size_t)m->checkpoints.buffer(l) * m->N * m->config.d_model;
 }
 
 // Carves the arena exactly as the plan says. In a region holding one tensor per layer (no
@@ -263,7 +262,7 @@ static void carve_arena(Model* m) {
     m->grad_shard = p.options.zero == 2 ? m->grads + (m->config.tied_embeddings ? (size_t)m->config.vocab_size * m->config.d_model : 0) +
                                               m->gradient_slots.elements[0] + m->gradient_slots.elements[1] : nullptr;
     m->layer_inputs = (bf16*)region(REGION_LAYER_INPUTS);
-    m->host_checkpoints = m->offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
+    m->host_checkpoints = m->checkpoints.offload.stored() > 0 ? (bf16*)(m->host_arena + p.offset[REGION_HOST_CHECKPOINTS]) : nullptr;
     m->host_grads = p.bytes[REGION_HOST_GRADIENTS] ? m->host_arena + p.offset[REGION_HOST_GRADIENTS] : nullptr;
     m->host_attention = p.bytes[REGION_HOST_ATTENTION] ? m->host_arena + p.offset[REGION_HOST_ATTENTION] : nullptr;
     m->host_state = p.bytes[REGION_HOST_ADAM_STATE] ? m->host_arena + p.offset[REGION_HOST_ADAM_STATE] : nullptr;
@@ -407,9 +406,8 @@ static void model_create(Model* m, const ModelConfig& config, const TrainingOpti
     CUDA_CHECK(cudaStreamCreate(&m->stream));
     CUBLAS_CHECK(cublasLtCreate(&m->cublaslt));
     m->arena = device_malloc_counted(m->plan.total);
-    m->offload = OffloadSchedule(m->plan.options.offload, config.n_layer);
+    m->checkpoints = CheckpointSchedule(m->plan.options.segment, m->plan.options.offload, config.n_layer);
     m->kept = m->plan.options.keep_attention ? kept_attention_schedule(config.n_layer) : OffloadSchedule();
-    m->segment = SegmentSchedule(m->plan.options.segment, config.n_layer);
     m->host_arena = m->plan.host_total > 0 ? host_malloc_pinned_counted(m->plan.host_total) : nullptr;
     CUDA_CHECK(cudaStreamCreate(&m->copy_stream));
     for (cudaEvent_t* e : {&m->stored[0], &m->stored[1], &m->fetched[0], &m->fetched[1], &m->compute_point,
@@ -509,7 +507,10 @@ static void nvtx_push(const char* format, int index) {
 // layer l's backward (its input in buffer l % 2) starts by fetching input l - 1 into the other buffer,
 // free since layer l + 1's backward; layer l - 1 waits for it. Input h - 1 is still staged from forward
 // (h = L: with the last output in the other buffer). Only events order the two streams: the host never
-// waits per layer.
+// waits per layer. With --segment k the same schedule runs over the kept inputs (every checkpoint and the
+// last output, memory_plan.h's CheckpointSchedule): checkpoint s (layer s k's input) is kept input s, stored
+// while segment s computes its forward; the backward of segment s begins by waiting for its checkpoint and
+// fetching checkpoint s - 1, which lands while segment s recomputes its inputs and runs its backward.
 
 // A copy on the copy stream (offloaded checkpoints, held gradients) once the compute stream has reached this
 // point: what it reads is written, what it overwrites has been read. Timed by --profile; `done` (unless null)
@@ -523,32 +524,37 @@ static void copy_after_compute(Model* m, void* dst, const void* src, size_t byte
     if (done) CUDA_CHECK(cudaEventRecord(done, m->copy_stream));
 }
 
-static bf16* host_checkpoint(const Model* m, int l) { return m->host_checkpoints + (size_t)l * m->N * m->config.d_model; }
+static bf16* host_checkpoint(const Model* m, int i) { return m->host_checkpoints + (size_t)i * m->N * m->config.d_model; }
 
-// input l is complete: an offloaded layer's goes to the host
+// input l is complete: a kept input that backward fetches back goes to the host
 static void offload_store(Model* m, int l) {
-    if (!m->offload.stores(l)) return;
-    copy_after_compute(m, host_checkpoint(m, l), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
-                       cudaMemcpyDeviceToHost, m->stored[l % 2]);
+    int i = m->checkpoints.segment.kept(l);
+    if (i < 0 || !m->checkpoints.offload.stores(i)) return;
+    copy_after_compute(m, host_checkpoint(m, i), layer_input(m, l), (size_t)m->N * m->config.d_model * 2,
+                       cudaMemcpyDeviceToHost, m->stored[i % 2]);
 }
 
-// before layer l's forward writes its output into staging buffer (l + 1) % 2: input l - 1 there has left
+// before layer l's forward writes its output into a staging buffer: the kept input there before has left
 static void offload_before_output(Model* m, int l) {
-    if (!m->offload.output_waits(l)) return;
+    int i = m->checkpoints.segment.kept(l + 1);
+    if (i < 0 || !m->checkpoints.offload.overwrite_waits(i)) return;
     profile_phase(PHASE_HOST_COPIES, m->stream);  // what the compute stream waits here is a copy not hidden
-    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[(l + 1) % 2], 0));
+    CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[i % 2], 0));
 }
 
-// layer l's backward begins: it waits for its own input (fetched, for l < h - 1), then fetches input l - 1
-// (offloaded, l < h) into buffer (l - 1) % 2
+// the backward of layer l, its segment's last (every layer without --segment), begins: it waits for the segment's
+// checkpoint i (fetched, for i < S - 2), then fetches checkpoint i - 1 (stored) into buffer (i - 1) % 2
 static void offload_before_backward(Model* m, int l) {
-    if (m->offload.backward_waits(l)) {
+    const SegmentSchedule& g = m->checkpoints.segment;
+    if (!g.last(l)) return;
+    int i = g.kept(g.first(l));
+    if (m->checkpoints.offload.backward_waits(i)) {
         profile_phase(PHASE_HOST_COPIES, m->stream);
-        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[l % 2], 0));
+        CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->fetched[i % 2], 0));
     }
-    if (!m->offload.fetches_previous(l)) return;
-    copy_after_compute(m, layer_input(m, l - 1), host_checkpoint(m, l - 1), (size_t)m->N * m->config.d_model * 2,
-                       cudaMemcpyHostToDevice, m->fetched[(l - 1) % 2]);
+    if (!m->checkpoints.offload.fetches_previous(i)) return;
+    copy_after_compute(m, layer_input(m, g.first(l) - g.k), host_checkpoint(m, i - 1), (size_t)m->N * m->config.d_model * 2,
+                       cudaMemcpyHostToDevice, m->fetched[(i - 1) % 2]);
 }
 
 // --keep-attention: the training forward keeps each layer's attention output and lse (buffer l % 2); outputs
@@ -594,12 +600,12 @@ static void kept_attention_before_backward(Model* m, int l) {
 
 // --segment k: forward kept only each segment's first input (and wrote the others into k - 1 shared buffers, since
 // overwritten); the backward of a segment's last layer l begins by running the forward of layers first .. l - 1
-// again from that checkpoint, so inputs first + 1 .. l are there, bit for bit as forward made them, for the
-// segment's layers' backward (each of which then recomputes its own layer as always).
+// again from that checkpoint (offloaded: once its fetch has landed), so inputs first + 1 .. l are there, bit for
+// bit as forward made them, for the segment's layers' backward (each of which then recomputes its own layer as always).
 static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows);
 static void segment_before_backward(Model* m, int l) {
-    if (!m->segment.recomputes(l)) return;
-    for (int j = m->segment.first(l); j < l; j++) layer_forward(m, j, true, false);
+    if (!m->checkpoints.segment.recomputes(l)) return;
+    for (int j = m->checkpoints.segment.first(l); j < l; j++) layer_forward(m, j, true, false);
 }
 
 // Attention over whole sequences of T tokens (H query heads, KV key-value heads, the model's head dim and document
@@ -826,7 +832,7 @@ static void apply_pending_groups(Model* m, int through);
 // (validation, samples, test losses) has applied the update first and stores nothing.
 static void model_forward(Model* m, bool backward_follows) {
     int C = m->config.d_model;
-    if (m->offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
+    if (m->checkpoints.offload.h > 0) {  // a forward-only pass (validation) may have left copies out of the staging in flight
         profile_phase(PHASE_HOST_COPIES, m->stream);
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[0], 0));
         CUDA_CHECK(cudaStreamWaitEvent(m->stream, m->stored[1], 0));
@@ -1765,8 +1771,9 @@ static void print_usage() {
 "  --offload 0|1   layer checkpoints in pinned host memory (default: on when the plan needs it to fit)\n"
 "  --keep-attention 0|1  keep each layer's attention output and lse from forward (pinned host memory) so the\n"
 "                  recomputation skips the attention forward; needs -r 1 (default: on when the plan fits with it)\n"
-"  --segment K     keep every K-th layer input; backward recomputes a segment's other K-1 inputs first (one more\n"
-"                  forward of them); 1 keeps all; checkpoints on the card (default 0: 1, or the smallest K that fits)\n"
+"  --segment K     keep every K-th layer input (with --offload, in pinned host memory); backward recomputes a\n"
+"                  segment's other K-1 inputs first (one more forward of them); 1 keeps all (default 0: 1, or the\n"
+"                  smallest K that fits)\n"
 "  --state-offload 0|1  AdamW m and v in pinned host memory, streamed through the card group by group for each\n"
 "                  update (one GPU) (default: on only when the plan fits with it and not without)\n"
 "  --attention mma|sm90  attention forward and backward: mma.sync (any card) or the sm_90a kernels (TMA, wgmma;\n"
@@ -2140,12 +2147,13 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     if (given.held_gradient_bytes == 0 && resolved.fused_optimizer && resolved.bf16_optimizer_state && resolved.held_gradient_bytes == 4)
         said.push_back("--held-gradients fp32: bf16's staging copy of the gradient slots would not fit on the card");
     int h = std::min(resolved.offload, c.n_layer);
-    if (given.offload < 0 && h > 0)
-        said.push_back("--offload turned on for " + (h == c.n_layer ? "all " + std::to_string(h) + " layers" :
-                                                      "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
     if (given.state_offload < 0 && resolved.state_offload > 0)
         said.push_back("--state-offload 1: the plan fits only with AdamW m and v in pinned host memory");
     SegmentSchedule segments(resolved.segment, c.n_layer);
+    if (given.offload < 0 && h > 0)
+        said.push_back("--offload turned on for " + (segments.k > 1 ? std::string("the segment checkpoints")
+                                                     : h == c.n_layer ? "all " + std::to_string(h) + " layers"
+                                                                      : "layers 0-" + std::to_string(h - 1)) + ": the plan needs it");
     if (given.segment == 0 && segments.k > 1)
         said.push_back("--segment " + std::to_string(segments.k) + ": the plan fits only with segment checkpoints, at one more "
                        "forward of " + std::to_string(segments.recomputed_layers()) + " layers per step");

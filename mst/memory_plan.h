@@ -55,8 +55,8 @@ struct TrainingOptions {
                                  // -1: automatic, on when the plan fits with it (resolve_keep_attention_and_offload())
     int segment = 1;             // --segment k: only every k-th layer input (and the last output) kept from forward,
                                  // a segment's other k - 1 recomputed into shared buffers as its backward begins;
-                                 // 1 every input kept; 0 automatic (resolve_automatic()); needs -r 1, checkpoints
-                                 // on the card (no --offload) and --keep-attention 0
+                                 // 1 every input kept; 0 automatic (resolve_segment_and_rest()); needs -r 1 and
+                                 // --keep-attention 0; with offload every checkpoint in pinned host memory
     int state_offload = 0;       // --state-offload: AdamW m and v in pinned host memory, each group's streamed through two
                                  // device staging slots for its update (one GPU only); -1: automatic, on only when the
                                  // plan does not fit without it and fits with it (resolve_automatic())
@@ -92,9 +92,10 @@ enum Region {
                               // rounded to bf16 here before its copy to the host (and fetched back here)
     // saved by forward for backward
     REGION_LAYER_INPUTS,      // (L + 1) x N x C x 2: each layer's input (its checkpoint) and the last output;
-                              // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers())
-    REGION_HOST_CHECKPOINTS,  // pinned host, h layers offloaded: k x N x C x 2, inputs 0 .. k-1 (k = S - 2:
-                              // OffloadSchedule::stored(); the last two staged ones never leave the card)
+                              // h layers offloaded: 2 staging buffers, then L + 1 - S kept (S, staged_layers());
+                              // --segment k: the n + 1 kept inputs' buffers (n + 1, or 2 offloaded), k - 1 shared
+    REGION_HOST_CHECKPOINTS,  // pinned host, offloaded: stored x N x C x 2, kept inputs 0 .. stored-1 (stored =
+                              // S - 2, OffloadSchedule::stored(); the last two staged ones never leave the card)
     REGION_HOST_GRADIENTS,    // pinned host, fused optimizer: P x 2 (bf16) or P x 4, every gradient group held
                               // from backward until its exactly clipped update (mst/training.h)
     REGION_HOST_ATTENTION,    // pinned host, --keep-attention: (L - 2) x N x (Q x 2 + H x 4), layers 0 .. L-3's
@@ -193,20 +194,40 @@ struct OffloadSchedule {
     bool fetches_previous(int l) const { return l >= 1 && stores(l - 1); }  // layer l's backward fetches input l - 1
 };
 
-// --segment k: layer inputs l with l % k == 0 (each segment's checkpoint) and the last output L keep buffers
-// 0 .. n (n = ceil(L / k) checkpoints), the others (recomputed in backward, one segment at a time) share the k - 1
-// buffers after them (input l in n + l % k). k = 1: input l in buffer l, as without segments.
+// --segment k: forward keeps layer inputs l with l % k == 0 (each segment's checkpoint) and the last output L,
+// kept input i = 0 .. n (n = ceil(L / k) checkpoints, i = n the output); a segment's other k - 1 inputs are
+// recomputed in backward, one segment at a time. k = 1: every input kept, input l is kept input l.
 struct SegmentSchedule {
     int k, L;
     SegmentSchedule(int segment = 1, int layers = 0) : k(std::max(1, std::min(segment, std::max(layers, 1)))), L(layers) {}
     int checkpoints() const { return (L + k - 1) / k; }
-    int buffers() const { return checkpoints() + k; }
-    int buffer(int l) const { return l == L ? checkpoints() : l % k == 0 ? l / k : checkpoints() + l % k; }
+    int kept(int l) const { return l == L ? checkpoints() : l % k == 0 ? l / k : -1; }  // -1: recomputed
     int first(int l) const { return l / k * k; }  // layer l's segment starts at this layer
+    bool last(int l) const { return l == L - 1 || l % k == k - 1; }  // layer l's backward begins its segment's
     // layer l is its segment's last, and the segment has more than one layer: its backward begins by
     // recomputing inputs first(l) + 1 .. l (one more forward of the segment's other layers)
-    bool recomputes(int l) const { return (l == L - 1 || l % k == k - 1) && l > first(l); }
+    bool recomputes(int l) const { return last(l) && l > first(l); }
     int recomputed_layers() const { return L - checkpoints(); }  // per step: one more forward of k - 1 layers per segment
+};
+
+// Where the layer inputs live, for train_llama.cu's layer_input() and offload_* functions and the plan's layer-inputs
+// region: the n + 1 kept inputs walk the offload schedule over them (h offloaded: kept input i < S staged in buffer
+// i % 2, the first S - 2 stored in pinned host memory; with segments every checkpoint or none, so the copies of
+// segment s - 1's checkpoint overlap segment s's backward), the recomputed ones share the k - 1 buffers after the
+// kept inputs' (input l in the (l % k)-th). k = 1: the offload schedule over the inputs; h = 0: kept input i in buffer i.
+struct CheckpointSchedule {
+    SegmentSchedule segment;
+    OffloadSchedule offload;  // over the kept inputs (SegmentSchedule::kept)
+    CheckpointSchedule(int segment_k = 1, int offloaded = 0, int L = 0)
+        : segment(segment_k, L),
+          offload(segment.k > 1 ? (offloaded > 0 ? segment.checkpoints() : 0) : std::min(std::max(offloaded, 0), L),
+                  segment.checkpoints()) {}
+    int kept_buffers() const { return offload.h > 0 ? 2 + (offload.L + 1 - offload.S) : offload.L + 1; }
+    int buffers() const { return kept_buffers() + segment.k - 1; }
+    int buffer(int l) const {
+        int i = segment.kept(l);
+        return i >= 0 ? offload.buffer(i) : kept_buffers() + l % segment.k - 1;
+    }
 };
 
 // --keep-attention: the L layers' attention outputs (with lse) walk the same schedule as L + 1 inputs of which
@@ -231,11 +252,17 @@ static inline std::string segment_text(const TrainingOptions& o, int L) {
 }
 
 // "on the device", "inputs 0-7 in pinned host memory, the others on the device" (h = 10 offloaded layers: the
-// last two staged inputs never leave the card)
-static inline std::string offload_text(int h, int L) {
-    int k = OffloadSchedule(h, L).stored();
-    if (k <= 0) return "on the device";
-    return "inputs 0-" + std::to_string(k - 1) + " in pinned host memory, the others on the device";
+// last two staged inputs never leave the card); with segments of 4 of 32 layers "inputs 0, 4, .., 24 in pinned
+// host memory" (segment_text says the rest)
+static inline std::string offload_text(const TrainingOptions& o, int L) {
+    CheckpointSchedule inputs(o.segment, o.offload, L);
+    int stored = inputs.offload.stored(), k = inputs.segment.k;
+    if (stored <= 0) return "on the device";
+    std::string last = std::to_string((stored - 1) * k);
+    if (k == 1) return "inputs 0-" + last + " in pinned host memory, the others on the device";
+    return (stored == 1 ? "input 0" : stored == 2 ? "inputs 0 and " + last
+                                     : "inputs 0, " + std::to_string(k) + (stored > 3 ? ", .., " : ", ") + last) +
+           " in pinned host memory";
 }
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
@@ -304,17 +331,18 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t held = o.held_gradient_bytes;
     bool staged = o.fused_optimizer && held == 2;
     set(REGION_GRADIENT_STAGING, staged ? gradient_elements * 2 : 0, staged ? s(gradient_elements) + " x 2" : "none");
-    // h layers offloaded: their inputs pass through two device staging buffers (the one in use, the one
-    // in flight), the other inputs keep a device buffer each; forward copies inputs 0 .. k-1 to the host and
-    // backward fetches them back (k = S - 2: the last two staged inputs are still there)
+    // --segment k (with recomputation, without --keep-attention; resolved 0 counts as 1): the kept inputs are
+    // every k-th and the last output, the others k - 1 shared buffers (CheckpointSchedule). h layers offloaded
+    // (with segments: every checkpoint, h = L): the kept inputs pass through two device staging buffers (the one
+    // in use, the one in flight), the others keep a device buffer each; forward copies kept inputs 0 .. stored-1
+    // to the host and backward fetches them back (stored = S - 2: the last two staged ones are still there)
+    o.segment = !o.recompute || o.keep_attention > 0 ? 1 : SegmentSchedule(o.segment, (int)L).k;
     size_t h = std::min((size_t)std::max(o.offload, 0), L);
-    o.offload = (int)h;
-    // --segment k (only without offload, with recomputation, without --keep-attention; resolved 0 counts as 1)
-    o.segment = h > 0 || !o.recompute || o.keep_attention > 0 ? 1 : SegmentSchedule(o.segment, (int)L).k;
-    size_t device_inputs = h > 0 ? 2 + (L + 1 - staged_layers((int)h, (int)L)) : SegmentSchedule(o.segment, (int)L).buffers();
-    size_t k = OffloadSchedule((int)h, (int)L).stored();
+    o.offload = (int)(o.segment > 1 && h > 0 ? L : h);
+    CheckpointSchedule inputs(o.segment, o.offload, (int)L);
+    size_t device_inputs = inputs.buffers(), stored = inputs.offload.stored();
     set(REGION_LAYER_INPUTS, device_inputs * N * C * 2, s(device_inputs) + " x " + s(N) + " x " + s(C) + " x 2");
-    set(REGION_HOST_CHECKPOINTS, k * N * C * 2, k > 0 ? s(k) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
+    set(REGION_HOST_CHECKPOINTS, stored * N * C * 2, stored > 0 ? s(stored) + " x " + s(N) + " x " + s(C) + " x 2" : "none");
     set(REGION_HOST_GRADIENTS, o.fused_optimizer ? P * held : 0, o.fused_optimizer ? s(P) + " x " + s(held) : "none");
     // --keep-attention (with recomputation only): outputs 0 .. L-3 out in forward and back in backward, the
     // last two in the two device buffers of the attention-output region
@@ -323,9 +351,9 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     size_t kept = o.keep_attention ? kept_attention_schedule((int)L).stored() : 0;
     std::string attention_shape = s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)";
     set(REGION_HOST_ATTENTION, kept * N * (Q * 2 + H * 4), kept > 0 ? s(kept) + " x " + attention_shape : "none");
-    // checkpoints: k inputs out and back; held gradients: P x 2 or 4 out and back; kept attention outputs; the
-    // AdamW state: m and v in for each update and back out
-    plan.pcie_to_host = k * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION] +
+    // checkpoints: the stored inputs out and back; held gradients: P x 2 or 4 out and back; kept attention outputs;
+    // the AdamW state: m and v in for each update and back out
+    plan.pcie_to_host = stored * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION] +
                         plan.bytes[REGION_HOST_ADAM_STATE];
     plan.pcie_to_device = plan.pcie_to_host;
     set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
@@ -405,14 +433,12 @@ static inline bool plan_fits(const MemoryPlan& plan, const MemoryBudget& budget)
 }
 
 // --offload's automatic choice (-1): none when the plan fits without, else the fewest layers (the least
-// PCIe traffic) that make it fit, else all (the plan that misses by least on the device)
+// PCIe traffic) that make it fit, else all (the plan that misses by least on the device). With segments
+// every checkpoint is offloaded or none.
 static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.offload >= 0) return o;
-    if (o.segment > 1) {  // segment checkpoints stay on the card
-        o.offload = 0;
-        return o;
-    }
-    for (int h = 0; h <= c.n_layer; h++) {
+    int step = o.segment > 1 ? c.n_layer : 1;
+    for (int h = 0; h <= c.n_layer; h += step) {
         o.offload = h;
         if (plan_fits(plan_memory(c, o), budget)) return o;
     }
@@ -447,9 +473,6 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
     if (o.keep_attention > 0 && !o.recompute) return "--keep-attention 1: needs -r 1 (it keeps what the recomputation would redo)";
     if (o.segment < 0) return "--segment must be 0 (automatic) or a positive count (got " + std::to_string(o.segment) + ")";
     if (o.segment > 1 && !o.recompute) return "--segment " + std::to_string(o.segment) + ": needs -r 1 (a segment is recomputed)";
-    if (o.segment > 1 && o.offload > 0)
-        return "--segment " + std::to_string(o.segment) + " with --offload 1: not supported (segment checkpoints stay on the card); "
-               "give --offload 0 or --segment 1";
     if (o.segment > 1 && o.keep_attention > 0)
         return "--segment " + std::to_string(o.segment) + " with --keep-attention 1: not supported (a segment's forward "
                "would overwrite the kept outputs); give --keep-attention 0 or --segment 1";
@@ -503,15 +526,16 @@ static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConf
 }
 
 // --segment's automatic choice (0), before the others: 1 (every input kept) when that plan fits with the other
-// automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 whose plan fits (with the
-// checkpoints on the card: no offload, no kept attention); else 1, the plan that reports the shortfall.
+// automatic choices (offloaded checkpoints cost no compute); else the smallest k >= 2 (the fewest layers'
+// forward again) whose plan fits with the other automatic choices (no kept attention; the checkpoints on the
+// card, or all in pinned host memory); else 1, the plan that reports the shortfall.
 static inline TrainingOptions resolve_segment_and_rest(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.segment == 0 && o.dp * o.sp > 1) o.segment = 1;  // one GPU only, so far
     if (o.segment != 0) return resolve_optimizer_keep_and_offload(c, o, budget);
     TrainingOptions whole = o;
     whole.segment = 1;
     whole = resolve_optimizer_keep_and_offload(c, whole, budget);
-    if (plan_fits(plan_memory(c, whole), budget) || !o.recompute || o.offload > 0 || o.keep_attention > 0) return whole;
+    if (plan_fits(plan_memory(c, whole), budget) || !o.recompute || o.keep_attention > 0) return whole;
     for (int k = 2; k <= c.n_layer; k++) {
         TrainingOptions segmented = o;
         segmented.segment = k;
@@ -560,7 +584,8 @@ static inline int max_T_that_fits(const ModelConfig& c, TrainingOptions o, const
 static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& standard) {
     const TrainingOptions& o = plan.options;
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
-           "             AdamW state %s%s, master weights %s, optimizer %s, checkpoints %s%s,\n"
+           "             AdamW state %s%s, master weights %s, optimizer %s,\n"
+           "             checkpoints %s%s,\n"
            "             attention output %s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
@@ -569,7 +594,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
                                                          : "after backward, gradients on the card")
            : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
                                         : "fused into backward, gradients held on the host (fp32)",
-           offload_text(o.offload, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
+           offload_text(o, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
     int world = o.dp * o.sp;
     if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered (ZeRO-2: all-reduced group by
                       // group, twice the bytes), the bf16 parameters all-gathered

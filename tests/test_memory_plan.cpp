@@ -248,86 +248,111 @@ static void test_max_T_both_budgets() {
            device_only, both, h200);
 }
 
-// The offload schedule walked on the CPU for L = 1 .. 7 layers and every h = 0 .. L, two training steps
-// and a forward-only pass between them (validation), as the trainer's streams run it: a buffer written
-// while a copy out of it may still run (no wait on its event) is an error, as is a layer reading a buffer
-// that does not hold its input, a fetch into the buffer in use or over a device-only input still needed,
-// and a host copy holding the wrong layer. The staging is what the plan counts: at most 2 + L + 1 - S.
-static void test_offload_schedule() {
+// The layer inputs' schedule (CheckpointSchedule: --offload and --segment) walked on the CPU for L = 1 .. 7 layers,
+// every k = 1 .. L and every h = 0 .. L, two training steps and a forward-only pass between them (validation), as
+// the trainer's streams run it: a buffer written while a copy out of it or into it may still run (no wait on its
+// event) is an error, as is a layer (forward, backward or a segment's recomputation) reading a buffer that does
+// not hold its input, a fetch into the buffer in use or over an input backward still reads, and a host copy
+// holding the wrong input. The buffers are what the plan counts (test-tiny with L layers): without segments at
+// most 2 + L + 1 - S staged, with them n + k or, offloaded, 2 + k - 1; the host holds the stored kept inputs.
+static void test_checkpoint_schedule() {
     bool ok = true;
     std::string first_problem;
-    auto fail = [&](int L, int h, const char* what) {
-        if (ok) first_problem = "L=" + std::to_string(L) + " h=" + std::to_string(h) + ": " + what;
-        ok = false;
-    };
     for (int L = 1; L <= 7; L++) {
-        for (int h = 0; h <= L; h++) {
-            OffloadSchedule o(h, L);
-            int buffers = h > 0 ? 2 + (L + 1 - o.S) : L + 1;
-            std::vector<int> holds(buffers, -1), host(L, -1);
-            std::vector<bool> copy_out(buffers, false), copy_in(buffers, false);  // copies in flight
-            std::vector<int> stored_in_pass(L + 1, 0), fetched_in_pass(L + 1, 0);
-            auto write = [&](int b, int layer) {
-                if (b < 0 || b >= buffers) return fail(L, h, "buffer outside the region");
-                if (copy_out[b] || copy_in[b]) fail(L, h, "a buffer written while a copy of it runs");
-                holds[b] = layer;
-            };
-            auto store = [&](int l) {  // forward's copy of input l to the host
-                if (!o.stores(l)) return;
-                if (l >= o.stored()) fail(L, h, "a store outside the host region");
-                stored_in_pass[l]++;
-                if (holds[o.buffer(l)] != l) fail(L, h, "the host copy is of the wrong input");
-                host[l] = holds[o.buffer(l)];
-                copy_out[o.buffer(l)] = true;
-            };
-            auto forward = [&](bool backward_follows) {
-                std::fill(copy_out.begin(), copy_out.end(), false);  // model_forward waits on both stored events
-                write(o.buffer(0), 0);
-                if (backward_follows) store(0);
-                for (int l = 0; l < L; l++) {
-                    if (holds[o.buffer(l)] != l) fail(L, h, "forward reads the wrong input");
-                    if (o.output_waits(l)) copy_out[o.buffer(l + 1)] = false;  // waits on stored[(l + 1) % 2]
-                    write(o.buffer(l + 1), l + 1);
+        for (int k = 1; k <= L; k++) {
+            for (int h = 0; h <= L; h++) {
+                CheckpointSchedule cs(k, h, L);
+                const SegmentSchedule& g = cs.segment;
+                const OffloadSchedule& o = cs.offload;
+                int buffers = cs.buffers(), n = g.checkpoints();
+                auto fail = [&](const char* what) {
+                    if (ok) first_problem = "L=" + std::to_string(L) + " k=" + std::to_string(k) + " h=" + std::to_string(h) + ": " + what;
+                    ok = false;
+                };
+                std::vector<int> holds(buffers, -1), host(n + 1, -1);
+                std::vector<bool> copy_out(buffers, false), copy_in(buffers, false);  // copies in flight
+                std::vector<int> stored_in_pass(n + 1, 0), fetched_in_pass(n + 1, 0);
+                auto write = [&](int l) {
+                    int b = cs.buffer(l);
+                    if (b < 0 || b >= buffers) return fail("buffer outside the region");
+                    if (copy_out[b] || copy_in[b]) fail("a buffer written while a copy of it runs");
+                    holds[b] = l;
+                };
+                auto reads = [&](int l, const char* what) {
+                    int b = cs.buffer(l);
+                    if (b < 0 || b >= buffers || copy_in[b] || holds[b] != l) fail(what);
+                };
+                auto store = [&](int l) {  // forward's copy of input l to the host
+                    int i = g.kept(l);
+                    if (i < 0 || !o.stores(i)) return;
+                    if (i >= o.stored()) fail("a store outside the host region");
+                    stored_in_pass[i]++;
+                    reads(l, "the host copy is of the wrong input");
+                    host[i] = l;
+                    copy_out[cs.buffer(l)] = true;
+                };
+                auto layer_forward = [&](int l, bool backward_follows) {
+                    reads(l, "a forward reads the wrong input");
+                    int i = g.kept(l + 1);
+                    if (i >= 0 && o.overwrite_waits(i)) copy_out[cs.buffer(l + 1)] = false;  // waits on stored[i % 2]
+                    write(l + 1);
                     if (backward_follows) store(l + 1);
-                }
-                if (holds[o.buffer(L)] != L) fail(L, h, "the final norm reads the wrong output");
-            };
-            auto backward = [&]() {
-                for (int l = L - 1; l >= 0; l--) {
-                    int b = o.buffer(l);
-                    if (o.backward_waits(l)) copy_in[b] = false;  // waits on fetched[l % 2]
-                    if (copy_in[b] || holds[b] != l) fail(L, h, "backward reads an input not (yet) there");
-                    if (o.fetches_previous(l)) {
-                        int target = o.buffer(l - 1);
-                        if (target == b) fail(L, h, "a fetch into the buffer in use");
-                        if (holds[target] >= h && holds[target] < l) fail(L, h, "a fetch over a device-only input");
-                        copy_out[target] = false;  // the copy stream runs in order: copies out of it are done
-                        if (host[l - 1] != l - 1) fail(L, h, "the host holds the wrong input");
-                        holds[target] = host[l - 1];
-                        copy_in[target] = true;
-                        fetched_in_pass[l - 1]++;
+                };
+                auto forward = [&](bool backward_follows) {
+                    std::fill(copy_out.begin(), copy_out.end(), false);  // model_forward waits on both stored events
+                    write(0);
+                    if (backward_follows) store(0);
+                    for (int l = 0; l < L; l++) layer_forward(l, backward_follows);
+                    reads(L, "the final norm reads the wrong output");
+                };
+                auto backward = [&]() {
+                    for (int l = L - 1; l >= 0; l--) {
+                        if (g.last(l)) {  // the segment's backward begins: its checkpoint, the one below's fetch
+                            int first = g.first(l), i = g.kept(first), b = cs.buffer(first);
+                            if (o.backward_waits(i)) copy_in[b] = false;  // waits on fetched[i % 2]
+                            if (o.fetches_previous(i)) {
+                                int target = cs.buffer(first - k);
+                                if (target == b) fail("a fetch into the buffer in use");
+                                if (holds[target] >= 0 && holds[target] < first) fail("a fetch over an input backward still reads");
+                                copy_out[target] = false;  // the copy stream runs in order: copies out of it are done
+                                if (host[i - 1] != first - k) fail("the host holds the wrong input");
+                                holds[target] = host[i - 1];
+                                copy_in[target] = true;
+                                fetched_in_pass[i - 1]++;
+                            }
+                            if (g.recomputes(l))
+                                for (int j = first; j < l; j++) layer_forward(j, false);
+                        }
+                        reads(l, "a backward reads an input not (yet) there");
                     }
-                }
-                std::fill(copy_in.begin(), copy_in.end(), false);
-            };
-            forward(true); backward();
-            forward(false);  // validation: forward only, stores nothing
-            forward(true); backward();
-            for (int l = 0; l <= L; l++)  // no copy without a reader: every input stored is fetched, once a step
-                if (stored_in_pass[l] != fetched_in_pass[l] || stored_in_pass[l] != (l < o.stored() ? 2 : 0))
-                    fail(L, h, "an input stored but not fetched, or stored by the forward-only pass");
-            if (L == 2) {  // test-tiny has 2 layers: the plan's region holds these buffers (T = 100, C = 128)
+                    std::fill(copy_in.begin(), copy_in.end(), false);
+                };
+                forward(true); backward();
+                forward(false);  // validation: forward only, stores nothing
+                forward(true); backward();
+                for (int i = 0; i <= n; i++)  // no copy without a reader: every input stored is fetched, once a step
+                    if (stored_in_pass[i] != fetched_in_pass[i] || stored_in_pass[i] != (i < o.stored() ? 2 : 0))
+                        fail("an input stored but not fetched, or stored by the forward-only pass");
+                if (g.recomputed_layers() != L - (L + k - 1) / k) fail("the recomputed layers are not L - ceil(L / k)");
+                if (k == 1 && h == 0 && buffers != L + 1) fail("k = 1 without offload is not one buffer per input");
+                if (k > 1 && buffers != (h > 0 ? k + 1 : n + k)) fail("segments: not n + k buffers, or 2 staging + k - 1 offloaded");
+                // the plan's regions hold these buffers and the stored inputs (test-tiny with L layers, T = 100, C = 128)
+                ModelConfig tiny = config_named("test-tiny");
+                tiny.n_layer = L;
                 TrainingOptions t;
                 t.T = 100;
                 t.offload = h;
-                if (plan_memory(config_named("test-tiny"), t).bytes[REGION_LAYER_INPUTS] != (size_t)buffers * 100 * 128 * 2)
-                    fail(L, h, "the plan's layer-inputs region is not the schedule's buffers");
+                t.segment = k;
+                MemoryPlan plan = plan_memory(tiny, t);
+                if (plan.bytes[REGION_LAYER_INPUTS] != (size_t)buffers * 100 * 128 * 2 ||
+                    plan.bytes[REGION_HOST_CHECKPOINTS] != (size_t)o.stored() * 100 * 128 * 2)
+                    fail("the plan's layer-input regions are not the schedule's buffers and stored inputs");
             }
         }
     }
-    if (!ok) printf("offload schedule: %s\n", first_problem.c_str());
-    check(ok, "offload schedule: every buffer holds what each step reads, no write under a running copy, every "
-              "stored input fetched, nothing stored that backward finds staged or that no backward follows");
+    if (!ok) printf("checkpoint schedule: %s\n", first_problem.c_str());
+    check(ok, "checkpoint schedule (offload and segments): every buffer holds what each step reads, no write under a "
+              "running copy, every stored input fetched, nothing stored that backward finds staged or that no backward follows");
 }
 
 // --keep-attention: each layer's attention output (T x Q x 2) and lse (T x H x 4) through two device buffers,
@@ -441,9 +466,12 @@ static void test_keep_attention() {
 
 // --segment k: every k-th input kept (and the last output), a segment's others recomputed into k - 1 shared
 // buffers. llama3-8b at T = 200000, k = 4: 8 checkpoints + the output + 3 shared = 12 x T x C x 2 on the device,
-// and 32 - 8 = 24 more layer forwards per step in the prediction. The schedule walked for L = 1 .. 7 and every
-// k: each backward finds its input (the checkpoints survive forward, the recomputation rebuilds the rest from
-// the segment's checkpoint). The automatic choice (0) keeps 1 where the plan fits and reaches a longer T on 139 GiB.
+// and 32 - 8 = 24 more layer forwards per step in the prediction. With --offload 1 the checkpoints but the last
+// go to pinned host memory (7 x T x C x 2, out and back each step), the last and the output staged in 2 device
+// buffers beside the 3 shared. The automatic choice (0) keeps 1 where the plan fits; where it does not, the
+// smallest k that fits (every smaller k, 1 included, does not), with the checkpoints offloaded when that fits
+// longer: past --segment 1's T on 139 GiB (host bound), not on 80 GiB (the card binds, and segments on the host
+// add k - 1 device buffers to offload's 2).
 static void test_segments() {
     ModelConfig c = config_named("llama3-8b");
     const size_t T = 200000, C = 4096;
@@ -463,51 +491,30 @@ static void test_segments() {
     check(fabs(after.work[PHASE_MATMULS] - before.work[PHASE_MATMULS] - 2.0 * T * 24 * layer_matmul) < 1e-9 * after.work[PHASE_MATMULS] &&
           fabs(after.work[PHASE_ATTENTION_FORWARD] / before.work[PHASE_ATTENTION_FORWARD] - (2.0 * 32 + 24) / 64) < 1e-12,
           "segment 4: the prediction counts 24 more layer forwards (matmuls and attention)");
+    TrainingOptions offloaded = o;
+    offloaded.offload = OFFLOAD_ALL;
+    MemoryPlan both = plan_memory(c, offloaded);
+    offloaded.offload = 10;  // any count: with segments every checkpoint or none
+    MemoryPlan ten = plan_memory(c, offloaded);
+    check(both.bytes[REGION_LAYER_INPUTS] == 5 * T * C * 2 && both.bytes[REGION_HOST_CHECKPOINTS] == 7 * T * C * 2 &&
+          both.shape[REGION_HOST_CHECKPOINTS] == "7 x 200000 x 4096 x 2" && both.host_total == 7 * T * C * 2 &&
+          both.pcie_to_host == 7 * T * C * 2 && both.pcie_to_device == 7 * T * C * 2 &&
+          both.total == segmented.total - 7 * T * C * 2 && both.options.segment == 4 && both.options.offload == 32 &&
+          ten.total == both.total && ten.host_total == both.host_total && ten.options.offload == 32,
+          "segment 4 with --offload 1: checkpoints 0, 4, .., 24 on the host, 2 staging + 3 shared on the device, 7 out and back");
+    check(offload_text(both.options, 32) == "inputs 0, 4, .., 24 in pinned host memory" &&
+          predict_step(both, h200).work[PHASE_ATTENTION_FORWARD] == after.work[PHASE_ATTENTION_FORWARD],
+          "segment 4 with offload: named in the plan, the same 24 more layer forwards");
+    test_regions_are_laid_out(both, "segment 4 with offload: device and host regions aligned and disjoint");
     TrainingOptions bad = o;
-    bad.offload = OFFLOAD_ALL;
-    bool refused = training_options_problem(c, bad).find("--segment 4 with --offload 1") == 0;
-    bad = o;
     bad.keep_attention = 1;
-    refused &= training_options_problem(c, bad).find("--segment 4 with --keep-attention 1") == 0;
+    bool refused = training_options_problem(c, bad).find("--segment 4 with --keep-attention 1") == 0;
     bad = o;
     bad.recompute = false;
     refused &= training_options_problem(c, bad).find("--segment 4: needs -r 1") == 0;
-    check(refused, "segment: refused with --offload 1, --keep-attention 1 or -r 0");
+    refused &= training_options_problem(c, offloaded) == "";
+    check(refused, "segment: refused with --keep-attention 1 or -r 0, not with --offload 1");
 
-    bool ok = true;
-    std::string problem;
-    for (int L = 1; L <= 7; L++) {
-        for (int k = 1; k <= L; k++) {
-            SegmentSchedule g(k, L);
-            std::vector<int> holds(g.buffers(), -1);
-            auto fail = [&](const char* what) {
-                if (ok) problem = "L=" + std::to_string(L) + " k=" + std::to_string(k) + ": " + what;
-                ok = false;
-            };
-            auto write = [&](int l) {
-                if (g.buffer(l) < 0 || g.buffer(l) >= g.buffers()) return fail("a buffer outside the region");
-                holds[g.buffer(l)] = l;
-            };
-            auto layer_forward = [&](int l) {
-                if (holds[g.buffer(l)] != l) fail("a forward reads the wrong input");
-                write(l + 1);
-            };
-            write(0);
-            for (int l = 0; l < L; l++) layer_forward(l);
-            if (holds[g.buffer(L)] != L) fail("the final norm's backward reads the wrong output");
-            for (int l = L - 1; l >= 0; l--) {
-                if (g.recomputes(l))
-                    for (int j = g.first(l); j < l; j++) layer_forward(j);
-                if (holds[g.buffer(l)] != l) fail("a backward reads the wrong input");
-            }
-            if (g.recomputed_layers() != L - (L + k - 1) / k) fail("the recomputed layers are not L - ceil(L / k)");
-            if (k == 1 && g.buffers() != L + 1) fail("k = 1 is not one buffer per input");
-        }
-    }
-    if (!ok) printf("segment schedule: %s\n", problem.c_str());
-    check(ok, "segment schedule: every forward and backward reads its own input, recomputed from the segment's checkpoint");
-
-    const MemoryBudget card_139 = {139.0, 60.0};  // where the host binds: offloading more checkpoints is no way out
     TrainingOptions automatic, one;
     automatic.segment = 0;
     automatic.offload = -1;
@@ -516,13 +523,28 @@ static void test_segments() {
     one.segment = 1;
     automatic.T = 60000;
     check(resolve_automatic(c, automatic, CARD_80).segment == 1, "automatic segment: 1 where the plan fits (60000 on 80 GiB)");
-    int longest = max_T_that_fits(c, automatic, card_139), longest_one = max_T_that_fits(c, one, card_139);
-    automatic.T = longest;
-    TrainingOptions chosen = resolve_automatic(c, automatic, card_139);
-    check(longest > longest_one && chosen.segment > 1 && chosen.offload == 0 && plan_fits(plan_memory(c, chosen), card_139),
-          "automatic segment: llama3-8b on 139 GiB + 60 GiB reaches past --segment 1's T with segments on the card");
-    printf("llama3-8b on 139 GiB + 60 GiB: longest T %d with --segment 1, %d automatic (segments of %d)\n", longest_one,
-           longest, chosen.segment);
+    const MemoryBudget budgets[3] = {CARD_80, {139.0, 60.0}, {139.0, 120.0}};
+    for (const MemoryBudget& budget : budgets) {
+        std::string name = std::to_string((int)budget.gpu_gib) + " GiB + " + std::to_string((int)budget.host_gib) + " GiB";
+        int longest = max_T_that_fits(c, automatic, budget), longest_one = max_T_that_fits(c, one, budget);
+        automatic.T = longest;
+        TrainingOptions chosen = resolve_automatic(c, automatic, budget);
+        bool smallest = true;
+        for (int k = 1; k < chosen.segment; k++) {
+            TrainingOptions fewer = automatic;
+            fewer.segment = k;
+            smallest &= !plan_fits(plan_memory(c, resolve_automatic(c, fewer, budget)), budget);
+        }
+        bool host_bound = budget.gpu_gib > 100;
+        std::string what = "automatic segment: llama3-8b on " + name +
+                           (host_bound ? " reaches past --segment 1's T with the checkpoints of the smallest k offloaded"
+                                       : " stays at --segment 1's T (the card binds)");
+        check(plan_fits(plan_memory(c, chosen), budget) && smallest &&
+              (host_bound ? longest > longest_one && chosen.segment > 1 && chosen.offload > 0 : longest == longest_one),
+              what.c_str());
+        printf("llama3-8b on %s: longest T %d with --segment 1, %d automatic (segments of %d, checkpoints %s)\n",
+               name.c_str(), longest_one, longest, chosen.segment, chosen.offload > 0 ? "offloaded" : "on the card");
+    }
 }
 
 // -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
@@ -867,7 +889,7 @@ int main() {
     test_offload();
     test_held_gradients();
     test_max_T_both_budgets();
-    test_offload_schedule();
+    test_checkpoint_schedule();
     test_keep_attention();
     test_segments();
     test_problems();
