@@ -17,6 +17,8 @@
 //   void matmul_init(cublasLtHandle_t handle, void* workspace, size_t workspace_bytes);
 //   void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC,
 //                       bool accumulate, cudaStream_t)                      out[N,OC] (W or A) = inp[N,IC] W[OC,IC]^T
+//   void matmul_forward_add(bf16* out, const bf16* addend, const bf16* inp, const bf16* weight, int N, int IC,
+//                       int OC, cudaStream_t)                               out (W) = addend + inp W^T (addend may be out)
 //   void matmul_backward_input(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
 //                       bool accumulate, cudaStream_t)                      dinp[N,IC] (W or A) = dout[N,OC] W[OC,IC]
 //   void matmul_backward_weight(float* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC,
@@ -270,9 +272,10 @@ static inline void matmul_init(cublasLtHandle_t handle, void* workspace, size_t 
     s.workspace_bytes = workspace_bytes;
 }
 
-// column-major D(m x n, ld ldd) = alpha op(A) op(B) + beta D; A, B bf16; D bf16 or fp32; fp32 compute
-static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, const bf16* b, bool transa, bool transb,
-                             int m, int n, int k, int lda, int ldb, int ldd, float beta, cudaStream_t stream) {
+// column-major D(m x n, ld ldd) = alpha op(A) op(B) + beta C; A, B bf16; C and D bf16 or fp32, the same layout
+// (c null: C = D); fp32 compute
+static inline void matmul_lt(void* d, const void* c, cudaDataType_t dtype_d, const bf16* a, const bf16* b, bool transa,
+                             bool transb, int m, int n, int k, int lda, int ldb, int ldd, float beta, cudaStream_t stream) {
     MatmulState& s = matmul_state();
     if (!s.handle) { fprintf(stderr, "matmul_init was not called\n"); exit(1); }
     auto alignment = [](const void* ptr) {
@@ -280,7 +283,8 @@ static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, con
         while (al > 1 && ((uintptr_t)ptr % al) != 0) al >>= 1;
         return al;
     };
-    int align_a = alignment(a), align_b = alignment(b), align_d = alignment(d);
+    if (!c) c = d;
+    int align_a = alignment(a), align_b = alignment(b), align_d = std::min(alignment(d), alignment(c));  // C's too
     MatmulPlan* plan = nullptr;
     for (int i = 0; i < MatmulState::MAX_PLANS; i++) {
         MatmulPlan& p = s.plans[i];
@@ -334,7 +338,7 @@ static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, con
         plan = &p;
     }
     float alpha = 1.f;
-    CUBLAS_CHECK(cublasLtMatmul(s.handle, plan->desc, &alpha, a, plan->a, b, plan->b, &beta, d, plan->c, d, plan->c,
+    CUBLAS_CHECK(cublasLtMatmul(s.handle, plan->desc, &alpha, a, plan->a, b, plan->b, &beta, c, plan->c, d, plan->c,
                                 &plan->algo, s.workspace, s.workspace_bytes, stream));
 }
 
@@ -342,19 +346,26 @@ static inline void matmul_lt(void* d, cudaDataType_t dtype_d, const bf16* a, con
 static inline void matmul_forward(bf16* out, const bf16* inp, const bf16* weight, int N, int IC, int OC,
                                   bool accumulate, cudaStream_t stream) {
     profile_phase(PHASE_MATMULS, stream);
-    matmul_lt(out, CUDA_R_16BF, weight, inp, true, false, OC, N, IC, IC, IC, OC, accumulate ? 1.f : 0.f, stream);
+    matmul_lt(out, nullptr, CUDA_R_16BF, weight, inp, true, false, OC, N, IC, IC, IC, OC, accumulate ? 1.f : 0.f, stream);
+}
+// out[N,OC] = addend[N,OC] + inp[N,IC] W[OC,IC]^T: the residual adds, the addend read in cuBLASLt's epilogue
+// instead of copied to out first (the same fp32 sum rounded once: the bits of a copy then matmul_forward's accumulate)
+static inline void matmul_forward_add(bf16* out, const bf16* addend, const bf16* inp, const bf16* weight, int N, int IC,
+                                      int OC, cudaStream_t stream) {
+    profile_phase(PHASE_MATMULS, stream);
+    matmul_lt(out, addend, CUDA_R_16BF, weight, inp, true, false, OC, N, IC, IC, IC, OC, 1.f, stream);
 }
 // dinp[N,IC] (+)= dout[N,OC] W[OC,IC]
 static inline void matmul_backward_input(bf16* dinp, const bf16* dout, const bf16* weight, int N, int IC, int OC,
                                          bool accumulate, cudaStream_t stream) {
     profile_phase(PHASE_MATMULS, stream);
-    matmul_lt(dinp, CUDA_R_16BF, weight, dout, false, false, IC, N, OC, IC, OC, IC, accumulate ? 1.f : 0.f, stream);
+    matmul_lt(dinp, nullptr, CUDA_R_16BF, weight, dout, false, false, IC, N, OC, IC, OC, IC, accumulate ? 1.f : 0.f, stream);
 }
 // dweight[OC,IC] (fp32) += dout[N,OC]^T inp[N,IC]
 static inline void matmul_backward_weight(float* dweight, const bf16* dout, const bf16* inp, int N, int IC, int OC,
                                           cudaStream_t stream) {
     profile_phase(PHASE_MATMULS, stream);
-    matmul_lt(dweight, CUDA_R_32F, inp, dout, false, true, IC, OC, N, IC, OC, IC, 1.f, stream);
+    matmul_lt(dweight, nullptr, CUDA_R_32F, inp, dout, false, true, IC, OC, N, IC, OC, IC, 1.f, stream);
 }
 
 // ----------------------------------------------------------------------------

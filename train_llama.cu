@@ -780,22 +780,19 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
         }
         if (backward_follows) kept_attention_store(m, l);
     }
-    // attention_residual = x + attention_out Wo^T: copy, then the matmul accumulates
-    profile_phase(PHASE_MEMORY_BOUND, s);
-    CUDA_CHECK(cudaMemcpyAsync(a.attention_residual, x, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
-    matmul_forward(a.attention_residual, a.attention_out, w + o.o, N, Q, C, true, s);
+    // attention_residual = x + attention_out Wo^T (x read in the matmul's epilogue: no copy)
+    matmul_forward_add(a.attention_residual, x, a.attention_out, w + o.o, N, Q, C, s);
     rmsnorm_forward(a.mlp_norm, a.mlp_rstd, a.attention_residual, w + o.post_attention_norm, N, C, c.norm_eps, s);
     if (with_mlp) {
         bf16* out = layer_input(m, l + 1);
         offload_before_output(m, l);
-        profile_phase(PHASE_MEMORY_BOUND, s);
-        CUDA_CHECK(cudaMemcpyAsync(out, a.attention_residual, (size_t)N * C * 2, cudaMemcpyDeviceToDevice, s));
         int mlp_chunk_tokens = m->plan.mlp_chunk_tokens;
         for (int start = 0; start < N; start += mlp_chunk_tokens) {
             int n = std::min(mlp_chunk_tokens, N - start);
             nvtx_push("MLP mini-sequence %d", start / mlp_chunk_tokens);
             mlp_hidden_forward(m, w, a, start, n);
-            matmul_forward(out + (size_t)start * C, a.act, w + o.down, n, F, C, true, s);
+            // out = attention_residual + act Wdown^T, a mini-sequence at a time
+            matmul_forward_add(out + (size_t)start * C, a.attention_residual + (size_t)start * C, a.act, w + o.down, n, F, C, s);
             nvtxRangePop();
         }
         if (backward_follows) offload_store(m, l + 1);
