@@ -505,14 +505,18 @@ if [ $rc -eq 1 ] && [ "$(printf '%s\n' "$output" | grep -c '^error:')" -eq 1 ] &
 else
     failed=$((failed + 1)); echo "FAIL: a log write that fails must end the run with one error line:"; printf '%s\n' "$output" | tail -n 3
 fi
-# RoPE v2's start-up self-test (train_llama.cu's rope_selftest, against v1): a run without a planted disagreement
-# has no warning; with one (MST_ROPE_SELFTEST_PERTURB) one warning line, then the run goes on with v1
-output=$(MST_ROPE_SELFTEST_PERTURB=0.5 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 2>&1); rc=$?
+# RoPE v2's and RMSNorm backward v2's start-up self-tests (train_llama.cu's rope_selftest and rmsnorm_selftest, each
+# against its v1): a run without a planted disagreement has no warning; with one in each (MST_ROPE_SELFTEST_PERTURB,
+# MST_RMSNORM_SELFTEST_PERTURB) one warning line each, then the run goes on with both v1s (one run for both: 4 s)
+output=$(MST_ROPE_SELFTEST_PERTURB=0.5 MST_RMSNORM_SELFTEST_PERTURB=0.5 $t ./train_llama_cpu -e test-tiny --random-tokens -T 16 -n 1 2>&1); rc=$?
 if [ $rc -eq 0 ] && [ "$(printf '%s\n' "$output" | grep -c '^warning: RoPE v2 failed its start-up self-test against v1')" -eq 1 ] &&
-   ! grep -q 'warning: RoPE' "$files/run.out"; then
+   [ "$(printf '%s\n' "$output" | grep -c '^warning: RMSNorm backward v2 failed its start-up self-test against v1')" -eq 1 ] &&
+   [ "$(printf '%s\n' "$output" | grep -c '^warning:')" -eq 2 ] && printf '%s\n' "$output" | grep -q '^step    1/1' &&
+   ! grep -q 'warning: RoPE\|warning: RMSNorm' "$files/run.out"; then
     passed=$((passed + 1))
 else
-    failed=$((failed + 1)); echo "FAIL: RoPE v2's self-test: a planted disagreement must fall back with one warning line:"; printf '%s\n' "$output" | tail -n 3
+    failed=$((failed + 1)); echo "FAIL: RoPE v2's and RMSNorm backward v2's self-tests: a planted disagreement must fall back with one warning line each:"
+    printf '%s\n' "$output" | tail -n 3
 fi
 
 echo "$passed passed, $failed failed, $skipped skipped"

@@ -1,6 +1,7 @@
 // dev/cuda/matmul.cu: the cuBLASLt matmuls (bf16 in, fp32 accumulate): forward (bf16 out), backward to the
 // input (bf16, optionally accumulating), backward to the weight (fp32, accumulating across calls).
-// CPU reference: matmul_forward_cpu / matmul_backward_cpu. Product: matmul_* in mst_kernels.cuh.
+// CPU reference: matmul_forward_cpu / matmul_backward_cpu. Product: matmul_* in mst_kernels.cuh (matmul_forward_add:
+// the residual adds, the addend a separate array read in the epilogue).
 #include "common.h"
 
 static void check(int N, int IC, int OC) {
@@ -25,6 +26,24 @@ static void check(int N, int IC, int OC) {
     for (auto& e : y_ref) e *= 2.f;
     snprintf(name, sizeof name, "matmul_forward accumulate N=%d IC=%d OC=%d", N, IC, OC);
     compare(name, download_bf16(d_y, (size_t)N * OC), y_ref, 2 * tol, 1e-2f);
+
+    // out = addend + x W^T with out != addend (the trainer's residual adds): the bits of a copy of the addend then
+    // matmul_forward's accumulate; the addend untouched
+    bf16 *d_sum = dmalloc<bf16>((size_t)N * OC), *d_copy = dmalloc<bf16>((size_t)N * OC);
+    std::vector<float> addend = download_bf16(d_y, (size_t)N * OC);
+    poison(d_sum, (size_t)N * OC * 2);
+    matmul_forward_add(d_sum, d_y, d_x, d_w, N, IC, OC, 0);
+    CUDA_CHECK(cudaMemcpy(d_copy, d_y, (size_t)N * OC * 2, cudaMemcpyDeviceToDevice));
+    matmul_forward(d_copy, d_x, d_w, N, IC, OC, true, 0);
+    std::vector<float> sum = download_bf16(d_sum, (size_t)N * OC), copied = download_bf16(d_copy, (size_t)N * OC);
+    snprintf(name, sizeof name, "matmul_forward_add bitwise copy + accumulate, addend kept N=%d IC=%d OC=%d", N, IC, OC);
+    check_true(name, bitwise_equal(sum.data(), copied.data(), sum.size() * 4) &&
+                         bitwise_equal(addend.data(), download_bf16(d_y, (size_t)N * OC).data(), addend.size() * 4));
+    for (auto& e : y_ref) e *= 1.5f;  // 3 x W^T
+    snprintf(name, sizeof name, "matmul_forward_add N=%d IC=%d OC=%d", N, IC, OC);
+    compare(name, sum, y_ref, 3 * tol, 1e-2f);
+    CUDA_CHECK(cudaFree(d_sum));
+    CUDA_CHECK(cudaFree(d_copy));
 
     std::vector<float> dx_ref = dx0, dw_ref = dw0;
     matmul_backward_cpu(dx_ref.data(), dw_ref.data(), dy.data(), x.data(), w.data(), N, IC, OC);
