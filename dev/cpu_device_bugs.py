@@ -20,7 +20,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # (name, file, the line as it is (a regular expression matching exactly one place), the planted line, program)
 BUGS = [
     ("--zero 2: the rank's part of a group's all-reduced gradient not added into its shard", "train_llama.cu",
-     r"    if \(begin < end\) float_accumulate\(", "    if (begin > end) float_accumulate(",
+     r"    if \(begin < end\) float_accumulate\(", "    if (false) float_accumulate(",
      ["bash", "dev/test_parallel_train.sh"]),
     ("missing __syncthreads (cross-entropy's block reduction)", "mst_kernels.cuh",
      r"(    if \(lane == 0\) \{ sm_m\[warp\] = m; sm_s\[warp\] = s; \}\n)    __syncthreads\(\);\n", r"\1",
