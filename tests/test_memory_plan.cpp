@@ -439,6 +439,14 @@ static void test_keep_attention() {
               "outputs 0 .. L-3 stored and fetched once a step, the last two never");
 }
 
+// T tokens, every gradient on the card (-f 0), the other options their defaults
+static TrainingOptions gradients_on_card(size_t T) {
+    TrainingOptions o;
+    o.T = (int)T;
+    o.fused_optimizer = 0;
+    return o;
+}
+
 // --segment k: every k-th input kept (and the last output), a segment's others recomputed into k - 1 shared
 // buffers. llama3-8b at T = 200000, k = 4: 8 checkpoints + the output + 3 shared = 12 x T x C x 2 on the device,
 // and 32 - 8 = 24 more layer forwards per step in the prediction. The schedule walked for L = 1 .. 7 and every
@@ -447,9 +455,7 @@ static void test_keep_attention() {
 static void test_segments() {
     ModelConfig c = config_named("llama3-8b");
     const size_t T = 200000, C = 4096;
-    TrainingOptions o;
-    o.T = (int)T;
-    o.fused_optimizer = 0;
+    TrainingOptions o = gradients_on_card(T);
     MemoryPlan whole = plan_memory(c, o);
     o.segment = 4;
     MemoryPlan segmented = plan_memory(c, o);
@@ -534,9 +540,7 @@ static void test_segments() {
 static void test_attention_blocks() {
     ModelConfig c = config_named("llama3-8b");
     const size_t T = 200000, C = 4096, Q = 4096, KV = 1024, H = 32, n = 50000;
-    TrainingOptions o;
-    o.T = (int)T;
-    o.fused_optimizer = 0;
+    TrainingOptions o = gradients_on_card(T);
     MemoryPlan whole = plan_memory(c, o);
     o.attention_blocks = 4;
     MemoryPlan blocked = plan_memory(c, o);
