@@ -397,6 +397,111 @@ static void test_keep_attention_and_segments() {
     }
 }
 
+// --attention-blocks N: each layer's attention half over N query blocks (forward, its recompute, and backward with
+// dK, dV summed over the blocks in fp32) against the whole-sequence path with the same kernels: test-tiny with one
+// layer at B = 2, T = 67 (not a multiple of any attention tile: blocks of 23, 23, 21 and of 17, 17, 17, 16 tokens),
+// 3 blocks with the mma.sync and with the sm_90a kernels, and 4 with document masking (starts inside blocks and on a
+// block's first row) with the sm_90a kernels (the default on H100/H200), 3 steps (-f 0). A block's forward rows are the same bits as the whole sequence's (the
+// attention kernels' promise; on the CPU device the matmuls and norms work row by row too), so there the
+// forward-only loss and the first step's loss are bitwise equal (on a GPU, whose cuBLASLt may pick another
+// algorithm for fewer rows: within 1e-3). Backward differs in fp32 summation order only: dK, dV over the blocks,
+// and dWq, dWk, dWv, dWo over the blocks' rows, each sum of at most B T = 134 terms reordered, so off by at most
+// 134 x 2^-24 = 8e-6 of the sum of its terms' magnitudes. The gradient must agree within BLOCK_GRADIENT_TOLERANCE
+// = 1e-3 of each tensor's largest magnitude: 100 times that bound (terms summing to up to 100 times the largest
+// element), a quarter of one bf16 ulp (2^-8), so nothing systematic in a bf16 tensor hides under it; a rounding
+// of dK or dV to bf16 that the order moves by one ulp would show here as a failure to look at (a wrong block, a
+// wrong mask or a lost block's dK is tens of percent). The losses of steps 2 and 3 within 1e-3 relative; the
+// weights after 3 steps within 2 x 3 x lr plus one bf16 ulp of the largest weight (AdamW's update of an element is
+// about lr in size whatever its gradient's, so an element whose gradient is ~0 may move by up to 2 lr a step
+// once the order flips its sign). The CPU device's device high-water mark equals the plan's total. The gradient
+// check is shown to fail on one element moved by twice its tolerance.
+static const float BLOCK_GRADIENT_TOLERANCE = 1e-3f;
+static void test_attention_blocks() {
+    ModelConfig c = config_named("test-tiny");
+    c.n_layer = 1;
+    const int B = 2, T = 67, steps = 3, bos = 7;
+    const float lr = 1e-3f;
+    printf("--attention-blocks vs the whole sequence (test-tiny with 1 layer, B=%d T=%d, %d steps, mma.sync and sm_90a kernels):\n",
+           B, T, steps);
+    std::vector<int> inputs(B * T), targets(B * T);
+    struct Case { int blocks; bool doc_mask, sm90; };
+    for (Case k : {Case{3, false, false}, Case{3, false, true}, Case{4, true, true}}) {
+        bool sm90 = k.sm90;
+        if (sm90 && mst::device_major() != 9) { skip("attention blocks with the sm_90a kernels", "compute capability 9.0"); continue; }
+        std::vector<float> losses[2], gradient[2], weights[2];
+        size_t attention_bytes[2];
+        for (int run = 0; run < 2; run++) {
+            TrainingOptions o = default_options(B, T);
+            o.fused_optimizer = 0;
+            o.keep_attention = 0;
+            o.doc_mask = k.doc_mask;
+            o.attention_blocks = run ? k.blocks : 1;
+            mst::allocation_high_water(false, true);
+            mst::allocation_high_water(true, true);
+            Model m;
+            model_create(&m, c, o, OptimizerSettings(), 31);
+            m.attention_sm90 = sm90;
+            m.bos_token = bos;
+            model_init_random(&m);
+            for (int step = 0; step < steps; step++) {
+                random_batch(inputs.data(), targets.data(), B, T, c.vocab_size, 31, step);
+                for (int& x : inputs) if (x == bos) x = bos + 1;
+                for (int t : {0, 10, 17, 40}) inputs[t] = bos;  // row 0: a start on block 1's first row (4 blocks: 17)
+                for (int t : {5, 34, 66}) inputs[T + t] = bos;  // row 1: one of length 1 at the end
+                if (step == 0) losses[run].push_back(model_loss(&m, inputs.data(), targets.data()));
+                float norm;
+                losses[run].push_back(model_step(&m, inputs.data(), targets.data(), lr, true, &norm));
+                if (step == 0) gradient[run] = download_grads(&m);
+            }
+            weights[run] = download_params(&m);
+            attention_bytes[run] = m.plan.bytes[REGION_ATTENTION_NORM] + m.plan.bytes[REGION_QKV] + m.plan.bytes[REGION_ATTENTION_OUT];
+            long long device_high = mst::allocation_high_water(false, false);
+            std::string what = "--attention-blocks " + std::to_string(o.attention_blocks) + ": ";
+            if (device_high < 0) {
+                skip((what + "high-water mark").c_str(), "the CPU device's count");
+            } else if (run) {
+                printf("  %-52s device %lld bytes (plan %zu)\n", (what + "high-water mark").c_str(), device_high, m.plan.total);
+                check(device_high == (long long)m.plan.total, (what + "the allocation high-water mark equals the plan's total").c_str());
+            }
+            check(m.plan.options.attention_blocks == o.attention_blocks, (what + "the plan runs the blocks asked for").c_str());
+            model_free(&m);
+        }
+        std::string what = std::to_string(k.blocks) + " blocks" + (k.doc_mask ? ", --doc-mask 1" : "") +
+                           (sm90 ? ", sm_90a: " : ", mma.sync: ");
+        printf("  %s attention norm + q, k, v + output: %zu bytes, whole sequence %zu\n", what.c_str(), attention_bytes[1], attention_bytes[0]);
+        check(attention_bytes[1] < attention_bytes[0], (what + "the blocks' attention regions are smaller").c_str());
+        if (mst::on_cpu_device()) {
+            bitwise_equal((what + "forward-only and step-1 losses").c_str(), losses[1].data(), losses[0].data(), 2 * 4);
+        } else {
+            loss_close((what + "forward-only loss").c_str(), losses[1][0], losses[0][0], 1e-3f);
+            loss_close((what + "loss of step 1").c_str(), losses[1][1], losses[0][1], 1e-3f);
+        }
+        for (int step = 2; step <= steps; step++)
+            loss_close((what + "loss of step " + std::to_string(step)).c_str(), losses[1][step], losses[0][step], 1e-3f);
+        for (const ParameterTensor& t : parameter_tensors(c)) {
+            close_to((what + "grad " + t.name).c_str(), gradient[1].data() + t.offset, gradient[0].data() + t.offset,
+                     t.rows * t.cols, BLOCK_GRADIENT_TOLERANCE);
+        }
+        float worst = 0.f, largest = max_abs(weights[0].data(), weights[0].size());
+        for (size_t i = 0; i < weights[0].size(); i++) worst = fmaxf(worst, fabsf(weights[1][i] - weights[0][i]));
+        float bound = 2 * steps * lr + largest / 256;
+        printf("  %-52s max |difference| %.3e (bound %.3e)\n", (what + "weights after 3 steps").c_str(), worst, bound);
+        check(std::isfinite(worst) && worst <= bound, (what + "weights after 3 steps within the bound").c_str());
+        if (!sm90) {  // the gradient check can fail: one element of q_proj's moved by 2 x its tolerance
+            std::vector<ParameterTensor> tensors = parameter_tensors(c);
+            const ParameterTensor& q = *std::find_if(tensors.begin(), tensors.end(),
+                                                     [](const ParameterTensor& t) { return t.name.find("layers.0.self_attn.q_proj") != std::string::npos; });
+            size_t n = q.rows * q.cols;
+            std::vector<float> moved(gradient[1].begin() + q.offset, gradient[1].begin() + q.offset + n);
+            moved[n / 2] += 2 * BLOCK_GRADIENT_TOLERANCE * max_abs(gradient[0].data() + q.offset, n);
+            float error = 0.f;
+            for (size_t i = 0; i < n; i++) error = fmaxf(error, fabsf(moved[i] - gradient[0][q.offset + i]));
+            check(error > BLOCK_GRADIENT_TOLERANCE * max_abs(gradient[0].data() + q.offset, n) + 1e-7f,
+                  "the gradient check fails on one element moved by twice its tolerance");
+        }
+    }
+}
+
 // One step of the trainer (no update) and the CPU reference's forward and backward on the same bf16 weights and
 // tokens: both losses, the trainer's gradient, and the reference (its gradient in reference.grads)
 struct StepBesideReference {
@@ -875,6 +980,7 @@ int main(int argc, char** argv) {
         {"offload", [](const Golden&) { test_offload(); }},
         {"keep attention and segments", [](const Golden&) { test_keep_attention_and_segments(); }},
         {"state offload", [](const Golden&) { test_state_offload(); }},
+        {"attention blocks", [](const Golden&) { test_attention_blocks(); }},
         {"test-2layer vs CPU reference", [](const Golden&) { test_against_cpu_reference(); }},
         {"document masking", [](const Golden&) { test_document_masking(); }},
         {"resume", [](const Golden&) { test_resume(); }},

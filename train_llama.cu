@@ -199,6 +199,7 @@ struct Model {
     // backward
     bf16* dresidual; bf16* dnorm;  // N x C each: the residual stream's gradient, a norm output's gradient
     bf16* dq; bf16* dk; bf16* dv; bf16* dattention_out;
+    float* dk_sum; float* dv_sum;  // --attention-blocks: N x KV each, dK and dV summed over the query blocks in fp32
     void* attention_scratch;       // N x H fp32 (attention backward's rowsum(dout * out)); --sp: B x Tp x Hl
     bf16* dattention_heads;        // --sp: the attention output's gradient, head layout
     bf16* all_to_all_send; bf16* all_to_all_recv;  // --sp: S blocks each, block j to / from group rank j
@@ -253,6 +254,9 @@ static void carve_arena(Model* m) {
     size_t N = m->N, C = m->config.d_model, Q = m->config.q_dim(), KV = m->config.kv_dim();
     size_t F = m->config.ffn_dim, H = m->config.n_head, L_live = p.options.recompute ? 1 : m->config.n_layer;
     size_t n_mlp = p.mlp_chunk_tokens;
+    // --attention-blocks: the norm, q and the attention output hold one query block (NA rows; q then its pad rows)
+    bool blocked = p.options.attention_blocks > 1;
+    size_t NA = blocked ? p.attention_block_tokens : N, q_rows = blocked ? NA + ATTENTION_BLOCK_PAD_ROWS : N;
     auto region = [&](Region r) { return m->arena + p.offset[r]; };
     m->params = (bf16*)region(REGION_PARAMETERS);
     m->master = p.options.master_weights ? (float*)region(REGION_MASTER_WEIGHTS) : nullptr;
@@ -272,13 +276,13 @@ static void carve_arena(Model* m) {
     for (int slot = 0; slot < 2; slot++) {
         size_t l = L_live > 1 ? slot : 0;
         LayerActivationsGPU& a = m->layer_acts[slot];
-        a.attention_norm = (bf16*)region(REGION_ATTENTION_NORM) + l * N * C;
-        a.attention_rstd = (float*)(region(REGION_ATTENTION_NORM) + L_live * N * C * 2) + l * N;
-        a.q = (bf16*)region(REGION_QKV) + l * N * (Q + 2 * KV);
-        a.k = a.q + N * Q;
+        a.attention_norm = (bf16*)region(REGION_ATTENTION_NORM) + l * NA * C;
+        a.attention_rstd = (float*)(region(REGION_ATTENTION_NORM) + L_live * NA * C * 2) + l * N;
+        a.q = (bf16*)region(REGION_QKV) + l * (q_rows * Q + N * 2 * KV);
+        a.k = a.q + q_rows * Q;
         a.v = a.k + N * KV;
-        a.attention_out = (bf16*)region(REGION_ATTENTION_OUT) + l * N * Q;
-        a.lse = (float*)(region(REGION_ATTENTION_OUT) + attention_slots * N * Q * 2) + l * N * H;
+        a.attention_out = (bf16*)region(REGION_ATTENTION_OUT) + l * NA * Q;
+        a.lse = (float*)(region(REGION_ATTENTION_OUT) + attention_slots * NA * Q * 2) + l * N * H;
         a.attention_residual = (bf16*)region(REGION_ATTENTION_RESIDUAL) + l * N * C;
         a.mlp_norm = (bf16*)region(REGION_MLP_NORM) + l * N * C;
         a.mlp_rstd = (float*)(region(REGION_MLP_NORM) + L_live * N * C * 2) + l * N;
@@ -289,14 +293,17 @@ static void carve_arena(Model* m) {
     m->dnorm = m->dresidual + N * C;
     // the plan's aliases (memory_plan.h says why each region is dead by then)
     bool aliased = p.aliased;
-    m->dq = (bf16*)region(aliased ? REGION_ATTENTION_RESIDUAL : REGION_QKV_GRADIENT);
-    m->dk = aliased ? (bf16*)region(REGION_QKV_GRADIENT) : m->dq + N * Q;
+    m->dk_sum = blocked ? (float*)region(REGION_QKV_GRADIENT) : nullptr;  // first in the region
+    m->dv_sum = blocked ? m->dk_sum + N * KV : nullptr;
+    bf16* qkv_gradient = (bf16*)(region(REGION_QKV_GRADIENT) + (blocked ? N * 2 * KV * 4 : 0));
+    m->dq = aliased ? (bf16*)region(REGION_ATTENTION_RESIDUAL) : qkv_gradient;
+    m->dk = aliased ? qkv_gradient : m->dq + N * Q;
     m->dv = m->dk + N * KV;
     m->dattention_out = aliased ? (bf16*)region(REGION_MLP_NORM) : m->dv + N * KV;
     m->attention_scratch = aliased ? (void*)(m->dv + N * KV) : (void*)(m->dattention_out + N * Q);
     m->dgate_up = (bf16*)region(REGION_MLP_HIDDEN_GRADIENT);
     m->dact = m->dgate_up + n_mlp * 2 * F;
-    m->final_norm = (bf16*)region(aliased ? REGION_ATTENTION_NORM : REGION_FINAL_NORM);
+    m->final_norm = (bf16*)region(aliased ? REGION_MLP_NORM : REGION_FINAL_NORM);
     m->final_rstd = (float*)(m->final_norm + N * C);
     m->logits = (bf16*)region(REGION_LMHEAD_LOGITS);
     m->losses = (float*)region(REGION_LOSSES);
@@ -608,22 +615,129 @@ static void segment_before_backward(Model* m, int l) {
     for (int j = m->checkpoints.segment.first(l); j < l; j++) layer_forward(m, j, true, false);
 }
 
-// Attention over whole sequences of T tokens (H query heads, KV key-value heads, the model's head dim and document
-// starts) by the kernels train() chose: the sm_90a ones, or mma.sync's (mst_kernels.cuh)
+// Attention over sequences of T tokens (H query heads, KV key-value heads, the model's head dim), the query rows
+// [q0, q0 + n) of each (the whole sequence: 0, T) with the document starts doc_start, by the kernels train() chose:
+// the sm_90a ones, or mma.sync's (mst_kernels.cuh)
 static void chosen_attention_forward(Model* m, bf16* out, float* lse, const bf16* q, const bf16* k, const bf16* v,
-                                     int B, int T, int H, int KV) {
+                                     int B, int T, int H, int KV, const int* doc_start, int q0, int n) {
     int hd = m->config.head_dim();
-    if (m->attention_sm90) attention_forward_sm90(out, lse, q, k, v, B, T, H, KV, hd, m->doc_start, 0, T, m->stream);
-    else attention_forward(out, lse, q, k, v, B, T, H, KV, hd, m->doc_start, 0, T, m->stream);
+    if (m->attention_sm90) attention_forward_sm90(out, lse, q, k, v, B, T, H, KV, hd, doc_start, q0, n, m->stream);
+    else attention_forward(out, lse, q, k, v, B, T, H, KV, hd, doc_start, q0, n, m->stream);
 }
-// its backward into m->dq, m->dk, m->dv from the output's gradient dout
-static void chosen_attention_backward(Model* m, const bf16* dout, const bf16* q, const bf16* k, const bf16* v,
-                                      const bf16* out, const float* lse, int B, int T, int H, int KV) {
+// its backward into dq and dk, dv (bf16, or fp32 summed over query blocks: q0 == 0 writes, q0 > 0 adds) from the
+// output's gradient dout
+template <typename GradKV>
+static void chosen_attention_backward(Model* m, bf16* dq, GradKV* dk, GradKV* dv, const bf16* dout, const bf16* q, const bf16* k,
+                                      const bf16* v, const bf16* out, const float* lse, int B, int T, int H, int KV,
+                                      const int* doc_start, int q0, int n) {
     int hd = m->config.head_dim();
     if (m->attention_sm90)
-        attention_backward_sm90(m->dq, m->dk, m->dv, m->attention_scratch, dout, q, k, v, out, lse, B, T, H, KV, hd, m->doc_start, 0, T, m->stream);
+        attention_backward_sm90(dq, dk, dv, m->attention_scratch, dout, q, k, v, out, lse, B, T, H, KV, hd, doc_start, q0, n, m->stream);
     else
-        attention_backward(m->dq, m->dk, m->dv, m->attention_scratch, dout, q, k, v, out, lse, B, T, H, KV, hd, m->doc_start, 0, T, m->stream);
+        attention_backward(dq, dk, dv, m->attention_scratch, dout, q, k, v, out, lse, B, T, H, KV, hd, doc_start, q0, n, m->stream);
+}
+
+// ----------------------------------------------------------------------------
+// --attention-blocks: a layer's attention half over query blocks (memory_plan.h). Block (b, q0, n) is the rows
+// [q0, q0 + n) of sequence b. The norm, q and attention-output buffers (and backward's dq and dO) hold one block;
+// the rstd, k and v (and dK, dV) every row. The kernels address whole sequences (B x T x heads x hd), so a block is
+// passed as one sequence (B = 1) whose buffer pointer is q0 rows before the block buffer: only the rows
+// [q0, q0 + n) are read or written through it (the sm_90a forward reads up to 127 rows past them, into the plan's
+// pad rows, and discards their results). Causal attention of a block reads the keys [0, q0 + n): forward computes
+// K and V of every block first (pass A), then each block's q, attention and o projection (pass B, the norm again).
+static_assert(mst::sm90::BM <= ATTENTION_BLOCK_PAD_ROWS, "the pad rows after a query block's q cover the sm_90a forward's tile");
+struct QueryBlock {
+    int b, q0, n;
+    size_t row;  // b T + q0: the block's first row of the N
+};
+static std::vector<QueryBlock> query_blocks(const Model* m) {
+    std::vector<QueryBlock> blocks;
+    int length = m->plan.attention_block_tokens;
+    for (int b = 0; b < m->B; b++)
+        for (int q0 = 0; q0 < m->T; q0 += length) blocks.push_back({b, q0, std::min(length, m->T - q0), (size_t)b * m->T + q0});
+    return blocks;
+}
+static bool attention_in_blocks(const Model* m) { return m->plan.options.attention_blocks > 1; }
+// a block buffer of rows `width` wide, as the kernels' whole sequence (row q0 is the buffer's first)
+template <typename X>
+static X* as_sequence(X* block, const QueryBlock& k, int width) { return block - (ptrdiff_t)k.q0 * width; }
+// the input norm of the block's rows into the block's norm buffer (their rstd among every row's)
+static void block_norm(Model* m, const LayerActivationsGPU& a, const bf16* x, const bf16* w, const QueryBlock& k) {
+    int C = m->config.d_model;
+    rmsnorm_forward(a.attention_norm, a.attention_rstd + k.row, x + k.row * C, w + m->layout.layer.input_norm, k.n, C,
+                    m->config.norm_eps, m->stream);
+}
+// RoPE (or its inverse) on n rows of `heads` heads at positions q0 .. q0 + n - 1: rope_qk with no second tensor
+static void rope_rows(Model* m, bf16* x, int q0, int n, int heads, bool inverse) {
+    int half = m->config.head_dim() / 2;
+    rope_qk(x, x, m->rope_cos + (size_t)q0 * half, m->rope_sin + (size_t)q0 * half, 1, n, heads, 0, 2 * half, inverse, m->stream);
+}
+// the block's norm, q (after RoPE), attention output and lse (of the block's sequence), from K and V of every row
+static void block_attention_forward(Model* m, const LayerActivationsGPU& a, const bf16* x, const bf16* w, const QueryBlock& k) {
+    const ModelConfig& c = m->config;
+    int C = c.d_model, Q = c.q_dim(), KV = c.kv_dim();
+    size_t sequence = (size_t)k.b * m->T;
+    block_norm(m, a, x, w, k);
+    matmul_forward(a.q, a.attention_norm, w + m->layout.layer.q, k.n, C, Q, false, m->stream);
+    rope_rows(m, a.q, k.q0, k.n, c.n_head, false);
+    chosen_attention_forward(m, as_sequence(a.attention_out, k, Q), a.lse, as_sequence(a.q, k, Q), a.k + sequence * KV,
+                             a.v + sequence * KV, 1, m->T, c.n_head, c.n_kv_head, m->doc_start ? m->doc_start + sequence : nullptr,
+                             k.q0, k.n);
+}
+// Forward of the attention half in blocks: k and v of every row (pass A), then each block's attention and
+// attention_residual's rows = x + attention_out Wo^T (pass B; x read in the matmul's epilogue)
+static void attention_blocks_forward(Model* m, const LayerActivationsGPU& a, const bf16* x, const bf16* w) {
+    const ModelConfig& c = m->config;
+    const LayerOffsets& o = m->layout.layer;
+    int C = c.d_model, Q = c.q_dim(), KV = c.kv_dim();
+    cudaStream_t s = m->stream;
+    std::vector<QueryBlock> blocks = query_blocks(m);
+    for (const QueryBlock& k : blocks) {
+        block_norm(m, a, x, w, k);
+        matmul_forward(a.k + k.row * KV, a.attention_norm, w + o.k, k.n, C, KV, false, s);
+        matmul_forward(a.v + k.row * KV, a.attention_norm, w + o.v, k.n, C, KV, false, s);
+        rope_rows(m, a.k + k.row * KV, k.q0, k.n, c.n_kv_head, false);
+    }
+    for (const QueryBlock& k : blocks) {
+        block_attention_forward(m, a, x, w, k);
+        matmul_forward_add(a.attention_residual + k.row * C, x + k.row * C, a.attention_out, w + o.o, k.n, Q, C, s);
+    }
+}
+// Backward of the attention half in blocks, from dresidual (attention_residual's gradient) into dnorm and grad, K and V
+// of every row kept from the recompute. Per block in order q0 = 0, 1, ...: its attention again, then dO, dWo, the
+// attention backward (dq; dK, dV summed in fp32), dq's RoPE backward, dnorm's rows = dq Wq^T and dWq. Then dK and dV
+// (complete) to bf16, dK's RoPE backward, dnorm += dK Wk^T + dV Wv^T, and dWk, dWv per block (the norm again).
+static void attention_blocks_backward(Model* m, const LayerActivationsGPU& a, const bf16* x, const bf16* w, float* grad) {
+    const ModelConfig& c = m->config;
+    const LayerOffsets& o = m->layout.layer;
+    int C = c.d_model, Q = c.q_dim(), KV = c.kv_dim();
+    size_t N = m->N;
+    cudaStream_t s = m->stream;
+    std::vector<QueryBlock> blocks = query_blocks(m);
+    for (const QueryBlock& k : blocks) {
+        block_attention_forward(m, a, x, w, k);
+        const bf16* dout = m->dresidual + k.row * C;
+        matmul_backward_input(m->dattention_out, dout, w + o.o, k.n, Q, C, false, s);
+        matmul_backward_weight(grad + o.o, dout, a.attention_out, k.n, Q, C, s);
+        size_t sequence = (size_t)k.b * m->T;
+        chosen_attention_backward(m, as_sequence(m->dq, k, Q), m->dk_sum + sequence * KV, m->dv_sum + sequence * KV,
+                                  as_sequence(m->dattention_out, k, Q), as_sequence(a.q, k, Q), a.k + sequence * KV,
+                                  a.v + sequence * KV, as_sequence(a.attention_out, k, Q), a.lse, 1, m->T, c.n_head, c.n_kv_head,
+                                  m->doc_start ? m->doc_start + sequence : nullptr, k.q0, k.n);
+        rope_rows(m, m->dq, k.q0, k.n, c.n_head, true);
+        matmul_backward_input(m->dnorm + k.row * C, m->dq, w + o.q, k.n, C, Q, false, s);
+        matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, k.n, C, Q, s);
+    }
+    gradient_to_bf16(m->dk, nullptr, -1, m->dk_sum, N * KV, s);
+    gradient_to_bf16(m->dv, nullptr, -1, m->dv_sum, N * KV, s);
+    rope_qk(m->dk, m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_kv_head, 0, c.head_dim(), true, s);
+    matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
+    matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
+    for (const QueryBlock& k : blocks) {
+        block_norm(m, a, x, w, k);
+        matmul_backward_weight(grad + o.k, m->dk + k.row * KV, a.attention_norm, k.n, C, KV, s);
+        matmul_backward_weight(grad + o.v, m->dv + k.row * KV, a.attention_norm, k.n, C, KV, s);
+    }
 }
 
 // A collective of a group's device buffers, on its NCCL stream, after the compute stream's work so far and
@@ -707,7 +821,7 @@ static void ulysses_attention_forward(Model* m, const LayerActivationsGPU& a, co
     blocks_to_sequences(m, a.k, block, (size_t)N * Hl, KVl);
     blocks_to_sequences(m, a.v, block, (size_t)N * (Hl + KVl), KVl);
     rope_qk(a.q, a.k, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, u.KVl, hd, false, s);
-    chosen_attention_forward(m, a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl);
+    chosen_attention_forward(m, a.attention_heads, a.lse, a.q, a.k, a.v, u.B, u.Tp, u.Hl, u.KVl, m->doc_start, 0, u.Tp);
     size_t out_block = (size_t)N * Hl;
     sequences_to_blocks(m, a.attention_heads, out_block, 0, Hl);
     ulysses_all_to_all(m, out_block);
@@ -729,7 +843,8 @@ static void ulysses_attention_backward(Model* m, const LayerActivationsGPU& a, c
     for (int j = 0; j < u.S; j++) columns_to_block(m, m->dattention_out, Q, out_block, 0, Hl, j, j * Hl);
     ulysses_all_to_all(m, out_block);
     blocks_to_sequences(m, m->dattention_heads, out_block, 0, Hl);
-    chosen_attention_backward(m, m->dattention_heads, a.q, a.k, a.v, a.attention_heads, a.lse, u.B, u.Tp, u.Hl, u.KVl);
+    chosen_attention_backward(m, m->dq, m->dk, m->dv, m->dattention_heads, a.q, a.k, a.v, a.attention_heads, a.lse, u.B, u.Tp, u.Hl,
+                              u.KVl, m->doc_start, 0, u.Tp);
     rope_qk(m->dq, m->dk, m->rope_cos, m->rope_sin, u.B, u.Tp, u.Hl, u.KVl, hd, true, s);
     sequences_to_blocks(m, m->dq, block, 0, Hl);
     sequences_to_blocks(m, m->dk, block, (size_t)N * Hl, KVl);
@@ -787,22 +902,26 @@ static void layer_forward(Model* m, int l, bool with_mlp, bool backward_follows 
     LayerActivationsGPU a = layer_activations(m, l);
     cudaStream_t s = m->stream;
     nvtx_push(with_mlp ? "layer %d forward" : "layer %d recompute", l);
-    rmsnorm_forward(a.attention_norm, a.attention_rstd, x, w + o.input_norm, N, C, c.norm_eps, s);
-    if (m->ulysses.S > 1) {
-        ulysses_attention_forward(m, a, w);
+    if (attention_in_blocks(m)) {
+        attention_blocks_forward(m, a, x, w);
     } else {
-        matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
-        matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
-        matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
-        rope_qk(a.q, a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, false, s);
-        if (with_mlp) kept_attention_before_write(m, l);
-        if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
-            chosen_attention_forward(m, a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head);
+        rmsnorm_forward(a.attention_norm, a.attention_rstd, x, w + o.input_norm, N, C, c.norm_eps, s);
+        if (m->ulysses.S > 1) {
+            ulysses_attention_forward(m, a, w);
+        } else {
+            matmul_forward(a.q, a.attention_norm, w + o.q, N, C, Q, false, s);
+            matmul_forward(a.k, a.attention_norm, w + o.k, N, C, KV, false, s);
+            matmul_forward(a.v, a.attention_norm, w + o.v, N, C, KV, false, s);
+            rope_qk(a.q, a.k, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, false, s);
+            if (with_mlp) kept_attention_before_write(m, l);
+            if (with_mlp || !m->plan.options.keep_attention) {  // --keep-attention: backward fetched it instead
+                chosen_attention_forward(m, a.attention_out, a.lse, a.q, a.k, a.v, m->B, m->T, c.n_head, c.n_kv_head, m->doc_start, 0, m->T);
+            }
+            if (backward_follows) kept_attention_store(m, l);
         }
-        if (backward_follows) kept_attention_store(m, l);
+        // attention_residual = x + attention_out Wo^T (x read in the matmul's epilogue: no copy)
+        matmul_forward_add(a.attention_residual, x, a.attention_out, w + o.o, N, Q, C, s);
     }
-    // attention_residual = x + attention_out Wo^T (x read in the matmul's epilogue: no copy)
-    matmul_forward_add(a.attention_residual, x, a.attention_out, w + o.o, N, Q, C, s);
     rmsnorm_forward(a.mlp_norm, a.mlp_rstd, a.attention_residual, w + o.post_attention_norm, N, C, c.norm_eps, s);
     if (with_mlp) {
         bf16* out = layer_input(m, l + 1);
@@ -1225,19 +1344,24 @@ static void layer_backward(Model* m, int l, float* grad) {
     rmsnorm_backward(m->dresidual, grad + o.post_attention_norm, m->norm_scratch, m->dnorm, a.attention_residual,
                      w + o.post_attention_norm, a.mlp_rstd, N, C, s);
     // attention
-    matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
-    matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
-    if (m->ulysses.S > 1) {
-        ulysses_attention_backward(m, a, w, grad);
+    if (attention_in_blocks(m)) {
+        attention_blocks_backward(m, a, x, w, grad);
     } else {
-        chosen_attention_backward(m, m->dattention_out, a.q, a.k, a.v, a.attention_out, a.lse, m->B, m->T, c.n_head, c.n_kv_head);
-        rope_qk(m->dq, m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, true, s);
-        matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
-        matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
-        matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
-        matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
-        matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
-        matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+        matmul_backward_input(m->dattention_out, m->dresidual, w + o.o, N, Q, C, false, s);
+        matmul_backward_weight(grad + o.o, m->dresidual, a.attention_out, N, Q, C, s);
+        if (m->ulysses.S > 1) {
+            ulysses_attention_backward(m, a, w, grad);
+        } else {
+            chosen_attention_backward(m, m->dq, m->dk, m->dv, m->dattention_out, a.q, a.k, a.v, a.attention_out, a.lse, m->B, m->T,
+                                      c.n_head, c.n_kv_head, m->doc_start, 0, m->T);
+            rope_qk(m->dq, m->dk, m->rope_cos, m->rope_sin, m->B, m->T, c.n_head, c.n_kv_head, hd, true, s);
+            matmul_backward_input(m->dnorm, m->dq, w + o.q, N, C, Q, false, s);
+            matmul_backward_input(m->dnorm, m->dk, w + o.k, N, C, KV, true, s);
+            matmul_backward_input(m->dnorm, m->dv, w + o.v, N, C, KV, true, s);
+            matmul_backward_weight(grad + o.q, m->dq, a.attention_norm, N, C, Q, s);
+            matmul_backward_weight(grad + o.k, m->dk, a.attention_norm, N, C, KV, s);
+            matmul_backward_weight(grad + o.v, m->dv, a.attention_norm, N, C, KV, s);
+        }
     }
     rmsnorm_backward(m->dresidual, grad + o.input_norm, m->norm_scratch, m->dnorm, x, w + o.input_norm,
                      a.attention_rstd, N, C, s);
@@ -1824,6 +1948,9 @@ static void print_usage() {
 "                  smallest K that fits)\n"
 "  --state-offload 0|1  AdamW m and v in pinned host memory, streamed through the card group by group for each\n"
 "                  update (one GPU) (default: on only when the plan fits with it and not without)\n"
+"  --attention-blocks N  each layer's attention half (norm, q, RoPE, attention, o projection) over N query blocks\n"
+"                  of ceil(T / N) tokens, so only K and V span the whole sequence; one more attention forward per\n"
+"                  layer; needs -r 1; 1 the whole sequence (default 0: 1, or the smallest N that fits)\n"
 "  --attention mma|sm90  attention forward and backward: mma.sync (any card) or the sm_90a kernels (TMA, wgmma;\n"
 "                  compute capability 9.0); default sm90 on 9.0 after a start-up self-test, mma elsewhere\n"
 "  --attention-selftest 0|1  check the sm90 kernels against mma.sync at start-up, falling back to mma with a\n"
@@ -1877,6 +2004,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
     cl.options.keep_attention = -1;  // --keep-attention: automatic unless given
     cl.options.segment = 0;          // --segment: automatic unless given
     cl.options.state_offload = -1;   // --state-offload: automatic unless given
+    cl.options.attention_blocks = 0; // --attention-blocks: automatic unless given
     for (int i = 1; i < argc; i++) {
         std::string flag = argv[i];
         if (flag == "-h" || flag == "--help") { print_usage(); exit(0); }
@@ -1886,8 +2014,8 @@ static CommandLine parse_command_line(int argc, char** argv) {
         static const char* const valued[] = {"-i", "-j", "-e", "--config", "-B", "-T", "-m", "-M", "-r", "-f",
             "-a", "--state", "--held-gradients", "-w", "-n", "-l", "-u", "-F", "-c", "--clip", "-v", "--val-batches", "--seed", "--gpu-mem",
             "-o", "-k", "-y", "--export", "-g", "-s", "--temperature", "--top-p", "--offload", "--host-mem", "-d", "--nonfinite-limit", "-L", "--overwrite",
-            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--state-offload", "--dp", "--sp",
-            "--comm-timeout", "--zero"};
+            "--profile", "--attention", "--attention-selftest", "--doc-mask", "--overwrite-export", "--keep-attention", "--segment", "--state-offload",
+            "--attention-blocks", "--dp", "--sp", "--comm-timeout", "--zero"};
         if (std::find_if(std::begin(valued), std::end(valued), [&](const char* f) { return flag == f; }) == std::end(valued))
             usage_error("unknown flag \"%s\" (see --help)", flag.c_str());
         if (i + 1 >= argc) usage_error("%s: missing value", flag.c_str());
@@ -1930,6 +2058,7 @@ static CommandLine parse_command_line(int argc, char** argv) {
         else if (flag == "--offload") o.offload = parse_bool(f, value) ? OFFLOAD_ALL : 0;
         else if (flag == "--keep-attention") o.keep_attention = parse_bool(f, value);
         else if (flag == "--state-offload") o.state_offload = parse_bool(f, value);
+        else if (flag == "--attention-blocks") o.attention_blocks = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive count of query blocks");
         else if (flag == "--segment") o.segment = flag_int(f, value, 0, INT_MAX, "0 (automatic) or a positive count of layers");
         else if (flag == "--profile") cl.profile = parse_bool(f, value);
         else if (flag == "--doc-mask") o.doc_mask = parse_bool(f, value);
@@ -2161,6 +2290,7 @@ static std::string settings_that_fit(const ModelConfig& c, const TrainingOptions
     consider(o.keep_attention <= 0, "--keep-attention 0", [](TrainingOptions& a) { a.keep_attention = 0; });
     consider(o.segment == 0, "--segment 0", [](TrainingOptions& a) { a.segment = 0; });
     consider(o.state_offload != 0 || o.dp * o.sp > 1, "--state-offload 1", [](TrainingOptions& a) { a.state_offload = 1; });
+    consider(o.attention_blocks == 0, "--attention-blocks 0", [](TrainingOptions& a) { a.attention_blocks = 0; });
     if (alternatives.size() > 1) alternatives.push_back({all_flags, all});
     for (const auto& [flags, options] : alternatives) {
         MemoryPlan plan = plan_memory(c, resolve_automatic(c, options, budget));
@@ -2197,6 +2327,11 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
     int h = std::min(resolved.offload, c.n_layer);
     if (given.state_offload < 0 && resolved.state_offload > 0)
         said.push_back("--state-offload 1: the plan fits only with AdamW m and v in pinned host memory");
+    int blocks = attention_blocks_used(resolved);
+    if (given.attention_blocks == 0 && blocks > 1)
+        said.push_back("--attention-blocks " + std::to_string(blocks) + ": the plan fits only with attention in " + std::to_string(blocks) +
+                       " query blocks of " + std::to_string(mini_sequence_length(resolved.T, blocks)) + " tokens, at one more attention "
+                       "forward per layer");
     SegmentSchedule segments(resolved.segment, c.n_layer);
     if (given.offload < 0 && h > 0)
         said.push_back("--offload turned on for " + (segments.k > 1 ? std::string("the segment checkpoints")
@@ -2211,6 +2346,7 @@ static std::string turned_on(const ModelConfig& c, const TrainingOptions& given,
                        : !resolved.recompute ? "--keep-attention 0: nothing is recomputed (-r 0)"
                        : resolved.dp * resolved.sp > 1 ? "--keep-attention 0: not with --sp/--dp yet (one GPU only)"
                        : segments.k > 1 ? "--keep-attention 0: a segment's forward would overwrite the kept outputs"
+                       : blocks > 1 ? "--keep-attention 0: not with attention in query blocks yet"
                                         : "--keep-attention 0: the plan would not fit with the attention outputs kept");
     std::string text;
     for (const std::string& part : said) text += (text.empty() ? " (" : "; ") + part;

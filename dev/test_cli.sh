@@ -65,7 +65,7 @@ expect_output "dry run: the standard plan of 8b at 60000 does not" "^standard pl
 expect_output "dry run prints the plan table" "LM-head logits .*4000 x 128256 x 2" --dry-run -e llama3-8b -T 60000
 expect_refusal "dry run of llama3-70b (plan only): the plan, and a nonzero exit" "^MST plan: does not fit" --dry-run -e llama3-70b -T 8192
 expect_output "--max-T for an 80 GB card" "^longest T on a card of 80.0 GiB and 120.0 GiB of pinned host memory \(B=1\): [0-9]{6,} with these options \(-f 1: [^;]*; --state-offload 1: [^;]*; --offload turned on [^;]*; " --dry-run -e llama3-8b --gpu-mem 80 --max-T
-expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --state-offload 1: [^;]*; --segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
+expect_output "--max-T with --offload 0 stays on the card, in segments" "^longest T on a card of 80.0 GiB .*: [0-9]{6} with these options \(-f 1: [^;]*; --held-gradients fp32: [^;]*; --state-offload 1: [^;]*; (--attention-blocks [0-9]+: [^;]*; )?--segment [0-9]+: [^;]*; --keep-attention 0: [^;]*\), " --dry-run -e llama3-8b --gpu-mem 80 --offload 0 --max-T
 expect_error "non-numeric host memory" "--host-mem" --dry-run --host-mem lots
 expect_error "negative host memory" "--host-mem" --dry-run --host-mem -3
 expect_error "zero host memory" "--host-mem" --dry-run --host-mem 0
@@ -96,6 +96,15 @@ expect_output "dry run: kept attention outputs in the host column" "^\| attentio
 expect_output "dry run: automatic keep-attention on, and why" "^MST plan: fits .*--keep-attention 1: the plan fits with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 60000 --gpu-mem 80 --host-mem 120
 expect_output "dry run: automatic keep-attention off where it would not fit, and why" "^MST plan: fits .*--keep-attention 0: the plan would not fit with the attention outputs kept" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120
 expect_refusal "dry run: --keep-attention 1 that does not fit is refused, --keep-attention 0 named" "^MST plan: does not fit .*--keep-attention 0: fits" --dry-run --random-tokens -e llama3-8b -T 300000 --gpu-mem 80 --host-mem 120 --keep-attention 1
+expect_error "negative attention blocks" "--attention-blocks" --dry-run --attention-blocks -1
+expect_error "attention blocks not a number" "--attention-blocks" --dry-run --attention-blocks x
+expect_error "attention blocks beyond T" "--attention-blocks 9: more blocks than the 8 tokens of -T" --dry-run -T 8 --attention-blocks 9
+expect_error "attention blocks without recomputation" "--attention-blocks 4 with -r 0: not supported yet" --dry-run -r 0 --attention-blocks 4
+expect_error "attention blocks with keep-attention" "--attention-blocks 4 with --keep-attention 1: not supported yet" --dry-run --attention-blocks 4 --keep-attention 1
+expect_error "attention blocks with sp" "--attention-blocks 4 with --sp/--dp: not supported yet" --dry-run --sp 2 --attention-blocks 4
+expect_output "dry run: attention blocks, their regions" "^\| q, k, v +\| 50128 x 4096 x 2 \+ 200000 x 2048 x 2 " --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --attention-blocks 4
+expect_output "dry run: attention blocks named" "attention in 4 query blocks of 50000 tokens \(one more attention forward per layer\)" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 139 --attention-blocks 4
+expect_output "--max-T: automatic attention blocks on 80 GiB, and why" "^longest T on a card of 80.0 GiB .*--attention-blocks [0-9]+: the plan fits only with attention in [0-9]+ query blocks" --dry-run -e llama3-8b --gpu-mem 80 --max-T
 expect_refusal "dry run: too little host memory for the checkpoints" "^MST plan: does not fit .*short by 0.0 GiB on the card, 52.3 GiB on the host" --dry-run --random-tokens -e llama3-8b -T 200000 --gpu-mem 80 --host-mem 10
 
 # checkpoints, Hugging Face directories, samples (issue 6)

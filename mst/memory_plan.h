@@ -60,6 +60,10 @@ struct TrainingOptions {
     int state_offload = 0;       // --state-offload: AdamW m and v in pinned host memory, each group's streamed through two
                                  // device staging slots for its update (one GPU only); -1: automatic, on only when the
                                  // plan does not fit without it and fits with it (resolve_automatic())
+    int attention_blocks = 1;    // --attention-blocks N: each layer's attention half (norm, q, RoPE, attention, o
+                                 // projection) over N query blocks of ceil(T / N) tokens of each sequence, so only
+                                 // K and V (and their fp32 gradients) span the whole sequence; 1 the whole sequence
+                                 // at once; 0 automatic (resolve_automatic()); needs -r 1, --keep-attention 0, one GPU
     int dp = 1;                  // --dp: data-parallel ranks (ZeRO-1: AdamW state and update sharded over the world)
     int zero = 0;                // --zero, several ranks: the ZeRO stage. 1: every rank holds the whole model's fp32
                                  // gradient, reduce-scattered after backward; 2: each group's gradient is all-reduced
@@ -102,17 +106,19 @@ enum Region {
                               // attention output and lse (kept_attention_schedule(): the last two stay staged)
     REGION_HOST_ADAM_STATE,   // pinned host, --state-offload: AdamW m, then v: 2 x P x (2 or 4)
     // one layer's activations (recomputed in backward), or all L layers' without recomputation
-    REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd
-    REGION_QKV,               // N x (Q + 2 KV) x 2
+    REGION_ATTENTION_NORM,    // N x C x 2 normed input, N x 4 rstd; query blocks: n_att x C x 2, N x 4
+    REGION_QKV,               // N x (Q + 2 KV) x 2; query blocks: (n_att + pad) x Q x 2 q, N x 2 KV x 2 k, v
     REGION_ATTENTION_OUT,     // N x Q x 2 attention output, N x H x 4 log-sum-exp; --keep-attention: 2 of each,
-                              // the staging buffers layer l's pass through (buffer l % 2)
+                              // the staging buffers layer l's pass through (buffer l % 2); query blocks:
+                              // n_att x Q x 2, T x H x 4 (one sequence's lse)
     REGION_ATTENTION_RESIDUAL,// N x C x 2 residual after attention (the MLP's input)
     REGION_MLP_NORM,          // N x C x 2, N x 4 rstd
     REGION_MLP_HIDDEN,        // n_mlp x 3F x 2: gate, up, silu(gate)*up of one mini-sequence
     // backward working buffers
     REGION_RESIDUAL_GRADIENT, // N x C x 2 gradient of the residual stream, N x C x 2 of a norm's output
     REGION_QKV_GRADIENT,      // N x (Q + 2 KV) x 2, N x Q x 2 attention-output gradient, N x H x 4 delta;
-                              // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions)
+                              // aliased: N x 2 KV x 2, N x H x 4 (dq and dO live in dead regions); query
+                              // blocks: then N x 2 KV x 4, dK and dV summed over the blocks in fp32
     REGION_MLP_HIDDEN_GRADIENT, // n_mlp x 3F x 2: gradients of gate, up, and silu(gate)*up
     // --sp S (Ulysses, recomputation): attention over the whole sequence (Np = B Tp tokens) for this rank's Hl
     // query heads and KVl KV heads; q, k, v, the output, lse stay from the layer's recompute to its backward
@@ -120,7 +126,7 @@ enum Region {
                               // its gradient; Np x Hl x 4 lse, the same for backward's delta
     REGION_ALL_TO_ALL,        // 2 x Np x (Hl + 2 KVl) hd x 2: the all-to-all's send and receive buffers
     // LM head and loss
-    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the attention norm's)
+    REGION_FINAL_NORM,        // N x C x 2, N x 4 rstd; aliased: nothing (it lives in the MLP norm's)
     REGION_LMHEAD_LOGITS,     // n_lm x V x 2: one mini-sequence of logits, its gradient written in place
     REGION_LOSSES,            // N x 4 per-token loss
     // small
@@ -146,6 +152,7 @@ struct MemoryPlan {
     TrainingOptions options;     // as given, with the automatic chunk counts resolved
     int mlp_chunk_tokens;        // n_mlp = ceil(N / mlp_chunks)
     int lmhead_chunk_tokens;     // n_lm = ceil(N / lmhead_chunks)
+    int attention_block_tokens;  // n_att = ceil(T / attention_blocks): one query block of one sequence (T: one block)
     size_t bytes[NUM_REGIONS];
     size_t offset[NUM_REGIONS];  // byte offset of each region in its arena (device or host), 256-byte aligned
     std::string shape[NUM_REGIONS];
@@ -154,7 +161,7 @@ struct MemoryPlan {
     size_t pcie_to_host, pcie_to_device;  // bytes crossing PCIe per training step, each direction
     size_t all_to_all_bytes;     // --sp: the Ulysses all-to-alls' buffers per step (each GPU sends (S-1)/S of them)
     // With recomputation one layer's buffers die at known points, so three buffers live in others' regions:
-    // the final norm (+ rstd) in the attention norm's (the last layer's is dead after forward; layer L-1's
+    // the final norm (+ rstd) in the MLP norm's (the last layer's is dead after forward; layer L-1's
     // recompute comes after the final norm's backward); in a layer's backward the q gradient in the
     // attention residual's and the attention-output gradient (dO) in the MLP norm's, both dead once the
     // post-attention norm's backward has run. Q == C (head_dim = d_model / n_head), so they fit.
@@ -162,7 +169,7 @@ struct MemoryPlan {
 };
 
 static const char* const ALIASES_TEXT =
-    "aliases: final norm in the attention norm's region; q gradient in the attention residual's; attention-output "
+    "aliases: final norm in the MLP norm's region; q gradient in the attention residual's; attention-output "
     "gradient in the MLP norm's";
 
 // the regions in pinned host memory; every other is on the device
@@ -267,6 +274,25 @@ static inline std::string offload_text(const TrainingOptions& o, int L) {
 
 static inline size_t ceil_div(size_t a, size_t b) { return (a + b - 1) / b; }
 
+// --attention-blocks: the query blocks a plan runs, o.attention_blocks where they apply (recomputation, one GPU,
+// --keep-attention 0; 0 unresolved counts as 1), each of ceil(T / blocks) tokens, so ceil(T / that) of them
+static inline int attention_blocks_used(const TrainingOptions& o) {
+    if (!o.recompute || o.dp * o.sp > 1 || o.keep_attention > 0 || o.attention_blocks <= 1) return 1;
+    int n = mini_sequence_length(o.T, std::min(o.attention_blocks, o.T));
+    return (o.T + n - 1) / n;
+}
+// rows after a query block's q: the sm_90a forward reads whole tiles of 128 query rows (mst::sm90::BM) from the
+// block's first, up to 127 rows past its end (never written; their results are discarded)
+static const int ATTENTION_BLOCK_PAD_ROWS = 128;
+
+// "", or ", attention in 4 query blocks of 15000 tokens (one more attention forward per layer)"
+static inline std::string attention_blocks_text(const TrainingOptions& o) {
+    int blocks = attention_blocks_used(o);
+    if (blocks <= 1) return "";
+    return ", attention in " + std::to_string(blocks) + " query blocks of " + std::to_string(mini_sequence_length(o.T, blocks)) +
+           " tokens (one more attention forward per layer)";
+}
+
 // ZeRO-1 over W = dp x sp ranks: rank r owns parameters [r x shard, (r + 1) x shard) of the P, shard = ceil(P / W);
 // it keeps AdamW m, v and master weights for those only, and updates only them. The parameters and the gradients
 // are padded to W x shard (the padding never read by the model) so the reduce-scatter and all-gather move equal
@@ -347,6 +373,13 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // --keep-attention (with recomputation only): outputs 0 .. L-3 out in forward and back in backward, the
     // last two in the two device buffers of the attention-output region
     o.keep_attention = o.keep_attention > 0 && o.recompute;
+    // --attention-blocks: the norm, q and the attention output hold one query block of one sequence (n_att rows),
+    // the rstd, k and v every row
+    o.attention_blocks = attention_blocks_used(o);
+    bool blocked = o.attention_blocks > 1;
+    size_t n_att = mini_sequence_length(o.T, o.attention_blocks);
+    size_t q_rows = blocked ? n_att + ATTENTION_BLOCK_PAD_ROWS : N;
+    plan.attention_block_tokens = (int)n_att;
     size_t attention_buffers = o.keep_attention ? 2 : layers_live;
     size_t kept = o.keep_attention ? kept_attention_schedule((int)L).stored() : 0;
     std::string attention_shape = s(N) + " x (" + s(Q) + " x 2 + " + s(H) + " x 4)";
@@ -356,10 +389,17 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     plan.pcie_to_host = stored * N * C * 2 + plan.bytes[REGION_HOST_GRADIENTS] + plan.bytes[REGION_HOST_ATTENTION] +
                         plan.bytes[REGION_HOST_ADAM_STATE];
     plan.pcie_to_device = plan.pcie_to_host;
-    set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
+    if (blocked) {
+        set(REGION_ATTENTION_NORM, n_att * C * 2 + N * 4, s(n_att) + " x " + s(C) + " x 2 + " + s(N) + " x 4");
+    } else {
+        set(REGION_ATTENTION_NORM, layers_live * (N * C * 2 + N * 4), per_layer + s(N) + " x (" + s(C) + " x 2 + 4)");
+    }
     if (ulysses) {  // q, k, v (head layout) in the attention heads region; the output's token layout here
         set(REGION_QKV, 0, "in the attention heads");
         set(REGION_ATTENTION_OUT, N * Q * 2, s(N) + " x " + s(Q) + " x 2");
+    } else if (blocked) {  // q with its pad rows; the lse of one sequence (the kernels' B x H x T layout, B = 1)
+        set(REGION_QKV, q_rows * Q * 2 + N * 2 * KV * 2, s(q_rows) + " x " + s(Q) + " x 2 + " + s(N) + " x " + s(2 * KV) + " x 2");
+        set(REGION_ATTENTION_OUT, n_att * Q * 2 + o.T * H * 4, s(n_att) + " x " + s(Q) + " x 2 + " + s(o.T) + " x " + s(H) + " x 4");
     } else {
         set(REGION_QKV, layers_live * N * (Q + 2 * KV) * 2, per_layer + s(N) + " x " + s(Q + 2 * KV) + " x 2");
         set(REGION_ATTENTION_OUT, attention_buffers * (N * Q * 2 + N * H * 4),
@@ -379,6 +419,10 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
         set(REGION_QKV_GRADIENT, N * (Q + 2 * KV) * 2 + N * Q * 2 + N * H * 4,
             s(N) + " x (" + s(Q + 2 * KV) + " x 2 + " + s(Q) + " x 2 + " + s(H) + " x 4)");
     }
+    if (blocked) {  // first in the region: dK and dV summed over the query blocks in fp32
+        plan.bytes[REGION_QKV_GRADIENT] += N * 2 * KV * 4;
+        plan.shape[REGION_QKV_GRADIENT] = s(N) + " x " + s(2 * KV) + " x 4 + " + plan.shape[REGION_QKV_GRADIENT];
+    }
     set(REGION_MLP_HIDDEN_GRADIENT, n_mlp * 3 * F * 2, s(n_mlp) + " x 3 x " + s(F) + " x 2");
     size_t head_qkv = (size_t)(u.Hl + 2 * u.KVl) * hd, head_out = (size_t)u.Hl * hd;  // one token's, head layout
     // (the delta last, in whole 256-byte units: attention_backward_scratch_bytes)
@@ -389,7 +433,7 @@ static inline MemoryPlan plan_memory(const ModelConfig& c, TrainingOptions o) {
     // recompute, the output's gradient to heads and q, k, v's back in backward
     plan.all_to_all_bytes = ulysses ? 3 * L * Np * (head_qkv + head_out) * 2 : 0;
     set(REGION_FINAL_NORM, plan.aliased ? 0 : N * C * 2 + N * 4,
-        plan.aliased ? "alias: in attention norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
+        plan.aliased ? "alias: in MLP norm" : s(N) + " x (" + s(C) + " x 2 + 4)");
     set(REGION_LMHEAD_LOGITS, n_lm * V * 2, s(n_lm) + " x " + s(V) + " x 2");
     set(REGION_LOSSES, N * 4, s(N) + " x 4");
     // inputs, targets, with document masking the document starts, then the embedding backward's token
@@ -424,6 +468,7 @@ static inline TrainingOptions standard_options(TrainingOptions o) {
     o.offload = 0;
     o.keep_attention = 0;
     o.state_offload = 0;
+    o.attention_blocks = 1;
     return o;
 }
 
@@ -454,6 +499,7 @@ static inline TrainingOptions resolve_offload(const ModelConfig& c, TrainingOpti
 static inline TrainingOptions resolve_keep_attention_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.keep_attention < 0 && o.segment > 1) o.keep_attention = 0;  // the segment's forward would overwrite them
     if (o.keep_attention < 0 && o.dp * o.sp > 1) o.keep_attention = 0;  // one GPU only, so far
+    if (o.keep_attention < 0 && attention_blocks_used(o) > 1) o.keep_attention = 0;  // the blocks are recomputed
     if (o.keep_attention < 0) {
         TrainingOptions kept = o;
         kept.keep_attention = 1;
@@ -490,6 +536,15 @@ static inline std::string training_options_problem(const ModelConfig& c, const T
         return "--segment " + std::to_string(o.segment) + " with --sp/--dp: not supported yet (one GPU only); give --segment 1";
     if (o.zero < 0 || o.zero > 2) return "--zero must be 0 (automatic), 1 or 2 (got " + std::to_string(o.zero) + ")";
     if (o.zero == 2 && o.dp * o.sp == 1) return "--zero 2: needs several ranks (--sp/--dp); one GPU holds its whole gradient";
+    if (o.attention_blocks < 0)
+        return "--attention-blocks must be 0 (automatic) or a positive count (got " + std::to_string(o.attention_blocks) + ")";
+    if (o.attention_blocks > 1) {
+        std::string flag = "--attention-blocks " + std::to_string(o.attention_blocks);
+        if (o.attention_blocks > o.T) return flag + ": more blocks than the " + std::to_string(o.T) + " tokens of -T";
+        if (!o.recompute) return flag + " with -r 0: not supported yet (the blocks are recomputed in backward: give -r 1)";
+        if (o.keep_attention > 0) return flag + " with --keep-attention 1: not supported yet; give --keep-attention 0";
+        if (o.dp * o.sp > 1) return flag + " with --sp/--dp: not supported yet (one GPU only); give --attention-blocks 1";
+    }
     if ((long)o.B * o.T > INT_MAX / std::max(c.vocab_size / 1024, 1)) return "-B x -T is too large for 32-bit indexing";
     return model_config_problem(c);
 }
@@ -545,18 +600,10 @@ static inline TrainingOptions resolve_segment_and_rest(const ModelConfig& c, Tra
     return whole;
 }
 
-// Every automatic choice, before planning. --state-offload's (-1) comes first: off (no PCIe traffic for the
-// state) when the plan fits without it, with the other choices resolved; on when only the plan with it fits; off
-// when neither fits (it costs as many host bytes as it saves on the card, so it never makes a miss smaller).
-// With several ranks --zero's (0) comes before it: ZeRO-1 (one reduce-scatter per step) when that plan fits, else 2.
-static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
-    if (o.zero == 0 && o.dp * o.sp > 1) {
-        TrainingOptions one = o;
-        one.zero = 1;
-        one = resolve_automatic(c, one, budget);
-        if (plan_fits(plan_memory(c, one), budget)) return one;
-        o.zero = 2;
-    }
+// --state-offload's automatic choice (-1): off (no PCIe traffic for the state) when the plan fits without it, with
+// the other choices resolved; on when only the plan with it fits; off when neither fits (it costs as many host bytes
+// as it saves on the card, so it never makes a miss smaller).
+static inline TrainingOptions resolve_state_and_rest(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.state_offload >= 0) return resolve_segment_and_rest(c, o, budget);
     TrainingOptions on_card = o, on_host = o;
     on_card.state_offload = 0;
@@ -565,6 +612,46 @@ static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOp
     on_host.state_offload = 1;
     on_host = resolve_segment_and_rest(c, on_host, budget);
     return plan_fits(plan_memory(c, on_host), budget) ? on_host : on_card;
+}
+
+// --attention-blocks' automatic choice (0), before the state's: 1 (the whole sequence) when that plan fits with
+// the other automatic choices (the blocks cost one more attention forward per layer); else the smallest count whose
+// plan fits (fitting is monotone in the count: each block's buffers shrink as it grows), searched up to
+// MAX_AUTOMATIC_ATTENTION_BLOCKS (blocks of T / 256 tokens leave little to save); else 1, the plan that reports the
+// shortfall. Only where blocks apply: with recomputation, on one GPU, without --keep-attention 1.
+static const int MAX_AUTOMATIC_ATTENTION_BLOCKS = 256;
+static inline TrainingOptions resolve_blocks_and_rest(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.attention_blocks != 0) return resolve_state_and_rest(c, o, budget);
+    TrainingOptions whole = o;
+    whole.attention_blocks = 1;
+    whole = resolve_state_and_rest(c, whole, budget);
+    if (plan_fits(plan_memory(c, whole), budget) || !o.recompute || o.dp * o.sp > 1 || o.keep_attention > 0 || o.T < 2) return whole;
+    auto blocked = [&](int blocks) {
+        TrainingOptions b = o;
+        b.attention_blocks = blocks;
+        return resolve_state_and_rest(c, b, budget);
+    };
+    int lo = 2, hi = std::min(o.T, MAX_AUTOMATIC_ATTENTION_BLOCKS);
+    if (!plan_fits(plan_memory(c, blocked(hi)), budget)) return whole;
+    while (lo < hi) {  // the smallest count in [lo, hi] that fits (hi does)
+        int mid = lo + (hi - lo) / 2;
+        if (plan_fits(plan_memory(c, blocked(mid)), budget)) hi = mid; else lo = mid + 1;
+    }
+    return blocked(lo);
+}
+
+// Every automatic choice, before planning. With several ranks --zero's (0) first: ZeRO-1 (one reduce-scatter per
+// step) when that plan fits, else 2; then the attention blocks', the AdamW state's, the segments', the optimizer
+// path's, the held gradients', the kept attention's and the offload's, each nested in the one before.
+static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
+    if (o.zero == 0 && o.dp * o.sp > 1) {
+        TrainingOptions one = o;
+        one.zero = 1;
+        one = resolve_automatic(c, one, budget);
+        if (plan_fits(plan_memory(c, one), budget)) return one;
+        o.zero = 2;
+    }
+    return resolve_blocks_and_rest(c, o, budget);
 }
 
 // The longest T (with options' B, chunk rules, optimizer path and offload, the automatic ones resolved at each
@@ -586,7 +673,7 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
     printf("memory plan: %s, B=%d T=%d, MLP %d mini-sequences of %d tokens, LM head %d of %d, recompute %s,\n"
            "             AdamW state %s%s, master weights %s, optimizer %s,\n"
            "             checkpoints %s%s,\n"
-           "             attention output %s\n",
+           "             attention output %s%s\n",
            plan.config.name, o.B, o.T, o.mlp_chunks, plan.mlp_chunk_tokens, o.lmhead_chunks,
            plan.lmhead_chunk_tokens, o.recompute ? "on" : "off", o.bf16_optimizer_state ? "bf16" : "fp32",
            o.state_offload ? " in pinned host memory (streamed per group)" : "",
@@ -594,7 +681,8 @@ static inline void print_memory_plan(const MemoryPlan& plan, const MemoryPlan& s
                                                          : "after backward, gradients on the card")
            : o.held_gradient_bytes == 2 ? "fused into backward, gradients held on the host (bf16)"
                                         : "fused into backward, gradients held on the host (fp32)",
-           offload_text(o, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str());
+           offload_text(o, plan.config.n_layer).c_str(), segment_text(o, plan.config.n_layer).c_str(), keep_attention_text(o, plan.config.n_layer).c_str(),
+           attention_blocks_text(o).c_str());
     int world = o.dp * o.sp;
     if (world > 1) {  // Ulysses' all-to-alls; ZeRO-1: the fp32 gradients reduce-scattered (ZeRO-2: all-reduced group by
                       // group, twice the bytes), the bf16 parameters all-gathered

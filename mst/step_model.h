@@ -85,11 +85,14 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     double forward_layers = o.recompute ? 2.0 : 1.0;  // recomputation runs each layer's forward again in backward
     // --segment k: one more forward of each segment's other k - 1 layers, attention included
     double segment_layers = SegmentSchedule(o.segment, c.n_layer).recomputed_layers();
+    // --attention-blocks: backward runs each block's norm, q projection, RoPE and attention forward once more, and
+    // the norm again for dWk, dWv; each forward of a layer runs the norm twice (K and V first, then q)
+    double blocked = attention_blocks_used(o) > 1 ? 1.0 : 0.0;
     StepPrediction p = {};
 
     // matmuls: forward 2 FLOPs per weight per token, backward 4; the LM head once (its mini-sequences are not
     // recomputed), each layer's forward again when recomputed
-    double forward_flops = 2.0 * N * ((forward_layers * L + segment_layers) * layer_matmul + V * C);
+    double forward_flops = 2.0 * N * ((forward_layers * L + segment_layers) * layer_matmul + V * C + blocked * L * C * Q);
     double backward_flops = 4.0 * N * (L * layer_matmul + V * C);
     p.work[PHASE_MATMULS] = forward_flops + backward_flops;
     p.seconds[PHASE_MATMULS] = forward_flops / (matmul_rate * MATMUL_FORWARD_OF_CEILING) +
@@ -97,7 +100,7 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     // causal attention: QK^T and PV, 4 T hd FLOPs per query head and token without the mask, half with it
     // (document masking would skip more: not counted, so this is the upper bound)
     double attention_forward = 2.0 * N * o.T * Q * L;
-    double attention_forwards = (o.keep_attention > 0 ? 1.0 : forward_layers) + segment_layers / L;  // kept: not recomputed
+    double attention_forwards = (o.keep_attention > 0 ? 1.0 : forward_layers) + segment_layers / L + blocked;  // kept: not recomputed
     p.work[PHASE_ATTENTION_FORWARD] = attention_forwards * attention_forward;
     p.seconds[PHASE_ATTENTION_FORWARD] = p.work[PHASE_ATTENTION_FORWARD] / (matmul_rate * attention_forward_of_ceiling((int)hd));
     p.work[PHASE_ATTENTION_BACKWARD] = 2.5 * attention_forward;
@@ -113,6 +116,8 @@ static inline StepPrediction predict_step(const MemoryPlan& plan, const CardRate
     add(RMSNORM_RESIDUAL_FORWARD, (forward_layers * L + segment_layers) * 2 * N * C);
     add(ROPE, (forward_layers * L + segment_layers) * N * (Q + KV));
     add(SWIGLU_FORWARD, (forward_layers * L + segment_layers) * N * F);
+    add(RMSNORM_FORWARD, blocked * (forward_layers * L + segment_layers + 2 * L) * N * C);
+    add(ROPE, blocked * L * N * Q);
     add(RMSNORM_BACKWARD, L * 2 * N * C);
     add(ROPE, L * N * (Q + KV));
     add(SWIGLU_BACKWARD, L * N * F);

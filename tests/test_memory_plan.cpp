@@ -50,10 +50,10 @@ static void test_llama3_8b_at_60000() {
         check(with_docs.total - plan.total == round_up_256((6 * T + 1) * 4) - round_up_256((5 * T + 1) * 4),
               "8b: --doc-mask 1 adds only the document starts");
     }
-    // aliases (recomputation): the final norm in the attention norm's region; dq and the attention-output
+    // aliases (recomputation): the final norm in the MLP norm's region; dq and the attention-output
     // gradient in the attention residual's and MLP norm's, so the q, k, v gradient region keeps dk, dv
     // (T x 2 x 1024 x 2) and the attention backward's delta (T x 32 x 4)
-    check(plan.aliased && plan.bytes[REGION_FINAL_NORM] == 0, "8b: the final norm aliases the attention norm");
+    check(plan.aliased && plan.bytes[REGION_FINAL_NORM] == 0, "8b: the final norm aliases the MLP norm");
     check(plan.bytes[REGION_QKV_GRADIENT] == T * 2 * 1024 * 2 + T * 32 * 4, "8b: q, k, v gradient keeps dk, dv and delta");
     check(plan_fits(plan, CARD_80), "8b: T=60000 fits an 80 GB card");
 
@@ -464,6 +464,14 @@ static void test_keep_attention() {
               "outputs 0 .. L-3 stored and fetched once a step, the last two never");
 }
 
+// T tokens, every gradient on the card (-f 0), the other options their defaults
+static TrainingOptions gradients_on_card(size_t T) {
+    TrainingOptions o;
+    o.T = (int)T;
+    o.fused_optimizer = 0;
+    return o;
+}
+
 // --segment k: every k-th input kept (and the last output), a segment's others recomputed into k - 1 shared
 // buffers. llama3-8b at T = 200000, k = 4: 8 checkpoints + the output + 3 shared = 12 x T x C x 2 on the device,
 // and 32 - 8 = 24 more layer forwards per step in the prediction. With --offload 1 the checkpoints but the last
@@ -475,9 +483,7 @@ static void test_keep_attention() {
 static void test_segments() {
     ModelConfig c = config_named("llama3-8b");
     const size_t T = 200000, C = 4096;
-    TrainingOptions o;
-    o.T = (int)T;
-    o.fused_optimizer = 0;
+    TrainingOptions o = gradients_on_card(T);
     MemoryPlan whole = plan_memory(c, o);
     o.segment = 4;
     MemoryPlan segmented = plan_memory(c, o);
@@ -545,6 +551,77 @@ static void test_segments() {
         printf("llama3-8b on %s: longest T %d with --segment 1, %d automatic (segments of %d, checkpoints %s)\n",
                name.c_str(), longest_one, longest, chosen.segment, chosen.offload > 0 ? "offloaded" : "on the card");
     }
+}
+
+// --attention-blocks: llama3-8b at T = 200,000 in 4 query blocks of 50,000 tokens: the attention norm, q (with the
+// sm_90a forward's 128 pad rows) and the attention output hold one block, the rstd, k, v and the lse of the (one)
+// sequence every row, and the q, k, v gradient region gains dK, dV summed in fp32 (T x 2 x 1024 x 4); the plan shrinks
+// by exactly the difference. The count rule (ceil(T / N) tokens, so fewer blocks where N does not fit T), the
+// refusals, the automatic choice (1 where the plan fits, else the smallest count that fits) and the step model's
+// extra attention forward.
+static void test_attention_blocks() {
+    ModelConfig c = config_named("llama3-8b");
+    const size_t T = 200000, C = 4096, Q = 4096, KV = 1024, H = 32, n = 50000;
+    TrainingOptions o = gradients_on_card(T);
+    MemoryPlan whole = plan_memory(c, o);
+    o.attention_blocks = 4;
+    MemoryPlan blocked = plan_memory(c, o);
+    check(blocked.options.attention_blocks == 4 && blocked.attention_block_tokens == (int)n, "blocks: 4 of 50000 tokens");
+    check(blocked.bytes[REGION_ATTENTION_NORM] == n * C * 2 + T * 4 &&
+          blocked.bytes[REGION_QKV] == (n + 128) * Q * 2 + T * 2 * KV * 2 &&
+          blocked.bytes[REGION_ATTENTION_OUT] == n * Q * 2 + T * H * 4 &&
+          blocked.bytes[REGION_QKV_GRADIENT] == T * 2 * KV * 4 + T * 2 * KV * 2 + T * H * 4 &&
+          blocked.bytes[REGION_FINAL_NORM] == 0 && blocked.aliased,
+          "blocks: norm, q and output per block; rstd, k, v, lse whole; fp32 dK, dV sums; the final norm still aliased");
+    size_t saved = (T - n) * C * 2 + (T - n - 128) * Q * 2 + (T - n) * Q * 2;
+    check(whole.total - blocked.total == saved - T * 2 * KV * 4, "blocks: the plan shrinks by exactly the regions' difference");
+    test_regions_are_laid_out(blocked, "blocks: regions aligned and disjoint");
+    TrainingOptions tiny = o;
+    tiny.T = 67;
+    check(attention_blocks_used(tiny) == 4 && mini_sequence_length(67, 4) == 17, "blocks: 67 tokens in 4 blocks of 17");
+    tiny.T = 9;
+    check(attention_blocks_used(tiny) == 3, "blocks: 9 tokens asked in 4 blocks run 3 blocks of 3");
+    tiny.recompute = false;
+    check(attention_blocks_used(tiny) == 1 && plan_memory(c, tiny).options.attention_blocks == 1, "blocks: none without recomputation");
+
+    auto refused = [&](void (*change)(TrainingOptions&), const char* start) {
+        TrainingOptions bad = o;
+        change(bad);
+        return training_options_problem(c, bad).find(start) == 0;
+    };
+    check(refused([](TrainingOptions& b) { b.attention_blocks = -1; }, "--attention-blocks must be 0") &&
+          refused([](TrainingOptions& b) { b.T = 3; }, "--attention-blocks 4: more blocks than the 3 tokens") &&
+          refused([](TrainingOptions& b) { b.recompute = false; }, "--attention-blocks 4 with -r 0: not supported yet") &&
+          refused([](TrainingOptions& b) { b.keep_attention = 1; }, "--attention-blocks 4 with --keep-attention 1: not supported yet") &&
+          refused([](TrainingOptions& b) { b.sp = 2; }, "--attention-blocks 4 with --sp/--dp: not supported yet"),
+          "blocks: refused below 0, beyond T, with -r 0, --keep-attention 1, --sp/--dp");
+
+    const CardRates& h200 = *card_rates_for("NVIDIA H200");
+    StepPrediction before = predict_step(whole, h200), after = predict_step(blocked, h200);
+    check(fabs(after.work[PHASE_ATTENTION_FORWARD] / before.work[PHASE_ATTENTION_FORWARD] - 1.5) < 1e-12 &&
+          fabs(after.work[PHASE_MATMULS] - before.work[PHASE_MATMULS] - 2.0 * T * 32 * C * Q) < 1e-9 * after.work[PHASE_MATMULS],
+          "blocks: the prediction counts one more attention forward and q projection per layer");
+
+    TrainingOptions automatic;
+    automatic.offload = -1;
+    automatic.keep_attention = -1;
+    automatic.segment = 0;
+    automatic.fused_optimizer = -1;
+    automatic.attention_blocks = 0;
+    TrainingOptions one = automatic;
+    one.attention_blocks = 1;
+    automatic.T = 60000;
+    check(resolve_automatic(c, automatic, CARD_80).attention_blocks == 1, "automatic blocks: 1 where the plan fits (60000 on 80 GiB)");
+    int longest = max_T_that_fits(c, automatic, CARD_80), longest_one = max_T_that_fits(c, one, CARD_80);
+    automatic.T = longest;
+    TrainingOptions chosen = resolve_automatic(c, automatic, CARD_80), fewer = chosen;
+    fewer.attention_blocks = chosen.attention_blocks - 1;
+    check(longest > longest_one && chosen.attention_blocks > 1 && plan_fits(plan_memory(c, chosen), CARD_80),
+          "automatic blocks: llama3-8b on 80 GiB + 120 GiB reaches past --attention-blocks 1's T");
+    check(chosen.attention_blocks == 2 || !plan_fits(plan_memory(c, resolve_automatic(c, fewer, CARD_80)), CARD_80),
+          "automatic blocks: the smallest count that fits");
+    printf("llama3-8b on 80 GiB + 120 GiB: longest T %d with --attention-blocks 1, %d automatic (%d blocks)\n", longest_one,
+           longest, chosen.attention_blocks);
 }
 
 // -f automatic: every gradient on the card (no host traffic) when that plan fits, else held on the host; an
@@ -892,6 +969,7 @@ int main() {
     test_checkpoint_schedule();
     test_keep_attention();
     test_segments();
+    test_attention_blocks();
     test_problems();
     test_automatic_optimizer_path();
     test_step_model();
