@@ -343,18 +343,25 @@ static void check_high_water(const Model& m, const std::string& what) {
 // and 1; inputs 1 and 3 share a buffer, so backward needs input 1 recomputed), on the card and with --offload 1
 // (checkpoints 0 and 2 to the host through both staging buffers, each fetched back while the segment above runs
 // its backward), and k = 3 unfused with --offload 1 (segments of 3 and 2, checkpoint 0 to the host and back).
+// Last, every lever the plan combines at the longest T: -f 1 with attention in 3 query blocks, then the same with
+// --segment 2 --offload 1 --state-offload 1, bitwise equal to the blocks alone.
 // The CPU device's high-water marks of device and pinned bytes equal the plan's totals.
 static void test_keep_attention_and_segments() {
     ModelConfig c = config_named("test-tiny");
     c.n_layer = 5;
     const int T = 40, steps = 3;
     printf("--keep-attention and --segment vs recomputing (test-tiny with %d layers, T=%d, %d steps):\n", c.n_layer, T, steps);
-    struct Run { const char* name; bool fused, keep; int offload, segment; };
+    struct Run { const char* name; bool fused, keep; int offload, segment, state_offload = 0, attention_blocks = 1; };
     const Run runs[] = {{"-f 0", false, false, 0, 1}, {"-f 0 --keep-attention 1", false, true, 0, 1},
                         {"-f 0 --segment 3 --offload 1", false, false, OFFLOAD_ALL, 3},
                         {"-f 1", true, false, 0, 1}, {"-f 1 --keep-attention 1", true, true, 0, 1},
                         {"-f 1 --keep-attention 1 --offload 1", true, true, OFFLOAD_ALL, 1}, {"-f 1 --segment 2", true, false, 0, 2},
-                        {"-f 1 --segment 2 --offload 1", true, false, OFFLOAD_ALL, 2}};
+                        {"-f 1 --segment 2 --offload 1", true, false, OFFLOAD_ALL, 2},
+                        // the levers the plan combines at the longest T (llama3-8b on 80 + 120 GiB): with attention in
+                        // query blocks (whose gradients differ from the whole sequence's in summation order only),
+                        // the segments' offloaded checkpoints and the AdamW state on the host change no bit
+                        {"-f 1 --attention-blocks 3", true, false, 0, 1, 0, 3},
+                        {"-f 1 --attention-blocks 3 --segment 2 --offload 1 --state-offload 1", true, false, OFFLOAD_ALL, 2, 1, 3}};
     std::vector<int> inputs(T), targets(T);
     std::vector<float> losses, gradient, weights, baseline[3];
     for (const Run& run : runs) {
@@ -363,6 +370,8 @@ static void test_keep_attention_and_segments() {
         o.keep_attention = run.keep;
         o.offload = run.offload;
         o.segment = run.segment;
+        o.state_offload = run.state_offload;
+        o.attention_blocks = run.attention_blocks;
         reset_high_water();
         Model m;
         model_create(&m, c, o, OptimizerSettings(), 23);
@@ -387,7 +396,7 @@ static void test_keep_attention_and_segments() {
                   m.plan.bytes[REGION_HOST_CHECKPOINTS] == (size_t)m.checkpoints.offload.stored() * T * c.d_model * 2,
                   (what + "the plan holds the stored checkpoints on the host").c_str());
         model_free(&m);
-        if (!run.keep && run.segment == 1) {
+        if (!run.keep && run.segment == 1) {  // the runs after it compare with it
             baseline[0] = losses; baseline[1] = gradient; baseline[2] = weights;
             continue;
         }

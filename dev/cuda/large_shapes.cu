@@ -1,6 +1,7 @@
 // dev/cuda/large_shapes.cu: kernels at llama3-8b shapes (32 query heads, 8 KV heads, head dim 128, d_model
 // 4096) and the capacity targets' sequence lengths, T = 524,288 and 1,048,576, where index products pass
-// 2^31 (q alone holds T x 4096 elements): on the CPU device's sampled-block mode, a few blocks of each
+// 2^31 (q alone holds T x 4096 elements), the whole sequence and a query block of --attention-blocks 256 in its
+// middle: on the CPU device's sampled-block mode, a few blocks of each
 // launch run over sparse buffers (allocations past 2 GiB are mapped, not filled) and their rows are checked
 // against double-precision references. Built with UBSan as well (make dev/cuda/bin/large_shapes_cpu), so a
 // signed overflow in index math is reported where it happens. On a GPU it prints SKIP: there the full
@@ -26,7 +27,9 @@ static void fill_rows(bf16* d, uint64_t tensor, size_t row, size_t count, size_t
     CUDA_CHECK(cudaMemcpy(d + row * width, host.data(), host.size() * 2, cudaMemcpyHostToDevice));
 }
 
-static void check_attention(int T) {
+// the query rows [q0, q0 + n) against the keys [0, q0 + n) (the trainer's --attention-blocks; the whole
+// sequence is q0 = 0, n = T)
+static void check_attention(int T, int q0, int n) {
     const size_t q_width = (size_t)H * HD, kv_width = (size_t)KV * HD;
     bf16* q = dmalloc<bf16>((size_t)T * q_width);
     bf16* k = dmalloc<bf16>((size_t)T * kv_width);
@@ -37,15 +40,15 @@ static void check_attention(int T) {
         fill_rows(k, 1, row, std::min<size_t>(65536, T - row), kv_width);
         fill_rows(v, 2, row, std::min<size_t>(65536, T - row), kv_width);
     }
-    // the query tiles of the blocks that will run (grid (ceil(T/64), H, 1); block x = 0 is the last tile)
-    int tiles = (T + 63) / 64;
+    // the query tiles of the blocks that will run (grid (ceil(n/64), H, 1); block x = 0 is the block's last tile)
+    int tiles = (n + 63) / 64, end = q0 + n;
     std::vector<std::pair<int, int>> tile_heads;  // (first row, head)
     for (uint32_t b : mst::sampled_blocks(dim3(tiles, H, 1))) {
-        int row0 = (tiles - 1 - (int)(b % tiles)) * 64, head = (int)(b / tiles % H);
+        int row0 = q0 + (tiles - 1 - (int)(b % tiles)) * 64, head = (int)(b / tiles % H);
         tile_heads.push_back({row0, head});
-        fill_rows(q, 3, row0, std::min(64, T - row0), q_width);
+        fill_rows(q, 3, row0, std::min(64, end - row0), q_width);
     }
-    attention_forward(out, lse, q, k, v, 1, T, H, KV, HD, nullptr, 0, T, 0);
+    attention_forward(out, lse, q, k, v, 1, T, H, KV, HD, nullptr, q0, n, 0);
     CUDA_CHECK(cudaDeviceSynchronize());
     // references: double precision over the bf16 inputs, 8 rows of each sampled tile (first, last, spread)
     const double scale = 1.0 / sqrt((double)HD);
@@ -54,7 +57,7 @@ static void check_attention(int T) {
         int kvh = h / (H / KV);
         for (int r : {0, 1, 7, 20, 33, 47, 62, 63}) {
             int t = row0 + r;
-            if (t >= T) continue;
+            if (t >= end) continue;
             std::vector<double> qr(HD), sc(t + 1), o(HD, 0.0);
             for (int i = 0; i < HD; i++) qr[i] = value(3, (size_t)t * q_width + (size_t)h * HD + i);
             double mx = -1e300;
@@ -79,9 +82,10 @@ static void check_attention(int T) {
     char name[128];
     // P is rounded to bf16 before P V (2^-9 relative per weight, averaging out over the keys): 2% of the
     // rows' largest magnitude, which a wrong key range or a misplaced row misses by far
-    snprintf(name, sizeof name, "attention fwd out, %d sampled tiles, T=%d (llama3-8b heads)", (int)tile_heads.size(), T);
+    snprintf(name, sizeof name, "attention fwd out, %d sampled tiles, T=%d, rows %d..%d (llama3-8b heads)", (int)tile_heads.size(),
+             T, q0, end - 1);
     compare(name, got_o, ref_o, 2e-2f * max_abs(ref_o) + 1e-6f, 2e-2f);
-    snprintf(name, sizeof name, "attention fwd lse, %d sampled tiles, T=%d", (int)tile_heads.size(), T);
+    snprintf(name, sizeof name, "attention fwd lse, %d sampled tiles, T=%d, rows %d..%d", (int)tile_heads.size(), T, q0, end - 1);
     compare(name, got_l, ref_l, 2e-3f, 1e-3f);
     for (void* p : {(void*)q, (void*)k, (void*)v, (void*)out, (void*)lse}) CUDA_CHECK(cudaFree(p));
 }
@@ -123,7 +127,10 @@ int main(int argc, char** argv) {
     for (int T : {524288, 1048576}) {
         if (g_small && T > 524288) continue;
         check_rmsnorm(T);
-        check_attention(T);
+        check_attention(T, 0, T);
+        // a query block as --attention-blocks 256 makes (ceil(T / 256) rows), placed off every tile boundary
+        int n = (T + 255) / 256;
+        check_attention(T, T / 2 + 37, n);
     }
     return finish("large_shapes");
 }
