@@ -569,12 +569,21 @@ static inline TrainingOptions resolve_held_keep_and_offload(const ModelConfig& c
     return held[0];
 }
 
+// An automatic choice's first try: *o with `first` applied and the later choices resolved by `rest`, taken (into *o)
+// when that plan fits
+template <typename Apply, typename Rest>
+static inline bool fits_with(const ModelConfig& c, TrainingOptions* o, const MemoryBudget& budget, Apply first, Rest rest) {
+    TrainingOptions tried = *o;
+    first(tried);
+    tried = rest(c, tried, budget);
+    if (!plan_fits(plan_memory(c, tried), budget)) return false;
+    *o = tried;
+    return true;
+}
+
 static inline TrainingOptions resolve_optimizer_keep_and_offload(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.fused_optimizer < 0) {
-        TrainingOptions on_card = o;
-        on_card.fused_optimizer = 0;
-        on_card = resolve_keep_attention_and_offload(c, on_card, budget);
-        if (plan_fits(plan_memory(c, on_card), budget)) return on_card;
+        if (fits_with(c, &o, budget, [](TrainingOptions& t) { t.fused_optimizer = 0; }, resolve_keep_attention_and_offload)) return o;
         o.fused_optimizer = 1;
     }
     return resolve_held_keep_and_offload(c, o, budget);
@@ -645,10 +654,7 @@ static inline TrainingOptions resolve_blocks_and_rest(const ModelConfig& c, Trai
 // path's, the held gradients', the kept attention's and the offload's, each nested in the one before.
 static inline TrainingOptions resolve_automatic(const ModelConfig& c, TrainingOptions o, const MemoryBudget& budget) {
     if (o.zero == 0 && o.dp * o.sp > 1) {
-        TrainingOptions one = o;
-        one.zero = 1;
-        one = resolve_automatic(c, one, budget);
-        if (plan_fits(plan_memory(c, one), budget)) return one;
+        if (fits_with(c, &o, budget, [](TrainingOptions& t) { t.zero = 1; }, resolve_automatic)) return o;
         o.zero = 2;
     }
     return resolve_blocks_and_rest(c, o, budget);
