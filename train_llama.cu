@@ -531,6 +531,12 @@ static void copy_after_compute(Model* m, void* dst, const void* src, size_t byte
     if (done) CUDA_CHECK(cudaEventRecord(done, m->copy_stream));
 }
 
+// copy_after_compute between a device buffer and its host copy, in either direction
+static void copy_with_host(Model* m, void* device, void* host, size_t bytes, bool to_host, cudaEvent_t done) {
+    if (to_host) copy_after_compute(m, host, device, bytes, cudaMemcpyDeviceToHost, done);
+    else copy_after_compute(m, device, host, bytes, cudaMemcpyHostToDevice, done);
+}
+
 static bf16* host_checkpoint(const Model* m, int i) { return m->host_checkpoints + (size_t)i * m->N * m->config.d_model; }
 
 // input l is complete: a kept input that backward fetches back goes to the host
@@ -576,12 +582,8 @@ static void kept_attention_copy(Model* m, int l, bool to_host, cudaEvent_t done)
     LayerActivationsGPU a = layer_activations(m, l);
     size_t out_bytes = (size_t)m->N * m->config.q_dim() * 2, lse_bytes = (size_t)m->N * m->config.n_head * 4;
     char* host = m->host_attention + (size_t)l * (out_bytes + lse_bytes);
-    cudaMemcpyKind kind = to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice;
-    void* device[2] = {a.attention_out, a.lse};
-    char* hosted[2] = {host, host + out_bytes};
-    size_t bytes[2] = {out_bytes, lse_bytes};
-    for (int i = 0; i < 2; i++)
-        copy_after_compute(m, to_host ? (void*)hosted[i] : device[i], to_host ? device[i] : (void*)hosted[i], bytes[i], kind, done);
+    copy_with_host(m, a.attention_out, host, out_bytes, to_host, done);
+    copy_with_host(m, a.lse, host + out_bytes, lse_bytes, to_host, done);
 }
 
 // before layer l's attention forward writes buffer l % 2: output l - 2's copy out of it has left
@@ -1110,11 +1112,9 @@ static void state_copy(Model* m, int j, bool to_host, cudaEvent_t done) {
     size_t element = m->plan.options.bf16_optimizer_state ? 2 : 4;
     StateView slot = state_slot(m, j, g.offset);
     void* device[2] = {slot.m, slot.v};
-    for (int i = 0; i < 2; i++) {
-        char* host = m->host_state + (i * m->shard + g.offset - m->shard_begin) * element;
-        copy_after_compute(m, to_host ? (void*)host : device[i], to_host ? device[i] : (void*)host, g.count * element,
-                           to_host ? cudaMemcpyDeviceToHost : cudaMemcpyHostToDevice, done);
-    }
+    for (int i = 0; i < 2; i++)
+        copy_with_host(m, device[i], m->host_state + (i * m->shard + g.offset - m->shard_begin) * element, g.count * element,
+                       to_host, done);
 }
 
 // AdamW for group j of an update (forward order), its gradient at grad: the state in its regions, or streamed
@@ -2629,27 +2629,32 @@ static void finish_ranks() {
 #endif
 }
 
-// RoPE v2 where it applies (half the head dim a multiple of 8) once its self-test passes, else v1; a failed
-// self-test is one warning line
-static void choose_rope(const CommandLine& cl) {
-    if ((cl.config.head_dim() / 2) % 8 != 0) return;  // rope_qk uses v1 here
-    const char* perturb = getenv("MST_ROPE_SELFTEST_PERTURB");  // a planted disagreement (dev/test_cli.sh)
+// A v2 kernel that no GPU has confirmed passes its start-up self-test against v1, or one warning line says it
+// failed (the caller then uses v1); perturb_variable plants a disagreement (dev/test_cli.sh)
+template <typename Selftest>
+static bool passes_selftest(const char* kernel, const char* perturb_variable, Selftest selftest) {
+    const char* perturb = getenv(perturb_variable);
     std::string report;
-    if (rope_selftest(cl.config, perturb ? (float)atof(perturb) : 0.f, &report)) return;
-    printf("warning: RoPE v2 failed its start-up self-test against v1 (%s): using v1\n", report.c_str());
-    rope_version() = 1;
+    if (selftest(perturb ? (float)atof(perturb) : 0.f, &report)) return true;
+    printf("warning: %s v2 failed its start-up self-test against v1 (%s): using v1\n", kernel, report.c_str());
+    return false;
 }
 
-// RMSNorm backward v2 where it has a launch shape once its self-test passes, else v1; a failed self-test is one
-// warning line
+// RoPE v2 where it applies (half the head dim a multiple of 8) once its self-test passes, else v1
+static void choose_rope(const CommandLine& cl) {
+    if ((cl.config.head_dim() / 2) % 8 != 0) return;  // rope_qk uses v1 here
+    bool ok = passes_selftest("RoPE", "MST_ROPE_SELFTEST_PERTURB",
+                              [&](float perturb, std::string* report) { return rope_selftest(cl.config, perturb, report); });
+    if (!ok) rope_version() = 1;
+}
+
+// RMSNorm backward v2 where it has a launch shape once its self-test passes, else v1
 static void choose_rmsnorm(const CommandLine& cl) {
     RmsnormV2Shape shape;
     if (!rmsnorm_backward_v2_shape(cl.config.d_model, cl.config.d_model % 8 == 0, &shape)) return;  // v1 here
-    const char* perturb = getenv("MST_RMSNORM_SELFTEST_PERTURB");  // a planted disagreement (dev/test_cli.sh)
-    std::string report;
-    bool ok = rmsnorm_selftest(cl.config, perturb ? (float)atof(perturb) : 0.f, &report);
+    bool ok = passes_selftest("RMSNorm backward", "MST_RMSNORM_SELFTEST_PERTURB",
+                              [&](float perturb, std::string* report) { return rmsnorm_selftest(cl.config, perturb, report); });
     rmsnorm_backward_version() = ok ? 2 : 1;
-    if (!ok) printf("warning: RMSNorm backward v2 failed its start-up self-test against v1 (%s): using v1\n", report.c_str());
 }
 
 static int train(const CommandLine& cl) {
